@@ -1,0 +1,317 @@
+"""The ``mlflow-spark-tools`` command line.
+
+Every subcommand parses its options and calls one package function. Errors this package
+raises on purpose print one line and exit with their code (2 for usage errors); anything else
+prints one line too, and the traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from mlflow_spark_tools import __version__
+from mlflow_spark_tools.config import Settings, load_settings
+from mlflow_spark_tools.engine import Engine, get_engine
+from mlflow_spark_tools.errors import (
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    EngineError,
+    MlflowSparkToolsError,
+    UsageError,
+)
+from mlflow_spark_tools.output import FORMATS, format_rows, render_table
+
+log = logging.getLogger("mlflow_spark_tools")
+
+
+class Context:
+    """What the group passes to its subcommands: settings and, lazily, an engine."""
+
+    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self._engine = engine
+        self._owns_engine = False
+        self.debug = False
+
+    def engine(self) -> Engine:
+        if self._engine is None:
+            e = self.settings.engine
+            self._engine = get_engine(remote=e.remote, warehouse=e.warehouse)
+            self._owns_engine = True
+        return self._engine
+
+    def close(self) -> None:
+        if self._owns_engine and self._engine is not None:
+            self._engine.stop()
+            self._engine = None
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn exceptions into one-line messages and exit codes."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx: Context = click.get_current_context().obj
+        try:
+            return func(*args, **kwargs)
+        except MlflowSparkToolsError as exc:
+            if ctx.debug:
+                raise
+            _fail(str(exc), exc.exit_code)
+        except Exception as exc:
+            if ctx.debug:
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            _fail(f"{type(exc).__name__}: {first} (rerun with --debug for the traceback)", EXIT_FAILURE)
+        finally:
+            ctx.close()
+
+    return wrapper
+
+
+def _split(values: tuple[str, ...]) -> list[str]:
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="mlflow-spark-tools")
+@click.option("--tracking-uri", help="Tracking server (default: MLFLOW_TRACKING_URI).")
+@click.option("--remote", help="Spark Connect URL sc://host:port (default: SPARK_REMOTE).")
+@click.option(
+    "--warehouse",
+    type=click.Path(file_okay=False),
+    help="Directory of the embedded engine's Delta tables (default: ./spark-warehouse).",
+)
+@click.option("--database", help="Database of the experiment tables: schema or catalog.schema.")
+@click.option("--profile", help="Rate-limit profile name from conf/rate_limits or a YAML path.")
+@click.option("--verbose", "-v", is_flag=True, help="Log progress.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.pass_context
+def cli(ctx, tracking_uri, remote, warehouse, database, profile, verbose, debug):
+    """Spark-native MLflow tools: flattened experiment tables and the tools around them."""
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    injected = ctx.obj if isinstance(ctx.obj, dict) else {}
+    try:
+        settings = injected.get("settings") or load_settings()
+        settings = settings.with_overrides(
+            tracking_uri=tracking_uri,
+            engine__remote=remote,
+            engine__warehouse=warehouse,
+            tables__database=database,
+            rate_limit_profile=profile,
+        )
+    except UsageError as exc:
+        if debug:
+            raise
+        _fail(str(exc), EXIT_USAGE)
+    ctx.obj = Context(settings, injected.get("engine"))
+    ctx.obj.debug = debug
+
+
+def add_common(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Options every table command accepts after the subcommand name too."""
+    for option in reversed(
+        [
+            click.option("--warehouse", "warehouse_", type=click.Path(file_okay=False),
+                         help="Directory of the embedded engine's Delta tables."),
+            click.option("--database", "database_", help="Database: schema or catalog.schema."),
+            click.option("--remote", "remote_", help="Spark Connect URL sc://host:port."),
+            click.option("--tracking-uri", "tracking_uri_", help="Tracking server URI."),
+        ]
+    ):
+        func = option(func)
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, warehouse_=None, database_=None, remote_=None, tracking_uri_=None, **kw: Any):
+        ctx: Context = click.get_current_context().obj
+        try:
+            ctx.settings = ctx.settings.with_overrides(
+                engine__warehouse=warehouse_,
+                tables__database=database_,
+                engine__remote=remote_,
+                tracking_uri=tracking_uri_,
+            )
+        except UsageError as exc:
+            _fail(str(exc), EXIT_USAGE)
+        return func(*args, **kw)
+
+    return wrapper
+
+
+@cli.command("build-tables")
+@click.option("--experiment-ids", multiple=True, help="Comma-separated experiment ids.")
+@click.option("--experiment-names", multiple=True, help="Comma-separated experiment names.")
+@click.option("--all", "all_experiments", is_flag=True, help="Every active experiment.")
+@click.option("--full-refresh", is_flag=True, help="Rebuild the tables instead of refreshing.")
+@click.option("--include-deleted", is_flag=True, help="Keep deleted runs in the tables.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True, help="Summary format.")
+@add_common
+@click.pass_obj
+@handle_errors
+def build_tables_command(ctx: Context, experiment_ids, experiment_names, all_experiments,
+                         full_refresh, include_deleted, fmt):
+    """Build or refresh the flattened Delta tables exp_<experiment_id>.
+
+    The first build of a table reads every run; later ones read what changed since (see
+    docs/TABLES.md). Exit code 0 when every experiment was built, 3 when some failed, 2 for
+    usage errors such as an unknown experiment.
+    """
+    from mlflow_spark_tools.build_tables import build_experiment_tables
+
+    ids, names = _split(experiment_ids), _split(experiment_names)
+    if not (ids or names or all_experiments):
+        raise UsageError("Say which experiments: --experiment-ids, --experiment-names or --all.")
+    result = build_experiment_tables(
+        ctx.settings, ids, names, all_experiments, full_refresh, include_deleted,
+        engine=ctx._engine if ctx._engine is not None else None,
+    )
+    _print_summaries(result.summaries, fmt)
+    for s in result.summaries:
+        if not s.ok:
+            click.echo(f"Error: {s.error.removeprefix('usage: ')}", err=True)
+    if result.exit_code:
+        sys.exit(result.exit_code)
+
+
+def _print_summaries(summaries, fmt: str) -> None:
+    if fmt == "json":
+        click.echo(json.dumps([vars(s) | {"ok": s.ok} for s in summaries], indent=2))
+        return
+    rows = [
+        [
+            s.experiment_id,
+            s.experiment_name or "",
+            s.table or "",
+            s.mode or "failed",
+            str(s.runs_fetched),
+            f"{s.rows_inserted}/{s.rows_updated}/{s.rows_deleted}",
+            str(s.row_count),
+            str(len(s.columns_added)),
+            ", ".join(s.columns_widened) or "-",
+            f"{s.seconds:.2f}",
+        ]
+        for s in summaries
+    ]
+    click.echo(
+        render_table(
+            ["experiment", "name", "table", "mode", "fetched", "ins/upd/del", "rows",
+             "cols added", "widened to string", "seconds"],
+            rows,
+        )
+    )
+
+
+def _choice_output(choice, fmt: str, what: str) -> None:
+    if choice is None:
+        _fail(f"No run qualifies as the {what}.", EXIT_FAILURE)
+    data = choice.as_dict()
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(render_table(list(data), [[str(v) for v in data.values()]]))
+
+
+def _query_engine(ctx: Context) -> Engine | None:
+    try:
+        return ctx.engine()
+    except EngineError as exc:
+        log.info("No Spark engine (%s); asking the tracking server", exc)
+        return None
+
+
+def _source(ctx: Context):
+    from mlflow_spark_tools.ratelimit import RateLimiter
+    from mlflow_spark_tools.tracking import TrackingSource
+
+    return TrackingSource(ctx.settings.tracking_uri, RateLimiter(ctx.settings.profile()))
+
+
+@cli.command("best-run")
+@click.option("--experiment-id", required=True, help="Experiment id.")
+@click.option("--metric", required=True, help="Metric key, e.g. rmse.")
+@click.option("--ascending/--descending", default=True, show_default=True,
+              help="Lowest value is best (default) or highest.")
+@click.option("--ignore-nested", is_flag=True, help="Skip child runs.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@add_common
+@click.pass_obj
+@handle_errors
+def best_run_command(ctx: Context, experiment_id, metric, ascending, ignore_nested, fmt):
+    """The best run for a metric: from the experiment's table if built, else the server."""
+    from mlflow_spark_tools.queries import best_run
+
+    choice = best_run(
+        experiment_id, metric, ascending, ignore_nested,
+        engine=_query_engine(ctx), database=ctx.settings.tables.database, source=_source(ctx),
+    )
+    _choice_output(choice, fmt, f"best run for {metric!r}")
+
+
+@cli.command("last-run")
+@click.option("--experiment-id", required=True, help="Experiment id.")
+@click.option("--ignore-nested", is_flag=True, help="Skip child runs.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@add_common
+@click.pass_obj
+@handle_errors
+def last_run_command(ctx: Context, experiment_id, ignore_nested, fmt):
+    """The run that started last: from the experiment's table if built, else the server."""
+    from mlflow_spark_tools.queries import last_run
+
+    choice = last_run(
+        experiment_id, ignore_nested,
+        engine=_query_engine(ctx), database=ctx.settings.tables.database, source=_source(ctx),
+    )
+    _choice_output(choice, fmt, "last run")
+
+
+@cli.command("sql")
+@click.argument("query")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option("--max-rows", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Print at most this many rows.")
+@add_common
+@click.pass_obj
+@handle_errors
+def sql_command(ctx: Context, query, fmt, max_rows):
+    """Run SQL on the current engine, with the experiment tables registered.
+
+    Example: mlflow-spark-tools sql "SELECT run_id, _m_rmse FROM mlflow_exp.exp_1
+    ORDER BY _m_rmse LIMIT 5"
+    """
+    from mlflow_spark_tools.spark_arrow import to_arrow
+
+    engine = ctx.engine()
+    try:
+        table = to_arrow(engine.spark.sql(query).limit(max_rows))
+    except Exception as exc:
+        if exc.__class__.__name__ in ("AnalysisException", "ParseException", "SparkConnectGrpcException"):
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise UsageError(f"SQL failed: {first}") from exc
+        raise
+    click.echo(format_rows(table, fmt))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    cli.main(args=argv, prog_name="mlflow-spark-tools")
+
+
+if __name__ == "__main__":
+    main()

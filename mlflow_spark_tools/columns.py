@@ -1,0 +1,119 @@
+"""Column names of the flattened experiment tables and their mapping to MLflow keys.
+
+Run info columns keep their names (``run_id``, ``start_time``, ...). Params, latest metric
+values and tags become ``_p_<key>``, ``_m_<key>`` and ``_t_<key>`` with every character outside
+``[A-Za-z0-9_]`` mapped to ``_``, so every column can be used in SQL without backticks.
+
+Two keys that map to the same name, or to names that differ only in case (Spark SQL resolves
+names case-insensitively), are told apart by a numeric suffix (``_2``, ``_3``, ...). A name once
+given is kept: the mapping of a table is stored in its companion ``<table>_columns`` table and
+passed back in on every refresh, and new keys are named in sorted order, so names are stable
+across refreshes and deterministic for a new table.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+PARAM, METRIC, TAG, INFO = "param", "metric", "tag", "info"
+KIND_ORDER = {INFO: 0, PARAM: 1, METRIC: 2, TAG: 3}
+PREFIXES = {PARAM: "_p_", METRIC: "_m_", TAG: "_t_"}
+MAX_COLUMN_NAME = 255
+
+# (column name, Spark SQL type) of the run info columns, in table order.
+INFO_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("run_id", "string"),
+    ("experiment_id", "string"),
+    ("run_name", "string"),
+    ("status", "string"),
+    ("lifecycle_stage", "string"),
+    ("user_id", "string"),
+    ("start_time", "timestamp"),
+    ("end_time", "timestamp"),
+    ("duration_seconds", "double"),
+    ("artifact_uri", "string"),
+    ("parent_run_id", "string"),
+)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """One column of an experiment table: its name, what it holds and its SQL type."""
+
+    column_name: str
+    kind: str
+    key: str
+    data_type: str
+
+    def with_type(self, data_type: str) -> ColumnSpec:
+        return ColumnSpec(self.column_name, self.kind, self.key, data_type)
+
+
+def safe_base_name(kind: str, key: str) -> str:
+    """The column name a key gets when nothing collides with it."""
+    return PREFIXES[kind] + _UNSAFE.sub("_", key)
+
+
+def _with_suffix(base: str, n: int) -> str:
+    suffix = "" if n == 1 else f"_{n}"
+    return base[: MAX_COLUMN_NAME - len(suffix)] + suffix
+
+
+class ColumnNamer:
+    """Gives every (kind, key) a unique, SQL-safe column name, keeping names already given.
+
+    Args:
+        existing: the specs of a table as stored in its ``_columns`` table.
+    """
+
+    def __init__(self, existing: Iterable[ColumnSpec] = ()) -> None:
+        self._by_key: dict[tuple[str, str], str] = {}
+        self._taken: set[str] = {name.lower() for name, _ in INFO_COLUMNS}
+        for spec in existing:
+            if spec.kind == INFO:
+                continue
+            self._by_key[(spec.kind, spec.key)] = spec.column_name
+            self._taken.add(spec.column_name.lower())
+
+    def known(self, kind: str, key: str) -> bool:
+        return (kind, key) in self._by_key
+
+    def name(self, kind: str, key: str) -> str:
+        """The column name of a key already named (see :meth:`assign`)."""
+        return self._by_key[(kind, key)]
+
+    def assign(self, keys: Iterable[tuple[str, str]]) -> list[tuple[str, str, str]]:
+        """Name the keys that have no name yet, in sorted order; return the new (kind, key, name)."""
+        new = sorted(
+            {k for k in keys if k not in self._by_key},
+            key=lambda k: (KIND_ORDER[k[0]], k[1]),
+        )
+        added = []
+        for kind, key in new:
+            base = safe_base_name(kind, key)
+            n = 1
+            while _with_suffix(base, n).lower() in self._taken:
+                n += 1
+            name = _with_suffix(base, n)
+            self._by_key[(kind, key)] = name
+            self._taken.add(name.lower())
+            added.append((kind, key, name))
+        return added
+
+
+def info_specs() -> list[ColumnSpec]:
+    """The specs of the run info columns."""
+    return [ColumnSpec(name, INFO, name, data_type) for name, data_type in INFO_COLUMNS]
+
+
+def sort_specs(specs: Iterable[ColumnSpec]) -> list[ColumnSpec]:
+    """Table order: run info first (fixed order), then params, metrics and tags by name."""
+    info_order = {name: i for i, (name, _) in enumerate(INFO_COLUMNS)}
+    return sorted(
+        specs,
+        key=lambda s: (KIND_ORDER[s.kind], info_order.get(s.column_name, 0), s.column_name.lower()),
+    )

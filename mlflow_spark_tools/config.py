@@ -1,0 +1,239 @@
+"""Typed configuration loaded from ``conf/`` YAML, the environment and command-line flags.
+
+Precedence, lowest first: ``conf/defaults.yaml`` (shipped in the wheel), the YAML file named
+by ``MLFLOW_SPARK_TOOLS_CONF``, environment variables, then explicit overrides from flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mlflow_spark_tools.errors import InvalidConfigError
+from mlflow_spark_tools.identifiers import validate_database
+
+CONF_ENV = "MLFLOW_SPARK_TOOLS_CONF"
+ENV_OVERRIDES = {
+    "MLFLOW_SPARK_TOOLS_WAREHOUSE": ("engine", "warehouse"),
+    "MLFLOW_SPARK_TOOLS_DATABASE": ("tables", "database"),
+    "MLFLOW_SPARK_TOOLS_PROFILE": ("rate_limit_profile",),
+    "SPARK_REMOTE": ("engine", "remote"),
+    "MLFLOW_TRACKING_URI": ("tracking_uri",),
+}
+
+API_CLASSES = ("experiment_management", "search_runs", "log_batch", "other")
+
+
+def conf_dir() -> Path:
+    """The directory holding the defaults and rate-limit profiles.
+
+    A checkout (and an editable install) reads the top-level ``conf/``; the wheel ships the
+    same files as ``mlflow_spark_tools._conf``.
+    """
+    checkout = Path(__file__).resolve().parent.parent / "conf"
+    if (checkout / "defaults.yaml").is_file():
+        return checkout
+    return Path(str(resources.files("mlflow_spark_tools._conf")))
+
+
+def read_yaml(path: Path | str) -> dict[str, Any]:
+    """Read a YAML mapping, with errors that name the file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidConfigError(f"Configuration file {path} does not exist.") from None
+    except yaml.YAMLError as exc:
+        raise InvalidConfigError(f"Configuration file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InvalidConfigError(f"Configuration file {path} must hold a mapping at the top.")
+    return data
+
+
+def _positive_int(section: str, key: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidConfigError(f"{section}.{key} must be an integer >= {minimum}, got {value!r}.")
+    return value
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Which Spark engine to use and where the embedded one keeps its tables."""
+
+    remote: str | None = None
+    warehouse: str = "spark-warehouse"
+
+    def __post_init__(self) -> None:
+        if self.remote is not None and not str(self.remote).startswith("sc://"):
+            raise InvalidConfigError(
+                f"engine.remote must be a Spark Connect URL like sc://host:15002, got {self.remote!r}."
+            )
+        if not self.warehouse:
+            raise InvalidConfigError("engine.warehouse must be a directory path.")
+
+    @property
+    def warehouse_path(self) -> Path:
+        return Path(self.warehouse).expanduser().resolve()
+
+
+@dataclass(frozen=True)
+class TablesConfig:
+    """How experiment tables are built and refreshed."""
+
+    database: str = "mlflow_exp"
+    page_size: int = 1000
+    fetch_workers: int = 4
+    watermark_margin_seconds: int = 600
+
+    def __post_init__(self) -> None:
+        validate_database(self.database)
+        _positive_int("tables", "page_size", self.page_size)
+        if self.page_size > 50000:
+            raise InvalidConfigError("tables.page_size must be <= 50000 (MLflow's maximum page).")
+        _positive_int("tables", "fetch_workers", self.fetch_workers)
+        _positive_int("tables", "watermark_margin_seconds", self.watermark_margin_seconds, 0)
+
+
+@dataclass(frozen=True)
+class RateLimitProfile:
+    """Queries per second per API class, and the share of them a client of ours may use."""
+
+    name: str
+    limits: Mapping[str, float]
+    safety_factor: float = 0.9
+
+    def __post_init__(self) -> None:
+        unknown = set(self.limits) - set(API_CLASSES)
+        if unknown:
+            raise InvalidConfigError(
+                f"Rate-limit profile {self.name!r} has unknown API classes {sorted(unknown)}; "
+                f"known: {', '.join(API_CLASSES)}."
+            )
+        missing = set(API_CLASSES) - set(self.limits)
+        if missing:
+            raise InvalidConfigError(
+                f"Rate-limit profile {self.name!r} lacks limits for {sorted(missing)}."
+            )
+        for api_class, qps in self.limits.items():
+            if isinstance(qps, bool) or not isinstance(qps, (int, float)) or qps <= 0:
+                raise InvalidConfigError(
+                    f"Rate-limit profile {self.name!r}: limits.{api_class} must be a positive "
+                    f"number, got {qps!r}."
+                )
+        if not isinstance(self.safety_factor, (int, float)) or not 0 < self.safety_factor <= 1:
+            raise InvalidConfigError(
+                f"Rate-limit profile {self.name!r}: safety_factor must be in (0, 1], "
+                f"got {self.safety_factor!r}."
+            )
+
+    def qps(self, api_class: str) -> float:
+        """The rate a client of ours may use for one API class."""
+        return float(self.limits[api_class]) * float(self.safety_factor)
+
+    @classmethod
+    def load(cls, name_or_path: str) -> RateLimitProfile:
+        """Load a profile by name from ``conf/rate_limits/`` or from a YAML file path."""
+        candidate = Path(name_or_path).expanduser()
+        if candidate.suffix in (".yaml", ".yml") or candidate.is_file():
+            path, name = candidate, candidate.stem
+        else:
+            path, name = conf_dir() / "rate_limits" / f"{name_or_path}.yaml", name_or_path
+            if not path.is_file():
+                known = sorted(p.stem for p in (conf_dir() / "rate_limits").glob("*.yaml"))
+                raise InvalidConfigError(
+                    f"Unknown rate-limit profile {name_or_path!r}: use one of {known} or the path "
+                    "of a YAML file with 'limits' and 'safety_factor'."
+                )
+        data = read_yaml(path)
+        if not isinstance(data.get("limits"), dict):
+            raise InvalidConfigError(f"Rate-limit profile {path} needs a 'limits' mapping.")
+        extra = set(data) - {"limits", "safety_factor"}
+        if extra:
+            raise InvalidConfigError(f"Rate-limit profile {path} has unknown keys {sorted(extra)}.")
+        return cls(name=name, limits=dict(data["limits"]), safety_factor=data.get("safety_factor", 0.9))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a command needs to know before it starts."""
+
+    tracking_uri: str | None = None
+    rate_limit_profile: str = "databricks"
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    tables: TablesConfig = field(default_factory=TablesConfig)
+
+    def profile(self) -> RateLimitProfile:
+        return RateLimitProfile.load(self.rate_limit_profile)
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """A copy with flag values applied; keys are ``section__field`` or top-level names.
+
+        ``None`` means "flag not given" and leaves the value as it is.
+        """
+        data = _as_dict(self)
+        for dotted, value in overrides.items():
+            if value is None:
+                continue
+            _set_path(data, tuple(dotted.split("__")), value)
+        return _from_dict(data)
+
+
+def _as_dict(settings: Settings) -> dict[str, Any]:
+    return dataclasses.asdict(settings)
+
+
+def _set_path(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = data
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = value
+
+
+def _merge(base: dict[str, Any], overlay: Mapping[str, Any], where: str) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in overlay.items():
+        if key not in base:
+            raise InvalidConfigError(f"Unknown configuration key {where}{key!r}.")
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise InvalidConfigError(f"Configuration key {where}{key} must be a mapping.")
+            out[key] = _merge(base[key], value, f"{where}{key}.")
+        else:
+            out[key] = value
+    return out
+
+
+def _from_dict(data: Mapping[str, Any]) -> Settings:
+    try:
+        return Settings(
+            tracking_uri=data.get("tracking_uri"),
+            rate_limit_profile=str(data.get("rate_limit_profile", "databricks")),
+            engine=EngineConfig(**data.get("engine", {})),
+            tables=TablesConfig(**data.get("tables", {})),
+        )
+    except TypeError as exc:
+        raise InvalidConfigError(f"Invalid configuration: {exc}") from None
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Load the defaults, the optional overlay file and the environment."""
+    environ = os.environ if environ is None else environ
+    data = _as_dict(Settings())
+    data = _merge(data, read_yaml(conf_dir() / "defaults.yaml"), "")
+    overlay = environ.get(CONF_ENV)
+    if overlay:
+        data = _merge(data, read_yaml(overlay), "")
+    for variable, path in ENV_OVERRIDES.items():
+        value = environ.get(variable)
+        if value:
+            _set_path(data, path, value)
+    return _from_dict(data)

@@ -1,0 +1,111 @@
+"""A local MLflow tracking server for the demo, tests and benchmarks.
+
+Starts ``mlflow server`` with a sqlite backend on a free loopback port, waits until it answers
+``/health`` and stops only the process it started.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from mlflow_spark_tools.errors import TrackingServerError
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_health(url: str, timeout: float, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise TrackingServerError(f"mlflow server exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TrackingServerError(f"mlflow server at {url} did not answer /health within {timeout:.0f}s")
+
+
+class LocalTrackingServer:
+    """``mlflow server`` on 127.0.0.1 with a sqlite store under ``root``.
+
+    Args:
+        root: directory for the database, artifacts and the server log.
+        workers: server worker processes.
+    """
+
+    def __init__(self, root: Path | str, workers: int = 2) -> None:
+        self.root = Path(root)
+        self.workers = workers
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def db_path(self) -> Path:
+        return self.root / "mlflow.db"
+
+    def start(self, timeout: float = 120.0) -> LocalTrackingServer:
+        self.root.mkdir(parents=True, exist_ok=True)
+        mlflow_cli = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
+        log_file = open(self.root / "server.log", "ab")
+        env = dict(os.environ)
+        env.pop("MLFLOW_TRACKING_URI", None)
+        self.process = subprocess.Popen(
+            [
+                mlflow_cli,
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{self.db_path}",
+                "--default-artifact-root",
+                str(self.root / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(self.workers),
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        log_file.close()
+        try:
+            wait_for_health(self.url, timeout, self.process)
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=15)
+        self.process = None
+
+    def __enter__(self) -> LocalTrackingServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

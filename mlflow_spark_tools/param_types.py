@@ -1,0 +1,59 @@
+"""Types of param columns: bigint, double or boolean when every value parses as one, else string.
+
+MLflow stores params as strings. A column whose values all parse as integers becomes
+``bigint``, else as numbers ``double``, else as ``true``/``false`` (any case) ``boolean``,
+else it stays ``string``. The same rules decide, on an incremental refresh, whether new values
+still fit a column's type.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+BIGINT, DOUBLE, BOOLEAN, STRING = "bigint", "double", "boolean", "string"
+TYPE_ORDER = (BIGINT, DOUBLE, BOOLEAN)
+
+ARROW_TYPES = {
+    BIGINT: pa.int64(),
+    DOUBLE: pa.float64(),
+    BOOLEAN: pa.bool_(),
+    STRING: pa.string(),
+}
+
+_PATTERNS = {
+    BIGINT: r"^-?[0-9]{1,19}$",
+    DOUBLE: r"^[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[nN][aA][nN]|[iI][nN][fF]([iI][nN][iI][tT][yY])?)$",
+    BOOLEAN: r"^([tT][rR][uU][eE]|[fF][aA][lL][sS][eE])$",
+}
+
+
+def fits(values: pa.Array | pa.ChunkedArray, data_type: str) -> bool:
+    """Whether every non-null value parses as ``data_type`` (always true for string)."""
+    if data_type == STRING:
+        return True
+    values = values.drop_null()
+    if len(values) == 0:
+        return True
+    if not pc.all(pc.match_substring_regex(values, _PATTERNS[data_type])).as_py():
+        return False
+    try:
+        pc.cast(values, ARROW_TYPES[data_type])
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False  # for example an integer outside the bigint range
+    return True
+
+
+def infer(values: pa.Array | pa.ChunkedArray) -> str:
+    """The narrowest type every value of a param column parses as."""
+    if len(values.drop_null()) == 0:
+        return STRING
+    for data_type in TYPE_ORDER:
+        if fits(values, data_type):
+            return data_type
+    return STRING
+
+
+def cast(values: pa.Array | pa.ChunkedArray, data_type: str) -> pa.Array | pa.ChunkedArray:
+    """Convert string values to ``data_type`` (which they must fit)."""
+    return pc.cast(values, ARROW_TYPES[data_type])

@@ -1,0 +1,210 @@
+"""Talking to the tracking server: experiments and paginated run search.
+
+Run search goes straight to the REST endpoint (``POST /api/2.0/mlflow/runs/search``) with
+MLflow's own host credentials and request code, so authentication, TLS and Databricks
+profiles work exactly as for ``MlflowClient``; the JSON pages are turned into Arrow columns
+without building MLflow entity objects first. A tracking URI that is not served over REST
+(a local ``sqlite:`` or file store) is searched through the store's own ``search_runs``.
+Every search request takes a token from the ``search_runs`` bucket of the rate limiter first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from mlflow_spark_tools.errors import ExperimentNotFoundError, TrackingServerError
+from mlflow_spark_tools.ratelimit import RateLimiter
+
+log = logging.getLogger(__name__)
+
+SEARCH_ENDPOINT = "/api/2.0/mlflow/runs/search"
+ACTIVE_ONLY, DELETED_ONLY, ALL = "ACTIVE_ONLY", "DELETED_ONLY", "ALL"
+
+
+@dataclass(frozen=True)
+class ExperimentInfo:
+    experiment_id: str
+    name: str
+    lifecycle_stage: str
+    artifact_location: str | None
+
+
+def _is_not_found(exc: Exception) -> bool:
+    return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
+
+
+def _is_usage_error(exc: Exception) -> bool:
+    return getattr(exc, "error_code", None) in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST")
+
+
+class TrackingSource:
+    """Experiments and run pages from one tracking server.
+
+    Args:
+        tracking_uri: the server; None means MLflow's usual resolution (``MLFLOW_TRACKING_URI``).
+        limiter: the rate limiter every request takes a token from.
+    """
+
+    def __init__(self, tracking_uri: str | None, limiter: RateLimiter) -> None:
+        import mlflow
+        from mlflow.tracking import MlflowClient
+        from mlflow.tracking._tracking_service.utils import _get_store
+
+        self.tracking_uri = tracking_uri if tracking_uri is not None else mlflow.get_tracking_uri()
+        self.limiter = limiter
+        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        self._store = _get_store(self.tracking_uri)
+        self._host_creds = getattr(self._store, "get_host_creds", None)
+
+    # ---- experiments -------------------------------------------------------------------
+
+    def _call(self, api_class: str, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
+        self.limiter.acquire(api_class)
+        try:
+            return func(*args, **kwargs)
+        except Exception as exc:
+            if _is_not_found(exc) or _is_usage_error(exc):
+                raise
+            raise TrackingServerError(
+                f"Tracking server {self.tracking_uri} failed to {what}: {_first_line(exc)}"
+            ) from exc
+
+    def experiment_by_id(self, experiment_id: str) -> ExperimentInfo:
+        try:
+            exp = self._call("other", "get an experiment", self.client.get_experiment, experiment_id)
+        except TrackingServerError:
+            raise
+        except Exception as exc:
+            if _is_not_found(exc) or _is_usage_error(exc):
+                raise ExperimentNotFoundError(
+                    f"Experiment id {experiment_id!r} does not exist on {self.tracking_uri}."
+                ) from None
+            raise
+        return _experiment_info(exp)
+
+    def experiment_by_name(self, name: str) -> ExperimentInfo:
+        exp = self._call(
+            "other", "get an experiment", self.client.get_experiment_by_name, name
+        )
+        if exp is None:
+            raise ExperimentNotFoundError(
+                f"Experiment {name!r} does not exist on {self.tracking_uri}."
+            )
+        return _experiment_info(exp)
+
+    def all_experiments(self) -> list[ExperimentInfo]:
+        """Every active experiment, all pages."""
+        out: list[ExperimentInfo] = []
+        token = None
+        while True:
+            page = self._call(
+                "experiment_management",
+                "list experiments",
+                self.client.search_experiments,
+                max_results=1000,
+                page_token=token,
+            )
+            out.extend(_experiment_info(e) for e in page)
+            token = page.token
+            if not token:
+                return out
+
+    # ---- runs ------------------------------------------------------------------------
+
+    def search_page(
+        self,
+        experiment_id: str,
+        filter_string: str = "",
+        view: str = ACTIVE_ONLY,
+        max_results: int = 1000,
+        order_by: list[str] | None = None,
+        page_token: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of runs in the REST API's JSON shape, and the next page token."""
+        self.limiter.acquire("search_runs")
+        try:
+            if self._host_creds is not None:
+                return self._search_rest(
+                    experiment_id, filter_string, view, max_results, order_by, page_token
+                )
+            return self._search_store(
+                experiment_id, filter_string, view, max_results, order_by, page_token
+            )
+        except Exception as exc:
+            if _is_not_found(exc):
+                raise ExperimentNotFoundError(
+                    f"Experiment id {experiment_id!r} does not exist on {self.tracking_uri}."
+                ) from None
+            if _is_usage_error(exc):
+                raise
+            raise TrackingServerError(
+                f"Tracking server {self.tracking_uri} failed to search runs: {_first_line(exc)}"
+            ) from exc
+
+    def _search_rest(self, experiment_id, filter_string, view, max_results, order_by, page_token):
+        from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+        body: dict[str, Any] = {
+            "experiment_ids": [str(experiment_id)],
+            "filter": filter_string,
+            "run_view_type": view,
+            "max_results": max_results,
+        }
+        if order_by:
+            body["order_by"] = order_by
+        if page_token:
+            body["page_token"] = page_token
+        response = http_request(self._host_creds(), SEARCH_ENDPOINT, "POST", json=body)
+        payload = verify_rest_response(response, SEARCH_ENDPOINT).json()
+        return payload.get("runs", []), payload.get("next_page_token") or None
+
+    def _search_store(self, experiment_id, filter_string, view, max_results, order_by, page_token):
+        from mlflow.entities import ViewType
+        from mlflow.utils.proto_json_utils import message_to_json
+
+        page = self._store.search_runs(
+            experiment_ids=[str(experiment_id)],
+            filter_string=filter_string,
+            run_view_type=ViewType.from_string(view.lower()),
+            max_results=max_results,
+            order_by=order_by,
+            page_token=page_token,
+        )
+        runs = [json.loads(message_to_json(run.to_proto())) for run in page]
+        return runs, page.token or None
+
+    def iter_pages(
+        self,
+        experiment_id: str,
+        filter_string: str = "",
+        view: str = ACTIVE_ONLY,
+        page_size: int = 1000,
+        order_by: list[str] | None = None,
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Every page of a search, following ``next_page_token``."""
+        token = None
+        while True:
+            runs, token = self.search_page(
+                experiment_id, filter_string, view, page_size, order_by, token
+            )
+            yield runs
+            if not token:
+                return
+
+
+def _experiment_info(exp: Any) -> ExperimentInfo:
+    return ExperimentInfo(
+        experiment_id=str(exp.experiment_id),
+        name=exp.name,
+        lifecycle_stage=exp.lifecycle_stage,
+        artifact_location=exp.artifact_location,
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:500]

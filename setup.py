@@ -1,0 +1,59 @@
+"""Packaging for mlflow-spark-tools.
+
+The top-level ``conf/`` directory ships inside the wheel as ``mlflow_spark_tools._conf`` so
+that installed entry points find the same defaults and rate-limit profiles as a checkout.
+"""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+setup(
+    name="mlflow-spark-tools",
+    version="0.1.0",
+    description="Spark-native MLflow tools for Databricks: flattened experiment tables, "
+    "rate-limit-safe run logging from Spark tasks and a throttled replay job.",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["mlflow_spark_tools", "mlflow_spark_tools.*"])
+    + ["mlflow_spark_tools._conf", "mlflow_spark_tools._conf.rate_limits"],
+    package_dir={"mlflow_spark_tools._conf": "conf"},
+    package_data={"mlflow_spark_tools._conf": ["*.yaml", "rate_limits/*.yaml"]},
+    install_requires=[
+        "mlflow-skinny>=2.16",
+        "cloudpickle>=2.2",
+        "databricks-sdk>=0.30",
+        "click>=8.1",
+        "PyYAML>=6.0",
+        "tenacity>=8.2",
+        "tqdm>=4.60",
+        "pyarrow>=14",
+        "pandas>=1.5",
+        "requests>=2.28",
+    ],
+    extras_require={
+        # Local engines. Databricks runtimes ship their own pyspark: never a hard requirement.
+        "local": [
+            "pyspark[connect]>=3.5",
+            "pysail>=0.7",
+            "delta-spark>=3.2",
+        ],
+        "dev": [
+            "mlflow>=2.16",
+            "scikit-learn>=1.3",
+            "deltalake>=0.20",
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "psutil>=5.9",
+            "ruff>=0.6",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "mlflow-spark-tools=mlflow_spark_tools.cli:main",
+        ],
+    },
+)

@@ -1,0 +1,63 @@
+"""Shared fixtures: a real MLflow tracking server and the embedded Spark engine."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import uuid
+
+import pytest
+
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+
+
+@pytest.fixture(scope="session")
+def tracking_server(tmp_path_factory):
+    from mlflow_spark_tools.local_server import LocalTrackingServer
+
+    server = LocalTrackingServer(tmp_path_factory.mktemp("mlflow-server"), workers=2).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def client(tracking_server):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_server.url)
+
+
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory):
+    from mlflow_spark_tools.engine import start_embedded
+
+    eng = start_embedded(tmp_path_factory.mktemp("warehouse"))
+    yield eng
+    eng.stop()
+
+
+@pytest.fixture
+def settings(tracking_server):
+    from mlflow_spark_tools.config import load_settings
+
+    return load_settings(environ={}).with_overrides(
+        tracking_uri=tracking_server.url, rate_limit_profile="unlimited"
+    )
+
+
+_counter = itertools.count()
+
+
+@pytest.fixture
+def experiment(client):
+    """A new, empty experiment; returns its id."""
+    return client.create_experiment(f"test-{next(_counter)}-{uuid.uuid4().hex[:8]}")
+
+
+def cells_equal(a, b) -> bool:
+    """Cell equality where NaN equals NaN."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b

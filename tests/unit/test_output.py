@@ -1,0 +1,37 @@
+import json
+import math
+from datetime import datetime, timezone
+
+import pyarrow as pa
+
+from mlflow_spark_tools.output import format_rows
+
+
+def _table():
+    return pa.table({
+        "run_id": ["a", "b"],
+        "v": [1.5, math.nan],
+        "t": pa.array([datetime(2026, 1, 2, tzinfo=timezone.utc), None], pa.timestamp("ms", tz="UTC")),
+    })
+
+
+def test_json_is_a_strict_list_of_objects():
+    data = json.loads(format_rows(_table(), "json"), parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+    assert data[0]["run_id"] == "a" and data[0]["v"] == 1.5
+    assert data[1]["v"] == "NaN" and data[1]["t"] is None
+    assert data[0]["t"].startswith("2026-01-02T00:00:00")
+
+
+def test_csv_has_a_header_and_empty_nulls():
+    lines = format_rows(_table(), "csv").splitlines()
+    assert lines[0] == "run_id,v,t"
+    assert lines[1].startswith("a,1.5,2026-01-02")
+    assert lines[2] == "b,nan,"
+
+
+def test_table_is_aligned_and_counts_rows():
+    text = format_rows(_table(), "table")
+    lines = text.splitlines()
+    assert lines[1].startswith("| run_id")
+    assert len({len(line) for line in lines[:-1]}) == 1
+    assert lines[-1] == "(2 rows)"
