@@ -122,7 +122,7 @@ def build_experiment_tables(
             try:
                 summary = builder.refresh(exp, full_refresh, include_deleted)
             except MlflowSparkToolsError as exc:
-                log.error("Experiment %s (%s): %s", exp.experiment_id, exp.name, exc)
+                log.debug("Experiment %s (%s) failed", exp.experiment_id, exp.name, exc_info=True)
                 prefix = "usage: " if isinstance(exc, UsageError) else ""
                 summary = RefreshSummary(exp.experiment_id, exp.name, error=f"{prefix}{exc}")
             result.summaries.append(summary)

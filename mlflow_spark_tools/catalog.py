@@ -52,9 +52,21 @@ class Database:
             writer = writer.option("path", location)
         return writer
 
-    def overwrite(self, df: Any, table: str) -> None:
-        """Replace the table's content and schema in one Delta commit (create it if missing)."""
-        writer = self._writer(df, table, "overwrite").option("overwriteSchema", "true")
+    def overwrite(self, df: Any, table: str, stats_columns: Sequence[str]) -> None:
+        """Replace the table's content and schema in one Delta commit (create it if missing).
+
+        Args:
+            stats_columns: the only columns Delta keeps min/max statistics for
+                (``delta.dataSkippingStatsColumns``). Statistics ignore NaN, and a reader that
+                trusts them (the embedded engine does) returns a column whose min equals its
+                max as that constant, turning NaN metric values into numbers. Key and time
+                columns hold no NaN and are the ones worth skipping on.
+        """
+        writer = (
+            self._writer(df, table, "overwrite")
+            .option("overwriteSchema", "true")
+            .option("delta.dataSkippingStatsColumns", ",".join(stats_columns))
+        )
         self._save(writer, table)
 
     def add_columns(self, table: str, ddl: Sequence[tuple[str, str]]) -> None:

@@ -92,7 +92,8 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option(
     "--warehouse",
     type=click.Path(file_okay=False),
-    help="Directory of the embedded engine's Delta tables (default: ./spark-warehouse).",
+    help="Directory of the tables' files (embedded engine default: ./spark-warehouse; with "
+    "--remote, tables become external tables there).",
 )
 @click.option("--database", help="Database of the experiment tables: schema or catalog.schema.")
 @click.option("--profile", help="Rate-limit profile name from conf/rate_limits or a YAML path.")
@@ -128,7 +129,7 @@ def add_common(func: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(
         [
             click.option("--warehouse", "warehouse_", type=click.Path(file_okay=False),
-                         help="Directory of the embedded engine's Delta tables."),
+                         help="Directory of the tables' files (see the group's --warehouse)."),
             click.option("--database", "database_", help="Database: schema or catalog.schema."),
             click.option("--remote", "remote_", help="Spark Connect URL sc://host:port."),
             click.option("--tracking-uri", "tracking_uri_", help="Tracking server URI."),

@@ -70,19 +70,15 @@ class EngineConfig:
     """Which Spark engine to use and where the embedded one keeps its tables."""
 
     remote: str | None = None
-    warehouse: str = "spark-warehouse"
+    warehouse: str | None = None
 
     def __post_init__(self) -> None:
         if self.remote is not None and not str(self.remote).startswith("sc://"):
             raise InvalidConfigError(
                 f"engine.remote must be a Spark Connect URL like sc://host:15002, got {self.remote!r}."
             )
-        if not self.warehouse:
-            raise InvalidConfigError("engine.warehouse must be a directory path.")
-
-    @property
-    def warehouse_path(self) -> Path:
-        return Path(self.warehouse).expanduser().resolve()
+        if self.warehouse is not None and not str(self.warehouse).strip():
+            raise InvalidConfigError("engine.warehouse must be a directory path or null.")
 
 
 @dataclass(frozen=True)

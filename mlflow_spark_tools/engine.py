@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 EMBEDDED = "embedded"
 REMOTE = "remote"
 ACTIVE = "active"
+DEFAULT_WAREHOUSE = "spark-warehouse"
 
 
 @dataclass
@@ -38,8 +39,8 @@ class Engine:
     Attributes:
         spark: the session.
         kind: ``embedded``, ``remote`` or ``active``.
-        warehouse: for the embedded engine, the directory holding its Delta tables; tables of
-            other engines are managed by their catalog.
+        warehouse: the directory holding the tables' files; None when the catalog manages
+            them (Unity Catalog, a metastore).
     """
 
     spark: Any
@@ -159,13 +160,21 @@ def get_engine(
     Args:
         spark: a session to use as is.
         remote: a Spark Connect URL (``sc://host:port``).
-        warehouse: the embedded engine's table directory (default ``./spark-warehouse``).
+        warehouse: a directory for the tables' files. The embedded engine always has one
+            (default ``./spark-warehouse``). On other engines tables are managed by the catalog
+            unless a warehouse is given; then they are external tables under it, registered
+            again at start (a Sail server, for one, forgets tables between sessions).
     """
     if spark is not None:
-        return Engine(spark=spark, kind=ACTIVE)
-    if remote is not None:
-        return Engine(spark=_connect(remote), kind=REMOTE)
-    runtime = _runtime_session()
-    if runtime is not None:
-        return Engine(spark=runtime, kind=ACTIVE)
-    return start_embedded(warehouse if warehouse is not None else "spark-warehouse")
+        engine = Engine(spark=spark, kind=ACTIVE)
+    elif remote is not None:
+        engine = Engine(spark=_connect(remote), kind=REMOTE)
+    else:
+        runtime = _runtime_session()
+        if runtime is None:
+            return start_embedded(warehouse if warehouse is not None else DEFAULT_WAREHOUSE)
+        engine = Engine(spark=runtime, kind=ACTIVE)
+    if warehouse is not None:
+        engine.warehouse = Path(warehouse).expanduser().resolve()
+        register_warehouse_tables(engine)
+    return engine

@@ -12,6 +12,7 @@ unfinished at the last refresh (by id), and the deleted runs.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +27,8 @@ log = logging.getLogger(__name__)
 
 ORDER_ASC = ["attributes.start_time ASC"]
 ORDER_DESC = ["attributes.start_time DESC"]
-IDS_PER_FILTER = 100
+IDS_PER_FILTER = 250
+MAX_INTERVALS = 256
 _RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -72,11 +74,16 @@ class RunFetcher:
             return concat_pages(pages)
         # Everything that started before the last start time of the first page is in it; runs
         # sharing that last start time may continue on later pages, so the rest of the range
-        # starts at that time and runs seen already are dropped.
+        # starts at that time and runs seen already are dropped. The first page's density
+        # estimates how many runs the rest holds, so that each interval is about one page.
+        earliest = first["start_time"][0].value
         boundary = first["start_time"][-1].value
         newest, _ = self.source.search_page(experiment_id, "", view, 1, ORDER_DESC)
         latest = int(newest[0]["info"]["start_time"]) if newest else boundary
-        intervals = split_range(boundary, latest, self.workers * 2)
+        per_ms = first.num_rows / max(1, boundary - earliest)
+        expected_pages = (latest - boundary) * per_ms / self.page_size
+        n_intervals = min(MAX_INTERVALS, max(self.workers, math.ceil(expected_pages * 1.2)))
+        intervals = split_range(boundary, latest, n_intervals)
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             parts = list(
                 pool.map(
@@ -91,6 +98,38 @@ class RunFetcher:
         rest = rest.filter(pc.invert(pc.is_in(rest["run_id"], value_set=seen)))
         return concat_pages([first, rest])
 
+    def fetch_recent(self, experiment_id: str, since_ms: int, include_deleted: bool = False) -> pa.Table:
+        """Runs that ended or started at or after ``since_ms``, and every deleted run.
+
+        The three searches run in parallel, the one most likely to return runs (recently
+        ended) first. One row per run; a deleted run's deleted state wins.
+        """
+        view = ALL if include_deleted else ACTIVE_ONLY
+        searches = [
+            (f"attributes.end_time >= {int(since_ms)}", view),
+            (f"attributes.start_time >= {int(since_ms)}", view),
+            ("", DELETED_ONLY),
+        ]
+        with ThreadPoolExecutor(max_workers=min(self.workers, len(searches))) as pool:
+            parts = list(pool.map(lambda f: self._pages_to_table(experiment_id, *f), searches))
+        # Deleted runs come last so that their state wins over an active copy fetched earlier.
+        return dedupe_latest(concat_pages([page for part in parts for page in part]))
+
+    def fetch_by_ids(self, experiment_id: str, run_ids: Iterable[str]) -> pa.Table:
+        """The current state of the given runs (deleted ones included), in parallel chunks."""
+        ids = sorted({r for r in run_ids if _RUN_ID.match(r)})
+        searches = [
+            "attributes.run_id IN ("
+            + ", ".join(f"'{run_id}'" for run_id in ids[i : i + IDS_PER_FILTER])
+            + ")"
+            for i in range(0, len(ids), IDS_PER_FILTER)
+        ]
+        if not searches:
+            return concat_pages([])
+        with ThreadPoolExecutor(max_workers=min(self.workers, len(searches))) as pool:
+            parts = list(pool.map(lambda f: self._pages_to_table(experiment_id, f, ALL), searches))
+        return concat_pages([page for part in parts for page in part])
+
     def fetch_changes(
         self,
         experiment_id: str,
@@ -100,23 +139,23 @@ class RunFetcher:
     ) -> pa.Table:
         """Runs changed since a watermark, as far as the search API can tell.
 
-        Returns the latest state of every run that started or ended at or after ``since_ms``,
-        of every run in ``unfinished_run_ids``, and of every deleted run; one row per run.
+        The latest state of every run that started or ended at or after ``since_ms``, of every
+        deleted run, and of every run in ``unfinished_run_ids``; one row per run. Unfinished
+        runs that the time filters already returned are not fetched again.
         """
-        view = ALL if include_deleted else ACTIVE_ONLY
-        filters = [
-            (f"attributes.start_time >= {int(since_ms)}", view),
-            (f"attributes.end_time >= {int(since_ms)}", view),
-        ]
-        ids = sorted({run_id for run_id in unfinished_run_ids if _RUN_ID.match(run_id)})
-        for i in range(0, len(ids), IDS_PER_FILTER):
-            chunk = ", ".join(f"'{run_id}'" for run_id in ids[i : i + IDS_PER_FILTER])
-            filters.append((f"attributes.run_id IN ({chunk})", ALL))
-        filters.append(("", DELETED_ONLY))
-        with ThreadPoolExecutor(max_workers=min(self.workers, len(filters))) as pool:
-            parts = list(pool.map(lambda f: self._pages_to_table(experiment_id, *f), filters))
-        # Deleted runs come last so that their state wins over an active copy fetched earlier.
-        return dedupe_latest(concat_pages([page for part in parts for page in part]))
+        recent = self.fetch_recent(experiment_id, since_ms, include_deleted)
+        return merge_changes(recent, self.fetch_by_ids(experiment_id, missing_ids(recent, unfinished_run_ids)))
+
+
+def missing_ids(recent: pa.Table, run_ids: Iterable[str]) -> list[str]:
+    """The ids in ``run_ids`` that ``recent`` does not hold."""
+    seen = set(recent["run_id"].to_pylist())
+    return [r for r in run_ids if r not in seen]
+
+
+def merge_changes(recent: pa.Table, by_id: pa.Table) -> pa.Table:
+    """One table of changed runs from the time-filtered and the by-id fetches."""
+    return dedupe_latest(concat_pages([by_id, recent]))
 
 
 def split_range(low: int, high: int, n: int) -> list[tuple[int, int | None]]:

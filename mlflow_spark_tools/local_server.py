@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -64,6 +65,9 @@ class LocalTrackingServer:
         log_file = open(self.root / "server.log", "ab")
         env = dict(os.environ)
         env.pop("MLFLOW_TRACKING_URI", None)
+        # The server's background job runner (GenAI evaluation jobs) is not needed here and
+        # would take CPU from the requests being measured.
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         self.process = subprocess.Popen(
             [
                 mlflow_cli,
@@ -93,15 +97,18 @@ class LocalTrackingServer:
         return self
 
     def stop(self) -> None:
+        """Stop the server and the worker processes it started (its own process group)."""
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=15)
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=15)
         self.process = None
 
     def __enter__(self) -> LocalTrackingServer:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +35,7 @@ from mlflow_spark_tools.columns import (
     sort_specs,
 )
 from mlflow_spark_tools.engine import Engine
-from mlflow_spark_tools.fetch import RunFetcher
+from mlflow_spark_tools.fetch import RunFetcher, merge_changes, missing_ids
 from mlflow_spark_tools.identifiers import experiment_table_name, quote, sql_string
 from mlflow_spark_tools.run_batches import INFO_SCHEMA, split_raw_name
 from mlflow_spark_tools.spark_arrow import to_arrow, to_dataframe
@@ -58,6 +59,7 @@ INDEX_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 COLUMNS_TABLE_SCHEMA = "`column_name` string, `kind` string, `key` string, `data_type` string"
 UNFINISHED = ("RUNNING", "SCHEDULED")
+STATS_COLUMNS = ("run_id", "start_time", "end_time")
 FULL, INCREMENTAL = "full", "incremental"
 
 ARROW_TYPES = {**param_types.ARROW_TYPES, "timestamp": pa.timestamp("ms", tz="UTC")}
@@ -139,17 +141,16 @@ class ExperimentTableBuilder:
         ).collect()
         return rows[0].asDict() if rows else None
 
-    def _state(self, experiment_id: str) -> _TableState:
-        table = experiment_table_name(experiment_id)
+    def _state(self, table: str, exists: bool, index_row: dict[str, Any] | None) -> _TableState:
         specs: list[ColumnSpec] = []
         if self.db.exists(table + "_columns"):
             specs = [
                 ColumnSpec(r["column_name"], r["kind"], r["key"], r["data_type"])
                 for r in self.spark.table(self.db.name(table + "_columns")).collect()
             ]
-        if not self.db.exists(table):
+        if not exists:
             return _TableState(False, {}, specs, None)
-        return _TableState(True, self.db.columns(table), specs, self._index_row(experiment_id))
+        return _TableState(True, self.db.columns(table), specs, index_row)
 
     # ---- shaping ---------------------------------------------------------------------
 
@@ -207,18 +208,18 @@ class ExperimentTableBuilder:
         if not self._db_ready:
             self.db.ensure()
             self._db_ready = True
-        state = self._state(experiment.experiment_id)
-        index = state.index_row
+        exists = self.db.exists(table)
+        index = self._index_row(experiment.experiment_id) if exists else None
         incremental = (
             not full_refresh
-            and state.exists
             and index is not None
             and index.get("watermark_ms") is not None
             and bool(index.get("include_deleted")) == include_deleted
         )
         if incremental:
-            self._refresh_incremental(experiment, table, state, include_deleted, summary)
+            self._refresh_incremental(experiment, table, index, include_deleted, summary)
         if summary.mode is None:
+            state = self._state(table, exists, index)
             self._refresh_full(experiment, table, state, include_deleted, summary)
         summary.seconds = round(time.perf_counter() - started, 3)
         return summary
@@ -230,44 +231,48 @@ class ExperimentTableBuilder:
         # A full rebuild keeps existing names but infers every type afresh.
         namer = ColumnNamer(state.specs)
         data, specs, _ = self._shape(raw, namer, {})
-        old_ids = None
         if state.exists:
             old_ids = to_arrow(self.spark.sql(f"SELECT run_id FROM {self.db.name(table)}"))["run_id"]
             kept = pc.is_in(data["run_id"], value_set=old_ids)
             summary.rows_updated = pc.sum(kept).as_py() or 0
             summary.rows_inserted = data.num_rows - summary.rows_updated
             summary.rows_deleted = len(old_ids) - summary.rows_updated
-            summary.columns_widened = sorted(
+            widened = {
                 s.column_name
                 for s in specs
                 if s.kind == PARAM
                 and s.data_type == param_types.STRING
                 and state.types.get(s.column_name, param_types.STRING) != param_types.STRING
-            ) or summary.columns_widened
+            }
+            summary.columns_widened = sorted(widened | set(summary.columns_widened))
         else:
             summary.rows_inserted = data.num_rows
         summary.columns_added = sorted(
             s.column_name for s in specs if s.kind != INFO and s.column_name not in state.types
-        ) if state.exists else [s.column_name for s in specs if s.kind != INFO]
+        )
         self._write_columns(table, specs, state.specs)
-        self.db.overwrite(to_dataframe(self.spark, data, ddl(specs)), table)
+        self.db.overwrite(to_dataframe(self.spark, data, ddl(specs)), table, STATS_COLUMNS)
         summary.mode = FULL
         summary.row_count = data.num_rows
         self._write_index(experiment, table, summary.row_count, len(specs), include_deleted, watermark, FULL)
 
-    def _refresh_incremental(self, experiment, table, state, include_deleted, summary) -> None:
+    def _refresh_incremental(self, experiment, table, index, include_deleted, summary) -> None:
         watermark = int(self.clock() * 1000)
-        since = int(state.index_row["watermark_ms"]) - self.margin_ms
-        unfinished = [
-            r["run_id"]
-            for r in self.spark.sql(
-                f"SELECT run_id FROM {self.db.name(table)} WHERE status IN "
-                f"({', '.join(sql_string(s) for s in UNFINISHED)})"
-            ).collect()
-        ]
-        raw = self.fetcher.fetch_changes(
-            experiment.experiment_id, since, unfinished, include_deleted
-        )
+        since = int(index["watermark_ms"]) - self.margin_ms
+        exp_id = experiment.experiment_id
+        # The time-filtered searches run while the table's state is read.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            recent_future = pool.submit(self.fetcher.fetch_recent, exp_id, since, include_deleted)
+            state = self._state(table, True, index)
+            unfinished = [
+                r["run_id"]
+                for r in self.spark.sql(
+                    f"SELECT run_id FROM {self.db.name(table)} WHERE status IN "
+                    f"({', '.join(sql_string(s) for s in UNFINISHED)})"
+                ).collect()
+            ]
+            recent = recent_future.result()
+        raw = merge_changes(recent, self.fetcher.fetch_by_ids(exp_id, missing_ids(recent, unfinished)))
         summary.runs_fetched = raw.num_rows
         namer = ColumnNamer(state.specs)
         data, specs, broken = self._shape(raw, namer, state.types)
@@ -299,7 +304,7 @@ class ExperimentTableBuilder:
                 insert_condition=None if include_deleted else "s.lifecycle_stage <> 'deleted'",
             )
             self.spark.catalog.dropTempView(view)
-        previous = state.index_row.get("run_count") or 0
+        previous = index.get("run_count") or 0
         summary.row_count = previous + summary.rows_inserted - summary.rows_deleted
         summary.mode = INCREMENTAL
         self._write_index(
@@ -336,7 +341,9 @@ class ExperimentTableBuilder:
         kept = [s for s in previous if s.column_name not in current and s.kind != INFO]
         rows = [(s.column_name, s.kind, s.key, s.data_type) for s in sort_specs(specs + kept)]
         data = pa.table(list(zip(*rows)), names=["column_name", "kind", "key", "data_type"])
-        self.db.overwrite(to_dataframe(self.spark, data, COLUMNS_TABLE_SCHEMA), table + "_columns")
+        self.db.overwrite(
+            to_dataframe(self.spark, data, COLUMNS_TABLE_SCHEMA), table + "_columns", ["column_name"]
+        )
 
     def _write_index(self, experiment, table, run_count, column_count, include_deleted, watermark, mode) -> None:
         row = pa.table(
@@ -357,7 +364,7 @@ class ExperimentTableBuilder:
         schema = ", ".join(f"{quote(n)} {t}" for n, t in INDEX_COLUMNS)
         df = to_dataframe(self.spark, row, schema)
         if not self.db.exists(INDEX_TABLE):
-            self.db.overwrite(df, INDEX_TABLE)
+            self.db.overwrite(df, INDEX_TABLE, ["experiment_id"])
             return
         view = "__mst_index_row"
         df.createOrReplaceTempView(view)

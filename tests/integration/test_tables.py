@@ -168,3 +168,16 @@ def test_incremental_refresh_equals_full_rebuild_cell_by_cell(
     for a, b in zip(incremental, rebuilt):
         for column in a:
             assert cells_equal(a[column], b[column]), (column, a[column], b[column])
+
+
+def test_nan_survives_beside_equal_values_after_build_and_merge(settings, engine, client, experiment):
+    # Delta statistics ignore NaN: min == max == 0.5 must not turn NaN into 0.5 on read.
+    nan_run = log_run(client, experiment, metrics={"m": math.nan})
+    log_run(client, experiment, metrics={"m": 0.5})
+    build(settings, experiment, engine)
+    late = log_run(client, experiment, metrics={"m": math.nan})
+    log_run(client, experiment, metrics={"m": 0.5})
+    assert build(settings, experiment, engine).mode == "incremental"
+    rows = {r["run_id"]: r["_m_m"] for r in read_table(engine, DB, experiment)}
+    assert math.isnan(rows[nan_run]) and math.isnan(rows[late])
+    assert sorted(v for v in rows.values() if not math.isnan(v)) == [0.5, 0.5]

@@ -1,0 +1,195 @@
+"""Benchmark: building experiment tables against the baseline, and incremental refresh.
+
+    .venv/bin/python bench/bench_tables.py [--runs 20000] [--repetitions 3]
+
+Seeds an experiment of ``--runs`` runs with 20 params, 20 metrics and 20 tags each straight into
+a local MLflow server's sqlite store, then per repetition measures, each in a fresh process
+(so peak memory is that of the measured work alone, embedded Spark engine included):
+
+(b) baseline: ``mlflow.search_runs()`` -> ``spark.createDataFrame`` -> Delta write;
+(a) full build: ``build-tables --full-refresh``;
+(c) incremental refresh after 1% of the runs (left RUNNING at the build) logged a new metric
+    value and finished.
+
+Targets: (a) <= 0.5 x (b); (c) <= 0.05 x (a); peak memory of (a) below (b)'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve()
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+os.environ.setdefault("RUST_LOG", "error")
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def measure_baseline(url: str, experiment_id: str, warehouse: str) -> dict:
+    import mlflow
+
+    from mlflow_spark_tools.engine import start_embedded
+
+    engine = start_embedded(warehouse)
+    started = time.perf_counter()
+    mlflow.set_tracking_uri(url)
+    pdf = mlflow.search_runs(experiment_ids=[experiment_id])
+    # Delta column names cannot hold dots: rename as the seed's pandas builder does.
+    pdf.columns = [
+        c.replace("params.", "_p_").replace("metrics.", "_m_").replace("tags.", "_t_").replace(".", "_")
+        for c in pdf.columns
+    ]
+    df = engine.spark.createDataFrame(pdf)
+    df.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(
+        str(Path(warehouse) / "baseline" / f"exp_{experiment_id}")
+    )
+    seconds = time.perf_counter() - started
+    rows = len(pdf)
+    engine.stop()
+    return {"seconds": seconds, "rows": rows, "peak_rss_mb": _peak_rss_mb()}
+
+
+def measure_build(url: str, experiment_id: str, warehouse: str, full: bool) -> dict:
+    from mlflow_spark_tools.build_tables import build_experiment_tables
+    from mlflow_spark_tools.config import load_settings
+    from mlflow_spark_tools.engine import start_embedded
+
+    engine = start_embedded(warehouse)
+    # A 60 s look-back margin (default 600 s): repetitions are minutes apart, and each one's
+    # incremental refresh should see its own changes only.
+    settings = load_settings().with_overrides(
+        tracking_uri=url, rate_limit_profile="databricks", tables__watermark_margin_seconds=60
+    )
+    started = time.perf_counter()
+    result = build_experiment_tables(settings, [experiment_id], full_refresh=full, engine=engine)
+    seconds = time.perf_counter() - started
+    summary = result.summaries[0]
+    engine.stop()
+    if not summary.ok:
+        raise SystemExit(summary.error)
+    return {
+        "seconds": seconds,
+        "rows": summary.row_count,
+        "mode": summary.mode,
+        "runs_fetched": summary.runs_fetched,
+        "rows_updated": summary.rows_updated,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def run_worker(kind: str, url: str, experiment_id: str, warehouse: str) -> dict:
+    """Run one measurement in a fresh Python process and return what it printed."""
+    out = subprocess.run(
+        [sys.executable, str(HERE), "--worker", kind, "--url", url,
+         "--experiment-id", experiment_id, "--warehouse", warehouse],
+        check=True, capture_output=True, text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def mark_running(db_path: Path, run_ids: list[str]) -> None:
+    """Set up a repetition: these runs are unfinished when the table is built."""
+    with sqlite3.connect(str(db_path)) as conn:
+        conn.executemany(
+            "UPDATE runs SET status = 'RUNNING', end_time = NULL WHERE run_uuid = ?",
+            [(r,) for r in run_ids],
+        )
+
+
+def finish_runs(url: str, run_ids: list[str]) -> None:
+    """The change: each run logs a new metric value and finishes, through the REST API."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(url)
+    for run_id in run_ids:
+        client.log_metric(run_id, "metric_0", 42.0, step=1)
+        client.set_terminated(run_id)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20000)
+    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--worker", choices=["baseline", "full", "incremental"])
+    parser.add_argument("--url")
+    parser.add_argument("--experiment-id")
+    parser.add_argument("--warehouse")
+    parser.add_argument("--out", default=str(HERE.parent / "results" / "tables.json"))
+    args = parser.parse_args()
+    if args.worker:
+        if args.worker == "baseline":
+            result = measure_baseline(args.url, args.experiment_id, args.warehouse)
+        else:
+            result = measure_build(args.url, args.experiment_id, args.warehouse, args.worker == "full")
+        print(json.dumps(result))
+        return
+
+    from mlflow import MlflowClient
+
+    from mlflow_spark_tools.local_server import LocalTrackingServer
+    from mlflow_spark_tools.sqlite_seed import SeedSpec, seed_runs
+
+    root = Path(tempfile.mkdtemp(prefix="bench-tables-"))
+    warehouse = str(root / "warehouse")
+    results: dict[str, list[dict]] = {"baseline": [], "full": [], "incremental": []}
+    with LocalTrackingServer(root / "mlflow", workers=4) as server:
+        client = MlflowClient(server.url)
+        experiment_id = client.create_experiment("bench-20k")
+        started = time.perf_counter()
+        # Runs ended an hour ago: the incremental refresh's look-back margin sees none of them.
+        run_ids = seed_runs(
+            server.db_path, experiment_id, SeedSpec(args.runs, 20, 20, 20),
+            start_ms=int(time.time() * 1000) - 3_600_000 - args.runs * 1000,
+        )
+        print(f"seeded {args.runs} runs in {time.perf_counter() - started:.1f}s", flush=True)
+        changed_per_rep = max(1, args.runs // 100)
+        for rep in range(args.repetitions):
+            changed = run_ids[rep * changed_per_rep:(rep + 1) * changed_per_rep]
+            mark_running(server.db_path, changed)
+            for kind in ("baseline", "full"):
+                r = run_worker(kind, server.url, experiment_id, warehouse)
+                results[kind].append(r)
+                print(f"rep {rep} {kind}: {r}", flush=True)
+            finish_runs(server.url, changed)
+            r = run_worker("incremental", server.url, experiment_id, warehouse)
+            if r["mode"] != "incremental" or r["runs_fetched"] < len(changed):
+                raise SystemExit(f"incremental refresh did not see the changes: {r}")
+            results["incremental"].append(r)
+            print(f"rep {rep} incremental: {r}", flush=True)
+
+    def med(kind: str, key: str) -> float:
+        return statistics.median(r[key] for r in results[kind])
+
+    a, b, c = med("full", "seconds"), med("baseline", "seconds"), med("incremental", "seconds")
+    report = {
+        "runs": args.runs,
+        "repetitions": args.repetitions,
+        "median_seconds": {"full_build_a": a, "baseline_b": b, "incremental_c": c},
+        "median_peak_rss_mb": {k: med(k, "peak_rss_mb") for k in results},
+        "ratios": {"a_over_b": a / b, "c_over_a": c / a},
+        "targets_met": {
+            "a <= 0.5 b": a <= 0.5 * b,
+            "c <= 0.05 a": c <= 0.05 * a,
+            "peak(a) < peak(b)": med("full", "peak_rss_mb") < med("baseline", "peak_rss_mb"),
+        },
+        "all": results,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(json.dumps({k: v for k, v in report.items() if k != "all"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""The command line and the job entry points, in process and as subprocesses."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mlflow_spark_tools.cli import cli
+from mlflow_spark_tools.local_server import free_port
+from mlflow_spark_tools.queries import best_run, last_run
+from mlflow_spark_tools.ratelimit import RateLimiter
+from mlflow_spark_tools.tracking import TrackingSource
+
+from .helpers import build, log_run
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+DB = "mlflow_exp"
+
+
+def invoke(settings, engine, *args):
+    return CliRunner().invoke(cli, list(args), obj={"settings": settings, "engine": engine})
+
+
+def _env(tracking_uri):
+    env = dict(os.environ)
+    env.update(MLFLOW_TRACKING_URI=tracking_uri, RUST_LOG="error", PYSPARK_PYTHON=sys.executable,
+               MLFLOW_SPARK_TOOLS_PROFILE="unlimited")
+    # pyspark marks a process that opened a Spark Connect session (this one did) in the
+    # environment; the child processes choose their own engine.
+    for name in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "SPARK_LOCAL_REMOTE"):
+        env.pop(name, None)
+    return env
+
+
+def test_unknown_experiment_is_named_and_the_others_are_built(settings, engine, client, experiment):
+    log_run(client, experiment, metrics={"m": 1.0})
+    result = invoke(settings, engine, "build-tables", "--experiment-ids", f"{experiment},987654",
+                    "--experiment-names", "no-such-experiment")
+    assert result.exit_code == 3, result.output
+    assert "987654" in result.stderr and "no-such-experiment" in result.stderr
+    assert engine.spark.sql(f"SELECT count(*) FROM {DB}.exp_{experiment}").collect()[0][0] == 1
+    only_unknown = invoke(settings, engine, "build-tables", "--experiment-ids", "987654")
+    assert only_unknown.exit_code == 2
+    assert "987654" in only_unknown.stderr and "Traceback" not in only_unknown.output
+
+
+def test_invalid_database_is_rejected_before_anything_is_written(settings, engine, experiment):
+    before = sorted(p.name for p in engine.warehouse.iterdir())
+    result = invoke(settings, engine, "build-tables", "--experiment-ids", experiment,
+                    "--database", "bad-name;drop")
+    assert result.exit_code == 2
+    assert "bad-name;drop" in result.stderr
+    assert sorted(p.name for p in engine.warehouse.iterdir()) == before
+    schemas = [r[0] for r in engine.spark.sql("SHOW SCHEMAS").collect()]
+    assert not any("bad" in s for s in schemas)
+
+
+def test_unreachable_tracking_server_leaves_tables_untouched(settings, engine, client, experiment):
+    log_run(client, experiment, metrics={"m": 1.0})
+    build(settings, experiment, engine)
+    log_dir = engine.warehouse / DB / f"exp_{experiment}" / "_delta_log"
+    commits = sorted(log_dir.glob("*.json"))
+    dead = settings.with_overrides(tracking_uri=f"http://127.0.0.1:{free_port()}")
+    result = invoke(dead, engine, "build-tables", "--experiment-ids", experiment)
+    assert result.exit_code == 1
+    assert "Tracking server" in result.stderr and "Traceback" not in result.output
+    assert sorted(log_dir.glob("*.json")) == commits
+
+
+def test_sql_prints_table_json_and_csv(settings, engine, client, experiment):
+    a = log_run(client, experiment, params={"depth": 3}, metrics={"rmse": 0.5})
+    b = log_run(client, experiment, params={"depth": 5}, metrics={"rmse": math.nan})
+    build(settings, experiment, engine)
+    query = f"SELECT run_id, _p_depth, _m_rmse FROM {DB}.exp_{experiment} ORDER BY _p_depth"
+    as_json = invoke(settings, engine, "sql", "--format", "json", query)
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(as_json.stdout) == [
+        {"run_id": a, "_p_depth": 3, "_m_rmse": 0.5},
+        {"run_id": b, "_p_depth": 5, "_m_rmse": "NaN"},
+    ]
+    as_csv = invoke(settings, engine, "sql", "--format", "csv", query)
+    assert as_csv.stdout.splitlines() == ["run_id,_p_depth,_m_rmse", f"{a},3,0.5", f"{b},5,nan"]
+    as_table = invoke(settings, engine, "sql", query)
+    assert a in as_table.stdout and "(2 rows)" in as_table.stdout
+    bad = invoke(settings, engine, "sql", "SELECT * FROM no_such_table")
+    assert bad.exit_code == 2 and "no_such_table" in bad.stderr
+
+
+def test_best_and_last_run_agree_between_table_and_server(settings, engine, client, experiment):
+    top = log_run(client, experiment, metrics={"rmse": 0.3, "acc": 0.7}, run_name="top")
+    log_run(client, experiment, metrics={"rmse": math.nan, "acc": 0.1})
+    log_run(client, experiment, metrics={"rmse": 0.5, "acc": 0.95})
+    child = log_run(client, experiment, metrics={"rmse": 0.1, "acc": 0.2}, parent_run_id=top)
+    log_run(client, experiment, params={"no_metrics": 1})
+    last = log_run(client, experiment, metrics={"acc": 0.99}, parent_run_id=top)
+    source = TrackingSource(settings.tracking_uri, RateLimiter(settings.profile()))
+    server_answers = [
+        best_run(experiment, "rmse", True, False, source=source).run_id,
+        best_run(experiment, "rmse", True, True, source=source).run_id,
+        best_run(experiment, "acc", False, True, source=source).run_id,
+        last_run(experiment, False, source=source).run_id,
+        last_run(experiment, True, source=source).run_id,
+    ]
+    assert server_answers[:2] == [child, top]
+    assert server_answers[3] == last
+    assert best_run(experiment, "missing", source=source) is None
+    build(settings, experiment, engine)
+    table_choice = best_run(experiment, "rmse", engine=engine, source=source)
+    assert table_choice.source == "table" and table_choice.value == 0.1
+    table_answers = [
+        best_run(experiment, "rmse", True, False, engine=engine).run_id,
+        best_run(experiment, "rmse", True, True, engine=engine).run_id,
+        best_run(experiment, "acc", False, True, engine=engine).run_id,
+        last_run(experiment, False, engine=engine).run_id,
+        last_run(experiment, True, engine=engine).run_id,
+    ]
+    assert table_answers == server_answers
+    cli_answer = invoke(settings, engine, "best-run", "--experiment-id", experiment,
+                        "--metric", "acc", "--descending", "--ignore-nested", "--format", "json")
+    assert json.loads(cli_answer.stdout)["run_id"] == server_answers[2]
+
+
+def test_python_job_entry_point_and_a_new_process_reading_the_tables(tmp_path, tracking_server, client, experiment):
+    log_run(client, experiment, params={"alpha": 0.1}, metrics={"rmse": 0.7})
+    env = _env(tracking_server.url)
+    warehouse = tmp_path / "wh"
+    job = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "build_experiment_tables.py"),
+         "--experiment-ids", experiment, "--warehouse", str(warehouse)],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert job.returncode == 0, job.stderr
+    assert f"exp_{experiment}" in job.stdout and "full" in job.stdout
+    query = subprocess.run(
+        [str(BIN / "mlflow-spark-tools"), "--warehouse", str(warehouse), "sql", "--format", "json",
+         f"SELECT _p_alpha, _m_rmse FROM {DB}.exp_{experiment}"],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert query.returncode == 0, query.stderr
+    assert json.loads(query.stdout) == [{"_p_alpha": 0.1, "_m_rmse": 0.7}]
+
+
+@pytest.fixture
+def sail_server(tmp_path):
+    port = free_port()
+    process = subprocess.Popen(
+        [str(BIN / "sail"), "spark", "server", "--ip", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "RUST_LOG": "error"},
+    )
+    try:
+        import socket
+        import time
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        yield f"sc://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_spark_submit_with_remote(tmp_path, tracking_server, client, experiment, sail_server):
+    log_run(client, experiment, params={"alpha": 0.2}, metrics={"rmse": 0.4})
+    env = {**_env(tracking_server.url), "SPARK_REMOTE": sail_server}
+    warehouse = str(tmp_path / "external")
+    job = subprocess.run(
+        [str(BIN / "spark-submit"), "--remote", sail_server,
+         str(ROOT / "jobs" / "build_experiment_tables.py"), "--experiment-ids", experiment,
+         "--warehouse", warehouse],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert f"exp_{experiment}" in job.stdout
+    query = subprocess.run(
+        [str(BIN / "mlflow-spark-tools"), "--remote", sail_server, "--warehouse", warehouse,
+         "sql", "--format", "json",
+         f"SELECT _p_alpha, _m_rmse FROM {DB}.exp_{experiment}"],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert query.returncode == 0, query.stderr
+    assert json.loads(query.stdout) == [{"_p_alpha": 0.2, "_m_rmse": 0.4}]
+
+
+def test_classic_spark_submit_without_delta_fails_with_a_clear_error(tmp_path, tracking_server, client, experiment):
+    log_run(client, experiment, metrics={"rmse": 0.4})
+    job = subprocess.run(
+        [str(BIN / "spark-submit"), "--master", "local[2]",
+         str(ROOT / "jobs" / "build_experiment_tables.py"), "--experiment-ids", experiment],
+        env=_env(tracking_server.url), capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert job.returncode == 1
+    # spark-submit passes the application's stderr through its own stdout
+    assert "cannot write Delta tables" in job.stdout + job.stderr, job.stdout[-2000:]
