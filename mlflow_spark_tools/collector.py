@@ -1,0 +1,335 @@
+"""Log MLflow runs from Spark tasks without ever stalling or failing them on rate limits.
+
+::
+
+    collector = FailedRunCollector("/dbfs/ml/failed_runs")     # plain and picklable
+
+    def train(degree):
+        with collector.start_run(experiment_id=exp_id, run_name=f"svc-{degree}") as run:
+            run.log_params({"degree": degree})
+            run.log_metric("loss", 0.3, step=1)
+            run.log_artifact("plot.png")
+            run.log_model(model, "model", flavor="sklearn")
+        return run.run_id or run.payload_id                   # run.status: logged / deferred
+
+A run is buffered and written when the ``with`` block ends, in the fewest requests: create
+(with its tags), ``log_batch`` chunks within MLflow's limits, artifacts, models, terminate.
+Each request gives up within ``fail_fast_seconds`` when the server answers 429 (MLflow's own
+client would retry for minutes); then the whole run (run info, params, every metric point with
+its step and timestamp, tags, copies of the artifacts, signed model blobs) is written to the
+failed-run store, and the replay job finishes it later. If the run was created before the
+rate limit hit, its run id stays valid: the replay completes that run.
+
+The collector holds only plain values (no client, thread, lock or open file), so Spark can
+pickle it into closures, and it works in forked Python workers running many tasks each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from mlflow_spark_tools.failed_run_store import FORMAT, VERSION, FailedRunStore, new_payload_id
+from mlflow_spark_tools.paths import to_fuse_path
+from mlflow_spark_tools.rate_limit_errors import RATE_LIMITED, TRANSIENT, classify
+from mlflow_spark_tools.run_data import (
+    ARTIFACT,
+    BATCH,
+    CREATE,
+    MODEL,
+    TERMINATE,
+    RunData,
+    batches,
+    check_metric,
+    check_param,
+    check_tag,
+    plan,
+    tags_at_create,
+)
+from mlflow_spark_tools.signing import SigningKey, load_signing_key
+from mlflow_spark_tools.tracking_requests import RetryPolicy, TrackingRequests
+
+log = logging.getLogger(__name__)
+
+LOGGED, DEFERRED = "logged", "deferred"
+
+
+def canonical_json(document: dict[str, Any]) -> bytes:
+    """The bytes a document's signature covers: sorted JSON without the signature itself."""
+    body = {k: v for k, v in document.items() if k != "signature"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True).encode("utf-8")
+
+
+def save_model_dir(model: Any, path: str, flavor: str | None, save_func: Callable[..., Any] | None,
+                   kwargs: dict[str, Any]) -> None:
+    """Save a model as an MLflow model directory at ``path``.
+
+    ``flavor`` names an MLflow flavor module (``sklearn`` -> ``mlflow.sklearn.save_model``);
+    ``save_func`` is any function with the signature of a flavor's ``save_model``.
+    """
+    if save_func is None:
+        if not flavor:
+            raise ValueError("log_model needs flavor= (e.g. 'sklearn') or log_model_func=")
+        import importlib
+
+        try:
+            module = importlib.import_module(f"mlflow.{flavor}")
+        except ImportError:
+            raise ValueError(f"Unknown MLflow flavor {flavor!r}") from None
+        save_func = module.save_model
+    save_func(model, path, **kwargs)
+
+
+class BufferedRun:
+    """A run being buffered inside ``collector.start_run``; see the module docstring.
+
+    After the ``with`` block: ``run_id`` (None if the run was never created), ``payload_id``
+    (None if nothing was deferred) and ``status`` (``"logged"`` or ``"deferred"``).
+    """
+
+    def __init__(self, collector: FailedRunCollector, experiment_id: str | None,
+                 experiment_name: str | None, run_name: str | None, tags: dict[str, Any] | None) -> None:
+        self._collector = collector
+        self._experiment_id = None if experiment_id is None else str(experiment_id)
+        self._experiment_name = experiment_name
+        self._run_name = run_name
+        self._start_time = int(time.time() * 1000)
+        self._params: dict[str, str] = {}
+        self._metrics: list[tuple[str, float, int, int]] = []
+        self._tags: dict[str, str] = {}
+        self._artifacts: list[tuple[str, str | None]] = []
+        self._models: list[dict[str, Any]] = []
+        self.run_id: str | None = None
+        self.payload_id: str | None = None
+        self.status: str | None = None
+        self.set_tags(tags or {})
+
+    # ---- the logging API ---------------------------------------------------------------
+
+    def log_param(self, key: str, value: Any) -> None:
+        key, text = check_param(key, value)
+        if key in self._params and self._params[key] != text:
+            raise ValueError(f"Param {key!r} was logged with {self._params[key]!r}; MLflow does not "
+                             f"allow changing it to {text!r}")
+        self._params[key] = text
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        for key, value in params.items():
+            self.log_param(key, value)
+
+    def log_metric(self, key: str, value: float, step: int | None = None, timestamp: int | None = None) -> None:
+        ts = int(time.time() * 1000) if timestamp is None else timestamp
+        self._metrics.append(check_metric(key, value, ts, 0 if step is None else step))
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        ts = int(time.time() * 1000)
+        for key, value in metrics.items():
+            self.log_metric(key, value, step, ts)
+
+    def set_tag(self, key: str, value: Any) -> None:
+        key, text = check_tag(key, value)
+        self._tags[key] = text
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        for key, value in tags.items():
+            self.set_tag(key, value)
+
+    def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
+        """Log a local file or directory (uploaded when the run is written)."""
+        if not os.path.exists(local_path):
+            raise FileNotFoundError(f"Artifact {local_path!r} does not exist")
+        self._artifacts.append((str(local_path), artifact_path))
+
+    def log_model(self, model: Any, artifact_path: str, flavor: str | None = None,
+                  log_model_func: Callable[..., Any] | None = None, **kwargs: Any) -> None:
+        """Log a model under ``artifact_path``.
+
+        Args:
+            model: the model object.
+            artifact_path: where in the run's artifacts (e.g. ``model``).
+            flavor: an MLflow flavor (``sklearn``, ``xgboost``, ...), saved with its
+                ``save_model``.
+            log_model_func: instead of ``flavor``, a function ``f(model, path, **kwargs)`` that
+                saves the model as an MLflow model directory at ``path``
+                (``mlflow.sklearn.save_model`` has that shape).
+            kwargs: passed to the save function (``signature``, ``input_example``, ...).
+        """
+        if flavor is None and log_model_func is None:
+            raise ValueError("log_model needs flavor= (e.g. 'sklearn') or log_model_func=")
+        self._models.append({"model": model, "artifact_path": artifact_path, "flavor": flavor,
+                             "save_func": log_model_func, "kwargs": kwargs})
+
+    # ---- writing -----------------------------------------------------------------------
+
+    def _run_data(self, status: str) -> RunData:
+        return RunData(self._experiment_id, self._run_name, self._start_time, self._params,
+                       self._metrics, self._tags, status, int(time.time() * 1000))
+
+    def _write(self, status: str) -> None:
+        collector = self._collector
+        run = self._run_data(status)
+        ops = plan(run, len(self._artifacts), len(self._models))
+        done = 0
+        try:
+            requests = collector._requests()
+            if run.experiment_id is None:
+                run.experiment_id = requests.experiment_id_by_name(self._experiment_name) \
+                    if self._experiment_name else os.environ.get("MLFLOW_EXPERIMENT_ID", "0")
+            chunks = batches(run)
+            for kind, index in ops:
+                self._execute(requests, run, chunks, kind, index)
+                done += 1
+            self.status = LOGGED
+        except Exception as exc:
+            verdict = classify(exc)
+            if verdict == RATE_LIMITED or (verdict == TRANSIENT and collector.defer_transient):
+                self.payload_id = collector._defer(self, run, ops, done, exc)
+                self.status = DEFERRED
+                log.warning("Run %s deferred to %s (%s): %s", self._run_name or "", self.payload_id,
+                            verdict, str(exc).splitlines()[0][:200])
+                return
+            raise
+
+    def _execute(self, requests: TrackingRequests, run: RunData, chunks, kind: str, index: int) -> None:
+        if kind == CREATE:
+            self.run_id = requests.create_run(run.experiment_id, run.run_name, run.start_time,
+                                              tags_at_create(run))
+        elif kind == BATCH:
+            chunk = chunks[index]
+            requests.log_batch(self.run_id, chunk.params, chunk.metrics, chunk.tags)
+        elif kind == ARTIFACT:
+            local_path, artifact_path = self._artifacts[index]
+            upload_artifact(self._collector.tracking_uri, self.run_id, local_path, artifact_path)
+        elif kind == MODEL:
+            m = self._models[index]
+            with tempfile.TemporaryDirectory() as tmp:
+                path = os.path.join(tmp, "model")
+                save_model_dir(m["model"], path, m["flavor"], m["save_func"], m["kwargs"])
+                upload_artifact(self._collector.tracking_uri, self.run_id, path, m["artifact_path"],
+                                contents_only=True)
+        elif kind == TERMINATE:
+            requests.update_run(self.run_id, run.status, run.end_time)
+
+
+def upload_artifact(tracking_uri: str, run_id: str, local_path: str, artifact_path: str | None,
+                    contents_only: bool = False) -> None:
+    """Upload a file, or a directory (as a folder, or only its contents), to a run."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    if os.path.isdir(local_path):
+        if contents_only:
+            client.log_artifacts(run_id, local_path, artifact_path)
+        else:
+            name = os.path.basename(os.path.normpath(local_path))
+            client.log_artifacts(run_id, local_path, f"{artifact_path}/{name}" if artifact_path else name)
+    else:
+        client.log_artifact(run_id, local_path, artifact_path)
+
+
+class FailedRunCollector:
+    """Buffers runs in Spark tasks and defers the ones a rate limit stops to a store.
+
+    Args:
+        store_path: the failed-run store: ``/dbfs/...``, ``dbfs:/...``, ``/Volumes/...`` or a
+            local directory.
+        tracking_uri: the tracking server; default: MLflow's (``MLFLOW_TRACKING_URI``),
+            resolved when the collector is made (on the driver).
+        fail_fast_seconds: how long one request may retry a 429 before the run is deferred.
+        defer_transient: also defer on 5xx and connection errors (by default they raise).
+        signing_key: the key for model blobs; default: ``MLFLOW_SPARK_TOOLS_SIGNING_KEY`` in
+            the task's environment. Passing it here ships it inside every task closure.
+        request_timeout: seconds for one HTTP attempt.
+    """
+
+    def __init__(self, store_path: str | os.PathLike, tracking_uri: str | None = None,
+                 fail_fast_seconds: float = 5.0, defer_transient: bool = False,
+                 signing_key: str | None = None, request_timeout: float = 60.0) -> None:
+        self.store_path = to_fuse_path(os.fspath(store_path))
+        if tracking_uri is None:
+            import mlflow
+
+            tracking_uri = mlflow.get_tracking_uri()
+        self.tracking_uri = tracking_uri
+        self.fail_fast_seconds = float(fail_fast_seconds)
+        self.defer_transient = bool(defer_transient)
+        self._signing_key = signing_key
+        self.request_timeout = float(request_timeout)
+
+    def __repr__(self) -> str:
+        return f"FailedRunCollector({self.store_path!r}, tracking_uri={self.tracking_uri!r})"
+
+    @contextmanager
+    def start_run(self, experiment_id: str | None = None, experiment_name: str | None = None,
+                  run_name: str | None = None, tags: dict[str, Any] | None = None) -> Iterator[BufferedRun]:
+        """Buffer a run; it is written when the block ends (as FAILED if the block raised)."""
+        run = BufferedRun(self, experiment_id, experiment_name, run_name, tags)
+        try:
+            yield run
+        except BaseException:
+            run._write("FAILED")
+            raise
+        run._write("FINISHED")
+
+    def _requests(self) -> TrackingRequests:
+        policy = RetryPolicy(attempts=4, initial_wait=0.25, max_wait=1.0,
+                             deadline=self.fail_fast_seconds, honour_retry_after=False,
+                             retry_transient=True)
+        return TrackingRequests(self.tracking_uri, policy, timeout=self.request_timeout)
+
+    def _defer(self, run: BufferedRun, data: RunData, ops: list[tuple[str, int]], done: int,
+               exc: BaseException) -> str:
+        store = FailedRunStore(self.store_path).ensure()
+        payload_id = new_payload_id()
+        key: SigningKey | None = load_signing_key(self._signing_key)
+        artifact_done = {i for kind, i in ops[:done] if kind == ARTIFACT}
+        model_done = {i for kind, i in ops[:done] if kind == MODEL}
+        artifacts = []
+        for i, (local_path, artifact_path) in enumerate(run._artifacts):
+            entry: dict[str, Any] = {"artifact_path": artifact_path, "is_dir": os.path.isdir(local_path),
+                                     "name": os.path.basename(os.path.normpath(local_path)), "file": None}
+            if i not in artifact_done:
+                entry["file"] = f"artifacts/{i}/{entry['name']}"
+                store.copy_into(payload_id, Path(local_path), entry["file"])
+            artifacts.append(entry)
+        models = []
+        for i, m in enumerate(run._models):
+            entry = {"artifact_path": m["artifact_path"], "flavor": m["flavor"], "blob": None}
+            if i not in model_done:
+                import cloudpickle
+
+                blob = cloudpickle.dumps({"model": m["model"], "save_func": m["save_func"],
+                                          "flavor": m["flavor"], "kwargs": m["kwargs"]})
+                entry["blob"] = f"models/{i}.pkl"
+                entry["sha256"] = hashlib.sha256(blob).hexdigest()
+                entry["signature"] = key.sign(blob) if key is not None else None
+                store.write_blob(payload_id, entry["blob"], blob)
+            models.append(entry)
+        document = {
+            "format": FORMAT,
+            "version": VERSION,
+            "payload_id": payload_id,
+            "created_at": int(time.time() * 1000),
+            "host": socket.gethostname(),
+            "reason": f"{classify(exc)}: {str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__}",
+            "experiment_name": run._experiment_name,
+            "run_id": run.run_id,
+            "ops_done": done,
+            "run": data.to_json(),
+            "artifacts": artifacts,
+            "models": models,
+        }
+        if key is not None:
+            document["signature"] = key.sign(canonical_json(document))
+        store.publish(payload_id, document)
+        return payload_id
+

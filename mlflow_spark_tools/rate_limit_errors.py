@@ -1,0 +1,126 @@
+"""One classifier for the errors the tracking server's clients raise.
+
+A rate limit reaches Python code in many forms, depending on the MLflow version and on the path
+a request took:
+
+- MLflow 3 over plain HTTP, after its own retries: ``MlflowException`` with ``error_code``
+  ``INTERNAL_ERROR`` and the text ``too many 429 error responses`` (urllib3's ``ResponseError``);
+- MLflow 2: ``... failed with error code 429 != 200 ...``;
+- a ``RestException`` built from Databricks' error body: ``REQUEST_LIMIT_EXCEEDED`` or
+  ``RESOURCE_EXHAUSTED``;
+- MLflow 3 on Databricks through databricks-sdk: the SDK's ``TooManyRequests``
+  (``RequestLimitExceeded``, ``ResourceExhausted``), possibly wrapped in a builtin
+  ``TimeoutError`` after a long rate limit;
+- the body text ``RPC token bucket limit has been exceeded``.
+
+:func:`classify` walks the whole exception chain (``__cause__`` and ``__context__``) and says
+whether an error is a rate limit, transient (5xx, connection reset, timeout) or permanent (a
+4xx such as ``RESOURCE_DOES_NOT_EXIST`` or ``INVALID_PARAMETER_VALUE``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+RATE_LIMITED, TRANSIENT, PERMANENT = "rate_limited", "transient", "permanent"
+
+RATE_LIMIT_CODES = frozenset({"REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED", "TOO_MANY_REQUESTS"})
+TRANSIENT_CODES = frozenset(
+    {"TEMPORARILY_UNAVAILABLE", "SERVICE_UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "UNAVAILABLE"}
+)
+_RATE_LIMIT_TEXT = re.compile(
+    r"too many 429 error responses|error code 429 != 200|rpc token bucket limit has been exceeded"
+    r"|request_limit_exceeded|resource_exhausted|429 client error|too many requests",
+    re.IGNORECASE,
+)
+_TRANSIENT_TEXT = re.compile(
+    r"error code 5\d\d != 200|too many 5\d\d error responses|connection (reset|refused|aborted)"
+    r"|max retries exceeded|timed out|read timeout|remote end closed connection|broken pipe"
+    r"|temporarily unavailable|service unavailable|bad gateway|gateway time-?out",
+    re.IGNORECASE,
+)
+_TRANSIENT_TYPES = (ConnectionError, TimeoutError)
+_TRANSIENT_TYPE_NAMES = frozenset(
+    {
+        "ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "ProtocolError",
+        "NewConnectionError", "RemoteDisconnected", "ChunkedEncodingError",
+        "InternalError", "TemporarilyUnavailable", "DeadlineExceeded", "BadGateway",
+        "ServiceUnavailable", "GatewayTimeout",
+    }
+)
+_MAX_CHAIN = 32
+
+
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and every exception it was raised from or while handling, each once."""
+    seen: set[int] = set()
+    stack = [exc]
+    while stack and len(seen) < _MAX_CHAIN:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        stack.extend(e for e in (current.__context__, current.__cause__) if e is not None)
+
+
+def _error_code(exc: BaseException) -> str | None:
+    code = getattr(exc, "error_code", None)
+    return str(code) if code else None
+
+
+def _status(exc: BaseException) -> int | None:
+    for attr in ("status_code", "http_status_code"):
+        value = getattr(exc, attr, None)
+        if isinstance(value, int):
+            return value
+    response = getattr(exc, "response", None)
+    value = getattr(response, "status_code", None)
+    return value if isinstance(value, int) else None
+
+
+def _is_rate_limit(exc: BaseException) -> bool:
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if names & {"TooManyRequests", "RequestLimitExceeded", "ResourceExhausted"}:
+        return True
+    if _error_code(exc) in RATE_LIMIT_CODES or _status(exc) == 429:
+        return True
+    return bool(_RATE_LIMIT_TEXT.search(str(exc)))
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, _TRANSIENT_TYPES):
+        return True
+    if {cls.__name__ for cls in type(exc).__mro__} & _TRANSIENT_TYPE_NAMES:
+        return True
+    if _error_code(exc) in TRANSIENT_CODES:
+        return True
+    status = _status(exc)
+    if status is not None and (status >= 500 or status == 408):
+        return True
+    return bool(_TRANSIENT_TEXT.search(str(exc)))
+
+
+def classify(exc: BaseException) -> str:
+    """:data:`RATE_LIMITED`, :data:`TRANSIENT` or :data:`PERMANENT` for an exception chain.
+
+    A rate limit anywhere in the chain wins: MLflow wraps a 429 in errors whose own type and
+    code (``INTERNAL_ERROR``) look like a server failure.
+    """
+    chain = list(exception_chain(exc))
+    if any(_is_rate_limit(e) for e in chain):
+        return RATE_LIMITED
+    if any(_is_transient(e) for e in chain):
+        return TRANSIENT
+    return PERMANENT
+
+
+def is_rate_limited(exc: BaseException) -> bool:
+    """Whether the tracking server refused the request for its rate limit."""
+    return classify(exc) == RATE_LIMITED
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Rate limits, 5xx, connection resets and timeouts: worth another attempt later."""
+    return classify(exc) != PERMANENT

@@ -1,0 +1,227 @@
+"""REST calls to the tracking server with a retry policy chosen per caller.
+
+MLflow's client retries a 429 for minutes, with settings read from process-wide environment
+variables. The collector must give up within seconds (inside a Spark task) and the replayer
+must wait exactly as long as the server's ``Retry-After`` says, without changing how any other
+code in the same process retries. So both send their requests here: each request is one HTTP
+attempt through MLflow's own request code (authentication, TLS, Databricks profiles as usual),
+and retries are decided by a tenacity policy given to this object.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import tenacity
+
+from mlflow_spark_tools.rate_limit_errors import is_rate_limited, is_retryable
+
+log = logging.getLogger(__name__)
+
+API = "/api/2.0/mlflow"
+PAYLOAD_TAG = "mlflow_spark_tools.payload_id"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry one request.
+
+    Attributes:
+        attempts: tries in total (1 = no retry).
+        initial_wait: seconds before the second try; doubles each time.
+        max_wait: longest single wait.
+        deadline: give up once this many seconds have passed since the first try.
+        honour_retry_after: wait at least what the server's ``Retry-After`` asks.
+        retry_transient: also retry 5xx, connection resets and timeouts (else only 429).
+    """
+
+    attempts: int = 3
+    initial_wait: float = 0.25
+    max_wait: float = 2.0
+    deadline: float = 5.0
+    honour_retry_after: bool = False
+    retry_transient: bool = True
+
+
+def metric_value_json(value: float) -> float | str:
+    """A metric value as MLflow's JSON encodes it (NaN and infinities as strings)."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return value
+
+
+class TrackingRequests:
+    """One tracking server's REST API, one HTTP attempt per try.
+
+    Args:
+        tracking_uri: the server (``databricks``, ``http://...``).
+        policy: retries.
+        limiter: optional; every attempt takes a token of its API class first.
+        on_attempt: called with (api_class, status) after every attempt, for counters.
+        sleep: the function that waits (injectable for tests).
+        timeout: seconds for one HTTP attempt.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        policy: RetryPolicy,
+        limiter: Any = None,
+        on_attempt: Callable[[str, int | None], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        timeout: float = 60.0,
+    ) -> None:
+        from mlflow.tracking._tracking_service.utils import _get_store
+
+        store = _get_store(tracking_uri)
+        if not hasattr(store, "get_host_creds"):
+            raise ValueError(
+                f"Tracking URI {tracking_uri!r} is not served over REST; the collector and the "
+                "replayer need a tracking server (http(s)://... or databricks)."
+            )
+        self.tracking_uri = tracking_uri
+        self._host_creds = store.get_host_creds
+        self.policy = policy
+        self.limiter = limiter
+        self.on_attempt = on_attempt
+        self.sleep = sleep
+        self.timeout = timeout
+
+    # ---- one request -----------------------------------------------------------------
+
+    def _attempt(self, api_class: str, endpoint: str, method: str, body: dict[str, Any] | None) -> dict[str, Any]:
+        from mlflow.exceptions import RestException
+        from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+        if self.limiter is not None:
+            self.limiter.acquire(api_class)
+        kwargs: dict[str, Any] = {"json": body} if method == "POST" else {"params": body}
+        status = None
+        try:
+            response = http_request(
+                self._host_creds(), endpoint, method,
+                max_retries=0, backoff_factor=0, backoff_jitter=0, retry_codes=(),
+                raise_on_status=False, timeout=self.timeout,
+                retry_timeout_seconds=self.policy.deadline, **kwargs,
+            )
+            status = response.status_code
+            if status == 429:
+                try:
+                    payload = response.json()
+                except ValueError:
+                    payload = {}
+                if not isinstance(payload, dict) or "error_code" not in payload:
+                    payload = {"error_code": "REQUEST_LIMIT_EXCEEDED", "message": response.text[:500]}
+                exc = RestException(payload)
+                exc.retry_after = _retry_after(response.headers.get("Retry-After"))
+                raise exc
+            return verify_rest_response(response, endpoint).json()
+        finally:
+            if self.on_attempt is not None:
+                self.on_attempt(api_class, status)
+
+    def call(self, api_class: str, endpoint: str, method: str = "POST", body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Send a request with the retry policy; raises the last error when it gives up."""
+        policy = self.policy
+        started = time.monotonic()
+
+        def retryable(exc: BaseException) -> bool:
+            if time.monotonic() - started >= policy.deadline:
+                return False
+            return is_rate_limited(exc) or (policy.retry_transient and is_retryable(exc))
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            exp = min(policy.max_wait, policy.initial_wait * 2 ** (state.attempt_number - 1))
+            exc = state.outcome.exception() if state.outcome else None
+            retry_after = getattr(exc, "retry_after", None)
+            if policy.honour_retry_after and retry_after is not None:
+                return max(exp, retry_after)
+            return exp
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.info("Retrying %s %s in %.2fs after %s", method, endpoint,
+                     state.next_action.sleep if state.next_action else 0, type(exc).__name__)
+
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(policy.attempts),
+            wait=wait,
+            retry=tenacity.retry_if_exception(retryable),
+            sleep=self.sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        return retrying(self._attempt, api_class, API + endpoint, method, body)
+
+    # ---- the endpoints the collector and the replayer use ------------------------------
+
+    def create_run(self, experiment_id: str, run_name: str | None, start_time: int,
+                   tags: dict[str, str]) -> str:
+        body: dict[str, Any] = {
+            "experiment_id": str(experiment_id),
+            "start_time": int(start_time),
+            "tags": [{"key": k, "value": v} for k, v in tags.items()],
+        }
+        if run_name:
+            body["run_name"] = run_name
+        return self.call("other", "/runs/create", "POST", body)["run"]["info"]["run_id"]
+
+    def log_batch(self, run_id: str, params: list[tuple[str, str]],
+                  metrics: list[tuple[str, float, int, int]], tags: list[tuple[str, str]]) -> None:
+        self.call("log_batch", "/runs/log-batch", "POST", {
+            "run_id": run_id,
+            "params": [{"key": k, "value": v} for k, v in params],
+            "metrics": [{"key": k, "value": metric_value_json(v), "timestamp": int(ts), "step": int(step)}
+                        for k, v, ts, step in metrics],
+            "tags": [{"key": k, "value": v} for k, v in tags],
+        })
+
+    def update_run(self, run_id: str, status: str, end_time: int) -> None:
+        self.call("other", "/runs/update", "POST",
+                  {"run_id": run_id, "status": status, "end_time": int(end_time)})
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        return self.call("other", "/runs/get", "GET", {"run_id": run_id})["run"]
+
+    def experiment_id_by_name(self, name: str) -> str:
+        return self.call("other", "/experiments/get-by-name", "GET",
+                         {"experiment_name": name})["experiment"]["experiment_id"]
+
+    def run_with_payload_tag(self, experiment_id: str, payload_id: str) -> str | None:
+        """The run a previous replay created for a payload, if any (found by its tag)."""
+        found = self.call("search_runs", "/runs/search", "POST", {
+            "experiment_ids": [str(experiment_id)],
+            "filter": f"tags.`{PAYLOAD_TAG}` = '{payload_id}'",
+            "run_view_type": "ALL",
+            "max_results": 2,
+        }).get("runs", [])
+        return found[0]["info"]["run_id"] if found else None
+
+    def metric_history(self, run_id: str, key: str) -> list[dict[str, Any]]:
+        points: list[dict[str, Any]] = []
+        token = None
+        while True:
+            body: dict[str, Any] = {"run_id": run_id, "metric_key": key, "max_results": 25000}
+            if token:
+                body["page_token"] = token
+            page = self.call("other", "/metrics/get-history", "GET", body)
+            points.extend(page.get("metrics", []))
+            token = page.get("next_page_token")
+            if not token:
+                return points
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
