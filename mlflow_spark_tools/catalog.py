@@ -69,6 +69,10 @@ class Database:
         )
         self._save(writer, table)
 
+    def append(self, df: Any, table: str) -> None:
+        """Append rows (create the table if it does not exist)."""
+        self._save(self._writer(df, table, "append"), table)
+
     def add_columns(self, table: str, ddl: Sequence[tuple[str, str]]) -> None:
         """Add columns with a zero-row ``mergeSchema`` append.
 

@@ -309,6 +309,88 @@ def sql_command(ctx: Context, query, fmt, max_rows):
     click.echo(format_rows(table, fmt))
 
 
+@cli.command("replay")
+@click.option("--replay-dir", required=True, help="The failed-run store: /dbfs/..., dbfs:/..., "
+              "/Volumes/... or a local directory.")
+@click.option("--profile", "profile_", help="Rate-limit profile name from conf/rate_limits or a YAML "
+              "path (default: databricks).")
+@click.option("--max-workers", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Payloads replayed at once.")
+@click.option("--until-empty", is_flag=True, help="Pass after pass until nothing is pending.")
+@click.option("--loop", is_flag=True, help="Keep replaying, a pass every --interval seconds.")
+@click.option("--interval", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              help="Seconds between passes with --loop.")
+@click.option("--lease-seconds", type=click.FloatRange(min=1), default=300.0, show_default=True,
+              help="A claim not renewed for this long is taken over (crashed replayer).")
+@click.option("--trust-unsigned", is_flag=True, help="Unpickle model blobs without a valid "
+              "signature. Unsafe on shared storage: a pickle runs code as this job.")
+@click.option("--secret-scope", help="Databricks secret scope holding the signing key.")
+@click.option("--secret-key", help="Key of the signing key in --secret-scope.")
+@click.option("--no-ledger", is_flag=True, help="Do not write <database>.replay_log.")
+@add_common
+@click.pass_obj
+@handle_errors
+def replay_command(ctx: Context, replay_dir, profile_, max_workers, until_empty, loop, interval,
+                   lease_seconds, trust_unsigned, secret_scope, secret_key, no_ledger):
+    """Replay deferred runs into the tracking server within its rate limits.
+
+    Prints a JSON summary (replayed, resumed, failed, still pending, requests and 429s per API
+    class, seconds) and appends one row per payload to <database>.replay_log. The signing key
+    for model blobs comes from MLFLOW_SPARK_TOOLS_SIGNING_KEY or --secret-scope/--secret-key.
+    Exit code 0 when everything was replayed, 3 when payloads failed or are still pending,
+    2 for usage errors.
+    """
+    from mlflow_spark_tools.replay_job import LOOP, ONCE, UNTIL_EMPTY, ReplayOptions, run_replay_job
+
+    if until_empty and loop:
+        raise UsageError("Use --until-empty or --loop, not both.")
+    if profile_:
+        ctx.settings = ctx.settings.with_overrides(rate_limit_profile=profile_)
+    ctx.settings.profile()  # an unknown profile is a usage error before anything starts
+    options = ReplayOptions(
+        replay_dir=replay_dir, mode=LOOP if loop else UNTIL_EMPTY if until_empty else ONCE,
+        interval=interval, max_workers=max_workers, lease_seconds=lease_seconds,
+        trust_unsigned=trust_unsigned, ledger=not no_ledger,
+        signing_secret_scope=secret_scope, signing_secret_key=secret_key,
+    )
+    code = run_replay_job(ctx.settings, options, engine=ctx._engine, echo=click.echo)
+    if code:
+        sys.exit(code)
+
+
+@cli.command("rate-limit-proxy")
+@click.option("--upstream", required=True, help="The tracking server, e.g. http://127.0.0.1:5000.")
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=5001, show_default=True,
+              help="Port to listen on (0: a free one).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--profile", "profile_", help="Rate-limit profile name from conf/rate_limits or a YAML "
+              "path (default: databricks).")
+@click.option("--latency-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Added to every forwarded request.")
+@click.pass_obj
+@handle_errors
+def rate_limit_proxy_command(ctx: Context, upstream, port, host, profile_, latency_ms):
+    """Serve the MLflow REST API of --upstream with Databricks' rate limits.
+
+    Requests over a class's limit get HTTP 429 with {"error_code": "REQUEST_LIMIT_EXCEEDED"}
+    and Retry-After. Counters: GET /__proxy/stats; zero them: POST /__proxy/reset.
+    """
+    from mlflow_spark_tools.proxy import RateLimitProxy
+
+    if profile_:
+        ctx.settings = ctx.settings.with_overrides(rate_limit_profile=profile_)
+    profile = ctx.settings.profile()
+    proxy = RateLimitProxy(upstream, profile, latency_ms=latency_ms, host=host, port=port)
+    click.echo(json.dumps({"listening": proxy.url, "upstream": upstream, "profile": profile.name,
+                           "limits": profile.limits, "latency_ms": latency_ms}), err=True)
+    try:
+        proxy.serve()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        proxy._server.server_close()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     cli.main(args=argv, prog_name="mlflow-spark-tools")

@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from mlflow_spark_tools.artifact_upload import upload_artifact
 from mlflow_spark_tools.failed_run_store import FORMAT, VERSION, FailedRunStore, new_payload_id
 from mlflow_spark_tools.paths import to_fuse_path
 from mlflow_spark_tools.rate_limit_errors import RATE_LIMITED, TRANSIENT, classify
@@ -56,7 +57,7 @@ from mlflow_spark_tools.run_data import (
     tags_at_create,
 )
 from mlflow_spark_tools.signing import SigningKey, load_signing_key
-from mlflow_spark_tools.tracking_requests import RetryPolicy, TrackingRequests
+from mlflow_spark_tools.tracking_requests import PAYLOAD_TAG, RetryPolicy, TrackingRequests
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,10 @@ class BufferedRun:
         self._artifacts: list[tuple[str, str | None]] = []
         self._models: list[dict[str, Any]] = []
         self.run_id: str | None = None
+        self._artifact_uri: str | None = None
+        # Chosen up front so that a run created by a request that timed out can be found by
+        # its tag when deferring transient errors (the request may have been applied).
+        self._reserved_payload_id = new_payload_id()
         self.payload_id: str | None = None
         self.status: str | None = None
         self.set_tags(tags or {})
@@ -201,39 +206,26 @@ class BufferedRun:
 
     def _execute(self, requests: TrackingRequests, run: RunData, chunks, kind: str, index: int) -> None:
         if kind == CREATE:
-            self.run_id = requests.create_run(run.experiment_id, run.run_name, run.start_time,
-                                              tags_at_create(run))
+            tags = tags_at_create(run)
+            if self._collector.defer_transient:
+                tags[PAYLOAD_TAG] = self._reserved_payload_id
+            info = requests.create_run(run.experiment_id, run.run_name, run.start_time, tags)
+            self.run_id, self._artifact_uri = info["run_id"], info.get("artifact_uri")
         elif kind == BATCH:
             chunk = chunks[index]
             requests.log_batch(self.run_id, chunk.params, chunk.metrics, chunk.tags)
         elif kind == ARTIFACT:
             local_path, artifact_path = self._artifacts[index]
-            upload_artifact(self._collector.tracking_uri, self.run_id, local_path, artifact_path)
+            upload_artifact(requests, self.run_id, self._artifact_uri, local_path, artifact_path)
         elif kind == MODEL:
             m = self._models[index]
             with tempfile.TemporaryDirectory() as tmp:
                 path = os.path.join(tmp, "model")
                 save_model_dir(m["model"], path, m["flavor"], m["save_func"], m["kwargs"])
-                upload_artifact(self._collector.tracking_uri, self.run_id, path, m["artifact_path"],
+                upload_artifact(requests, self.run_id, self._artifact_uri, path, m["artifact_path"],
                                 contents_only=True)
         elif kind == TERMINATE:
             requests.update_run(self.run_id, run.status, run.end_time)
-
-
-def upload_artifact(tracking_uri: str, run_id: str, local_path: str, artifact_path: str | None,
-                    contents_only: bool = False) -> None:
-    """Upload a file, or a directory (as a folder, or only its contents), to a run."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    if os.path.isdir(local_path):
-        if contents_only:
-            client.log_artifacts(run_id, local_path, artifact_path)
-        else:
-            name = os.path.basename(os.path.normpath(local_path))
-            client.log_artifacts(run_id, local_path, f"{artifact_path}/{name}" if artifact_path else name)
-    else:
-        client.log_artifact(run_id, local_path, artifact_path)
 
 
 class FailedRunCollector:
@@ -289,7 +281,7 @@ class FailedRunCollector:
     def _defer(self, run: BufferedRun, data: RunData, ops: list[tuple[str, int]], done: int,
                exc: BaseException) -> str:
         store = FailedRunStore(self.store_path).ensure()
-        payload_id = new_payload_id()
+        payload_id = run._reserved_payload_id
         key: SigningKey | None = load_signing_key(self._signing_key)
         artifact_done = {i for kind, i in ops[:done] if kind == ARTIFACT}
         model_done = {i for kind, i in ops[:done] if kind == MODEL}
@@ -323,6 +315,7 @@ class FailedRunCollector:
             "reason": f"{classify(exc)}: {str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__}",
             "experiment_name": run._experiment_name,
             "run_id": run.run_id,
+            "artifact_uri": run._artifact_uri,
             "ops_done": done,
             "run": data.to_json(),
             "artifacts": artifacts,

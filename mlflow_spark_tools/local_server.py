@@ -41,7 +41,7 @@ def wait_for_health(url: str, timeout: float, process: subprocess.Popen | None =
 
 
 class LocalTrackingServer:
-    """``mlflow server`` on 127.0.0.1 with a sqlite store under ``root``.
+    """``mlflow server`` on 127.0.0.1 with a sqlite store and served artifacts under ``root``.
 
     Args:
         root: directory for the database, artifacts and the server log.
@@ -74,7 +74,10 @@ class LocalTrackingServer:
                 "server",
                 "--backend-store-uri",
                 f"sqlite:///{self.db_path}",
-                "--default-artifact-root",
+                # Artifacts go through the server (mlflow-artifacts:/ URIs), as they do on
+                # Databricks: uploads are REST requests that rate limits apply to.
+                "--serve-artifacts",
+                "--artifacts-destination",
                 str(self.root / "artifacts"),
                 "--host",
                 "127.0.0.1",

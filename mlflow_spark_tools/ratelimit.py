@@ -68,6 +68,18 @@ class TokenBucket:
             self._sleep(wait)
         return wait
 
+    def try_take(self) -> float:
+        """Take one token if one is there and return 0.0; otherwise take nothing and return
+        the seconds until one will be (what a server puts into ``Retry-After``)."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
+            self._updated = now
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                return 0.0
+            return (1.0 - self._tokens) / self.rate
+
 
 class RateLimiter:
     """One :class:`TokenBucket` per API class of a rate-limit profile."""

@@ -25,14 +25,15 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlflow_spark_tools.collector import canonical_json, save_model_dir, upload_artifact
+from mlflow_spark_tools.artifact_upload import upload_artifact
+from mlflow_spark_tools.collector import canonical_json, save_model_dir
 from mlflow_spark_tools.config import API_CLASSES, RateLimitProfile
 from mlflow_spark_tools.failed_run_store import Claim, FailedRunStore, new_owner
-from mlflow_spark_tools.rate_limit_errors import PERMANENT, classify
+from mlflow_spark_tools.rate_limit_errors import PERMANENT, RATE_LIMITED, classify
 from mlflow_spark_tools.ratelimit import RateLimiter
 from mlflow_spark_tools.run_data import (
     ARTIFACT,
@@ -150,13 +151,20 @@ class Replayer:
         for path in self.store.foreign_files():
             self.store.quarantine(path, path.name, "foreign file: not a run document of this package")
             summary.failed += 1
-        self._released: set[str] = set()
+        self._released = set()
+        in_flight: set[Future[str]] = set()
         with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
             while True:
-                claims = self._claim_batch(self.max_workers * 4)
-                if not claims:
+                # Keep every worker busy: claim more as soon as some finish, never far ahead
+                # (a claim not yet started still holds a lease another replayer cannot take).
+                room = self.max_workers * 2 - len(in_flight)
+                claims = self._claim_batch(room) if room > 0 else []
+                in_flight.update(pool.submit(self._replay_claim, claim) for claim in claims)
+                if not in_flight:
                     break
-                for claim, outcome in zip(claims, pool.map(self._replay_claim, claims)):
+                finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    payload_id, outcome = future.result()
                     with self._lock:
                         if outcome in (REPLAYED, RESUMED):
                             summary.replayed += 1
@@ -165,7 +173,7 @@ class Replayer:
                             summary.failed += 1
                         elif outcome == RELEASED:
                             summary.released += 1
-                            self._released.add(claim.payload_id)
+                            self._released.add(payload_id)
         summary.pending = len(self.store.ids("pending"))
         summary.seconds = time.perf_counter() - started
         return summary
@@ -191,7 +199,10 @@ class Replayer:
                 claims.append(claim)
         return claims
 
-    def _replay_claim(self, claim: Claim) -> str:
+    def _replay_claim(self, claim: Claim) -> tuple[str, str]:
+        return claim.payload_id, self._replay_claim_outcome(claim)
+
+    def _replay_claim_outcome(self, claim: Claim) -> str:
         try:
             return self._replay(claim)
         except Quarantine as exc:
@@ -256,7 +267,11 @@ class Replayer:
         pid = claim.payload_id
         progress = self.store.read_progress(pid)
         resumed = bool(progress)
+        # The request a collector gave up on after a timeout or a 5xx may have been applied;
+        # after a 429 it was not. A resumed replay cannot know either way.
+        uncertain_start = resumed or not str(document.get("reason", "")).startswith(RATE_LIMITED)
         run_id = progress.get("run_id") or document.get("run_id")
+        artifact_uri = progress.get("artifact_uri") or document.get("artifact_uri")
         done = max(int(document.get("ops_done") or 0), int(progress.get("ops_done") or 0))
         attempts = int(progress.get("attempts") or 0) + 1
         if run.experiment_id is None:
@@ -269,19 +284,19 @@ class Replayer:
         artifacts, models = document.get("artifacts", []), document.get("models", [])
         ops = plan(run, len(artifacts), len(models))
         chunks = batches(run)
-        self.store.write_progress(pid, {"run_id": run_id, "ops_done": done, "attempts": attempts,
-                                        "owner": self.owner})
+        self.store.write_progress(pid, {"run_id": run_id, "artifact_uri": artifact_uri, "ops_done": done,
+                                        "attempts": attempts, "owner": self.owner})
         for i in range(done, len(ops)):
             if not self.store.heartbeat(claim):
                 return LOST
             kind, index = ops[i]
-            uncertain = resumed and i == done
+            uncertain = uncertain_start and i == done
             if kind == CREATE:
                 if run_id is None and uncertain:
                     run_id = self.requests.run_with_payload_tag(run.experiment_id, pid)
                 if run_id is None:
                     try:
-                        run_id = self.requests.create_run(
+                        info = self.requests.create_run(
                             run.experiment_id, run.run_name, run.start_time,
                             {**tags_at_create(run), PAYLOAD_TAG: pid})
                     except Exception as exc:
@@ -289,40 +304,42 @@ class Replayer:
                             raise Quarantine(f"unknown experiment {run.experiment_id!r}: "
                                              f"{str(exc).splitlines()[0][:300]}") from None
                         raise
+                    run_id, artifact_uri = info["run_id"], info.get("artifact_uri")
             elif kind == BATCH:
                 chunk = chunks[index]
                 if not (uncertain and self._batch_applied(run_id, chunk.metrics)):
                     self.requests.log_batch(run_id, chunk.params, chunk.metrics, chunk.tags)
-            elif kind == ARTIFACT:
-                entry = artifacts[index]
-                self.limiter.acquire("other")
-                self._count("other", 200)
-                path = str(self.store.data_dir(pid) / entry["file"])
-                upload_artifact(self.tracking_uri, run_id, path, entry.get("artifact_path"))
-            elif kind == MODEL:
-                entry = models[index]
-                import cloudpickle
-
-                blob = self._verified_blob(self.store.data_dir(pid) / entry["blob"], entry)
-                saved = cloudpickle.loads(blob)
-                with tempfile.TemporaryDirectory() as tmp:
-                    path = os.path.join(tmp, "model")
-                    save_model_dir(saved["model"], path, saved["flavor"], saved["save_func"], saved["kwargs"])
-                    self.limiter.acquire("other")
-                    self._count("other", 200)
-                    upload_artifact(self.tracking_uri, run_id, path, entry["artifact_path"], contents_only=True)
+            elif kind in (ARTIFACT, MODEL):
+                if artifact_uri is None:
+                    artifact_uri = self.requests.get_run(run_id)["info"].get("artifact_uri")
+                if kind == ARTIFACT:
+                    entry = artifacts[index]
+                    path = str(self.store.data_dir(pid) / entry["file"])
+                    upload_artifact(self.requests, run_id, artifact_uri, path, entry.get("artifact_path"))
+                else:
+                    self._upload_model(claim, run_id, artifact_uri, models[index])
             elif kind == TERMINATE:
                 self.requests.update_run(run_id, run.status, run.end_time or int(time.time() * 1000))
             if not self.store.holds(claim):
                 return LOST
-            self.store.write_progress(pid, {"run_id": run_id, "ops_done": i + 1, "attempts": attempts,
-                                            "owner": self.owner})
+            self.store.write_progress(pid, {"run_id": run_id, "artifact_uri": artifact_uri, "ops_done": i + 1,
+                                            "attempts": attempts, "owner": self.owner})
         result = {"run_id": run_id, "replayed_at": int(time.time() * 1000), "attempts": attempts,
                   "experiment_id": run.experiment_id}
         if not self.store.finish(claim, result):
             return LOST
         self._ledger(pid, run_id, run.experiment_id, RESUMED if resumed else REPLAYED, None, attempts)
         return RESUMED if resumed else REPLAYED
+
+    def _upload_model(self, claim: Claim, run_id: str, artifact_uri: str | None, entry: dict[str, Any]) -> None:
+        import cloudpickle
+
+        blob = self._verified_blob(self.store.data_dir(claim.payload_id) / entry["blob"], entry)
+        saved = cloudpickle.loads(blob)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "model")
+            save_model_dir(saved["model"], path, saved["flavor"], saved["save_func"], saved["kwargs"])
+            upload_artifact(self.requests, run_id, artifact_uri, path, entry["artifact_path"], contents_only=True)
 
     def _batch_applied(self, run_id: str, metrics: list[tuple[str, float, int, int]]) -> bool:
         """Whether a batch already reached the server (log_batch is atomic: check one point)."""

@@ -22,7 +22,7 @@ MAX_BATCH_BYTES = 1_000_000
 MAX_PARAM_VALUE = 6000
 MAX_TAG_VALUE = 8000
 MAX_KEY = 250
-MAX_TAGS_AT_CREATE = 100
+MAX_TAGS_AT_CREATE = 99  # one place left for the payload tag
 _KEY = re.compile(r"^[/\w.\- :]*$")
 
 CREATE, BATCH, ARTIFACT, MODEL, TERMINATE = "create", "batch", "artifact", "model", "terminate"

@@ -96,21 +96,25 @@ class TrackingRequests:
 
     # ---- one request -----------------------------------------------------------------
 
-    def _attempt(self, api_class: str, endpoint: str, method: str, body: dict[str, Any] | None) -> dict[str, Any]:
+    def _attempt(self, api_class: str, endpoint: str, method: str, body: dict[str, Any] | None,
+                 upload: str | None = None) -> dict[str, Any]:
         from mlflow.exceptions import RestException
         from mlflow.utils.rest_utils import http_request, verify_rest_response
 
         if self.limiter is not None:
             self.limiter.acquire(api_class)
-        kwargs: dict[str, Any] = {"json": body} if method == "POST" else {"params": body}
         status = None
         try:
-            response = http_request(
-                self._host_creds(), endpoint, method,
-                max_retries=0, backoff_factor=0, backoff_jitter=0, retry_codes=(),
-                raise_on_status=False, timeout=self.timeout,
-                retry_timeout_seconds=self.policy.deadline, **kwargs,
-            )
+            if upload is not None:
+                with open(upload, "rb") as data:
+                    response = http_request(
+                        self._host_creds(), endpoint, method, data=data,
+                        extra_headers={"Content-Type": "application/octet-stream"},
+                        **self._one_attempt(),
+                    )
+            else:
+                kwargs: dict[str, Any] = {"json": body} if method == "POST" else {"params": body}
+                response = http_request(self._host_creds(), endpoint, method, **self._one_attempt(), **kwargs)
             status = response.status_code
             if status == 429:
                 try:
@@ -122,13 +126,25 @@ class TrackingRequests:
                 exc = RestException(payload)
                 exc.retry_after = _retry_after(response.headers.get("Retry-After"))
                 raise exc
-            return verify_rest_response(response, endpoint).json()
+            verify_rest_response(response, endpoint)
+            return response.json() if response.content else {}
         finally:
             if self.on_attempt is not None:
                 self.on_attempt(api_class, status)
 
-    def call(self, api_class: str, endpoint: str, method: str = "POST", body: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Send a request with the retry policy; raises the last error when it gives up."""
+    def _one_attempt(self) -> dict[str, Any]:
+        return {"max_retries": 0, "backoff_factor": 0, "backoff_jitter": 0, "retry_codes": (),
+                "raise_on_status": False, "timeout": self.timeout,
+                "retry_timeout_seconds": self.policy.deadline}
+
+    def call(self, api_class: str, endpoint: str, method: str = "POST", body: dict[str, Any] | None = None,
+             upload: str | None = None, raw_path: bool = False) -> dict[str, Any]:
+        """Send a request with the retry policy; raises the last error when it gives up.
+
+        Args:
+            endpoint: below ``/api/2.0/mlflow`` (or the whole path with ``raw_path``).
+            upload: the path of a file to send as the body (artifact uploads).
+        """
         policy = self.policy
         started = time.monotonic()
 
@@ -143,7 +159,8 @@ class TrackingRequests:
             retry_after = getattr(exc, "retry_after", None)
             if policy.honour_retry_after and retry_after is not None:
                 return max(exp, retry_after)
-            return exp
+            # the last try comes at the deadline, not a whole backoff after it
+            return max(0.0, min(exp, policy.deadline - (time.monotonic() - started)))
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
@@ -158,12 +175,13 @@ class TrackingRequests:
             before_sleep=before_sleep,
             reraise=True,
         )
-        return retrying(self._attempt, api_class, API + endpoint, method, body)
+        return retrying(self._attempt, api_class, endpoint if raw_path else API + endpoint, method, body, upload)
 
     # ---- the endpoints the collector and the replayer use ------------------------------
 
     def create_run(self, experiment_id: str, run_name: str | None, start_time: int,
-                   tags: dict[str, str]) -> str:
+                   tags: dict[str, str]) -> dict[str, Any]:
+        """Create a run; returns its info (``run_id``, ``artifact_uri``, ...)."""
         body: dict[str, Any] = {
             "experiment_id": str(experiment_id),
             "start_time": int(start_time),
@@ -171,7 +189,7 @@ class TrackingRequests:
         }
         if run_name:
             body["run_name"] = run_name
-        return self.call("other", "/runs/create", "POST", body)["run"]["info"]["run_id"]
+        return self.call("other", "/runs/create", "POST", body)["run"]["info"]
 
     def log_batch(self, run_id: str, params: list[tuple[str, str]],
                   metrics: list[tuple[str, float, int, int]], tags: list[tuple[str, str]]) -> None:
@@ -203,6 +221,10 @@ class TrackingRequests:
             "max_results": 2,
         }).get("runs", [])
         return found[0]["info"]["run_id"] if found else None
+
+    def upload_file(self, endpoint_path: str, local_file: str) -> None:
+        """PUT one file to the tracking server's artifact proxy (``/api/2.0/mlflow-artifacts``)."""
+        self.call("other", endpoint_path, "PUT", upload=local_file, raw_path=True)
 
     def metric_history(self, run_id: str, key: str) -> list[dict[str, Any]]:
         points: list[dict[str, Any]] = []

@@ -61,3 +61,32 @@ def cells_equal(a, b) -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
     return a == b
+
+
+@pytest.fixture
+def make_proxy(tracking_server):
+    """Start rate-limit proxies in front of the test server: ``make_proxy(limits, latency_ms)``."""
+    from mlflow_spark_tools.config import RateLimitProfile
+    from mlflow_spark_tools.proxy import RateLimitProxy
+
+    started = []
+
+    def make(limits: dict[str, float] | None = None, latency_ms: float = 0.0, safety_factor: float = 0.9):
+        all_limits = {"experiment_management": 1000, "search_runs": 1000, "log_batch": 1000, "other": 1000}
+        all_limits.update(limits or {})
+        profile = RateLimitProfile(name="test", limits=all_limits, safety_factor=safety_factor)
+        proxy = RateLimitProxy(tracking_server.url, profile, latency_ms=latency_ms).start()
+        started.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in started:
+        proxy.stop()
+
+
+@pytest.fixture
+def signing_key(monkeypatch):
+    """A signing key in the environment, as a job cluster would have it from a secret."""
+    key = "test-signing-key-" + uuid.uuid4().hex
+    monkeypatch.setenv("MLFLOW_SPARK_TOOLS_SIGNING_KEY", key)
+    return key

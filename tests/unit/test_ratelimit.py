@@ -45,7 +45,8 @@ def test_capacity_allows_a_burst_then_paces():
 def test_limiter_uses_profile_rates_with_safety_factor():
     profile = RateLimitProfile.load("databricks")
     limiter = RateLimiter(profile)
-    assert abs(limiter.buckets["search_runs"].rate - 6.3) < 1e-9
-    assert abs(limiter.buckets["log_batch"].rate - 42.3) < 1e-9
-    assert abs(limiter.buckets["other"].rate - 114.3) < 1e-9
-    assert abs(limiter.buckets["experiment_management"].rate - 6.3) < 1e-9
+    assert profile.safety_factor == 0.95
+    assert abs(limiter.buckets["search_runs"].rate - 6.65) < 1e-9
+    assert abs(limiter.buckets["log_batch"].rate - 44.65) < 1e-9
+    assert abs(limiter.buckets["other"].rate - 120.65) < 1e-9
+    assert abs(limiter.buckets["experiment_management"].rate - 6.65) < 1e-9

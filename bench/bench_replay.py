@@ -1,0 +1,236 @@
+"""Benchmark: replaying deferred runs through Databricks' limits.
+
+    .venv/bin/python bench/bench_replay.py [--payloads 1000] [--repetitions 3]
+        [--serial-payloads 150] [--naive-payloads 300] [--latency-ms 50]
+
+A local MLflow server sits behind the rate-limit proxy (run as its own process, databricks
+profile, ``--latency-ms`` added to every request). ``--payloads`` deferred runs (10 params,
+3 metrics x 10 steps, 5 tags each; no artifacts) are written with the collector, then replayed
+each repetition into a new experiment by:
+
+(a) the replay job (``Replayer``, databricks profile, 16 workers);
+(b) the seed's serial replay: one payload after the other with MLflow's fluent API
+    (start_run, log_params, log_metrics per step, set_tags, end_run);
+(c) a naive thread pool (16 threads) sending each payload with ``MlflowClient`` (create, one
+    log_batch, terminate) without throttling; MLflow's client retries the 429s.
+
+The floor is N / 47 seconds (one log_batch per payload at 47 qps). Targets for (a): a rate of
+at least 90% of 47 payloads/s, and zero 429s. (b) and (c) run on fewer payloads (they are slow);
+rates are per second, so they compare directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+HERE = Path(__file__).resolve()
+ROOT = HERE.parents[1]
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+LOG_BATCH_LIMIT = 47.0
+
+
+def start_proxy(upstream: str, profile: str, latency_ms: float) -> tuple[subprocess.Popen, str]:
+    from mlflow_spark_tools.local_server import free_port, wait_for_health
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow_spark_tools.cli", "rate-limit-proxy", "--upstream", upstream,
+         "--port", str(port), "--profile", profile, "--latency-ms", str(latency_ms)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_for_health(url, 60, process)
+    return process, url
+
+
+def proxy_stats(url: str, reset: bool = False) -> dict:
+    if reset:
+        urllib.request.urlopen(urllib.request.Request(f"{url}/__proxy/reset", data=b"{}"), timeout=30).close()
+        return {}
+    with urllib.request.urlopen(f"{url}/__proxy/stats", timeout=30) as response:
+        return json.loads(response.read())
+
+
+def write_payloads(store: Path, closed_url: str, experiment_id: str, n: int) -> None:
+    """Deferred payloads, written by the collector against a proxy that lets nothing through."""
+    from mlflow_spark_tools.collector import FailedRunCollector
+
+    collector = FailedRunCollector(store, tracking_uri=closed_url, fail_fast_seconds=0)
+    for i in range(n):
+        with collector.start_run(experiment_id=experiment_id, run_name=f"run-{i:05d}") as run:
+            run.log_params({f"p{k}": f"{i}-{k}" for k in range(10)})
+            for step in range(10):
+                run.log_metrics({"loss": 1 / (step + 1), "acc": step / 10, "lr": 0.1}, step=step)
+            run.set_tags({f"t{k}": str(k) for k in range(5)})
+        assert run.status == "deferred", run.status
+
+
+def payload_runs(store: Path) -> list[dict]:
+    from mlflow_spark_tools.failed_run_store import FailedRunStore
+
+    s = FailedRunStore(store)
+    return [s.read_document(s.root / "pending" / f"{p}.json")["run"] for p in s.ids("pending")]
+
+
+def replay_ours(store: Path, url: str, experiment_id: str) -> dict:
+    from mlflow_spark_tools.config import RateLimitProfile
+    from mlflow_spark_tools.replay import Replayer
+
+    _retarget(store, experiment_id)
+    started = time.perf_counter()
+    summary = Replayer(str(store), url, RateLimitProfile.load("databricks"), max_workers=16).run_until_empty()
+    seconds = time.perf_counter() - started
+    return {"payloads": summary.replayed, "seconds": seconds, "failed": summary.failed,
+            "client_429s": sum(summary.throttled.values())}
+
+
+def replay_serial(runs: list[dict], url: str, experiment_id: str) -> dict:
+    import mlflow
+
+    mlflow.set_tracking_uri(url)
+    started = time.perf_counter()
+    for run in runs:
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run["run_name"]):
+            mlflow.log_params(run["params"])
+            by_step: dict[int, dict[str, float]] = {}
+            for key, value, _ts, step in run["metrics"]:
+                by_step.setdefault(step, {})[key] = value
+            for step, values in sorted(by_step.items()):
+                mlflow.log_metrics(values, step=step)
+            mlflow.set_tags(run["tags"])
+    return {"payloads": len(runs), "seconds": time.perf_counter() - started}
+
+
+def replay_naive_pool(runs: list[dict], url: str, experiment_id: str) -> dict:
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param, RunTag
+
+    client = MlflowClient(url)
+
+    def one(run: dict) -> None:
+        created = client.create_run(experiment_id, run_name=run["run_name"])
+        client.log_batch(
+            created.info.run_id,
+            metrics=[Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in run["metrics"]],
+            params=[Param(k, v) for k, v in run["params"].items()],
+            tags=[RunTag(k, v) for k, v in run["tags"].items()],
+        )
+        client.set_terminated(created.info.run_id)
+
+    started = time.perf_counter()
+    errors = 0
+    with ThreadPoolExecutor(16) as pool:
+        for future in [pool.submit(one, r) for r in runs]:
+            try:
+                future.result()
+            except Exception:
+                errors += 1
+    return {"payloads": len(runs), "seconds": time.perf_counter() - started, "errors": errors}
+
+
+def _retarget(store: Path, experiment_id: str) -> None:
+    """Point every pending payload at another experiment (documents are unsigned here)."""
+    for path in (store / "pending").glob("*.json"):
+        document = json.loads(path.read_text())
+        document["run"]["experiment_id"] = experiment_id
+        path.write_text(json.dumps(document))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--payloads", type=int, default=1000)
+    parser.add_argument("--serial-payloads", type=int, default=150)
+    parser.add_argument("--naive-payloads", type=int, default=300)
+    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--latency-ms", type=float, default=50.0)
+    parser.add_argument("--out", default=str(HERE.parent / "results" / "replay.json"))
+    args = parser.parse_args()
+    os.environ.pop("MLFLOW_SPARK_TOOLS_SIGNING_KEY", None)  # plain payloads, no models
+
+    from mlflow import MlflowClient
+
+    from mlflow_spark_tools.local_server import LocalTrackingServer
+
+    root = Path(tempfile.mkdtemp(prefix="bench-replay-"))
+    results: dict[str, list[dict]] = {"ours": [], "serial": [], "naive_pool": []}
+    with LocalTrackingServer(root / "mlflow", workers=2) as server:
+        client = MlflowClient(server.url)
+        proxy, url = start_proxy(server.url, "databricks", args.latency_ms)
+        closed_profile = root / "closed.yaml"
+        closed_profile.write_text("limits:\n  experiment_management: 0.001\n  search_runs: 0.001\n"
+                                  "  log_batch: 0.001\n  other: 0.001\nsafety_factor: 1.0\n")
+        closed, closed_url = start_proxy(server.url, str(closed_profile), 0)
+        try:
+            seed_experiment = client.create_experiment("bench-replay-seed")
+            urllib.request.urlopen(urllib.request.Request(f"{closed_url}/api/2.0/mlflow/runs/create",
+                                                          data=b"{}"), timeout=10).close()
+            master = root / "store"
+            started = time.perf_counter()
+            write_payloads(master, closed_url, seed_experiment, args.payloads)
+            print(f"wrote {args.payloads} payloads in {time.perf_counter() - started:.1f}s", flush=True)
+            runs = payload_runs(master)
+            for rep in range(args.repetitions):
+                store = root / f"store-{rep}"
+                shutil.copytree(master, store)
+                proxy_stats(url, reset=True)
+                time.sleep(1.5)  # the proxy's buckets refill
+                ours = replay_ours(store, url, client.create_experiment(f"ours-{rep}"))
+                ours["proxy_429s"] = sum(proxy_stats(url)["rate_limited"].values())
+                results["ours"].append(ours)
+                print(f"rep {rep} ours: {ours}", flush=True)
+
+                proxy_stats(url, reset=True)
+                time.sleep(1.5)
+                serial = replay_serial(runs[: args.serial_payloads], url, client.create_experiment(f"serial-{rep}"))
+                serial["proxy_429s"] = sum(proxy_stats(url)["rate_limited"].values())
+                results["serial"].append(serial)
+                print(f"rep {rep} serial: {serial}", flush=True)
+
+                proxy_stats(url, reset=True)
+                time.sleep(1.5)
+                naive = replay_naive_pool(runs[: args.naive_payloads], url, client.create_experiment(f"naive-{rep}"))
+                naive["proxy_429s"] = sum(proxy_stats(url)["rate_limited"].values())
+                results["naive_pool"].append(naive)
+                print(f"rep {rep} naive pool: {naive}", flush=True)
+        finally:
+            for process in (proxy, closed):
+                process.terminate()
+                process.wait(timeout=30)
+
+    def rate(kind: str) -> float:
+        return statistics.median(r["payloads"] / r["seconds"] for r in results[kind])
+
+    report = {
+        "payloads": args.payloads,
+        "latency_ms": args.latency_ms,
+        "floor_payloads_per_second": LOG_BATCH_LIMIT,
+        "median_payloads_per_second": {k: rate(k) for k in results},
+        "ours_share_of_floor_rate": rate("ours") / LOG_BATCH_LIMIT,
+        "ours_vs_serial": rate("ours") / rate("serial"),
+        "ours_vs_naive_pool": rate("ours") / rate("naive_pool"),
+        "targets_met": {
+            ">= 90% of N/47 rate": rate("ours") >= 0.9 * LOG_BATCH_LIMIT,
+            "zero 429s": all(r["proxy_429s"] == 0 for r in results["ours"]),
+        },
+        "all": results,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(json.dumps({k: v for k, v in report.items() if k != "all"}, indent=2))
+    shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    main()

@@ -1,0 +1,119 @@
+"""The replay job as the command line, ``jobs/replay_failed_runs.py`` and notebooks run it.
+
+One pass, passes until the store is empty, or passes every few seconds until stopped; after
+each pass the rows of the ledger go to ``<database>.replay_log`` and a JSON summary is printed.
+Exit code 0 when everything was replayed, 3 when payloads failed (quarantined) or are still
+pending, 2 for usage errors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mlflow_spark_tools.config import Settings
+from mlflow_spark_tools.engine import Engine, get_engine
+from mlflow_spark_tools.errors import EXIT_OK, EXIT_PARTIAL, UsageError
+from mlflow_spark_tools.replay import Replayer, ReplaySummary
+from mlflow_spark_tools.signing import load_signing_key
+
+log = logging.getLogger(__name__)
+
+ONCE, UNTIL_EMPTY, LOOP = "once", "until-empty", "loop"
+
+
+@dataclass
+class ReplayOptions:
+    """What the replay job was asked to do."""
+
+    replay_dir: str
+    mode: str = ONCE
+    interval: float = 60.0
+    max_workers: int = 16
+    lease_seconds: float = 300.0
+    trust_unsigned: bool = False
+    ledger: bool = True
+    signing_secret_scope: str | None = None
+    signing_secret_key: str | None = None
+
+
+def run_replay_job(settings: Settings, options: ReplayOptions, engine: Engine | None = None,
+                   echo: Callable[[str], None] = print, passes: int | None = None) -> int:
+    """Run the job; returns its exit code.
+
+    Args:
+        engine: for the ledger; default: the configured engine, started at the first ledger
+            write (no Spark is started when nothing was handled).
+        passes: with ``mode=loop``, stop after this many passes (default: run until stopped).
+    """
+    if not settings.tracking_uri:
+        raise UsageError("No tracking server: set MLFLOW_TRACKING_URI or pass --tracking-uri.")
+    if options.mode not in (ONCE, UNTIL_EMPTY, LOOP):
+        raise UsageError(f"Unknown replay mode {options.mode!r}.")
+    if options.max_workers < 1:
+        raise UsageError("--max-workers must be at least 1.")
+    key = load_signing_key(None, options.signing_secret_scope, options.signing_secret_key)
+    if key is None and not options.trust_unsigned:
+        log.warning("No signing key (MLFLOW_SPARK_TOOLS_SIGNING_KEY): payloads with models will be "
+                    "quarantined as unsigned unless --trust-unsigned is given")
+    replayer = Replayer(options.replay_dir, settings.tracking_uri, settings.profile(),
+                        max_workers=options.max_workers, lease_seconds=options.lease_seconds,
+                        signing_key=key, trust_unsigned=options.trust_unsigned)
+    ledger = _Ledger(settings, engine) if options.ledger else None
+    try:
+        if options.mode == ONCE:
+            summary = replayer.run()
+        elif options.mode == UNTIL_EMPTY:
+            summary = replayer.run_until_empty()
+        else:
+            return _loop(replayer, options, ledger, echo, passes)
+        rows = ledger.write(summary) if ledger else 0
+        echo(json.dumps(summary.as_dict() | {"ledger_rows": rows}, indent=2))
+        return EXIT_PARTIAL if summary.failed or summary.pending else EXIT_OK
+    finally:
+        if ledger is not None:
+            ledger.close()
+
+
+def _loop(replayer: Replayer, options: ReplayOptions, ledger: _Ledger | None,
+          echo: Callable[[str], None], passes: int | None) -> int:
+    failed = 0
+    done = 0
+    while passes is None or done < passes:
+        started = time.monotonic()
+        summary = replayer.run()
+        done += 1
+        failed += summary.failed
+        rows = ledger.write(summary) if ledger else 0
+        echo(json.dumps(summary.as_dict() | {"ledger_rows": rows, "pass": done}))
+        if passes is not None and done >= passes:
+            break
+        time.sleep(max(0.0, options.interval - (time.monotonic() - started)))
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
+class _Ledger:
+    """Writes ledger rows, starting the engine only when there is something to write."""
+
+    def __init__(self, settings: Settings, engine: Engine | None) -> None:
+        self.settings = settings
+        self.engine = engine
+        self._owns = engine is None
+
+    def write(self, summary: ReplaySummary) -> int:
+        from mlflow_spark_tools.replay_ledger import write_ledger
+
+        if not summary.ledger:
+            return 0
+        if self.engine is None:
+            e = self.settings.engine
+            self.engine = get_engine(remote=e.remote, warehouse=e.warehouse)
+        return write_ledger(self.engine, self.settings.tables.database, summary.ledger)
+
+    def close(self) -> None:
+        if self._owns and self.engine is not None:
+            self.engine.stop()
+            self.engine = None

@@ -1,0 +1,152 @@
+"""The collector and the replay job against a real server behind the rate-limit proxy."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from click.testing import CliRunner
+
+from mlflow_spark_tools.cli import cli
+from mlflow_spark_tools.collector import DEFERRED, LOGGED, FailedRunCollector
+from mlflow_spark_tools.config import RateLimitProfile
+from mlflow_spark_tools.failed_run_store import FailedRunStore
+from mlflow_spark_tools.replay import Replayer
+from mlflow_spark_tools.signing import load_signing_key
+from mlflow_spark_tools.tracking_requests import PAYLOAD_TAG
+
+from .run_content import assert_model_loads, assert_run_complete, log_sample_run, runs_by_index
+
+
+def _stats(proxy):
+    return proxy.counters.as_dict()
+
+
+def test_a_run_without_artifacts_takes_three_requests(make_proxy, client, experiment, tmp_path):
+    proxy = make_proxy()
+    collector = FailedRunCollector(tmp_path / "store", tracking_uri=proxy.url)
+    with collector.start_run(experiment_id=experiment, run_name="three", tags={"a": "1"}) as run:
+        run.log_params({f"p{i}": i for i in range(30)})
+        for step in range(50):
+            run.log_metrics({"loss": 1 / (step + 1), "acc": step / 50}, step=step)
+        run.set_tags({"b": "2"})
+    assert run.status == LOGGED and run.payload_id is None
+    stats = _stats(proxy)
+    assert sum(stats["requests"].values()) == 3
+    assert stats["endpoints"]["runs/create"]["requests"] == 1
+    assert stats["endpoints"]["runs/log-batch"]["requests"] == 1
+    assert stats["endpoints"]["runs/update"]["requests"] == 1
+    logged = client.get_run(run.run_id)
+    assert logged.data.params == {f"p{i}": str(i) for i in range(30)}
+    assert logged.data.tags["a"] == "1" and logged.data.tags["b"] == "2"
+    assert len(client.get_metric_history(run.run_id, "loss")) == 50
+    assert logged.info.status == "FINISHED"
+    assert FailedRunStore(tmp_path / "store").ids("pending") == []
+
+
+def test_failed_block_is_logged_as_failed_and_the_error_raised(make_proxy, client, experiment, tmp_path):
+    collector = FailedRunCollector(tmp_path / "store", tracking_uri=make_proxy().url)
+    try:
+        with collector.start_run(experiment_id=experiment, run_name="boom") as run:
+            run.log_param("x", 1)
+            raise RuntimeError("training failed")
+    except RuntimeError as exc:
+        assert str(exc) == "training failed"
+    else:
+        raise AssertionError("the error must propagate")
+    assert client.get_run(run.run_id).info.status == "FAILED"
+
+
+def test_rate_limited_runs_are_deferred_then_replayed_exactly_once(make_proxy, client, experiment,
+                                                                   tmp_path, signing_key, tracking_server):
+    proxy = make_proxy({"other": 30, "log_batch": 2})
+    store_path = tmp_path / "store"
+    collector = FailedRunCollector(store_path, tracking_uri=proxy.url, fail_fast_seconds=1)
+    n = 16
+    started = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda i: log_sample_run(collector, experiment, i), range(n)))
+    collect_seconds = time.monotonic() - started
+    statuses = [status for status, _, _ in results]
+    assert DEFERRED in statuses, "the tight limits must defer some runs"
+    for status, run_id, payload_id in results:
+        assert status in (LOGGED, DEFERRED)
+        assert (payload_id is not None) == (status == DEFERRED)
+        assert status == DEFERRED or run_id is not None
+    store = FailedRunStore(store_path)
+    assert sorted(store.ids("pending")) == sorted(p for _, _, p in results if p)
+    # every deferred payload is whole: document, artifact copy, signed model blob
+    for _, _, payload_id in results:
+        if payload_id:
+            document = store.read_document(store.root / "pending" / f"{payload_id}.json")
+            assert document["signature"]
+            for model in document["models"]:
+                assert model["blob"] is None or model["signature"]
+
+    profile = RateLimitProfile(name="tight", limits=proxy.profile.limits, safety_factor=0.9)
+    proxy.reset()
+    replayer = Replayer(str(store_path), proxy.url, profile, max_workers=8, signing_key=load_signing_key())
+    summary = replayer.run_until_empty(pause=0.5)
+    assert summary.replayed == statuses.count(DEFERRED)
+    assert summary.failed == 0 and summary.pending == 0
+    assert sum(summary.throttled.values()) == 0, summary.as_dict()  # paced under the limits
+    assert sum(_stats(proxy)["rate_limited"].values()) == 0
+
+    runs = runs_by_index(client, experiment)
+    assert sorted(runs) == list(range(n))
+    for i, (_, run_id, payload_id) in enumerate(results):
+        assert len(runs[i]) == 1, f"run {i} exists {len(runs[i])} times"
+        run = runs[i][0]
+        assert_run_complete(client, run, i)
+        if run_id is not None:
+            assert run.info.run_id == run_id  # the id the task returned stays valid
+        if payload_id is not None:
+            assert store.result(payload_id)["run_id"] == run.info.run_id
+            assert {r["payload_id"]: r["run_id"] for r in summary.ledger}[payload_id] == run.info.run_id
+            assert_model_loads(run.info.run_id, i, tracking_server.url)
+    assert collect_seconds < 600  # sanity: the tasks did not hang
+
+
+def test_replay_command_prints_a_summary_and_writes_the_ledger(make_proxy, client, experiment, tmp_path,
+                                                               settings, engine, signing_key):
+    proxy = make_proxy({"other": 1000, "log_batch": 1})
+    store_path = tmp_path / "store"
+    collector = FailedRunCollector(store_path, tracking_uri=proxy.url, fail_fast_seconds=0.5)
+    results = [log_sample_run(collector, experiment, i, with_model=False) for i in range(4)]
+    payloads = [p for _, _, p in results if p]
+    assert payloads
+    result = CliRunner().invoke(
+        cli, ["replay", "--replay-dir", str(store_path), "--until-empty", "--tracking-uri", proxy.url,
+              "--profile", "unlimited", "--database", "replay_db"],
+        obj={"settings": settings, "engine": engine},
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["replayed"] == len(payloads) and summary["failed"] == 0
+    assert summary["still_pending"] == 0 and summary["ledger_rows"] == len(payloads)
+    assert set(summary["requests"]) == {"experiment_management", "search_runs", "log_batch", "other"}
+    rows = engine.spark.sql("SELECT payload_id, run_id, experiment_id, status, attempts, error "
+                            "FROM replay_db.replay_log").collect()
+    ledger = {r["payload_id"]: r for r in rows if r["payload_id"] in payloads}
+    assert set(ledger) == set(payloads)
+    for row in ledger.values():
+        assert row["status"] == "replayed" and row["error"] is None and row["experiment_id"] == experiment
+        assert client.get_run(row["run_id"]).data.params["solver"] == "lbfgs"
+    runs = runs_by_index(client, experiment)
+    assert all(len(runs[i]) == 1 for i in range(4))
+    # the runs created by the replay carry the payload tag; the others do not
+    tagged = {r.data.tags.get(PAYLOAD_TAG) for i in range(4) for r in runs[i]} - {None}
+    assert tagged <= set(payloads)
+
+
+def test_replay_usage_errors_exit_2(settings, engine, tmp_path):
+    def run(*args):
+        return CliRunner().invoke(cli, ["replay", *args], obj={"settings": settings, "engine": engine})
+
+    both = run("--replay-dir", str(tmp_path), "--until-empty", "--loop")
+    assert both.exit_code == 2 and "not both" in both.output
+    profile = run("--replay-dir", str(tmp_path), "--profile", "nope")
+    assert profile.exit_code == 2 and "Unknown rate-limit profile" in profile.output
+    workers = run("--replay-dir", str(tmp_path), "--max-workers", "0")
+    assert workers.exit_code == 2

@@ -1,0 +1,70 @@
+"""Runs logged from Spark UDFs through the proxy with tight limits, then replayed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlflow_spark_tools.config import RateLimitProfile
+from mlflow_spark_tools.failed_run_store import FailedRunStore
+from mlflow_spark_tools.replay import Replayer
+from mlflow_spark_tools.signing import load_signing_key
+
+from .run_content import assert_model_loads, assert_run_complete, runs_by_index
+
+JOB = Path(__file__).with_name("udf_sweep_job.py")
+
+
+def _sweep(engine_kind, proxy, experiment, tmp_path, runs):
+    out = tmp_path / "results.json"
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, RUST_LOG="error")
+    for name in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "SPARK_LOCAL_REMOTE", "MLFLOW_TRACKING_URI"):
+        env.pop(name, None)
+    completed = subprocess.run(
+        [sys.executable, str(JOB), "--engine", engine_kind, "--tracking-uri", proxy.url,
+         "--experiment-id", experiment, "--store", str(tmp_path / "store"), "--runs", str(runs),
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=900, env=env,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(out.read_text())["results"]
+
+
+@pytest.mark.parametrize("engine_kind, runs", [("classic", 200), ("embedded", 60)])
+def test_udf_sweep_under_rate_limits_loses_nothing(engine_kind, runs, make_proxy, client, experiment,
+                                                   tmp_path, signing_key, tracking_server):
+    limits = {"other": 150, "log_batch": 4}
+    proxy = make_proxy(limits)
+    results = _sweep(engine_kind, proxy, experiment, tmp_path, runs)
+    assert sorted(r[0] for r in results) == list(range(runs))
+    deferred = [r for r in results if r[1] == "deferred"]
+    logged = [r for r in results if r[1] == "logged"]
+    assert deferred and logged and len(deferred) + len(logged) == runs
+    assert proxy.counters.as_dict()["rate_limited"]["log_batch"] > 0
+
+    store = FailedRunStore(tmp_path / "store")
+    assert sorted(store.ids("pending")) == sorted(r[3] for r in deferred)
+    proxy.reset()
+    profile = RateLimitProfile(name="tight", limits=proxy.profile.limits, safety_factor=0.9)
+    summary = Replayer(str(store.root), proxy.url, profile, max_workers=8,
+                       signing_key=load_signing_key()).run_until_empty(pause=0.5)
+    assert summary.replayed == len(deferred) and summary.failed == 0 and summary.pending == 0
+    assert sum(summary.throttled.values()) == 0
+
+    by_index = runs_by_index(client, experiment)
+    assert sorted(by_index) == list(range(runs))
+    for i, _status, run_id, payload_id in results:
+        assert len(by_index[i]) == 1, f"run {i} exists {len(by_index[i])} times"
+        run = by_index[i][0]
+        assert_run_complete(client, run, i)
+        if run_id is not None:
+            assert run.info.run_id == run_id
+        if payload_id is not None:
+            assert store.result(payload_id)["run_id"] == run.info.run_id
+    for i, *_ in deferred[:3] + logged[:2]:
+        assert_model_loads(by_index[i][0].info.run_id, i, tracking_server.url)
