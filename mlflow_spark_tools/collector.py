@@ -63,6 +63,13 @@ log = logging.getLogger(__name__)
 
 LOGGED, DEFERRED = "logged", "deferred"
 
+# Per Python process and tracking server: until when a rate-limit storm is assumed. After a run
+# of this process was deferred on a rate limit, the next runs send each request once and defer
+# on the first 429 instead of waiting out the retries again: a worker running many tasks pays
+# the wait once per storm, not once per task. Module state, not the collector's: the collector
+# stays plain, and forked Python workers keep it across the tasks they run.
+_STORM_UNTIL: dict[str, float] = {}
+
 
 def canonical_json(document: dict[str, Any]) -> bytes:
     """The bytes a document's signature covers: sorted JSON without the signature itself."""
@@ -196,6 +203,8 @@ class BufferedRun:
             self.status = LOGGED
         except Exception as exc:
             verdict = classify(exc)
+            if verdict == RATE_LIMITED:
+                collector._storm_seen()
             if verdict == RATE_LIMITED or (verdict == TRANSIENT and collector.defer_transient):
                 self.payload_id = collector._defer(self, run, ops, done, exc)
                 self.status = DEFERRED
@@ -241,11 +250,14 @@ class FailedRunCollector:
         signing_key: the key for model blobs; default: ``MLFLOW_SPARK_TOOLS_SIGNING_KEY`` in
             the task's environment. Passing it here ships it inside every task closure.
         request_timeout: seconds for one HTTP attempt.
+        storm_cooldown_seconds: after a run was deferred on a rate limit, runs of the same
+            process defer on the first 429 (no retry) for this long; 0 turns it off.
     """
 
     def __init__(self, store_path: str | os.PathLike, tracking_uri: str | None = None,
                  fail_fast_seconds: float = 5.0, defer_transient: bool = False,
-                 signing_key: str | None = None, request_timeout: float = 60.0) -> None:
+                 signing_key: str | None = None, request_timeout: float = 60.0,
+                 storm_cooldown_seconds: float = 30.0) -> None:
         self.store_path = to_fuse_path(os.fspath(store_path))
         if tracking_uri is None:
             import mlflow
@@ -256,6 +268,7 @@ class FailedRunCollector:
         self.defer_transient = bool(defer_transient)
         self._signing_key = signing_key
         self.request_timeout = float(request_timeout)
+        self.storm_cooldown_seconds = float(storm_cooldown_seconds)
 
     def __repr__(self) -> str:
         return f"FailedRunCollector({self.store_path!r}, tracking_uri={self.tracking_uri!r})"
@@ -272,10 +285,22 @@ class FailedRunCollector:
             raise
         run._write("FINISHED")
 
+    def in_storm(self) -> bool:
+        """Whether this process deferred a run on a rate limit within the cool-down."""
+        return self.storm_cooldown_seconds > 0 and time.monotonic() < _STORM_UNTIL.get(self.tracking_uri, 0.0)
+
+    def _storm_seen(self) -> None:
+        if self.storm_cooldown_seconds > 0:
+            _STORM_UNTIL[self.tracking_uri] = time.monotonic() + self.storm_cooldown_seconds
+
     def _requests(self) -> TrackingRequests:
-        policy = RetryPolicy(attempts=4, initial_wait=0.25, max_wait=1.0,
-                             deadline=self.fail_fast_seconds, honour_retry_after=False,
-                             retry_transient=True)
+        if self.in_storm():
+            policy = RetryPolicy(attempts=4, initial_wait=0.25, max_wait=1.0,
+                                 deadline=self.fail_fast_seconds, retry_rate_limits=False)
+        else:
+            policy = RetryPolicy(attempts=4, initial_wait=0.25, max_wait=1.0,
+                                 deadline=self.fail_fast_seconds, honour_retry_after=False,
+                                 retry_transient=True)
         return TrackingRequests(self.tracking_uri, policy, timeout=self.request_timeout)
 
     def _defer(self, run: BufferedRun, data: RunData, ops: list[tuple[str, int]], done: int,

@@ -46,11 +46,13 @@ class LocalTrackingServer:
     Args:
         root: directory for the database, artifacts and the server log.
         workers: server worker processes.
+        server_args: more options for ``mlflow server``.
     """
 
-    def __init__(self, root: Path | str, workers: int = 2) -> None:
+    def __init__(self, root: Path | str, workers: int = 2, server_args: tuple[str, ...] = ()) -> None:
         self.root = Path(root)
         self.workers = workers
+        self.server_args = tuple(server_args)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
@@ -85,6 +87,7 @@ class LocalTrackingServer:
                 str(self.port),
                 "--workers",
                 str(self.workers),
+                *self.server_args,
             ],
             stdout=log_file,
             stderr=subprocess.STDOUT,

@@ -155,10 +155,12 @@ class Replayer:
         in_flight: set[Future[str]] = set()
         with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
             while True:
-                # Keep every worker busy: claim more as soon as some finish, never far ahead
-                # (a claim not yet started still holds a lease another replayer cannot take).
-                room = self.max_workers * 2 - len(in_flight)
-                claims = self._claim_batch(room) if room > 0 else []
+                # Keep every worker busy, never far ahead (a claim not yet started holds a
+                # lease another replayer cannot take): top up to two rounds of work whenever
+                # at most one round is left, so the folders are listed once per round.
+                claims = []
+                if len(in_flight) <= self.max_workers:
+                    claims = self._claim_batch(self.max_workers * 2 - len(in_flight))
                 in_flight.update(pool.submit(self._replay_claim, claim) for claim in claims)
                 if not in_flight:
                     break
@@ -284,6 +286,8 @@ class Replayer:
         artifacts, models = document.get("artifacts", []), document.get("models", [])
         ops = plan(run, len(artifacts), len(models))
         chunks = batches(run)
+        # Written before the first request: the mark that a replay began, so that whoever
+        # resumes this payload after a crash treats its next request as uncertain.
         self.store.write_progress(pid, {"run_id": run_id, "artifact_uri": artifact_uri, "ops_done": done,
                                         "attempts": attempts, "owner": self.owner})
         for i in range(done, len(ops)):

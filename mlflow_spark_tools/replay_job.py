@@ -2,8 +2,8 @@
 
 One pass, passes until the store is empty, or passes every few seconds until stopped; after
 each pass the rows of the ledger go to ``<database>.replay_log`` and a JSON summary is printed.
-Exit code 0 when everything was replayed, 3 when payloads failed (quarantined) or are still
-pending, 2 for usage errors.
+Exit code 0 when everything was replayed, 3 when payloads failed (quarantined), are still
+pending or the ledger could not be written, 2 for usage errors.
 """
 
 from __future__ import annotations
@@ -70,9 +70,10 @@ def run_replay_job(settings: Settings, options: ReplayOptions, engine: Engine | 
             summary = replayer.run_until_empty()
         else:
             return _loop(replayer, options, ledger, echo, passes)
-        rows = ledger.write(summary) if ledger else 0
-        echo(json.dumps(summary.as_dict() | {"ledger_rows": rows}, indent=2))
-        return EXIT_PARTIAL if summary.failed or summary.pending else EXIT_OK
+        ledger_report = _write_ledger(ledger, summary)
+        echo(json.dumps(summary.as_dict() | ledger_report, indent=2))
+        partial = summary.failed or summary.pending or "ledger_error" in ledger_report
+        return EXIT_PARTIAL if partial else EXIT_OK
     finally:
         if ledger is not None:
             ledger.close()
@@ -86,13 +87,26 @@ def _loop(replayer: Replayer, options: ReplayOptions, ledger: _Ledger | None,
         started = time.monotonic()
         summary = replayer.run()
         done += 1
-        failed += summary.failed
-        rows = ledger.write(summary) if ledger else 0
-        echo(json.dumps(summary.as_dict() | {"ledger_rows": rows, "pass": done}))
+        ledger_report = _write_ledger(ledger, summary)
+        failed += summary.failed + ("ledger_error" in ledger_report)
+        echo(json.dumps(summary.as_dict() | ledger_report | {"pass": done}))
         if passes is not None and done >= passes:
             break
         time.sleep(max(0.0, options.interval - (time.monotonic() - started)))
     return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def _write_ledger(ledger: _Ledger | None, summary: ReplaySummary) -> dict[str, object]:
+    """Write the pass's ledger rows; a failure is reported, not raised: the runs are replayed
+    and ``done/`` plus ``data/<payload_id>/result.json`` still map payloads to runs."""
+    if ledger is None:
+        return {"ledger_rows": 0}
+    try:
+        return {"ledger_rows": ledger.write(summary)}
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        log.error("Could not write the replay ledger: %s", first)
+        return {"ledger_rows": 0, "ledger_error": first[:500]}
 
 
 class _Ledger:

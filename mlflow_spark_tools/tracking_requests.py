@@ -37,7 +37,8 @@ class RetryPolicy:
         max_wait: longest single wait.
         deadline: give up once this many seconds have passed since the first try.
         honour_retry_after: wait at least what the server's ``Retry-After`` asks.
-        retry_transient: also retry 5xx, connection resets and timeouts (else only 429).
+        retry_transient: also retry 5xx, connection resets and timeouts.
+        retry_rate_limits: retry 429s (else a 429 raises at once).
     """
 
     attempts: int = 3
@@ -46,6 +47,7 @@ class RetryPolicy:
     deadline: float = 5.0
     honour_retry_after: bool = False
     retry_transient: bool = True
+    retry_rate_limits: bool = True
 
 
 def metric_value_json(value: float) -> float | str:
@@ -151,7 +153,9 @@ class TrackingRequests:
         def retryable(exc: BaseException) -> bool:
             if time.monotonic() - started >= policy.deadline:
                 return False
-            return is_rate_limited(exc) or (policy.retry_transient and is_retryable(exc))
+            if is_rate_limited(exc):
+                return policy.retry_rate_limits
+            return policy.retry_transient and is_retryable(exc)
 
         def wait(state: tenacity.RetryCallState) -> float:
             exp = min(policy.max_wait, policy.initial_wait * 2 ** (state.attempt_number - 1))

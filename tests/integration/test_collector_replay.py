@@ -150,3 +150,40 @@ def test_replay_usage_errors_exit_2(settings, engine, tmp_path):
     assert profile.exit_code == 2 and "Unknown rate-limit profile" in profile.output
     workers = run("--replay-dir", str(tmp_path), "--max-workers", "0")
     assert workers.exit_code == 2
+
+
+def test_replay_job_entry_point_writes_a_ledger_a_new_process_can_read(make_proxy, client, experiment,
+                                                                        tmp_path, signing_key):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proxy = make_proxy({"log_batch": 0.001})
+    store_path = tmp_path / "store"
+    collector = FailedRunCollector(store_path, tracking_uri=proxy.url, fail_fast_seconds=0.3)
+    results = [log_sample_run(collector, experiment, i, with_model=False) for i in range(3)]
+    payloads = sorted(p for _, _, p in results if p)
+    assert len(payloads) >= 2
+    # the replay goes to the server itself (MLFLOW_TRACKING_URI), around the closed proxy
+    env = dict(os.environ, RUST_LOG="error", MLFLOW_TRACKING_URI=client.tracking_uri)
+    for name in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "SPARK_LOCAL_REMOTE"):
+        env.pop(name, None)
+    job = Path(__file__).resolve().parents[2] / "jobs" / "replay_failed_runs.py"
+    warehouse = tmp_path / "warehouse"
+    replay = subprocess.run(
+        [sys.executable, str(job), "--replay-dir", str(store_path), "--until-empty",
+         "--profile", "unlimited", "--warehouse", str(warehouse)],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert replay.returncode == 0, replay.stderr[-2000:]
+    assert json.loads(replay.stdout)["ledger_rows"] == len(payloads)
+    read = subprocess.run(
+        [sys.executable, "-m", "mlflow_spark_tools.cli", "--warehouse", str(warehouse), "sql", "--format", "json",
+         "SELECT payload_id, run_id, status FROM mlflow_exp.replay_log ORDER BY payload_id"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert read.returncode == 0, read.stderr[-2000:]
+    rows = json.loads(read.stdout)
+    assert [r["payload_id"] for r in rows] == payloads
+    assert all(r["status"] == "replayed" and client.get_run(r["run_id"]) for r in rows)

@@ -232,3 +232,23 @@ def test_32_processes_write_payloads_at_once(closed_proxy, tracking_server, clie
     assert summary.replayed == 96 and summary.failed == 0
     runs = runs_by_index(client, experiment)
     assert sorted(runs) == list(range(96)) and all(len(runs[i]) == 1 for i in range(96))
+
+
+def test_after_a_deferral_the_process_defers_on_the_first_429(closed_proxy, experiment, tmp_path):
+    def creates():
+        return closed_proxy.counters.as_dict()["endpoints"]["runs/create"]["requests"]
+
+    collector = FailedRunCollector(tmp_path / "store", tracking_uri=closed_proxy.url, fail_fast_seconds=1.0)
+    before = creates()
+    first = log_sample_run(collector, experiment, 0, with_model=False)
+    retried = creates() - before
+    second = log_sample_run(collector, experiment, 1, with_model=False)
+    assert first[0] == second[0] == DEFERRED
+    assert retried >= 2  # the first 429 was retried within fail_fast_seconds
+    assert creates() - before - retried == 1  # in the storm: one attempt, then deferred
+    assert collector.in_storm()
+    calm = FailedRunCollector(tmp_path / "store", tracking_uri=closed_proxy.url, fail_fast_seconds=1.0,
+                              storm_cooldown_seconds=0)
+    before = creates()
+    assert log_sample_run(calm, experiment, 2, with_model=False)[0] == DEFERRED
+    assert creates() - before >= 2 and not calm.in_storm()
