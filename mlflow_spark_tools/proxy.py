@@ -262,7 +262,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         except (OSError, http.client.HTTPException) as exc:
             self.proxy.counters.upstream_error()
             log.warning("Upstream %s failed: %s", self.proxy.upstream.netloc, exc)
-            return self._send_json(502, {"error_code": "BAD_GATEWAY",
+            return self._send_json(502, {"error_code": "TEMPORARILY_UNAVAILABLE",
                                          "message": f"The upstream tracking server failed: {exc}"})
         self.send_response(response.status, response.reason)
         length = response.getheader("Content-Length")

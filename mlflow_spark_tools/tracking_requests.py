@@ -95,6 +95,7 @@ class TrackingRequests:
         self.on_attempt = on_attempt
         self.sleep = sleep
         self.timeout = timeout
+        self._direct = _DirectSession.for_host(self._host_creds())
 
     # ---- one request -----------------------------------------------------------------
 
@@ -107,15 +108,21 @@ class TrackingRequests:
             self.limiter.acquire(api_class)
         status = None
         try:
+            kwargs: dict[str, Any] = {"json": body} if method == "POST" else {"params": body}
             if upload is not None:
                 with open(upload, "rb") as data:
-                    response = http_request(
-                        self._host_creds(), endpoint, method, data=data,
-                        extra_headers={"Content-Type": "application/octet-stream"},
-                        **self._one_attempt(),
-                    )
+                    if self._direct is not None:
+                        response = self._direct.request(method, endpoint, self.timeout, data=data,
+                                                        headers={"Content-Type": "application/octet-stream"})
+                    else:
+                        response = http_request(
+                            self._host_creds(), endpoint, method, data=data,
+                            extra_headers={"Content-Type": "application/octet-stream"},
+                            **self._one_attempt(),
+                        )
+            elif self._direct is not None:
+                response = self._direct.request(method, endpoint, self.timeout, **kwargs)
             else:
-                kwargs: dict[str, Any] = {"json": body} if method == "POST" else {"params": body}
                 response = http_request(self._host_creds(), endpoint, method, **self._one_attempt(), **kwargs)
             status = response.status_code
             if status == 429:
@@ -242,6 +249,66 @@ class TrackingRequests:
             token = page.get("next_page_token")
             if not token:
                 return points
+
+
+class _DirectSession:
+    """One HTTP attempt to a plain tracking server without MLflow's per-request set-up.
+
+    MLflow's ``http_request`` resolves its request headers (probing for Databricks runtime
+    modules on every call) and the proxy environment for every request; for a replay sending
+    thousands of requests that is most of the client's CPU. For a server reached over plain
+    HTTP(S) with no authentication or static basic/token authentication, the same headers,
+    proxies and TLS settings are resolved once here. Anything else (Databricks, auth plugins,
+    SigV4, workspaces) goes through MLflow's ``http_request``.
+    """
+
+    def __init__(self, host: str, headers: dict[str, str], verify: Any, cert: Any) -> None:
+        import requests
+        import requests.adapters
+
+        self.host = host.rstrip("/")
+        self.session = requests.Session()
+        self.session.trust_env = False  # resolved once below instead of on every request
+        self.session.proxies = requests.utils.get_environ_proxies(self.host)
+        self.session.headers.update(headers)
+        self.session.verify = verify
+        self.session.cert = cert
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    @classmethod
+    def for_host(cls, creds: Any) -> _DirectSession | None:
+        import base64
+        import os
+
+        from mlflow.environment_variables import _MLFLOW_DATABRICKS_TRAFFIC_ID
+        from mlflow.tracking.request_header.registry import resolve_request_headers
+        from mlflow.utils.workspace_context import get_request_workspace
+
+        host = getattr(creds, "host", "") or ""
+        if (not host.startswith(("http://", "https://")) or getattr(creds, "use_databricks_sdk", False)
+                or getattr(creds, "auth", None) or getattr(creds, "aws_sigv4", False)
+                or getattr(creds, "client_secret", None) or getattr(creds, "workspace_id", None)
+                or get_request_workspace() or _MLFLOW_DATABRICKS_TRAFFIC_ID.get()):
+            return None
+        headers = dict(resolve_request_headers())
+        if creds.username and creds.password:
+            pair = f"{creds.username}:{creds.password}".encode()
+            headers["Authorization"] = "Basic " + base64.standard_b64encode(pair).decode("utf-8")
+        elif creds.token:
+            headers["Authorization"] = f"Bearer {creds.token}"
+        if creds.ignore_tls_verification:
+            verify: Any = False
+        elif creds.server_cert_path:
+            verify = creds.server_cert_path
+        else:
+            verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        return cls(host, headers, verify, creds.client_cert_path)
+
+    def request(self, method: str, endpoint: str, timeout: float, headers: dict[str, str] | None = None,
+                **kwargs: Any) -> Any:
+        return self.session.request(method, self.host + endpoint, timeout=timeout, headers=headers, **kwargs)
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -109,7 +109,7 @@ def test_unreachable_upstream_is_a_502(tmp_path):
     profile = RateLimitProfile.load("databricks")
     with RateLimitProxy(f"http://127.0.0.1:{free_port()}", profile) as proxy:
         status, _, body = _post(f"{proxy.url}/api/2.0/mlflow/runs/create", {"experiment_id": "0"})
-    assert status == 502 and body["error_code"] == "BAD_GATEWAY"
+    assert status == 502 and body["error_code"] == "TEMPORARILY_UNAVAILABLE"
 
 
 def test_command_line_proxy_with_a_profile_file(tmp_path, tracking_server, experiment):
