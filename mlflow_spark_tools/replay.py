@@ -152,7 +152,7 @@ class Replayer:
             self.store.quarantine(path, path.name, "foreign file: not a run document of this package")
             summary.failed += 1
         self._released = set()
-        in_flight: set[Future[str]] = set()
+        in_flight: set[Future[tuple[str, str]]] = set()
         with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
             while True:
                 # Keep every worker busy, never far ahead (a claim not yet started holds a

@@ -207,3 +207,62 @@ def test_classic_spark_submit_without_delta_fails_with_a_clear_error(tmp_path, t
     assert job.returncode == 1
     # spark-submit passes the application's stderr through its own stdout
     assert "cannot write Delta tables" in job.stdout + job.stderr, job.stdout[-2000:]
+
+
+def _deferred_payloads(make_proxy, store_path, experiment, n=2):
+    from mlflow_spark_tools.collector import FailedRunCollector
+
+    proxy = make_proxy({"other": 0.001})
+    collector = FailedRunCollector(store_path, tracking_uri=proxy.url, fail_fast_seconds=0.2)
+    payloads = []
+    for i in range(n + 1):  # the proxy's one token lets the first create through
+        with collector.start_run(experiment_id=experiment, run_name=f"deferred-{i}") as run:
+            run.log_params({"i": i})
+            run.log_metric("loss", 1.0 / (i + 1), step=3)
+        if run.payload_id:
+            payloads.append(run.payload_id)
+    assert len(payloads) >= n
+    return sorted(payloads)
+
+
+def test_replay_job_with_spark_submit_remote_writes_the_ledger(tmp_path, tracking_server, client, experiment,
+                                                               sail_server, make_proxy):
+    store_path = tmp_path / "store"
+    payloads = _deferred_payloads(make_proxy, store_path, experiment)
+    env = {**_env(tracking_server.url), "SPARK_REMOTE": sail_server}
+    warehouse = str(tmp_path / "external")
+    job = subprocess.run(
+        [str(BIN / "spark-submit"), "--remote", sail_server, str(ROOT / "jobs" / "replay_failed_runs.py"),
+         "--replay-dir", str(store_path), "--until-empty", "--warehouse", warehouse],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    assert f'"ledger_rows": {len(payloads)}' in job.stdout
+    query = subprocess.run(
+        [str(BIN / "mlflow-spark-tools"), "--remote", sail_server, "--warehouse", warehouse, "sql", "--format",
+         "json", f"SELECT payload_id, run_id FROM {DB}.replay_log ORDER BY payload_id"],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert query.returncode == 0, query.stderr
+    rows = json.loads(query.stdout)
+    assert [r["payload_id"] for r in rows] == payloads
+    for row in rows:
+        run = client.get_run(row["run_id"])
+        assert run.info.run_name.startswith("deferred-") and run.info.status == "FINISHED"
+        assert run.data.params["i"] == run.info.run_name.split("-")[1]
+
+
+def test_replay_on_spark_without_delta_replays_and_reports_the_ledger_error(tmp_path, tracking_server, client,
+                                                                            experiment, make_proxy):
+    store_path = tmp_path / "store"
+    payloads = _deferred_payloads(make_proxy, store_path, experiment)
+    job = subprocess.run(
+        [str(BIN / "spark-submit"), "--master", "local[2]", str(ROOT / "jobs" / "replay_failed_runs.py"),
+         "--replay-dir", str(store_path), "--until-empty"],
+        env=_env(tracking_server.url), capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert job.returncode == 3, job.stdout[-3000:]  # partial: replayed, but no ledger
+    assert '"ledger_error"' in job.stdout and "cannot write Delta tables" in job.stdout
+    assert f'"replayed": {len(payloads)}' in job.stdout
+    done = sorted(p.stem for p in (store_path / "done").glob("*.json"))
+    assert done == payloads
