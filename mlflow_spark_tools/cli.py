@@ -381,7 +381,7 @@ def rate_limit_proxy_command(ctx: Context, upstream, port, host, profile_, laten
         ctx.settings = ctx.settings.with_overrides(rate_limit_profile=profile_)
     profile = ctx.settings.profile()
     proxy = RateLimitProxy(upstream, profile, latency_ms=latency_ms, host=host, port=port)
-    click.echo(json.dumps({"listening": proxy.url, "upstream": upstream, "profile": profile.name,
+    click.echo(json.dumps({"listening": proxy.url, "upstream": proxy.upstream_host, "profile": profile.name,
                            "limits": profile.limits, "latency_ms": latency_ms}), err=True)
     try:
         proxy.serve()

@@ -105,6 +105,8 @@ class RateLimitProxy:
         if latency_ms < 0:
             raise UsageError("--latency-ms must be zero or positive.")
         self.upstream = parsed
+        # host[:port] without any user:password@ of the URL (never echoed or sent as Host)
+        self.upstream_host = parsed.hostname + (f":{parsed.port}" if parsed.port else "")
         self.profile = profile
         self.latency = latency_ms / 1000.0
         self.upstream_timeout = upstream_timeout
@@ -256,7 +258,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
     def _forward(self, body: bytes) -> None:
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
-        headers["Host"] = self.proxy.upstream.netloc
+        headers["Host"] = self.proxy.upstream_host
         headers["Content-Length"] = str(len(body))
         if not body and self.command in ("GET", "HEAD", "DELETE"):
             headers.pop("Content-Length")
@@ -265,7 +267,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             response = self._upstream_request(target, body, headers)
         except (OSError, http.client.HTTPException) as exc:
             self.proxy.counters.upstream_error()
-            log.warning("Upstream %s failed: %s", self.proxy.upstream.netloc, exc)
+            log.warning("Upstream %s failed: %s", self.proxy.upstream_host, exc)
             return self._send_json(502, {"error_code": "TEMPORARILY_UNAVAILABLE",
                                          "message": f"The upstream tracking server failed: {exc}"})
         self.send_response(response.status, response.reason)

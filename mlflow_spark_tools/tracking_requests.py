@@ -4,8 +4,10 @@ MLflow's client retries a 429 for minutes, with settings read from process-wide 
 variables. The collector must give up within seconds (inside a Spark task) and the replayer
 must wait exactly as long as the server's ``Retry-After`` says, without changing how any other
 code in the same process retries. So both send their requests here: each request is one HTTP
-attempt through MLflow's own request code (authentication, TLS, Databricks profiles as usual),
-and retries are decided by a tenacity policy given to this object.
+attempt, and retries are decided by a tenacity policy given to this object. Databricks and
+servers with authentication plugins are reached through MLflow's own request code
+(authentication, TLS, Databricks profiles as usual); a plain HTTP(S) server through a
+keep-alive session set up once with the same headers, credentials and TLS settings.
 """
 
 from __future__ import annotations

@@ -187,3 +187,23 @@ def test_replay_job_entry_point_writes_a_ledger_a_new_process_can_read(make_prox
     rows = json.loads(read.stdout)
     assert [r["payload_id"] for r in rows] == payloads
     assert all(r["status"] == "replayed" and client.get_run(r["run_id"]) for r in rows)
+
+
+def test_loop_mode_prints_one_summary_per_pass(make_proxy, client, experiment, tmp_path, settings, engine,
+                                               signing_key):
+    from mlflow_spark_tools.replay_job import LOOP, ReplayOptions, run_replay_job
+
+    proxy = make_proxy({"log_batch": 0.001})
+    store_path = tmp_path / "store"
+    collector = FailedRunCollector(store_path, tracking_uri=proxy.url, fail_fast_seconds=0.2)
+    results = [log_sample_run(collector, experiment, i, with_model=False) for i in range(3)]
+    deferred = [p for _, _, p in results if p]
+    lines: list[str] = []
+    options = ReplayOptions(replay_dir=str(store_path), mode=LOOP, interval=0.1)
+    code = run_replay_job(settings.with_overrides(tables__database="loop_db"), options, engine=engine,
+                          echo=lines.append, passes=2)
+    assert code == 0
+    first, second = (json.loads(line) for line in lines)
+    assert (first["pass"], first["replayed"], first["ledger_rows"]) == (1, len(deferred), len(deferred))
+    assert (second["pass"], second["replayed"], second["ledger_rows"]) == (2, 0, 0)
+    assert engine.spark.sql("SELECT count(*) AS n FROM loop_db.replay_log").collect()[0]["n"] == len(deferred)
