@@ -294,13 +294,10 @@ class FailedRunCollector:
             _STORM_UNTIL[self.tracking_uri] = time.monotonic() + self.storm_cooldown_seconds
 
     def _requests(self) -> TrackingRequests:
-        if self.in_storm():
-            policy = RetryPolicy(attempts=4, initial_wait=0.25, max_wait=1.0,
-                                 deadline=self.fail_fast_seconds, retry_rate_limits=False)
-        else:
-            policy = RetryPolicy(attempts=4, initial_wait=0.25, max_wait=1.0,
-                                 deadline=self.fail_fast_seconds, honour_retry_after=False,
-                                 retry_transient=True)
+        # in a storm a 429 defers at once; 5xx and connection errors are retried as always
+        policy = RetryPolicy(attempts=4, initial_wait=0.25, max_wait=1.0, deadline=self.fail_fast_seconds,
+                             honour_retry_after=False, retry_transient=True,
+                             retry_rate_limits=not self.in_storm())
         return TrackingRequests(self.tracking_uri, policy, timeout=self.request_timeout)
 
     def _defer(self, run: BufferedRun, data: RunData, ops: list[tuple[str, int]], done: int,

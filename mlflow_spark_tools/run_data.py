@@ -45,20 +45,20 @@ def check_key(key: Any, what: str) -> str:
     return key
 
 
-def check_param(key: Any, value: Any) -> tuple[str, str]:
-    check_key(key, "Param")
+def _check_text(what: str, key: Any, value: Any, limit: int) -> tuple[str, str]:
+    check_key(key, what)
     text = str(value)
-    if len(text) > MAX_PARAM_VALUE:
-        raise RunDataError(f"Param {key!r} value is {len(text)} characters (MLflow's maximum is {MAX_PARAM_VALUE})")
+    if len(text) > limit:
+        raise RunDataError(f"{what} {key!r} value is {len(text)} characters (MLflow's maximum is {limit})")
     return key, text
+
+
+def check_param(key: Any, value: Any) -> tuple[str, str]:
+    return _check_text("Param", key, value, MAX_PARAM_VALUE)
 
 
 def check_tag(key: Any, value: Any) -> tuple[str, str]:
-    check_key(key, "Tag")
-    text = str(value)
-    if len(text) > MAX_TAG_VALUE:
-        raise RunDataError(f"Tag {key!r} value is {len(text)} characters (MLflow's maximum is {MAX_TAG_VALUE})")
-    return key, text
+    return _check_text("Tag", key, value, MAX_TAG_VALUE)
 
 
 def check_metric(key: Any, value: Any, timestamp: Any, step: Any) -> tuple[str, float, int, int]:
@@ -105,7 +105,7 @@ class RunData:
             "status": self.status,
             "params": self.params,
             "tags": self.tags,
-            "metrics": [[k, _json_float(v), ts, step] for k, v, ts, step in self.metrics],
+            "metrics": [[k, metric_value_json(v), ts, step] for k, v, ts, step in self.metrics],
         }
 
     @classmethod
@@ -131,7 +131,8 @@ class RunData:
         return run
 
 
-def _json_float(value: float) -> float | str:
+def metric_value_json(value: float) -> float | str:
+    """A metric value as MLflow's JSON encodes it (NaN and infinities as strings)."""
     if math.isnan(value):
         return "NaN"
     if math.isinf(value):

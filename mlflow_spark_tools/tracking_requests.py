@@ -13,7 +13,6 @@ keep-alive session set up once with the same headers, credentials and TLS settin
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any
 import tenacity
 
 from mlflow_spark_tools.rate_limit_errors import is_rate_limited, is_retryable
+from mlflow_spark_tools.run_data import metric_value_json
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +50,6 @@ class RetryPolicy:
     honour_retry_after: bool = False
     retry_transient: bool = True
     retry_rate_limits: bool = True
-
-
-def metric_value_json(value: float) -> float | str:
-    """A metric value as MLflow's JSON encodes it (NaN and infinities as strings)."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "Infinity" if value > 0 else "-Infinity"
-    return value
 
 
 class TrackingRequests:
