@@ -24,10 +24,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve()
-sys.path.insert(0, str(HERE.parent))
+from bench_support import proxy_stats, start_proxy, write_report
 
-from bench_replay import proxy_stats, start_proxy  # noqa: E402
+HERE = Path(__file__).resolve()
 
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
@@ -129,9 +128,7 @@ def main() -> None:
         },
         "all": jobs,
     })
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    print(json.dumps({k: v for k, v in report.items() if k != "all"}, indent=2))
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import statistics
 import tempfile
 import threading
 import time
 import urllib.parse
 from pathlib import Path
+
+from bench_support import start_proxy, write_report
 
 HERE = Path(__file__).resolve()
 
@@ -69,10 +70,6 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE.parent / "results" / "proxy.json"))
     args = parser.parse_args()
 
-    import sys
-
-    sys.path.insert(0, str(HERE.parent))
-    from bench_replay import start_proxy
     from mlflow import MlflowClient
 
     from mlflow_spark_tools.local_server import LocalTrackingServer
@@ -108,9 +105,7 @@ def main() -> None:
                         "forwarded >> 127 qps": median["forwarded"] > 2 * 127},
         "all": results,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    print(json.dumps({k: v for k, v in report.items() if k != "all"}, indent=2))
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

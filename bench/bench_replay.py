@@ -27,8 +27,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -36,32 +34,12 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from bench_support import proxy_stats, start_proxy, write_report
+
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 LOG_BATCH_LIMIT = 47.0
-
-
-def start_proxy(upstream: str, profile: str, latency_ms: float) -> tuple[subprocess.Popen, str]:
-    from mlflow_spark_tools.local_server import free_port, wait_for_health
-
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow_spark_tools.cli", "rate-limit-proxy", "--upstream", upstream,
-         "--port", str(port), "--profile", profile, "--latency-ms", str(latency_ms)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_for_health(url, 60, process)
-    return process, url
-
-
-def proxy_stats(url: str, reset: bool = False) -> dict:
-    if reset:
-        urllib.request.urlopen(urllib.request.Request(f"{url}/__proxy/reset", data=b"{}"), timeout=30).close()
-        return {}
-    with urllib.request.urlopen(f"{url}/__proxy/stats", timeout=30) as response:
-        return json.loads(response.read())
 
 
 def write_payloads(store: Path, closed_url: str, experiment_id: str, n: int) -> None:
@@ -214,19 +192,17 @@ def main() -> None:
                 if args.only_ours:
                     continue
 
-                proxy_stats(url, reset=True)
-                time.sleep(1.5)
-                serial = replay_serial(runs[: args.serial_payloads], url, client.create_experiment(f"serial-{rep}"))
-                serial["proxy_429s"] = sum(proxy_stats(url)["rate_limited"].values())
-                results["serial"].append(serial)
-                print(f"rep {rep} serial: {serial}", flush=True)
-
-                proxy_stats(url, reset=True)
-                time.sleep(1.5)
-                naive = replay_naive_pool(runs[: args.naive_payloads], url, client.create_experiment(f"naive-{rep}"))
-                naive["proxy_429s"] = sum(proxy_stats(url)["rate_limited"].values())
-                results["naive_pool"].append(naive)
-                print(f"rep {rep} naive pool: {naive}", flush=True)
+                baselines = (
+                    ("serial", lambda e: replay_serial(runs[: args.serial_payloads], url, e)),
+                    ("naive_pool", lambda e: replay_naive_pool(runs[: args.naive_payloads], url, e)),
+                )
+                for kind, replay in baselines:
+                    proxy_stats(url, reset=True)
+                    time.sleep(1.5)  # the proxy's buckets refill
+                    result = replay(client.create_experiment(f"{kind}-{rep}"))
+                    result["proxy_429s"] = sum(proxy_stats(url)["rate_limited"].values())
+                    results[kind].append(result)
+                    print(f"rep {rep} {kind}: {result}", flush=True)
         finally:
             for process in (proxy, closed):
                 process.terminate()
@@ -254,12 +230,9 @@ def main() -> None:
         },
         "all": results,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    print(json.dumps({k: v for k, v in report.items() if k != "all"}, indent=2))
+    write_report(report, args.out)
     shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     main()

@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_support import write_report
+
 HERE = Path(__file__).resolve()
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 os.environ.setdefault("RUST_LOG", "error")
@@ -188,9 +190,7 @@ def main() -> None:
         },
         "all": results,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    print(json.dumps({k: v for k, v in report.items() if k != "all"}, indent=2))
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,40 @@
+"""What the benchmarks share: the rate-limit proxy as a process, its counters, the report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+
+def start_proxy(upstream: str, profile: str, latency_ms: float) -> tuple[subprocess.Popen, str]:
+    """``mlflow-spark-tools rate-limit-proxy`` in its own process; returns it and its URL."""
+    from mlflow_spark_tools.local_server import free_port, wait_for_health
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow_spark_tools.cli", "rate-limit-proxy", "--upstream", upstream,
+         "--port", str(port), "--profile", profile, "--latency-ms", str(latency_ms)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_for_health(url, 60, process)
+    return process, url
+
+
+def proxy_stats(url: str, reset: bool = False) -> dict:
+    """The proxy's counters, or (``reset``) zero them and refill its buckets."""
+    if reset:
+        urllib.request.urlopen(urllib.request.Request(f"{url}/__proxy/reset", data=b"{}"), timeout=30).close()
+        return {}
+    with urllib.request.urlopen(f"{url}/__proxy/stats", timeout=30) as response:
+        return json.loads(response.read())
+
+
+def write_report(report: dict, out: str) -> None:
+    """Write the whole report as JSON and print it without the per-repetition details."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(report, indent=2))
+    print(json.dumps({k: v for k, v in report.items() if k != "all"}, indent=2))
