@@ -151,7 +151,14 @@ class FailedRunStore:
 
     def claim(self, payload_id: str, owner: str) -> Claim | None:
         """Take a pending payload; None if another replayer took it first."""
-        source = self.root / "pending" / f"{payload_id}.json"
+        return self._rename_to_claim(self.root / "pending" / f"{payload_id}.json", payload_id, owner)
+
+    def take_over(self, stale: Claim, owner: str) -> Claim | None:
+        """Take a claim whose lease expired; None if someone else did first."""
+        return self._rename_to_claim(stale.path, stale.payload_id, owner)
+
+    def _rename_to_claim(self, source: Path, payload_id: str, owner: str) -> Claim | None:
+        """One rename decides who holds a payload; the winner's lease starts now."""
         target = self.root / "claimed" / f"{payload_id}@{owner}.json"
         try:
             os.rename(source, target)
@@ -159,16 +166,6 @@ class FailedRunStore:
             return None
         os.utime(target)
         return Claim(payload_id, owner, target)
-
-    def take_over(self, stale: Claim, owner: str) -> Claim | None:
-        """Take a claim whose lease expired; None if someone else did first."""
-        target = self.root / "claimed" / f"{stale.payload_id}@{owner}.json"
-        try:
-            os.rename(stale.path, target)
-        except FileNotFoundError:
-            return None
-        os.utime(target)
-        return Claim(stale.payload_id, owner, target)
 
     def holds(self, claim: Claim) -> bool:
         """Whether the claim is still this owner's (no one took the lease over)."""
