@@ -6,7 +6,6 @@ import pytest
 
 from mlflow_spark_tools.errors import UsageError
 from mlflow_spark_tools.failed_run_store import FORMAT, VERSION, FailedRunStore, is_payload_id, new_payload_id
-from mlflow_spark_tools.paths import to_dbfs_uri, to_fuse_path
 
 
 def _doc(pid):
@@ -79,13 +78,9 @@ def test_quarantine_keeps_the_file_and_writes_a_reason(tmp_path):
     assert reason["reason"] == "foreign file" and reason["source"] == "notes.txt"
 
 
-def test_dbfs_and_volumes_paths():
-    assert to_fuse_path("dbfs:/ml/failed") == "/dbfs/ml/failed"
-    assert to_fuse_path("/dbfs/ml") == "/dbfs/ml"
-    assert to_fuse_path("/Volumes/main/ml/runs/failed") == "/Volumes/main/ml/runs/failed"
-    assert to_fuse_path("file:///tmp/x") == "/tmp/x"
-    assert to_dbfs_uri("/dbfs/ml/x") == "dbfs:/ml/x"
+def test_store_takes_dbfs_and_volumes_paths():
     assert FailedRunStore("dbfs:/ml/failed").root.as_posix() == "/dbfs/ml/failed"
-    for bad in ("", "dbfs:ml", "dbfs://ml", "s3://bucket/x", "/Volumes/main"):
+    assert FailedRunStore("dbfs:/Volumes/main/ml/runs").root.as_posix() == "/Volumes/main/ml/runs"
+    for bad in ("s3://bucket/x", "/Volumes/main", "dbfs:/ml/../x"):
         with pytest.raises(UsageError):
-            to_fuse_path(bad)
+            FailedRunStore(bad)
