@@ -24,7 +24,7 @@ from mlflow_spark_tools.errors import (
 )
 from mlflow_spark_tools.fetch import RunFetcher
 from mlflow_spark_tools.identifiers import validate_database, validate_experiment_id
-from mlflow_spark_tools.ratelimit import RateLimiter
+from mlflow_spark_tools.ratelimit import shared_limiter
 from mlflow_spark_tools.tables import ExperimentTableBuilder, RefreshSummary
 from mlflow_spark_tools.tracking import ExperimentInfo, TrackingSource
 
@@ -104,8 +104,7 @@ def build_experiment_tables(
     if not (experiment_ids or experiment_names or all_experiments):
         raise UsageError("Say which experiments: --experiment-ids, --experiment-names or --all.")
     validate_database(settings.tables.database)
-    limiter = RateLimiter(settings.profile())
-    source = TrackingSource(settings.tracking_uri, limiter)
+    source = TrackingSource(settings.tracking_uri, shared_limiter(settings.profile()), settings.client)
     result = BuildResult()
     experiments = _resolve(source, experiment_ids, experiment_names, all_experiments, result)
     if not experiments:

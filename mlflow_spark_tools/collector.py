@@ -41,7 +41,7 @@ from typing import Any
 from mlflow_spark_tools.artifact_upload import upload_artifact
 from mlflow_spark_tools.failed_run_store import FORMAT, VERSION, FailedRunStore, new_payload_id
 from mlflow_spark_tools.paths import to_fuse_path
-from mlflow_spark_tools.rate_limit_errors import RATE_LIMITED, TRANSIENT, classify
+from mlflow_spark_tools.rate_limit_errors import RATE_LIMITED, TRANSIENT, classify, error_summary
 from mlflow_spark_tools.run_data import (
     ARTIFACT,
     BATCH,
@@ -209,7 +209,7 @@ class BufferedRun:
                 self.payload_id = collector._defer(self, run, ops, done, exc)
                 self.status = DEFERRED
                 log.warning("Run %s deferred to %s (%s): %s", self._run_name or "", self.payload_id,
-                            verdict, str(exc).splitlines()[0][:200])
+                            verdict, error_summary(exc, 200))
                 return
             raise
 
@@ -334,7 +334,7 @@ class FailedRunCollector:
             "payload_id": payload_id,
             "created_at": int(time.time() * 1000),
             "host": socket.gethostname(),
-            "reason": f"{classify(exc)}: {str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__}",
+            "reason": f"{classify(exc)}: {error_summary(exc, 500)}",
             "experiment_name": run._experiment_name,
             "run_id": run.run_id,
             "artifact_uri": run._artifact_uri,

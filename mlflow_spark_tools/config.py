@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from mlflow_spark_tools.endpoints import OPERATION_CLASSES
 from mlflow_spark_tools.errors import InvalidConfigError
 from mlflow_spark_tools.identifiers import validate_database
 
@@ -158,6 +159,96 @@ class RateLimitProfile:
         return cls(name=name, limits=dict(data["limits"]), safety_factor=data.get("safety_factor", 0.9))
 
 
+def _number(where: str, value: Any, minimum: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+        raise InvalidConfigError(f"{where} must be a number >= {minimum:g}, got {value!r}.")
+    return float(value)
+
+
+DEFAULT_OPERATION = "default"
+RETRY_OPERATIONS = (DEFAULT_OPERATION, *sorted(OPERATION_CLASSES))
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    """The retry policy of one client operation; None inherits the ``default`` entry.
+
+    Attributes:
+        attempts: tries in total (1 = no retry).
+        initial_wait: seconds before the second try; doubles with every further try.
+        max_wait: the longest single wait.
+        jitter: up to this many random seconds added to every wait, so that many workers
+            refused at once do not come back at once.
+    """
+
+    attempts: int | None = None
+    initial_wait: float | None = None
+    max_wait: float | None = None
+    jitter: float | None = None
+
+    def check(self, where: str) -> None:
+        if self.attempts is not None:
+            _positive_int(where, "attempts", self.attempts)
+        for key in ("initial_wait", "max_wait", "jitter"):
+            value = getattr(self, key)
+            if value is not None:
+                _number(f"{where}.{key}", value)
+
+    def over(self, base: RetrySettings) -> RetrySettings:
+        """These settings with the unset ones taken from ``base``."""
+        return RetrySettings(*(
+            getattr(self, f.name) if getattr(self, f.name) is not None else getattr(base, f.name)
+            for f in dataclasses.fields(self)
+        ))
+
+
+def _default_retries() -> dict[str, RetrySettings]:
+    retries = {op: RetrySettings() for op in RETRY_OPERATIONS}
+    retries[DEFAULT_OPERATION] = RetrySettings(attempts=5, initial_wait=1.0, max_wait=30.0, jitter=1.0)
+    return retries
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """The retrying tracking client: retries per operation and MLflow's own HTTP retries."""
+
+    mlflow_http_retries: int | None = 0
+    retries: Mapping[str, RetrySettings] = field(default_factory=_default_retries)
+
+    def __post_init__(self) -> None:
+        if self.mlflow_http_retries is not None:
+            _positive_int("client", "mlflow_http_retries", self.mlflow_http_retries, 0)
+        retries = dict(_default_retries())
+        for op, value in dict(self.retries).items():
+            if op not in retries:
+                raise InvalidConfigError(
+                    f"Unknown operation client.retries.{op}; known: {', '.join(RETRY_OPERATIONS)}."
+                )
+            if isinstance(value, Mapping):
+                try:
+                    value = RetrySettings(**value)
+                except TypeError:
+                    raise InvalidConfigError(
+                        f"client.retries.{op} takes attempts, initial_wait, max_wait and jitter; "
+                        f"got {sorted(value)}."
+                    ) from None
+            if not isinstance(value, RetrySettings):
+                raise InvalidConfigError(f"client.retries.{op} must be a mapping.")
+            value.check(f"client.retries.{op}")
+            retries[op] = value
+        default = retries[DEFAULT_OPERATION]
+        if None in dataclasses.astuple(default):
+            raise InvalidConfigError("client.retries.default must set attempts, initial_wait, "
+                                     "max_wait and jitter.")
+        object.__setattr__(self, "retries", retries)
+
+    def policy(self, operation: str) -> RetrySettings:
+        """The complete retry settings of ``operation`` (its own entry over ``default``)."""
+        default = self.retries[DEFAULT_OPERATION]
+        own = self.retries.get(operation)
+        return own.over(default) if own is not None else default
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a command needs to know before it starts."""
@@ -166,6 +257,7 @@ class Settings:
     rate_limit_profile: str = "databricks"
     engine: EngineConfig = field(default_factory=EngineConfig)
     tables: TablesConfig = field(default_factory=TablesConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
 
     def profile(self) -> RateLimitProfile:
         return RateLimitProfile.load(self.rate_limit_profile)
@@ -215,6 +307,7 @@ def _from_dict(data: Mapping[str, Any]) -> Settings:
             rate_limit_profile=str(data.get("rate_limit_profile", "databricks")),
             engine=EngineConfig(**data.get("engine", {})),
             tables=TablesConfig(**data.get("tables", {})),
+            client=ClientConfig(**data.get("client", {})),
         )
     except TypeError as exc:
         raise InvalidConfigError(f"Invalid configuration: {exc}") from None

@@ -30,6 +30,10 @@ class ExperimentNotFoundError(UsageError):
     """An experiment id or name does not exist on the tracking server."""
 
 
+class RunNotFoundError(UsageError):
+    """A run id or name does not exist on the tracking server."""
+
+
 class TrackingServerError(MlflowSparkToolsError):
     """The tracking server could not be reached or answered with an error."""
 

@@ -40,6 +40,11 @@ _TRANSIENT_TEXT = re.compile(
     r"|temporarily unavailable|service unavailable|bad gateway|gateway time-?out",
     re.IGNORECASE,
 )
+_NOT_SENT_TEXT = re.compile(
+    r"failed to establish a new connection|connection refused|name or service not known"
+    r"|nodename nor servname|temporary failure in name resolution",
+    re.IGNORECASE,
+)
 _TRANSIENT_TYPES = (ConnectionError, TimeoutError)
 _TRANSIENT_TYPE_NAMES = frozenset(
     {
@@ -50,6 +55,7 @@ _TRANSIENT_TYPE_NAMES = frozenset(
     }
 )
 _MAX_CHAIN = 32
+_CREDENTIALS_IN_URL = re.compile(r"(?<=//)[^/@\s]+@")
 
 
 def exception_chain(exc: BaseException) -> Iterator[BaseException]:
@@ -124,3 +130,21 @@ def is_rate_limited(exc: BaseException) -> bool:
 def is_retryable(exc: BaseException) -> bool:
     """Rate limits, 5xx, connection resets and timeouts: worth another attempt later."""
     return classify(exc) != PERMANENT
+
+
+def certainly_not_processed(exc: BaseException) -> bool:
+    """Whether the server certainly did not act on the request: it refused it for its rate
+    limit, or no connection was ever made. Only then is an operation that is not safe to
+    repeat (creating a run, appending metric points) retried."""
+    chain = list(exception_chain(exc))
+    if any(_is_rate_limit(e) for e in chain):
+        return True
+    return any(isinstance(e, ConnectionRefusedError) or type(e).__name__ == "NewConnectionError"
+               or bool(_NOT_SENT_TEXT.search(str(e))) for e in chain)
+
+
+def error_summary(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an error (its type if it has no text), without the credentials a URL
+    in it may carry: what logs, reasons and one-line messages show."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return _CREDENTIALS_IN_URL.sub("***@", text)[:limit]

@@ -104,3 +104,18 @@ class RateLimiter:
         with self._lock:
             self.requests[api_class] += 1
         return bucket.acquire()
+
+
+_SHARED: dict[tuple, RateLimiter] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_limiter(profile: RateLimitProfile) -> RateLimiter:
+    """The process's one limiter for ``profile``: every client built with the same profile
+    takes its tokens from the same buckets, so the process as a whole stays under the limits."""
+    key = (profile.name, tuple(sorted(profile.limits.items())), profile.safety_factor)
+    with _SHARED_LOCK:
+        limiter = _SHARED.get(key)
+        if limiter is None:
+            limiter = _SHARED[key] = RateLimiter(profile)
+        return limiter

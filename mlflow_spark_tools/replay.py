@@ -33,7 +33,7 @@ from mlflow_spark_tools.artifact_upload import upload_artifact
 from mlflow_spark_tools.collector import canonical_json, save_model_dir
 from mlflow_spark_tools.config import API_CLASSES, RateLimitProfile
 from mlflow_spark_tools.failed_run_store import Claim, FailedRunStore, new_owner
-from mlflow_spark_tools.rate_limit_errors import PERMANENT, RATE_LIMITED, classify
+from mlflow_spark_tools.rate_limit_errors import PERMANENT, RATE_LIMITED, classify, error_summary
 from mlflow_spark_tools.ratelimit import RateLimiter
 from mlflow_spark_tools.run_data import (
     ARTIFACT,
@@ -214,11 +214,11 @@ class Replayer:
             return FAILED
         except Exception as exc:
             if classify(exc) == PERMANENT:
-                reason = f"the tracking server refused it: {str(exc).splitlines()[0][:500]}"
+                reason = f"the tracking server refused it: {error_summary(exc, 500)}"
                 self.store.quarantine(claim.path, claim.payload_id, reason)
                 self._ledger(claim.payload_id, None, None, FAILED, reason)
                 return FAILED
-            log.warning("Payload %s goes back to pending: %s", claim.payload_id, str(exc).splitlines()[0][:200])
+            log.warning("Payload %s goes back to pending: %s", claim.payload_id, error_summary(exc, 200))
             self.store.release(claim)
             return RELEASED
 
@@ -306,7 +306,7 @@ class Replayer:
                     except Exception as exc:
                         if classify(exc) == PERMANENT and "experiment" in str(exc).lower():
                             raise Quarantine(f"unknown experiment {run.experiment_id!r}: "
-                                             f"{str(exc).splitlines()[0][:300]}") from None
+                                             f"{error_summary(exc)}") from None
                         raise
                     run_id, artifact_uri = info["run_id"], info.get("artifact_uri")
             elif kind == BATCH:

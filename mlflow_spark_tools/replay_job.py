@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from mlflow_spark_tools.config import Settings
 from mlflow_spark_tools.engine import Engine, get_engine
 from mlflow_spark_tools.errors import EXIT_OK, EXIT_PARTIAL, UsageError
+from mlflow_spark_tools.rate_limit_errors import error_summary
 from mlflow_spark_tools.replay import Replayer, ReplaySummary
 from mlflow_spark_tools.signing import load_signing_key
 
@@ -104,7 +105,7 @@ def _write_ledger(ledger: _Ledger | None, summary: ReplaySummary) -> dict[str, o
     try:
         return {"ledger_rows": ledger.write(summary)}
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = error_summary(exc, 500)
         log.error("Could not write the replay ledger: %s", first)
         return {"ledger_rows": 0, "ledger_error": first[:500]}
 

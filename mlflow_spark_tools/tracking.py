@@ -5,7 +5,7 @@ MLflow's own host credentials and request code, so authentication, TLS and Datab
 profiles work exactly as for ``MlflowClient``; the JSON pages are turned into Arrow columns
 without building MLflow entity objects first. A tracking URI that is not served over REST
 (a local ``sqlite:`` or file store) is searched through the store's own ``search_runs``.
-Every search request takes a token from the ``search_runs`` bucket of the rate limiter first.
+Every request is paced by the rate limiter and retried by its operation's policy.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlflow_spark_tools.errors import ExperimentNotFoundError, TrackingServerError
+from mlflow_spark_tools.rate_limit_errors import error_summary
 from mlflow_spark_tools.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -42,40 +43,44 @@ def _is_usage_error(exc: Exception) -> bool:
 
 
 class TrackingSource:
-    """Experiments and run pages from one tracking server.
+    """Experiments and run pages from one tracking server, for the table builds and queries.
+
+    Every request goes through a :class:`~mlflow_spark_tools.client.RetryingClient`: paced by
+    ``limiter`` and retried by the operation's policy. Errors that remain become
+    :class:`ExperimentNotFoundError` (a usage error) or :class:`TrackingServerError`.
 
     Args:
         tracking_uri: the server; None means MLflow's usual resolution (``MLFLOW_TRACKING_URI``).
         limiter: the rate limiter every request takes a token from.
+        config: retries per operation; None loads them from the package configuration.
     """
 
-    def __init__(self, tracking_uri: str | None, limiter: RateLimiter) -> None:
-        import mlflow
-        from mlflow.tracking import MlflowClient
+    def __init__(self, tracking_uri: str | None, limiter: RateLimiter, config: Any = None) -> None:
         from mlflow.tracking._tracking_service.utils import _get_store
 
-        self.tracking_uri = tracking_uri if tracking_uri is not None else mlflow.get_tracking_uri()
+        from mlflow_spark_tools.client import RetryingClient
+
+        self.client = RetryingClient(tracking_uri, config=config, limiter=limiter)
+        self.tracking_uri = self.client.tracking_uri
         self.limiter = limiter
-        self.client = MlflowClient(tracking_uri=self.tracking_uri)
         self._store = _get_store(self.tracking_uri)
-        self._host_creds = getattr(self._store, "get_host_creds", None)
 
     # ---- experiments -------------------------------------------------------------------
 
-    def _call(self, api_class: str, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
-        self.limiter.acquire(api_class)
+    def _call(self, operation: str, what: str, func: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            return self.client.call(operation, func, *args, **kwargs)
         except Exception as exc:
             if _is_not_found(exc) or _is_usage_error(exc):
                 raise
             raise TrackingServerError(
-                f"Tracking server {self.tracking_uri} failed to {what}: {_first_line(exc)}"
+                f"Tracking server {self.tracking_uri} failed to {what}: {error_summary(exc, 500)}"
             ) from exc
 
     def experiment_by_id(self, experiment_id: str) -> ExperimentInfo:
         try:
-            exp = self._call("other", "get an experiment", self.client.get_experiment, experiment_id)
+            exp = self._call("get_experiment", "get an experiment", self.client.mlflow.get_experiment,
+                             experiment_id)
         except TrackingServerError:
             raise
         except Exception as exc:
@@ -87,9 +92,8 @@ class TrackingSource:
         return _experiment_info(exp)
 
     def experiment_by_name(self, name: str) -> ExperimentInfo:
-        exp = self._call(
-            "other", "get an experiment", self.client.get_experiment_by_name, name
-        )
+        exp = self._call("get_experiment_by_name", "get an experiment",
+                         self.client.mlflow.get_experiment_by_name, name)
         if exp is None:
             raise ExperimentNotFoundError(
                 f"Experiment {name!r} does not exist on {self.tracking_uri}."
@@ -102,9 +106,9 @@ class TrackingSource:
         token = None
         while True:
             page = self._call(
-                "experiment_management",
+                "search_experiments",
                 "list experiments",
-                self.client.search_experiments,
+                self.client.mlflow.search_experiments,
                 max_results=1000,
                 page_token=token,
             )
@@ -125,15 +129,9 @@ class TrackingSource:
         page_token: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
         """One page of runs in the REST API's JSON shape, and the next page token."""
-        self.limiter.acquire("search_runs")
         try:
-            if self._host_creds is not None:
-                return self._search_rest(
-                    experiment_id, filter_string, view, max_results, order_by, page_token
-                )
-            return self._search_store(
-                experiment_id, filter_string, view, max_results, order_by, page_token
-            )
+            return self.client.call("search_runs", search_runs_json, self._store, [experiment_id],
+                                    filter_string, view, max_results, order_by, page_token)
         except Exception as exc:
             if _is_not_found(exc):
                 raise ExperimentNotFoundError(
@@ -142,40 +140,8 @@ class TrackingSource:
             if _is_usage_error(exc):
                 raise
             raise TrackingServerError(
-                f"Tracking server {self.tracking_uri} failed to search runs: {_first_line(exc)}"
+                f"Tracking server {self.tracking_uri} failed to search runs: {error_summary(exc, 500)}"
             ) from exc
-
-    def _search_rest(self, experiment_id, filter_string, view, max_results, order_by, page_token):
-        from mlflow.utils.rest_utils import http_request, verify_rest_response
-
-        body: dict[str, Any] = {
-            "experiment_ids": [str(experiment_id)],
-            "filter": filter_string,
-            "run_view_type": view,
-            "max_results": max_results,
-        }
-        if order_by:
-            body["order_by"] = order_by
-        if page_token:
-            body["page_token"] = page_token
-        response = http_request(self._host_creds(), SEARCH_ENDPOINT, "POST", json=body)
-        payload = verify_rest_response(response, SEARCH_ENDPOINT).json()
-        return payload.get("runs", []), payload.get("next_page_token") or None
-
-    def _search_store(self, experiment_id, filter_string, view, max_results, order_by, page_token):
-        from mlflow.entities import ViewType
-        from mlflow.utils.proto_json_utils import message_to_json
-
-        page = self._store.search_runs(
-            experiment_ids=[str(experiment_id)],
-            filter_string=filter_string,
-            run_view_type=ViewType.from_string(view.lower()),
-            max_results=max_results,
-            order_by=order_by,
-            page_token=page_token,
-        )
-        runs = [json.loads(message_to_json(run.to_proto())) for run in page]
-        return runs, page.token or None
 
     def iter_pages(
         self,
@@ -196,6 +162,52 @@ class TrackingSource:
                 return
 
 
+def search_runs_json(
+    store: Any,
+    experiment_ids: list[str],
+    filter_string: str = "",
+    view: str = ACTIVE_ONLY,
+    max_results: int = 1000,
+    order_by: list[str] | None = None,
+    page_token: str | None = None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of runs in the REST API's JSON shape, and the next page token.
+
+    A REST store is asked with one ``runs/search`` request (its JSON is used as it comes,
+    without building MLflow entities); any other store through its own ``search_runs``.
+    """
+    body: dict[str, Any] = {
+        "experiment_ids": [str(e) for e in experiment_ids],
+        "filter": filter_string,
+        "run_view_type": view,
+        "max_results": max_results,
+    }
+    if order_by:
+        body["order_by"] = list(order_by)
+    if page_token:
+        body["page_token"] = page_token
+    host_creds = getattr(store, "get_host_creds", None)
+    if host_creds is not None:
+        from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+        response = http_request(host_creds(), SEARCH_ENDPOINT, "POST", json=body)
+        payload = verify_rest_response(response, SEARCH_ENDPOINT).json()
+        return payload.get("runs", []), payload.get("next_page_token") or None
+
+    from mlflow.entities import ViewType
+    from mlflow.utils.proto_json_utils import message_to_json
+
+    page = store.search_runs(
+        experiment_ids=body["experiment_ids"],
+        filter_string=filter_string,
+        run_view_type=ViewType.from_string(view.lower()),
+        max_results=max_results,
+        order_by=order_by,
+        page_token=page_token,
+    )
+    return [json.loads(message_to_json(run.to_proto())) for run in page], page.token or None
+
+
 def _experiment_info(exp: Any) -> ExperimentInfo:
     return ExperimentInfo(
         experiment_id=str(exp.experiment_id),
@@ -203,8 +215,3 @@ def _experiment_info(exp: Any) -> ExperimentInfo:
         lifecycle_stage=exp.lifecycle_stage,
         artifact_location=exp.artifact_location,
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:500]

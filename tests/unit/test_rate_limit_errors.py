@@ -12,7 +12,9 @@ from mlflow_spark_tools.rate_limit_errors import (
     PERMANENT,
     RATE_LIMITED,
     TRANSIENT,
+    certainly_not_processed,
     classify,
+    error_summary,
     exception_chain,
     is_rate_limited,
     is_retryable,
@@ -105,3 +107,29 @@ def test_chain_is_walked_once_even_with_cycles():
     a, b = ValueError("a"), ValueError("b")
     a.__context__, b.__context__ = b, a
     assert [str(e) for e in exception_chain(a)] == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "exc, not_processed",
+    [
+        (RestException({"error_code": "REQUEST_LIMIT_EXCEEDED", "message": "slow down"}), True),
+        (MlflowException("API request to http://h/api/2.0/mlflow/runs/create failed with exception "
+                         "HTTPConnectionPool(host='h', port=1): Max retries exceeded with url: x (Caused by "
+                         "NewConnectionError('Failed to establish a new connection: [Errno 111] Connection "
+                         "refused'))"), True),
+        (_raised_from(MlflowException("wrapped"), ConnectionRefusedError(111, "refused")), True),
+        (ConnectionResetError("Connection reset by peer"), False),
+        (TimeoutError("timed out"), False),
+        (MlflowException("API request to endpoint /x failed with error code 503 != 200"), False),
+        (RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "bad"}), False),
+    ],
+)
+def test_certainly_not_processed_only_for_refusals(exc, not_processed):
+    assert certainly_not_processed(exc) is not_processed
+
+
+def test_error_summary_is_one_line_without_url_credentials():
+    exc = MlflowException("API request to https://user:s3cret@host/api/2.0/x failed\nsecond line")
+    assert error_summary(exc) == "API request to https://***@host/api/2.0/x failed"
+    assert error_summary(KeyError()) == "KeyError"
+    assert len(error_summary(ValueError("x" * 1000), 50)) == 50
