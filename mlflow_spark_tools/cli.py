@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,7 @@ from mlflow_spark_tools.errors import (
     UsageError,
 )
 from mlflow_spark_tools.output import FORMATS, format_rows, render_table
+from mlflow_spark_tools.rate_limit_errors import error_summary
 
 log = logging.getLogger("mlflow_spark_tools")
 
@@ -73,7 +75,7 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:
             if ctx.debug:
                 raise
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = error_summary(exc, 500)
             _fail(f"{type(exc).__name__}: {first} (rerun with --debug for the traceback)", EXIT_FAILURE)
         finally:
             ctx.close()
@@ -81,11 +83,34 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+class OneLineErrorGroup(click.Group):
+    """A command group whose usage errors (unknown option, bad choice) print one line, as
+    every other error of this command line does, with exit code 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, False, **extra)
+        except click.UsageError as exc:
+            command = f" {exc.ctx.command_path}" if exc.ctx is not None else ""
+            click.echo(f"Error: {exc.format_message()} (see{command} --help)", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(EXIT_FAILURE)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
 def _split(values: tuple[str, ...]) -> list[str]:
     return [v.strip() for value in values for v in value.split(",") if v.strip()]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=OneLineErrorGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="mlflow-spark-tools")
 @click.option("--tracking-uri", help="Tracking server (default: MLFLOW_TRACKING_URI).")
 @click.option("--remote", help="Spark Connect URL sc://host:port (default: SPARK_REMOTE).")
@@ -120,6 +145,11 @@ def cli(ctx, tracking_uri, remote, warehouse, database, profile, verbose, debug)
         if debug:
             raise
         _fail(str(exc), EXIT_USAGE)
+    from mlflow_spark_tools.client import apply_mlflow_http_retries
+
+    apply_mlflow_http_retries(settings.client.mlflow_http_retries)
+    # MLflow prints "View run ... at" lines on stdout when a run ends; stdout is for our output.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     ctx.obj = Context(settings, injected.get("engine"))
     ctx.obj.debug = debug
 
@@ -237,10 +267,17 @@ def _query_engine(ctx: Context) -> Engine | None:
 
 
 def _source(ctx: Context):
-    from mlflow_spark_tools.ratelimit import RateLimiter
+    from mlflow_spark_tools.ratelimit import shared_limiter
     from mlflow_spark_tools.tracking import TrackingSource
 
-    return TrackingSource(ctx.settings.tracking_uri, RateLimiter(ctx.settings.profile()))
+    settings = ctx.settings
+    return TrackingSource(settings.tracking_uri, shared_limiter(settings.profile()), settings.client)
+
+
+def _client(ctx: Context):
+    from mlflow_spark_tools.client import RetryingClient
+
+    return RetryingClient.from_settings(ctx.settings)
 
 
 @cli.command("best-run")
@@ -303,8 +340,7 @@ def sql_command(ctx: Context, query, fmt, max_rows):
         table = to_arrow(engine.spark.sql(query).limit(max_rows))
     except Exception as exc:
         if exc.__class__.__name__ in ("AnalysisException", "ParseException", "SparkConnectGrpcException"):
-            first = (str(exc).strip().splitlines() or [""])[0]
-            raise UsageError(f"SQL failed: {first}") from exc
+            raise UsageError(f"SQL failed: {error_summary(exc, 500)}") from exc
         raise
     click.echo(format_rows(table, fmt))
 
@@ -389,6 +425,133 @@ def rate_limit_proxy_command(ctx: Context, upstream, port, host, profile_, laten
         pass
     finally:
         proxy._server.server_close()
+
+
+DUMP_FORMATS = ("json", "yaml", "text")
+
+
+@cli.command("dump-run")
+@click.option("--run-id", required=True, help="The run.")
+@click.option("--format", "fmt", type=click.Choice(DUMP_FORMATS), default="json", show_default=True)
+@click.option("--artifacts", is_flag=True, help="Add the artifact tree with sizes and totals.")
+@click.option("--max-depth", type=click.IntRange(min=0), help="Artifact levels to list "
+              "(0: the top level only; default: all).")
+@click.option("--tracking-uri", "tracking_uri_", help="Tracking server URI.")
+@click.pass_obj
+@handle_errors
+def dump_run_command(ctx: Context, run_id, fmt, artifacts, max_depth, tracking_uri_):
+    """Everything about a run: info with readable times and duration, params, metrics, tags
+    and, with --artifacts, its artifact tree."""
+    from mlflow_spark_tools.dumps import dump_run, render
+
+    ctx.settings = ctx.settings.with_overrides(tracking_uri=tracking_uri_)
+    click.echo(render(dump_run(_client(ctx), run_id, artifacts, max_depth), fmt))
+
+
+@cli.command("dump-experiment")
+@click.option("--experiment-id", help="The experiment's id.")
+@click.option("--name", help="The experiment's name.")
+@click.option("--format", "fmt", type=click.Choice(DUMP_FORMATS), default="json", show_default=True)
+@click.option("--runs", is_flag=True, help="Add every active run (latest started first).")
+@click.option("--max-runs", type=click.IntRange(min=1), help="With --runs: at most this many.")
+@click.option("--tracking-uri", "tracking_uri_", help="Tracking server URI.")
+@click.pass_obj
+@handle_errors
+def dump_experiment_command(ctx: Context, experiment_id, name, fmt, runs, max_runs, tracking_uri_):
+    """Everything about an experiment: info, tags, run counts by status and, with --runs, its
+    runs' info, params, metrics and tags."""
+    from mlflow_spark_tools.dumps import dump_experiment, render
+
+    ctx.settings = ctx.settings.with_overrides(tracking_uri=tracking_uri_)
+    doc = dump_experiment(_client(ctx), experiment_id, name, runs, max_runs,
+                          ctx.settings.tables.page_size)
+    click.echo(render(doc, fmt))
+
+
+@cli.command("system-tags")
+@click.option("--run-id", help="Show which system tags this run carries, and their values.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--tracking-uri", "tracking_uri_", help="Tracking server URI.")
+@click.pass_obj
+@handle_errors
+def system_tags_command(ctx: Context, run_id, fmt, tracking_uri_):
+    """The MLflow and Databricks system tags (mlflow.*): what each means and which kinds of
+    run carry it (Python script, MLflow project, Databricks notebook, notebook job, Repo)."""
+    from mlflow_spark_tools.system_tags import RUN_KIND_LABELS, RUN_KINDS, tag_report
+
+    tags = None
+    if run_id is not None:
+        from mlflow_spark_tools.client import get_run_or_fail
+
+        ctx.settings = ctx.settings.with_overrides(tracking_uri=tracking_uri_)
+        tags = get_run_or_fail(_client(ctx), run_id).data.tags
+    report = tag_report(tags)
+    if fmt == "json":
+        click.echo(json.dumps([
+            {"key": r.key, "meaning": r.meaning, "kinds": sorted(r.kinds), "known": r.known}
+            | ({"present": r.present, "value": r.value} if tags is not None else {})
+            for r in report
+        ], indent=2))
+        return
+    headers = ["tag", *(RUN_KIND_LABELS[k] for k in RUN_KINDS)]
+    if tags is not None:
+        headers += ["on run", "value"]
+    headers.append("meaning")
+    rows = []
+    for r in report:
+        row = [r.key, *("y" if k in r.kinds else "-" for k in RUN_KINDS)]
+        if tags is not None:
+            row += ["yes" if r.present else "-", r.value if r.value is not None else ""]
+        row.append(r.meaning if r.known else "(not in the catalog)")
+        rows.append(row)
+    click.echo(render_table(headers, rows, max_width=70))
+
+
+@cli.command("log-model")
+@click.option("--model-path", required=True, help="A pickle/cloudpickle/joblib file (sklearn) or a "
+              "directory saved with mlflow.<flavor>.save_model; local, /dbfs/..., dbfs:/... or /Volumes/...")
+@click.option("--flavor", required=True, help="MLflow flavor to log it as, e.g. sklearn.")
+@click.option("--experiment-name", required=True, help="Created if it does not exist.")
+@click.option("--run-name", help="Name of the new run.")
+@click.option("--artifact-path", default="model", show_default=True, help="Where in the run the model goes.")
+@click.option("--trust-pickle", is_flag=True, help="Load a pickled model from shared storage "
+              "(DBFS, Volumes, a file others can write). Unpickling runs the file's code.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--tracking-uri", "tracking_uri_", help="Tracking server URI.")
+@click.pass_obj
+@handle_errors
+def log_model_command(ctx: Context, model_path, flavor, experiment_name, run_name, artifact_path,
+                      trust_pickle, fmt, tracking_uri_):
+    """Create a run from a model trained elsewhere, logged as an MLflow model."""
+    from mlflow_spark_tools.model_import import log_model_from_path
+
+    ctx.settings = ctx.settings.with_overrides(tracking_uri=tracking_uri_)
+    result = log_model_from_path(_client(ctx), model_path, flavor, experiment_name, run_name,
+                                 artifact_path, trust_pickle)
+    data = {"run_id": result.run_id, "experiment_id": result.experiment_id,
+            "model_uri": result.model_uri, "model_id": result.model_id}
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(render_table(list(data), [[str(v) for v in data.values()]]))
+
+
+@cli.command("paths")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.pass_obj
+@handle_errors
+def paths_command(ctx: Context, paths, fmt):
+    """Show the fuse path and dbfs:/ URI of Databricks paths (dbfs:/x <-> /dbfs/x, Volumes);
+    a path that cannot be used is a usage error naming what to write instead."""
+    from mlflow_spark_tools.paths import path_kind, to_dbfs_uri, to_fuse_path
+
+    rows = [{"path": p, "kind": path_kind(to_fuse_path(p)), "fuse_path": to_fuse_path(p),
+             "uri": to_dbfs_uri(p)} for p in paths]
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        click.echo(render_table(list(rows[0]), [list(r.values()) for r in rows], max_width=100))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,7 +16,7 @@ import pyarrow as pa
 FORMATS = ("table", "json", "csv")
 
 
-def _json_value(value: Any) -> Any:
+def json_value(value: Any) -> Any:
     # Strict JSON has no NaN or infinities; write them as MLflow's REST API does.
     if isinstance(value, float):
         if math.isnan(value):
@@ -31,9 +31,9 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.hex()
     if isinstance(value, dict):
-        return {str(k): _json_value(v) for k, v in value.items()}
+        return {str(k): json_value(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_value(v) for v in value]
+        return [json_value(v) for v in value]
     return value
 
 
@@ -52,7 +52,7 @@ def format_rows(table: pa.Table, fmt: str = "table", max_width: int = 60) -> str
     rows = table.to_pylist()
     names = table.column_names
     if fmt == "json":
-        return json.dumps([{k: _json_value(r[k]) for k in names} for r in rows], indent=2)
+        return json.dumps([{k: json_value(r[k]) for k in names} for r in rows], indent=2)
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
