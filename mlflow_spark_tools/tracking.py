@@ -14,11 +14,14 @@ import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlflow_spark_tools.errors import ExperimentNotFoundError, TrackingServerError
 from mlflow_spark_tools.rate_limit_errors import error_summary
 from mlflow_spark_tools.ratelimit import RateLimiter
+
+if TYPE_CHECKING:
+    from mlflow_spark_tools.config import ClientConfig
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +58,14 @@ class TrackingSource:
         config: retries per operation; None loads them from the package configuration.
     """
 
-    def __init__(self, tracking_uri: str | None, limiter: RateLimiter, config: Any = None) -> None:
+    def __init__(self, tracking_uri: str | None, limiter: RateLimiter,
+                 config: ClientConfig | None = None) -> None:
         from mlflow.tracking._tracking_service.utils import _get_store
 
         from mlflow_spark_tools.client import RetryingClient
 
         self.client = RetryingClient(tracking_uri, config=config, limiter=limiter)
         self.tracking_uri = self.client.tracking_uri
-        self.limiter = limiter
         self._store = _get_store(self.tracking_uri)
 
     # ---- experiments -------------------------------------------------------------------
