@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 import sys
 import urllib.request
@@ -31,6 +32,21 @@ def proxy_stats(url: str, reset: bool = False) -> dict:
         return {}
     with urllib.request.urlopen(f"{url}/__proxy/stats", timeout=30) as response:
         return json.loads(response.read())
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB.
+
+    Linux's VmHWM, not ``ru_maxrss``: a worker started by ``subprocess`` inherits in
+    ``ru_maxrss`` the RSS its parent had when it forked, which would hide a smaller peak.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def write_report(report: dict, out: str) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sqlite3
 import statistics
 import subprocess
@@ -28,15 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_support import write_report
+from bench_support import peak_rss_mb, write_report
 
 HERE = Path(__file__).resolve()
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 os.environ.setdefault("RUST_LOG", "error")
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def measure_baseline(url: str, experiment_id: str, warehouse: str) -> dict:
@@ -60,7 +55,7 @@ def measure_baseline(url: str, experiment_id: str, warehouse: str) -> dict:
     seconds = time.perf_counter() - started
     rows = len(pdf)
     engine.stop()
-    return {"seconds": seconds, "rows": rows, "peak_rss_mb": _peak_rss_mb()}
+    return {"seconds": seconds, "rows": rows, "peak_rss_mb": peak_rss_mb()}
 
 
 def measure_build(url: str, experiment_id: str, warehouse: str, full: bool) -> dict:
@@ -89,7 +84,7 @@ def measure_build(url: str, experiment_id: str, warehouse: str, full: bool) -> d
         "mode": summary.mode,
         "runs_fetched": summary.runs_fetched,
         "rows_updated": summary.rows_updated,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
