@@ -49,6 +49,7 @@ from mlflow_spark_tools.rate_limit_errors import (
     certainly_not_processed,
     classify,
     error_summary,
+    is_not_found,
     is_retryable,
 )
 from mlflow_spark_tools.ratelimit import RateLimiter, shared_limiter
@@ -120,10 +121,6 @@ def _mlflow_429_retries_off() -> contextlib.AbstractContextManager:
     except ImportError:  # MLflow before 3.x: its SDK path does not retry 429s on its own
         return contextlib.nullcontext()
     return disable_429_retry()
-
-
-def is_not_found(exc: BaseException) -> bool:
-    return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,10 @@ from typing import Any
 
 import yaml
 
-from mlflow_spark_tools.client import RetryingClient, get_run_or_fail, is_not_found
+from mlflow_spark_tools.client import RetryingClient, get_run_or_fail
 from mlflow_spark_tools.errors import ExperimentNotFoundError, UsageError
 from mlflow_spark_tools.output import json_value
+from mlflow_spark_tools.rate_limit_errors import is_not_found
 from mlflow_spark_tools.tracking import ALL
 
 FORMATS = ("json", "yaml", "text")

@@ -148,3 +148,8 @@ def error_summary(exc: BaseException, limit: int = 300) -> str:
     in it may carry: what logs, reasons and one-line messages show."""
     text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return _CREDENTIALS_IN_URL.sub("***@", text)[:limit]
+
+
+def is_not_found(exc: BaseException) -> bool:
+    """Whether the server said the run, experiment or artifact does not exist."""
+    return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"

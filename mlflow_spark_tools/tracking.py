@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mlflow_spark_tools.errors import ExperimentNotFoundError, TrackingServerError
-from mlflow_spark_tools.rate_limit_errors import error_summary
+from mlflow_spark_tools.rate_limit_errors import error_summary, is_not_found
 from mlflow_spark_tools.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
@@ -35,10 +35,6 @@ class ExperimentInfo:
     name: str
     lifecycle_stage: str
     artifact_location: str | None
-
-
-def _is_not_found(exc: Exception) -> bool:
-    return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
 
 
 def _is_usage_error(exc: Exception) -> bool:
@@ -74,7 +70,7 @@ class TrackingSource:
         try:
             return self.client.call(operation, func, *args, **kwargs)
         except Exception as exc:
-            if _is_not_found(exc) or _is_usage_error(exc):
+            if is_not_found(exc) or _is_usage_error(exc):
                 raise
             raise TrackingServerError(
                 f"Tracking server {self.tracking_uri} failed to {what}: {error_summary(exc, 500)}"
@@ -87,7 +83,7 @@ class TrackingSource:
         except TrackingServerError:
             raise
         except Exception as exc:
-            if _is_not_found(exc) or _is_usage_error(exc):
+            if is_not_found(exc) or _is_usage_error(exc):
                 raise ExperimentNotFoundError(
                     f"Experiment id {experiment_id!r} does not exist on {self.tracking_uri}."
                 ) from None
@@ -136,7 +132,7 @@ class TrackingSource:
             return self.client.call("search_runs", search_runs_json, self._store, [experiment_id],
                                     filter_string, view, max_results, order_by, page_token)
         except Exception as exc:
-            if _is_not_found(exc):
+            if is_not_found(exc):
                 raise ExperimentNotFoundError(
                     f"Experiment id {experiment_id!r} does not exist on {self.tracking_uri}."
                 ) from None
