@@ -117,11 +117,15 @@ def build_experiment_tables(
         builder = ExperimentTableBuilder(
             engine, fetcher, settings.tables.database, settings.tables.watermark_margin_seconds
         )
-        for exp in experiments:
+        for number, exp in enumerate(experiments, 1):
             try:
                 summary = builder.refresh(exp, full_refresh, include_deleted)
+                log.info("Experiment %d/%d %s: %s refresh of %s, %d runs fetched, %d rows, %.1f s",
+                         number, len(experiments), exp.experiment_id, summary.mode, summary.table,
+                         summary.runs_fetched, summary.row_count, summary.seconds)
             except MlflowSparkToolsError as exc:
                 log.debug("Experiment %s (%s) failed", exp.experiment_id, exp.name, exc_info=True)
+                log.warning("Experiment %d/%d %s failed: %s", number, len(experiments), exp.experiment_id, exc)
                 prefix = "usage: " if isinstance(exc, UsageError) else ""
                 summary = RefreshSummary(exp.experiment_id, exp.name, error=f"{prefix}{exc}")
             result.summaries.append(summary)

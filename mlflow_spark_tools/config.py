@@ -10,7 +10,6 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +37,13 @@ def conf_dir() -> Path:
     A checkout (and an editable install) reads the top-level ``conf/``; the wheel ships the
     same files as ``mlflow_spark_tools._conf``.
     """
-    checkout = Path(__file__).resolve().parent.parent / "conf"
+    package = Path(__file__).resolve().parent
+    checkout = package.parent / "conf"
     if (checkout / "defaults.yaml").is_file():
         return checkout
-    return Path(str(resources.files("mlflow_spark_tools._conf")))
+    # A directory without __init__.py inside the installed package (importlib.resources would
+    # see a namespace package and answer with a MultiplexedPath).
+    return package / "_conf"
 
 
 def read_yaml(path: Path | str) -> dict[str, Any]:
