@@ -10,6 +10,9 @@ from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
 
+WHEEL_ENTRY_POINTS = ("build-tables", "replay", "best-run", "last-run", "sql", "dump-run",
+                      "dump-experiment", "system-tags", "log-model")
+
 setup(
     name="mlflow-spark-tools",
     version="0.1.0",
@@ -19,9 +22,10 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["mlflow_spark_tools", "mlflow_spark_tools.*"])
-    + ["mlflow_spark_tools._conf", "mlflow_spark_tools._conf.rate_limits"],
+    + ["mlflow_spark_tools._conf", "mlflow_spark_tools._conf.rate_limits",
+       "mlflow_spark_tools._conf.jobs"],
     package_dir={"mlflow_spark_tools._conf": "conf"},
-    package_data={"mlflow_spark_tools._conf": ["*.yaml", "rate_limits/*.yaml"]},
+    package_data={"mlflow_spark_tools._conf": ["*.yaml", "rate_limits/*.yaml", "jobs/*.yaml"]},
     install_requires=[
         "mlflow-skinny>=2.16",
         "cloudpickle>=2.2",
@@ -54,6 +58,12 @@ setup(
     entry_points={
         "console_scripts": [
             "mlflow-spark-tools=mlflow_spark_tools.cli:main",
+        ],
+        # Databricks python_wheel_task entry points (found by name in any group; this one puts
+        # nothing on PATH). Keep in step with mlflow_spark_tools.wheel_tasks.ENTRY_POINTS.
+        "packages": [
+            f"{name}=mlflow_spark_tools.wheel_tasks:{name.replace('-', '_')}"
+            for name in WHEEL_ENTRY_POINTS
         ],
     },
 )

@@ -554,6 +554,38 @@ def paths_command(ctx: Context, paths, fmt):
         click.echo(render_table(list(rows[0]), [list(r.values()) for r in rows], max_width=100))
 
 
+@cli.command("deploy")
+@click.option("--env", "env_name", required=True, help="Environment of conf/deployment.yaml, e.g. dev.")
+@click.option("--dry-run", is_flag=True, help="Print the requests as JSON instead of sending them; "
+              "needs no workspace.")
+@click.option("--wheel", type=click.Path(dir_okay=False), help="The wheel to upload (default: build "
+              "one from this source checkout).")
+@click.option("--conf-dir", type=click.Path(file_okay=False, exists=True), help="Folder holding "
+              "deployment.yaml and jobs/ (default: the package's conf/).")
+@click.option("--databricks-profile", help="~/.databrickscfg profile (default: the environment's "
+              "databricks_profile, else the SDK's default authentication).")
+@click.pass_obj
+@handle_errors
+def deploy_command(ctx: Context, env_name, dry_run, wheel, conf_dir, databricks_profile):
+    """Upload the wheel and create or update the jobs of conf/jobs/ by name (idempotent).
+
+    The jobs are rendered for the environment and checked against databricks-sdk's JobSettings,
+    and every wheel task's entry point is checked against the wheel, before anything is sent.
+    """
+    from pathlib import Path
+
+    from mlflow_spark_tools.deploy import deploy, plan, resolve_wheel, workspace_client
+    from mlflow_spark_tools.job_specs import load_environment
+
+    conf = None if conf_dir is None else Path(conf_dir)
+    environment = load_environment(env_name, conf)
+    built = resolve_wheel(wheel)
+    if dry_run:
+        click.echo(json.dumps([r.as_dict() for r in plan(environment, built, conf)], indent=2))
+        return
+    deploy(environment, built, workspace_client(environment, databricks_profile), conf, echo=click.echo)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     cli.main(args=argv, prog_name="mlflow-spark-tools")

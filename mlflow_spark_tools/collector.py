@@ -256,7 +256,7 @@ class FailedRunCollector:
 
     def __init__(self, store_path: str | os.PathLike, tracking_uri: str | None = None,
                  fail_fast_seconds: float = 5.0, defer_transient: bool = False,
-                 signing_key: str | None = None, request_timeout: float = 60.0,
+                 signing_key: str | bytes | SigningKey | None = None, request_timeout: float = 60.0,
                  storm_cooldown_seconds: float = 30.0) -> None:
         self.store_path = to_fuse_path(os.fspath(store_path))
         if tracking_uri is None:
@@ -266,7 +266,8 @@ class FailedRunCollector:
         self.tracking_uri = tracking_uri
         self.fail_fast_seconds = float(fail_fast_seconds)
         self.defer_transient = bool(defer_transient)
-        self._signing_key = signing_key
+        # A SigningKey: checked here on the driver, and it never shows its value.
+        self._signing_key = None if not signing_key else load_signing_key(signing_key)
         self.request_timeout = float(request_timeout)
         self.storm_cooldown_seconds = float(storm_cooldown_seconds)
 

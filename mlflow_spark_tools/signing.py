@@ -4,10 +4,12 @@ DBFS root is writable by every user of a workspace: a pickle found there is code
 whoever unpickles it. Every blob the collector writes is signed with a key only the job's
 owners hold, and the replayer unpickles a blob only when its signature verifies.
 
-The key comes from, in order: an explicit value, the environment variable
-``MLFLOW_SPARK_TOOLS_SIGNING_KEY`` (on Databricks, set it on the cluster as
-``{{secrets/<scope>/<key>}}`` so executors have it), or a Databricks secret scope (through
-``dbutils`` on a driver, else databricks-sdk).
+The key comes from, in order: an explicit value; a Databricks secret scope and key when both
+are given (through ``dbutils`` on a Databricks driver, else databricks-sdk with its standard
+authentication); the environment variable ``MLFLOW_SPARK_TOOLS_SIGNING_KEY``. Executors that
+run the collector read the environment: on a Databricks cluster set the variable to
+``{{secrets/<scope>/<key>}}`` and Databricks fills it from the secret. The key's value is never
+logged or printed.
 """
 
 from __future__ import annotations
@@ -59,9 +61,17 @@ def _secret_from_databricks(scope: str, key: str) -> str:
     import base64
 
     from databricks.sdk import WorkspaceClient
+    from databricks.sdk.errors import DatabricksError
 
-    value = WorkspaceClient().secrets.get_secret(scope=scope, key=key).value
-    return base64.b64decode(value).decode("utf-8")
+    # The SDK's DEBUG log of the response shows the secret's "value" as **REDACTED**.
+    try:
+        value = WorkspaceClient().secrets.get_secret(scope=scope, key=key).value
+    except (DatabricksError, ValueError) as exc:
+        raise InvalidConfigError(
+            f"Could not read the signing key from secret scope {scope!r}, key {key!r}: "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from None
+    return base64.b64decode(value or "").decode("utf-8")
 
 
 def load_signing_key(
@@ -71,15 +81,18 @@ def load_signing_key(
 ) -> SigningKey | None:
     """The signing key from an explicit value, the environment or a Databricks secret.
 
-    Returns None when no source holds a key.
+    Returns None when no source holds a key. A secret scope given with its key is asked even
+    when the environment holds a key: what a caller names explicitly wins.
     """
     if isinstance(value, SigningKey):
         return value
     if value:
         return SigningKey(value)
+    if secret_scope and secret_key:
+        return SigningKey(_secret_from_databricks(secret_scope, secret_key))
+    if bool(secret_scope) != bool(secret_key):
+        raise InvalidConfigError("Give both the secret scope and the secret key of the signing key.")
     env = os.environ.get(KEY_ENV)
     if env:
         return SigningKey(env)
-    if secret_scope and secret_key:
-        return SigningKey(_secret_from_databricks(secret_scope, secret_key))
     return None

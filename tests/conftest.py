@@ -90,3 +90,30 @@ def signing_key(monkeypatch):
     key = "test-signing-key-" + uuid.uuid4().hex
     monkeypatch.setenv("MLFLOW_SPARK_TOOLS_SIGNING_KEY", key)
     return key
+
+
+@pytest.fixture(scope="session")
+def built_wheel(tmp_path_factory):
+    """This checkout built with ``pip wheel`` (no dependencies), once per test session."""
+    from pathlib import Path
+
+    from mlflow_spark_tools.deploy import build_wheel
+
+    return build_wheel(Path(__file__).resolve().parents[1], tmp_path_factory.mktemp("dist"))
+
+
+@pytest.fixture
+def workspace(monkeypatch):
+    """The loopback workspace API, with databricks-sdk pointed at it through the environment."""
+    from tests.integration.workspace_api import WorkspaceAPI
+
+    token = "dapi-test-" + uuid.uuid4().hex
+    api = WorkspaceAPI(token).start()
+    for name in [n for n in os.environ if n.startswith(("DATABRICKS_", "ARM_", "AZURE_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("DATABRICKS_HOST", api.url)
+    monkeypatch.setenv("DATABRICKS_TOKEN", token)
+    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", os.devnull)
+    api.token = token
+    yield api
+    api.stop()

@@ -1,0 +1,266 @@
+"""Deploy the wheel and the jobs of ``conf/jobs/`` to a Databricks workspace.
+
+One deployment, for one environment of ``conf/deployment.yaml``:
+
+1. upload the wheel to the environment's ``wheel_dir`` (a Unity Catalog volume through the
+   Files API, or a workspace folder through the Workspace API), replacing a file of the same
+   name;
+2. for every job spec: look the job up by its exact name; create it when there is none, reset
+   its settings to the rendered ones when there is one (the job keeps its id, history and
+   permissions), and stop with an error when several jobs carry the name.
+
+Running it twice changes nothing the second time. :func:`plan` lists the same requests without
+a workspace (``--dry-run``); :func:`deploy` sends them with databricks-sdk, which authenticates
+its standard ways (``DATABRICKS_HOST`` / ``DATABRICKS_TOKEN`` and the other variables, a
+``~/.databrickscfg`` profile, Azure CLI ...). Nothing here prints a credential.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from configparser import ConfigParser
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlflow_spark_tools.errors import MlflowSparkToolsError, UsageError
+from mlflow_spark_tools.job_specs import PACKAGE_NAME, Environment, JobSpec, render_jobs, wheel_task_argv
+
+JOBS_API = "/api/2.2/jobs"
+CREATE, RESET = "create", "reset"
+
+
+@dataclass(frozen=True)
+class Request:
+    """One API request of a deployment, as sent.
+
+    Attributes:
+        method: HTTP method.
+        path: URL path (escaped as databricks-sdk escapes it).
+        query: query parameters, if any.
+        body: the JSON body; for uploads a mapping of form fields where the file content stands
+            as ``<N bytes, sha256 ...>``.
+        when: the condition for this request, for requests that depend on the workspace's
+            answer to an earlier one.
+    """
+
+    method: str
+    path: str
+    query: dict[str, Any] | None = None
+    body: Any = None
+    when: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass
+class Wheel:
+    """A built wheel of this package and the wheel entry points its metadata registers."""
+
+    path: Path
+    entry_points: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, path: Path | str) -> Wheel:
+        """Read the wheel's entry points; fails unless it is a wheel of this package."""
+        path = Path(path)
+        if not path.is_file() or path.suffix != ".whl":
+            raise UsageError(f"{path} is not a wheel file (.whl).")
+        if not path.name.startswith(f"{PACKAGE_NAME}-"):
+            raise UsageError(f"{path.name} is not a wheel of {PACKAGE_NAME}.")
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n.endswith(".dist-info/entry_points.txt")]
+                text = archive.read(names[0]).decode("utf-8") if names else ""
+        except zipfile.BadZipFile:
+            raise UsageError(f"{path} is not a valid wheel (not a zip archive).") from None
+        parser = ConfigParser(delimiters=("=",))
+        parser.optionxform = str  # type: ignore[assignment,method-assign]
+        parser.read_string(text)
+        entry_points = {name: value.strip() for section in parser.sections()
+                        for name, value in parser.items(section)}
+        return cls(path, entry_points)
+
+    def content(self) -> bytes:
+        return self.path.read_bytes()
+
+
+def project_root() -> Path | None:
+    """The source checkout this package runs from, if it runs from one."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "setup.py").is_file() else None
+
+
+def build_wheel(source: Path, out_dir: Path) -> Path:
+    """``pip wheel`` of ``source`` into ``out_dir``, without dependencies; returns the wheel."""
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
+               "--disable-pip-version-check", "-w", str(out_dir), str(source)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise MlflowSparkToolsError(f"Building the wheel failed: {result.stderr.strip()[-2000:]}")
+    wheels = sorted(out_dir.glob(f"{PACKAGE_NAME}-*.whl"))
+    if not wheels:
+        raise MlflowSparkToolsError(f"pip wheel wrote no {PACKAGE_NAME} wheel into {out_dir}.")
+    return wheels[-1]
+
+
+def resolve_wheel(wheel: Path | str | None, out_dir: Path | None = None) -> Wheel:
+    """The given wheel, or one built from the checkout this package runs from."""
+    if wheel is not None:
+        return Wheel.open(wheel)
+    root = project_root()
+    if root is None:
+        raise UsageError("No --wheel given and this installation is not a source checkout to build "
+                         "one from: pass --wheel dist/mlflow_spark_tools-<version>-py3-none-any.whl.")
+    target = Path(tempfile.mkdtemp(prefix="mlflow-spark-tools-wheel-")) if out_dir is None else out_dir
+    return Wheel.open(build_wheel(root, target))
+
+
+def check_entry_points(jobs: list[JobSpec], wheel: Wheel) -> None:
+    """Fail unless every wheel task names this package, an entry point the wheel has, and
+    parameters its command accepts."""
+    from mlflow_spark_tools.wheel_tasks import check_arguments
+
+    for job in jobs:
+        for task in job.wheel_tasks():
+            if task.get("package_name") != PACKAGE_NAME:
+                raise UsageError(f"Job {job.name!r}: python_wheel_task.package_name must be "
+                                 f"{PACKAGE_NAME!r}, got {task.get('package_name')!r}.")
+            if task.get("entry_point") not in wheel.entry_points:
+                raise UsageError(
+                    f"Job {job.name!r}: entry point {task.get('entry_point')!r} is not in "
+                    f"{wheel.path.name}; it has {', '.join(sorted(wheel.entry_points))}."
+                )
+            try:
+                check_arguments(task["entry_point"], wheel_task_argv(task))
+            except UsageError as exc:
+                raise UsageError(f"Job {job.name!r}: {exc}") from None
+
+
+def _escaped(path: str) -> str:
+    from databricks.sdk.service._internal import _escape_multi_segment_path_parameter
+
+    return _escape_multi_segment_path_parameter(path)
+
+
+def _content_note(content: bytes) -> str:
+    return f"<{len(content)} bytes, sha256 {hashlib.sha256(content).hexdigest()}>"
+
+
+def upload_requests(environment: Environment, wheel_name: str, content: bytes) -> list[Request]:
+    """The requests that put the wheel into the environment's ``wheel_dir``."""
+    folder = environment.wheel_dir.rstrip("/")
+    target = f"{folder}/{wheel_name}"
+    if folder.startswith("/Volumes/"):
+        return [
+            Request("PUT", f"/api/2.0/fs/directories{_escaped(folder)}"),
+            Request("PUT", f"/api/2.0/fs/files{_escaped(target)}", query={"overwrite": "true"},
+                    body=_content_note(content)),
+        ]
+    return [
+        Request("POST", "/api/2.0/workspace/mkdirs", body={"path": folder}),
+        Request("POST", "/api/2.0/workspace/import",
+                body={"path": target, "format": "AUTO", "overwrite": "true",
+                      "content": _content_note(content)}),
+    ]
+
+
+def job_requests(job: JobSpec) -> list[Request]:
+    """Look-up, then create or reset: the requests that make ``job`` exist as specified."""
+    found = f"jobs/list finds a job named exactly {job.name!r}"
+    return [
+        Request("GET", f"{JOBS_API}/list", query={"name": job.name}),
+        Request("POST", f"{JOBS_API}/create", body=job.settings, when=f"no {found}"),
+        Request("POST", f"{JOBS_API}/reset", body={"job_id": "<job_id from jobs/list>",
+                                                   "new_settings": job.settings}, when=found),
+    ]
+
+
+def plan(environment: Environment, wheel: Wheel, conf: Path | None = None) -> list[Request]:
+    """Every request a deployment of ``environment`` sends, without a workspace."""
+    jobs = render_jobs(environment, conf, wheel_path=f"{environment.wheel_dir.rstrip('/')}/{wheel.path.name}")
+    check_entry_points(jobs, wheel)
+    requests = upload_requests(environment, wheel.path.name, wheel.content())
+    for job in jobs:
+        requests.extend(job_requests(job))
+    return requests
+
+
+@dataclass(frozen=True)
+class DeployedJob:
+    """What a deployment did to one job."""
+
+    name: str
+    job_id: int
+    action: str  # create / reset
+
+
+def _create_arguments(document: dict[str, Any]) -> dict[str, Any]:
+    """``jobs.create`` keyword arguments for exactly the fields of ``document``.
+
+    ``JobSettings.from_dict`` fills absent list fields with ``[]``, which ``jobs.create`` would
+    send; passing only the document's own fields keeps the request as the dry run shows it.
+    """
+    from databricks.sdk.service.jobs import JobSettings
+
+    settings = JobSettings.from_dict(document)
+    return {name: getattr(settings, name) for name in document}
+
+
+def workspace_client(environment: Environment, databricks_profile: str | None = None) -> Any:
+    """A databricks-sdk client, authenticated the SDK's standard ways."""
+    from databricks.sdk import WorkspaceClient
+
+    profile = databricks_profile if databricks_profile is not None else environment.databricks_profile
+    try:
+        return WorkspaceClient(profile=profile) if profile else WorkspaceClient()
+    except ValueError as exc:  # the SDK's "default auth: cannot configure default credentials"
+        raise UsageError(f"Cannot authenticate to a Databricks workspace: {exc}. Set DATABRICKS_HOST "
+                         "and DATABRICKS_TOKEN, or name a ~/.databrickscfg profile.") from None
+
+
+def deploy(environment: Environment, wheel: Wheel, client: Any, conf: Path | None = None,
+           echo: Callable[[str], None] = print) -> list[DeployedJob]:
+    """Upload the wheel and create or reset every job; see the module docstring."""
+    from databricks.sdk.service.jobs import JobSettings
+    from databricks.sdk.service.workspace import ImportFormat
+
+    folder = environment.wheel_dir.rstrip("/")
+    target = f"{folder}/{wheel.path.name}"
+    jobs = render_jobs(environment, conf, wheel_path=target)
+    check_entry_points(jobs, wheel)
+    content = wheel.content()
+    if folder.startswith("/Volumes/"):
+        client.files.create_directory(folder)
+        client.files.upload(target, io.BytesIO(content), overwrite=True)
+    else:
+        client.workspace.mkdirs(folder)
+        client.workspace.upload(target, content, format=ImportFormat.AUTO, overwrite=True)
+    echo(f"uploaded {wheel.path.name} ({len(content)} bytes) to {target}")
+    deployed = []
+    for job in jobs:
+        settings = JobSettings.from_dict(job.settings)
+        matches = [j for j in client.jobs.list(name=job.name)
+                   if j.settings is not None and j.settings.name == job.name]
+        if len(matches) > 1:
+            ids = ", ".join(str(j.job_id) for j in matches)
+            raise UsageError(f"Several jobs are named {job.name!r} (ids {ids}): delete or rename all "
+                             "but one, then deploy again.")
+        if matches:
+            job_id = int(matches[0].job_id)
+            client.jobs.reset(job_id=job_id, new_settings=settings)
+            action = RESET
+        else:
+            job_id = int(client.jobs.create(**_create_arguments(job.settings)).job_id)
+            action = CREATE
+        echo(f"{'created' if action == CREATE else 'updated'} job {job.name!r} (job_id {job_id})")
+        deployed.append(DeployedJob(job.name, job_id, action))
+    return deployed

@@ -1,0 +1,178 @@
+"""deploy --dry-run and deploy against the loopback workspace API; signing keys from secrets."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import inspect
+import json
+import logging
+import shutil
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from databricks.sdk.service.jobs import JobsAPI, JobSettings
+
+from mlflow_spark_tools.cli import cli
+from mlflow_spark_tools.config import conf_dir, load_settings
+from mlflow_spark_tools.deploy import Wheel
+from mlflow_spark_tools.job_specs import load_environment, render_jobs
+from mlflow_spark_tools.signing import KEY_ENV, SigningKey, load_signing_key
+
+
+def run_cli(*args, settings=None):
+    obj = {"settings": settings or load_settings(environ={})}
+    return CliRunner().invoke(cli, list(args), obj=obj)
+
+
+def dry_run(wheel, env, *extra):
+    result = run_cli("deploy", "--env", env, "--dry-run", "--wheel", str(wheel), *extra)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def sent(workspace):
+    return [r for r in workspace.state.requests if not r.path.startswith("/.well-known/")]
+
+
+@pytest.fixture
+def conf(tmp_path):
+    target = tmp_path / "conf"
+    shutil.copytree(conf_dir(), target)
+    return target
+
+
+@pytest.fixture
+def no_workspace(monkeypatch, tmp_path):
+    for name in [n for n in __import__("os").environ if n.startswith("DATABRICKS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.databrickscfg
+
+
+def test_dry_run_prints_every_request_as_the_sdk_types_take_it(built_wheel, no_workspace, signing_key):
+    wheel = Wheel.open(built_wheel)
+    requests = dry_run(built_wheel, "prod")
+    content = built_wheel.read_bytes()
+    folder = "/Volumes/prod/ml_tools/wheels/mlflow-spark-tools"
+    assert requests[:2] == [
+        {"method": "PUT", "path": f"/api/2.0/fs/directories{folder}"},
+        {"method": "PUT", "path": f"/api/2.0/fs/files{folder}/{built_wheel.name}", "query": {"overwrite": "true"},
+         "body": f"<{len(content)} bytes, sha256 {hashlib.sha256(content).hexdigest()}>"},
+    ]
+    jobs = render_jobs(load_environment("prod"))
+    assert len(requests) == 2 + 3 * len(jobs)
+    create_fields = set(inspect.signature(JobsAPI.create).parameters) - {"self"}
+    reset_fields = set(inspect.signature(JobsAPI.reset).parameters) - {"self"}
+    for job, (lookup, create, reset) in zip(jobs, zip(*[iter(requests[2:])] * 3)):
+        assert lookup == {"method": "GET", "path": "/api/2.2/jobs/list", "query": {"name": job.name}}
+        assert (create["method"], create["path"]) == ("POST", "/api/2.2/jobs/create")
+        assert (reset["method"], reset["path"]) == ("POST", "/api/2.2/jobs/reset")
+        assert create["when"].startswith("no ") and reset["when"] == create["when"][3:]
+        body = create["body"]
+        assert set(body) <= create_fields and set(reset["body"]) <= reset_fields
+        assert JobSettings.from_dict(body).as_dict() == body == reset["body"]["new_settings"] == job.settings
+        for task in JobSettings.from_dict(body).tasks:
+            assert task.python_wheel_task.entry_point in wheel.entry_points
+            assert task.libraries[0].whl == f"{folder}/{built_wheel.name}"
+    assert signing_key not in json.dumps(requests)
+
+
+def test_deploy_sends_what_the_dry_run_printed_and_a_second_deploy_changes_nothing(built_wheel, workspace):
+    planned = dry_run(built_wheel, "dev")
+    first = run_cli("deploy", "--env", "dev", "--wheel", str(built_wheel))
+    assert first.exit_code == 0, first.output
+    requests = sent(workspace)
+    assert [(r.method, r.path) for r in requests] == [
+        (p["method"], p["path"]) for p in planned if p.get("when", "no ").startswith("no ")]
+    upload = requests[1]
+    assert upload.query == {"overwrite": "true"}
+    assert hashlib.sha256(upload.body).hexdigest() in planned[1]["body"]
+    creates = [p["body"] for p in planned if p["path"].endswith("/create")]
+    assert [r.body for r in requests if r.path.endswith("/create")] == creates
+    assert all(r.authorization == f"Bearer {workspace.token}" for r in requests)
+    ids = sorted(workspace.state.jobs)
+    assert len(ids) == 2 and [workspace.state.jobs[i] for i in ids] == creates
+    assert workspace.state.files[f"/Volumes/dev/ml_tools/wheels/mlflow-spark-tools/{built_wheel.name}"] == \
+        built_wheel.read_bytes()
+    assert "created job 'mlflow-spark-tools: build experiment tables [dev]' (job_id" in first.stdout
+
+    workspace.state.requests.clear()
+    second = run_cli("deploy", "--env", "dev", "--wheel", str(built_wheel))
+    assert second.exit_code == 0, second.output
+    resets = [r.body for r in sent(workspace) if r.path.endswith("/reset")]
+    assert resets == [{"job_id": i, "new_settings": body} for i, body in zip(ids, creates)]
+    assert not [r for r in sent(workspace) if r.path.endswith("/create")]
+    assert sorted(workspace.state.jobs) == ids and [workspace.state.jobs[i] for i in ids] == creates
+    assert second.stdout.count("updated job") == 2
+    assert workspace.token not in first.output + second.output
+
+
+def test_deploy_to_a_workspace_folder_goes_through_the_workspace_api(built_wheel, workspace, conf):
+    deployment = conf / "deployment.yaml"
+    data = yaml.safe_load(deployment.read_text())
+    data["environments"]["dev"]["wheel_dir"] = "/Workspace/Shared/mlflow-spark-tools"
+    deployment.write_text(yaml.safe_dump(data))
+    result = run_cli("deploy", "--env", "dev", "--wheel", str(built_wheel), "--conf-dir", str(conf))
+    assert result.exit_code == 0, result.output
+    mkdirs, upload = sent(workspace)[:2]
+    assert (mkdirs.path, mkdirs.body) == ("/api/2.0/workspace/mkdirs", {"path": "/Workspace/Shared/mlflow-spark-tools"})
+    target = f"/Workspace/Shared/mlflow-spark-tools/{built_wheel.name}"
+    assert upload.path == "/api/2.0/workspace/import"
+    assert (upload.body["path"], upload.body["format"], upload.body["overwrite"]) == (target.encode(), b"AUTO", b"true")
+    assert workspace.state.files[target] == built_wheel.read_bytes()
+    libraries = {lib["whl"] for job in workspace.state.jobs.values() for t in job["tasks"] for lib in t["libraries"]}
+    assert libraries == {target}
+
+
+def test_two_jobs_with_the_name_stop_the_deploy_before_it_changes_a_job(built_wheel, workspace):
+    name = render_jobs(load_environment("dev"))[0].name
+    workspace.state.jobs.update({7: {"name": name}, 8: {"name": name}})
+    result = run_cli("deploy", "--env", "dev", "--wheel", str(built_wheel))
+    assert result.exit_code == 2
+    assert f"Several jobs are named {name!r} (ids 7, 8)" in result.stderr
+    assert not [r for r in sent(workspace) if r.method == "POST" and "/jobs/" in r.path]
+
+
+def test_a_task_the_wheel_cannot_run_stops_the_deploy_before_any_request(built_wheel, workspace, conf):
+    spec = conf / "jobs" / "build_experiment_tables.yaml"
+    spec.write_text(spec.read_text().replace("entry_point: build-tables", "entry_point: build-tablez"))
+    result = run_cli("deploy", "--env", "dev", "--wheel", str(built_wheel), "--conf-dir", str(conf))
+    assert result.exit_code == 2
+    assert "entry point 'build-tablez' is not in mlflow_spark_tools-" in result.stderr
+    spec.write_text(spec.read_text().replace("entry_point: build-tablez", "entry_point: build-tables")
+                    .replace("experiment-ids:", "experiment-idz:"))
+    result = run_cli("deploy", "--env", "dev", "--wheel", str(built_wheel), "--conf-dir", str(conf), "--dry-run")
+    assert result.exit_code == 2 and "No such option: --experiment-idz" in result.stderr
+    assert sent(workspace) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--env", "staging", "--dry-run"], "Unknown environment 'staging'"),
+    (["--env", "dev", "--wheel", "setup.py"], "is not a wheel file"),
+    (["--env", "dev"], "Cannot authenticate to a Databricks workspace"),
+])
+def test_usage_errors_are_one_line(built_wheel, no_workspace, args, message):
+    result = run_cli("deploy", *args, *([] if "--wheel" in args else ["--wheel", str(built_wheel)]))
+    assert result.exit_code == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_signing_key_from_a_secret_scope_through_the_sdk_never_logged(workspace, monkeypatch, caplog, tmp_path):
+    secret = "secret-signing-key-" + "x" * 20
+    workspace.state.secrets[("ml", "signing")] = secret
+    monkeypatch.setenv(KEY_ENV, "a-different-key-in-the-environment")
+    caplog.set_level(logging.DEBUG)
+    key = load_signing_key(None, "ml", "signing")
+    assert key.verify(b"payload", SigningKey(secret).sign(b"payload"))
+    assert secret not in repr(key) and secret not in str(key)
+    with pytest.raises(Exception, match="Could not read the signing key from secret scope 'ml', key 'nope'"):
+        load_signing_key(None, "ml", "nope")
+    result = run_cli("--debug", "replay", "--replay-dir", str(tmp_path / "store"), "--secret-scope", "ml",
+                     "--secret-key", "signing", "--no-ledger", "--profile", "unlimited",
+                     "--tracking-uri", "http://127.0.0.1:9")
+    assert result.exit_code == 0, result.output
+    encoded = base64.b64encode(secret.encode()).decode()
+    for text in (result.output, caplog.text):
+        assert secret not in text and encoded not in text
+    assert any(r.path == "/api/2.0/secrets/get" for r in sent(workspace))
