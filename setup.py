@@ -53,6 +53,8 @@ setup(
             "pytest-timeout>=2.3",
             "psutil>=5.9",
             "ruff>=0.6",
+            # builds the wheel without an isolated build environment (no download in tests)
+            "setuptools>=70.1",
         ],
     },
     entry_points={

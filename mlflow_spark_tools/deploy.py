@@ -99,10 +99,16 @@ def project_root() -> Path | None:
     return root if (root / "setup.py").is_file() else None
 
 
-def build_wheel(source: Path, out_dir: Path) -> Path:
-    """``pip wheel`` of ``source`` into ``out_dir``, without dependencies; returns the wheel."""
+def build_wheel(source: Path, out_dir: Path, isolated: bool = True) -> Path:
+    """``pip wheel`` of ``source`` into ``out_dir``, without dependencies; returns the wheel.
+
+    ``isolated=False`` builds with this environment's setuptools (>= 70.1) instead of fetching
+    one into an isolated build environment.
+    """
     command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
                "--disable-pip-version-check", "-w", str(out_dir), str(source)]
+    if not isolated:
+        command.insert(4, "--no-build-isolation")
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise MlflowSparkToolsError(f"Building the wheel failed: {result.stderr.strip()[-2000:]}")

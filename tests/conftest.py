@@ -99,7 +99,7 @@ def built_wheel(tmp_path_factory):
 
     from mlflow_spark_tools.deploy import build_wheel
 
-    return build_wheel(Path(__file__).resolve().parents[1], tmp_path_factory.mktemp("dist"))
+    return build_wheel(Path(__file__).resolve().parents[1], tmp_path_factory.mktemp("dist"), isolated=False)
 
 
 @pytest.fixture
