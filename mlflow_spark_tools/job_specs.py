@@ -222,6 +222,12 @@ def check_job_settings(settings: dict[str, Any], where: str) -> None:
             f"{where} is not a valid Jobs API JobSettings: {_first_difference(settings, round_trip)} "
             "(see the Jobs API reference for jobs/create)."
         )
+    for task in settings.get("tasks") or []:
+        wheel_task = task.get("python_wheel_task") or {}
+        values = [*(wheel_task.get("named_parameters") or {}).values(), *(wheel_task.get("parameters") or [])]
+        if any(not isinstance(v, str) for v in values):
+            raise InvalidConfigError(f"{where}: task {task.get('task_key')!r} has parameters that are not "
+                                     f"text: {[v for v in values if not isinstance(v, str)]}; quote them.")
     if not isinstance(settings.get("name"), str) or not settings["name"].strip():
         raise InvalidConfigError(f"{where} needs a `name`: deploy finds the job again by it.")
 

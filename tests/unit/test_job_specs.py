@@ -125,6 +125,8 @@ def test_placeholders_keep_types_alone_and_become_text_inside_text(conf):
         ("deployment.yaml", lambda d: d["environments"]["dev"]["overrides"].update(build_tables={"a": 1}),
          r"overrides names no job spec .*build_tables"),
         ("deployment.yaml", lambda d: d["environments"]["dev"]["variables"].update(wheel="x"), "is reserved"),
+        ("deployment.yaml", lambda d: d["environments"]["dev"]["variables"]["experiment_groups"][0].update(
+            experiment_ids=123), r"task 'build_tables_sandbox' has parameters that are not text: \[123\]"),
     ],
 )
 def test_bad_specs_are_errors_that_name_the_problem(conf, file, change, message):
