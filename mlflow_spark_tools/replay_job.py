@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,7 +51,9 @@ def run_replay_job(settings: Settings, options: ReplayOptions, engine: Engine | 
             write (no Spark is started when nothing was handled).
         passes: with ``mode=loop``, stop after this many passes (default: run until stopped).
     """
-    if not settings.tracking_uri:
+    # A Databricks job or notebook logs to its own workspace without MLFLOW_TRACKING_URI set.
+    tracking_uri = settings.tracking_uri or ("databricks" if os.environ.get("DATABRICKS_RUNTIME_VERSION") else None)
+    if not tracking_uri:
         raise UsageError("No tracking server: set MLFLOW_TRACKING_URI or pass --tracking-uri.")
     if options.mode not in (ONCE, UNTIL_EMPTY, LOOP):
         raise UsageError(f"Unknown replay mode {options.mode!r}.")
@@ -60,7 +63,7 @@ def run_replay_job(settings: Settings, options: ReplayOptions, engine: Engine | 
     if key is None and not options.trust_unsigned:
         log.warning("No signing key (MLFLOW_SPARK_TOOLS_SIGNING_KEY): payloads with models will be "
                     "quarantined as unsigned unless --trust-unsigned is given")
-    replayer = Replayer(options.replay_dir, settings.tracking_uri, settings.profile(),
+    replayer = Replayer(options.replay_dir, tracking_uri, settings.profile(),
                         max_workers=options.max_workers, lease_seconds=options.lease_seconds,
                         signing_key=key, trust_unsigned=options.trust_unsigned)
     ledger = _Ledger(settings, engine) if options.ledger else None

@@ -176,3 +176,18 @@ def test_signing_key_from_a_secret_scope_through_the_sdk_never_logged(workspace,
     for text in (result.output, caplog.text):
         assert secret not in text and encoded not in text
     assert any(r.path == "/api/2.0/secrets/get" for r in sent(workspace))
+
+
+def test_replay_needs_a_tracking_server_except_on_a_databricks_runtime(monkeypatch, tmp_path, workspace):
+    from mlflow_spark_tools.replay_job import ReplayOptions, run_replay_job
+
+    monkeypatch.delenv("DATABRICKS_RUNTIME_VERSION", raising=False)
+    settings = load_settings(environ={})
+    options = ReplayOptions(replay_dir=str(tmp_path / "store"), ledger=False)
+    with pytest.raises(Exception, match="No tracking server: set MLFLOW_TRACKING_URI"):
+        run_replay_job(settings, options, echo=lambda line: None)
+    monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "15.4")
+    lines = []
+    # the workspace's own tracking server, as a job on a cluster has it
+    assert run_replay_job(settings, options, echo=lines.append) == 0
+    assert json.loads(lines[-1])["replayed"] == 0
