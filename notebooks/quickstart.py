@@ -7,6 +7,8 @@
 
 # COMMAND ----------
 
+# ruff: noqa: E402 - each cell imports what it uses
+
 dbutils.widgets.text("experiment_id", "", "Experiment id")  # noqa: F821
 dbutils.widgets.text("database", "main.mlflow_exp", "Database (catalog.schema)")  # noqa: F821
 dbutils.widgets.text("metric", "rmse", "Metric")  # noqa: F821
@@ -23,27 +25,32 @@ settings = load_settings().with_overrides(tables__database=database)
 result = build_experiment_tables(settings, experiment_ids=[experiment_id], spark=spark)  # noqa: F821
 for summary in result.summaries:
     print(summary)
+if result.exit_code != 0:
+    raise RuntimeError(f"Building the table failed: {[s.error for s in result.summaries if not s.ok]}")
 
 # COMMAND ----------
 
 from mlflow_spark_tools.engine import get_engine
-from mlflow_spark_tools.identifiers import qualified_name, sql_string
+from mlflow_spark_tools.identifiers import experiment_table_name, qualified_name, quote, sql_string
 from mlflow_spark_tools.queries import best_run
 
 engine = get_engine(spark=spark)  # noqa: F821
-print(best_run(experiment_id, metric, ascending=True, engine=engine, database=database))
+best = best_run(experiment_id, metric, ascending=True, engine=engine, database=database)
+if best is None:
+    raise ValueError(f"No run of experiment {experiment_id} has a value for metric {metric!r}.")
+print(best)
 
 # COMMAND ----------
 
 # The columns table maps the metric key to its column name.
-table = qualified_name(database, f"exp_{experiment_id}")
-column = spark.sql(  # noqa: F821
-    f"SELECT column_name FROM {qualified_name(database, f'exp_{experiment_id}_columns')} "
+table = qualified_name(database, experiment_table_name(experiment_id))
+column = quote(spark.sql(  # noqa: F821
+    f"SELECT column_name FROM {qualified_name(database, experiment_table_name(experiment_id) + '_columns')} "
     f"WHERE kind = 'metric' AND key = {sql_string(metric)}"
-).first()["column_name"]
+).first()["column_name"])
 display(  # noqa: F821
     spark.sql(  # noqa: F821
         f"SELECT run_id, run_name, {column} FROM {table} "
-        f"WHERE NOT isnan({column}) ORDER BY {column} LIMIT 10"
+        f"WHERE NOT isnan({column}) ORDER BY {column}, start_time DESC, run_id LIMIT 10"
     )
 )

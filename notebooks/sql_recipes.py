@@ -1,0 +1,163 @@
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # SQL recipes over an experiment table
+# MAGIC
+# MAGIC `<database>.exp_<experiment_id>` holds one row per run: the run info columns (`run_id`,
+# MAGIC `run_name`, `status`, `start_time`, `end_time`, `duration_seconds`, `parent_run_id`, ...),
+# MAGIC params as `_p_<key>` (typed: bigint, double, boolean or string), the latest value of each
+# MAGIC metric as `_m_<key>` and tags as `_t_<key>`. Its companion `exp_<experiment_id>_columns`
+# MAGIC maps every MLflow key to its column (`column_name`, `kind`, `key`, `data_type`): a key
+# MAGIC such as `val/loss` becomes `_m_val_loss`, and colliding keys get a suffix, so look names up
+# MAGIC there rather than guessing them.
+# MAGIC
+# MAGIC Build or refresh the table first (the `quickstart` notebook or the build-tables job). Every
+# MAGIC recipe prints its SQL: copy it into Databricks SQL or a dashboard. Table and column names go
+# MAGIC through `mlflow_spark_tools.identifiers` and widget values become SQL literals, never raw SQL.
+
+# COMMAND ----------
+
+# ruff: noqa: E402 - each cell imports what it uses
+
+dbutils.widgets.text("experiment_id", "", "Experiment id")  # noqa: F821
+dbutils.widgets.text("database", "main.mlflow_exp", "Database (catalog.schema)")  # noqa: F821
+dbutils.widgets.text("metric", "rmse", "Metric")  # noqa: F821
+dbutils.widgets.dropdown("best", "lowest", ["lowest", "highest"], "Best value of the metric")  # noqa: F821
+dbutils.widgets.text("top_n", "10", "Top N")  # noqa: F821
+dbutils.widgets.text("days", "7", "Last N days")  # noqa: F821
+dbutils.widgets.text("param", "", "Param to compare the metric by")  # noqa: F821
+experiment_id = dbutils.widgets.get("experiment_id")  # noqa: F821
+database = dbutils.widgets.get("database")  # noqa: F821
+metric = dbutils.widgets.get("metric")  # noqa: F821
+order = {"lowest": "ASC", "highest": "DESC"}[dbutils.widgets.get("best")]  # noqa: F821
+top_n = int(dbutils.widgets.get("top_n"))  # noqa: F821
+days = int(dbutils.widgets.get("days"))  # noqa: F821
+param = dbutils.widgets.get("param")  # noqa: F821
+if top_n < 1 or days < 1:
+    raise ValueError("top_n and days must be at least 1.")
+
+# COMMAND ----------
+
+from mlflow_spark_tools.identifiers import experiment_table_name, qualified_name, quote, sql_string
+
+table = qualified_name(database, experiment_table_name(experiment_id))
+columns_table = qualified_name(database, experiment_table_name(experiment_id) + "_columns")
+
+
+def column(kind, key):
+    """The quoted column that holds an MLflow key (kind: param, metric or tag)."""
+    row = spark.sql(  # noqa: F821
+        f"SELECT column_name FROM {columns_table} WHERE kind = {sql_string(kind)} AND key = {sql_string(key)}"
+    ).first()
+    if row is None:
+        raise ValueError(f"Experiment {experiment_id} has no {kind} {key!r}: see {columns_table}.")
+    return quote(row["column_name"])
+
+
+def show(sql):
+    """Print a recipe's SQL, then display its result."""
+    print(sql)
+    display(spark.sql(sql))  # noqa: F821
+
+
+m = column("metric", metric)
+# The runs that count: active, with a value of the metric that is not NaN.
+counts = f"lifecycle_stage = 'active' AND {m} IS NOT NULL AND NOT isnan({m})"
+show(f"SELECT kind, key, column_name, data_type FROM {columns_table} ORDER BY kind, key")
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## Best run by a metric
+
+# COMMAND ----------
+
+show(
+    f"SELECT run_id, run_name, start_time, {m}\n"
+    f"FROM {table}\n"
+    f"WHERE {counts}\n"
+    f"ORDER BY {m} {order}, start_time DESC, run_id\n"
+    "LIMIT 1"
+)
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## Top N runs
+
+# COMMAND ----------
+
+show(
+    f"SELECT run_id, run_name, status, start_time, {m}\n"
+    f"FROM {table}\n"
+    f"WHERE {counts}\n"
+    f"ORDER BY {m} {order}, start_time DESC, run_id\n"
+    f"LIMIT {top_n}"
+)
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## Runs of the last N days
+
+# COMMAND ----------
+
+show(
+    f"SELECT run_id, run_name, status, start_time, duration_seconds, {m}\n"
+    f"FROM {table}\n"
+    f"WHERE start_time >= current_timestamp() - INTERVAL {days} DAYS\n"
+    "ORDER BY start_time DESC, run_id"
+)
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## The params of the best runs side by side
+
+# COMMAND ----------
+
+params = [
+    quote(r["column_name"])
+    for r in spark.sql(  # noqa: F821
+        f"SELECT column_name FROM {columns_table} WHERE kind = 'param' ORDER BY key"
+    ).collect()
+]
+show(
+    f"SELECT run_id, run_name, {', '.join([m, *params])}\n"
+    f"FROM {table}\n"
+    f"WHERE {counts}\n"
+    f"ORDER BY {m} {order}, start_time DESC, run_id\n"
+    f"LIMIT {top_n}"
+)
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## Failed runs
+
+# COMMAND ----------
+
+show(
+    f"SELECT run_id, run_name, status, start_time, end_time, duration_seconds\n"
+    f"FROM {table}\n"
+    "WHERE status IN ('FAILED', 'KILLED')\n"
+    "ORDER BY start_time DESC, run_id"
+)
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## The metric by the values of one param
+
+# COMMAND ----------
+
+if param:
+    p = column("param", param)
+    show(
+        f"SELECT {p}, count(*) AS runs, min({m}) AS min_value, avg({m}) AS avg_value, max({m}) AS max_value\n"
+        f"FROM {table}\n"
+        f"WHERE {counts}\n"
+        f"GROUP BY {p}\n"
+        f"ORDER BY {p}"
+    )
+else:
+    print("Give the param widget a param key to compare the metric by.")
