@@ -20,7 +20,7 @@ demo: $(STAMP)
 	PYSPARK_PYTHON=$(abspath $(BIN)/python) $(BIN)/python -m mlflow_spark_tools.demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check mlflow_spark_tools jobs tests bench
+	$(BIN)/ruff check mlflow_spark_tools jobs tests bench notebooks
 
 test: $(STAMP) lint
 	PYSPARK_PYTHON=$(abspath $(BIN)/python) $(BIN)/python -m pytest -q tests
