@@ -2,12 +2,13 @@
 
 One deployment, for one environment of ``conf/deployment.yaml``:
 
-1. upload the wheel to the environment's ``wheel_dir`` (a Unity Catalog volume through the
+1. look every job up by its exact name, and stop, before changing anything, when several jobs
+   carry one of the names;
+2. upload the wheel to the environment's ``wheel_dir`` (a Unity Catalog volume through the
    Files API, or a workspace folder through the Workspace API), replacing a file of the same
    name;
-2. for every job spec: look the job up by its exact name; create it when there is none, reset
-   its settings to the rendered ones when there is one (the job keeps its id, history and
-   permissions), and stop with an error when several jobs carry the name.
+3. per job: create it when there was none, else reset its settings to the rendered ones (the
+   job keeps its id, run history and permissions).
 
 Running it twice changes nothing the second time. :func:`plan` lists the same requests without
 a workspace (``--dry-run``); :func:`deploy` sends them with databricks-sdk, which authenticates
@@ -20,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -99,17 +101,35 @@ def project_root() -> Path | None:
     return root if (root / "setup.py").is_file() else None
 
 
+# What a wheel is built from; the build runs on a copy of them, so that no stale build/ output
+# of an earlier build (a module since removed) ends up in the wheel.
+SOURCE_FILES = ("setup.py", "README.md")
+SOURCE_DIRS = ("mlflow_spark_tools", "conf")
+
+
 def build_wheel(source: Path, out_dir: Path, isolated: bool = True) -> Path:
-    """``pip wheel`` of ``source`` into ``out_dir``, without dependencies; returns the wheel.
+    """``pip wheel`` of the checkout ``source`` into ``out_dir``, without dependencies.
 
     ``isolated=False`` builds with this environment's setuptools (>= 70.1) instead of fetching
     one into an isolated build environment.
+
+    Returns:
+        The wheel's path.
     """
-    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
-               "--disable-pip-version-check", "-w", str(out_dir), str(source)]
-    if not isolated:
-        command.insert(4, "--no-build-isolation")
-    result = subprocess.run(command, capture_output=True, text=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mlflow-spark-tools-build-") as tmp:
+        copy = Path(tmp) / "src"
+        copy.mkdir()
+        for name in SOURCE_FILES:
+            shutil.copy2(source / name, copy / name)
+        for name in SOURCE_DIRS:
+            shutil.copytree(source / name, copy / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+        command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
+                   "--disable-pip-version-check", "-w", str(out_dir), str(copy)]
+        if not isolated:
+            command.insert(4, "--no-build-isolation")
+        result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise MlflowSparkToolsError(f"Building the wheel failed: {result.stderr.strip()[-2000:]}")
     wheels = sorted(out_dir.glob(f"{PACKAGE_NAME}-*.whl"))
@@ -179,24 +199,37 @@ def upload_requests(environment: Environment, wheel_name: str, content: bytes) -
     ]
 
 
-def job_requests(job: JobSpec) -> list[Request]:
-    """Look-up, then create or reset: the requests that make ``job`` exist as specified."""
+def lookup_request(job: JobSpec) -> Request:
+    """The look-up of ``job`` by name."""
+    return Request("GET", f"{JOBS_API}/list", query={"name": job.name})
+
+
+def change_requests(job: JobSpec) -> list[Request]:
+    """Create or reset, depending on the look-up: the requests that make ``job`` as specified."""
     found = f"jobs/list finds a job named exactly {job.name!r}"
     return [
-        Request("GET", f"{JOBS_API}/list", query={"name": job.name}),
         Request("POST", f"{JOBS_API}/create", body=job.settings, when=f"no {found}"),
         Request("POST", f"{JOBS_API}/reset", body={"job_id": "<job_id from jobs/list>",
                                                    "new_settings": job.settings}, when=found),
     ]
 
 
-def plan(environment: Environment, wheel: Wheel, conf: Path | None = None) -> list[Request]:
-    """Every request a deployment of ``environment`` sends, without a workspace."""
-    jobs = render_jobs(environment, conf, wheel_path=f"{environment.wheel_dir.rstrip('/')}/{wheel.path.name}")
+def _rendered(environment: Environment, wheel: Wheel, conf: Path | None) -> tuple[str, list[JobSpec]]:
+    """Where the wheel goes, and the jobs pointing at it, checked against the wheel."""
+    target = f"{environment.wheel_dir.rstrip('/')}/{wheel.path.name}"
+    jobs = render_jobs(environment, conf, wheel_path=target)
     check_entry_points(jobs, wheel)
-    requests = upload_requests(environment, wheel.path.name, wheel.content())
+    return target, jobs
+
+
+def plan(environment: Environment, wheel: Wheel, conf: Path | None = None) -> list[Request]:
+    """Every request a deployment of ``environment`` sends, in order, without a workspace:
+    the look-ups, the upload, then per job a create or a reset."""
+    _, jobs = _rendered(environment, wheel, conf)
+    requests = [lookup_request(job) for job in jobs]
+    requests.extend(upload_requests(environment, wheel.path.name, wheel.content()))
     for job in jobs:
-        requests.extend(job_requests(job))
+        requests.extend(change_requests(job))
     return requests
 
 
@@ -239,11 +272,10 @@ def deploy(environment: Environment, wheel: Wheel, client: Any, conf: Path | Non
     from databricks.sdk.service.jobs import JobSettings
     from databricks.sdk.service.workspace import ImportFormat
 
-    folder = environment.wheel_dir.rstrip("/")
-    target = f"{folder}/{wheel.path.name}"
-    jobs = render_jobs(environment, conf, wheel_path=target)
-    check_entry_points(jobs, wheel)
+    target, jobs = _rendered(environment, wheel, conf)
+    existing = {job.key: _existing_job_id(client, job) for job in jobs}  # all reads before any write
     content = wheel.content()
+    folder = environment.wheel_dir.rstrip("/")
     if folder.startswith("/Volumes/"):
         client.files.create_directory(folder)
         client.files.upload(target, io.BytesIO(content), overwrite=True)
@@ -253,16 +285,9 @@ def deploy(environment: Environment, wheel: Wheel, client: Any, conf: Path | Non
     echo(f"uploaded {wheel.path.name} ({len(content)} bytes) to {target}")
     deployed = []
     for job in jobs:
-        settings = JobSettings.from_dict(job.settings)
-        matches = [j for j in client.jobs.list(name=job.name)
-                   if j.settings is not None and j.settings.name == job.name]
-        if len(matches) > 1:
-            ids = ", ".join(str(j.job_id) for j in matches)
-            raise UsageError(f"Several jobs are named {job.name!r} (ids {ids}): delete or rename all "
-                             "but one, then deploy again.")
-        if matches:
-            job_id = int(matches[0].job_id)
-            client.jobs.reset(job_id=job_id, new_settings=settings)
+        job_id = existing[job.key]
+        if job_id is not None:
+            client.jobs.reset(job_id=job_id, new_settings=JobSettings.from_dict(job.settings))
             action = RESET
         else:
             job_id = int(client.jobs.create(**_create_arguments(job.settings)).job_id)
@@ -270,3 +295,14 @@ def deploy(environment: Environment, wheel: Wheel, client: Any, conf: Path | Non
         echo(f"{'created' if action == CREATE else 'updated'} job {job.name!r} (job_id {job_id})")
         deployed.append(DeployedJob(job.name, job_id, action))
     return deployed
+
+
+def _existing_job_id(client: Any, job: JobSpec) -> int | None:
+    """The id of the one job named exactly like ``job``; None when there is none."""
+    matches = [j for j in client.jobs.list(name=job.name)
+               if j.settings is not None and j.settings.name == job.name]
+    if len(matches) > 1:
+        ids = ", ".join(str(j.job_id) for j in matches)
+        raise UsageError(f"Several jobs are named {job.name!r} (ids {ids}): delete or rename all "
+                         "but one, then deploy again. Nothing was changed.")
+    return int(matches[0].job_id) if matches else None

@@ -37,8 +37,6 @@ from mlflow_spark_tools.errors import UsageError
 ENTRY_POINTS = ("build-tables", "replay", "best-run", "last-run", "sql", "dump-run",
                 "dump-experiment", "system-tags", "log-model")
 
-ENTRY_POINT_GROUP = "packages"
-
 
 def _option_arity(command: click.Command) -> dict[str, bool]:
     """Every option string of ``command`` -> whether it takes a value."""

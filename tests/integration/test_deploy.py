@@ -55,20 +55,22 @@ def test_dry_run_prints_every_request_as_the_sdk_types_take_it(built_wheel, no_w
     requests = dry_run(built_wheel, "prod")
     content = built_wheel.read_bytes()
     folder = "/Volumes/prod/ml_tools/wheels/mlflow-spark-tools"
-    assert requests[:2] == [
+    jobs = render_jobs(load_environment("prod"))
+    assert len(requests) == len(jobs) + 2 + 2 * len(jobs)
+    lookups, upload, changes = requests[:len(jobs)], requests[len(jobs):len(jobs) + 2], requests[len(jobs) + 2:]
+    assert lookups == [{"method": "GET", "path": "/api/2.2/jobs/list", "query": {"name": j.name}} for j in jobs]
+    assert upload == [
         {"method": "PUT", "path": f"/api/2.0/fs/directories{folder}"},
         {"method": "PUT", "path": f"/api/2.0/fs/files{folder}/{built_wheel.name}", "query": {"overwrite": "true"},
          "body": f"<{len(content)} bytes, sha256 {hashlib.sha256(content).hexdigest()}>"},
     ]
-    jobs = render_jobs(load_environment("prod"))
-    assert len(requests) == 2 + 3 * len(jobs)
     create_fields = set(inspect.signature(JobsAPI.create).parameters) - {"self"}
     reset_fields = set(inspect.signature(JobsAPI.reset).parameters) - {"self"}
-    for job, (lookup, create, reset) in zip(jobs, zip(*[iter(requests[2:])] * 3)):
-        assert lookup == {"method": "GET", "path": "/api/2.2/jobs/list", "query": {"name": job.name}}
+    for job, (create, reset) in zip(jobs, zip(*[iter(changes)] * 2)):
         assert (create["method"], create["path"]) == ("POST", "/api/2.2/jobs/create")
         assert (reset["method"], reset["path"]) == ("POST", "/api/2.2/jobs/reset")
         assert create["when"].startswith("no ") and reset["when"] == create["when"][3:]
+        assert job.name in create["when"]
         body = create["body"]
         assert set(body) <= create_fields and set(reset["body"]) <= reset_fields
         assert JobSettings.from_dict(body).as_dict() == body == reset["body"]["new_settings"] == job.settings
@@ -85,9 +87,9 @@ def test_deploy_sends_what_the_dry_run_printed_and_a_second_deploy_changes_nothi
     requests = sent(workspace)
     assert [(r.method, r.path) for r in requests] == [
         (p["method"], p["path"]) for p in planned if p.get("when", "no ").startswith("no ")]
-    upload = requests[1]
+    upload = requests[3]
     assert upload.query == {"overwrite": "true"}
-    assert hashlib.sha256(upload.body).hexdigest() in planned[1]["body"]
+    assert hashlib.sha256(upload.body).hexdigest() in planned[3]["body"]
     creates = [p["body"] for p in planned if p["path"].endswith("/create")]
     assert [r.body for r in requests if r.path.endswith("/create")] == creates
     assert all(r.authorization == f"Bearer {workspace.token}" for r in requests)
@@ -115,7 +117,7 @@ def test_deploy_to_a_workspace_folder_goes_through_the_workspace_api(built_wheel
     deployment.write_text(yaml.safe_dump(data))
     result = run_cli("deploy", "--env", "dev", "--wheel", str(built_wheel), "--conf-dir", str(conf))
     assert result.exit_code == 0, result.output
-    mkdirs, upload = sent(workspace)[:2]
+    mkdirs, upload = sent(workspace)[2:4]
     assert (mkdirs.path, mkdirs.body) == ("/api/2.0/workspace/mkdirs", {"path": "/Workspace/Shared/mlflow-spark-tools"})
     target = f"/Workspace/Shared/mlflow-spark-tools/{built_wheel.name}"
     assert upload.path == "/api/2.0/workspace/import"
@@ -125,13 +127,13 @@ def test_deploy_to_a_workspace_folder_goes_through_the_workspace_api(built_wheel
     assert libraries == {target}
 
 
-def test_two_jobs_with_the_name_stop_the_deploy_before_it_changes_a_job(built_wheel, workspace):
-    name = render_jobs(load_environment("dev"))[0].name
+def test_two_jobs_with_the_name_stop_the_deploy_before_it_changes_anything(built_wheel, workspace):
+    name = render_jobs(load_environment("dev"))[1].name  # the second job: the first is not changed either
     workspace.state.jobs.update({7: {"name": name}, 8: {"name": name}})
     result = run_cli("deploy", "--env", "dev", "--wheel", str(built_wheel))
     assert result.exit_code == 2
     assert f"Several jobs are named {name!r} (ids 7, 8)" in result.stderr
-    assert not [r for r in sent(workspace) if r.method == "POST" and "/jobs/" in r.path]
+    assert [r.method for r in sent(workspace)] == ["GET", "GET"]
 
 
 def test_a_task_the_wheel_cannot_run_stops_the_deploy_before_any_request(built_wheel, workspace, conf):
