@@ -39,7 +39,7 @@ def conf_dir() -> Path:
     """
     package = Path(__file__).resolve().parent
     checkout = package.parent / "conf"
-    if (checkout / "defaults.yaml").is_file():
+    if (package.parent / "setup.py").is_file() and (checkout / "defaults.yaml").is_file():
         return checkout
     # A directory without __init__.py inside the installed package (importlib.resources would
     # see a namespace package and answer with a MultiplexedPath).
