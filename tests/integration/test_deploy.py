@@ -193,3 +193,25 @@ def test_replay_needs_a_tracking_server_except_on_a_databricks_runtime(monkeypat
     # the workspace's own tracking server, as a job on a cluster has it
     assert run_replay_job(settings, options, echo=lines.append) == 0
     assert json.loads(lines[-1])["replayed"] == 0
+
+
+def test_deploy_authenticates_with_a_databrickscfg_profile(built_wheel, workspace, monkeypatch, tmp_path, conf):
+    config = tmp_path / "databrickscfg"
+    config.write_text(f"[ml-dev]\nhost = {workspace.url}\ntoken = {workspace.token}\n\n"
+                      "[other]\nhost = http://127.0.0.1:9\ntoken = wrong\n")
+    monkeypatch.delenv("DATABRICKS_HOST")
+    monkeypatch.delenv("DATABRICKS_TOKEN")
+    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(config))
+    result = run_cli("deploy", "--env", "dev", "--wheel", str(built_wheel), "--databricks-profile", "ml-dev")
+    assert result.exit_code == 0, result.output
+    assert len(workspace.state.jobs) == 2
+    # the environment's databricks_profile, when no flag is given
+    deployment = conf / "deployment.yaml"
+    data = yaml.safe_load(deployment.read_text())
+    data["environments"]["dev"]["databricks_profile"] = "ml-dev"
+    deployment.write_text(yaml.safe_dump(data))
+    workspace.state.requests.clear()
+    result = run_cli("deploy", "--env", "dev", "--wheel", str(built_wheel), "--conf-dir", str(conf))
+    assert result.exit_code == 0, result.output
+    assert [r.path for r in sent(workspace)].count("/api/2.2/jobs/reset") == 2
+    assert workspace.token not in result.output
