@@ -24,7 +24,8 @@ from typing import Any
 
 from mlflow_spark_tools import __version__
 from mlflow_spark_tools.config import conf_dir, read_yaml
-from mlflow_spark_tools.errors import InvalidConfigError
+from mlflow_spark_tools.errors import InvalidConfigError, UsageError
+from mlflow_spark_tools.paths import volume_parts
 
 PACKAGE_NAME = "mlflow_spark_tools"
 DEPLOYMENT_FILE = "deployment.yaml"
@@ -113,6 +114,13 @@ def load_environment(name: str, conf: Path | None = None) -> Environment:
             f"{where}.wheel_dir must be a /Volumes/<catalog>/<schema>/<volume>/... or /Workspace/... "
             f"folder, got {wheel_dir!r}."
         )
+    if wheel_dir.startswith("/Volumes/"):
+        try:
+            volume_parts(wheel_dir)
+        except UsageError as exc:
+            raise InvalidConfigError(f"{where}.wheel_dir: {exc}") from None
+    if ".." in wheel_dir.split("/"):
+        raise InvalidConfigError(f"{where}.wheel_dir must not contain '..'.")
     variables = data.get("variables") or {}
     overrides = data.get("overrides") or {}
     for key, value in (("variables", variables), ("overrides", overrides)):
