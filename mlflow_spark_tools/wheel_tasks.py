@@ -74,13 +74,13 @@ def command_line(command_name: str, argv: Sequence[str]) -> list[str]:
     group = _option_arity(cli)
     leading: list[str] = []
     rest: list[str] = []
-    tokens = [_normalize(t) for t in argv]
+    tokens = list(argv)
     i = 0
     while i < len(tokens):
-        token = tokens[i]
-        if token == "--":
+        if tokens[i] == "--":
             rest.extend(tokens[i:])
             break
+        token = _normalize(tokens[i])  # an option's name; the values it takes stay as given
         name, has_value, value = token.partition("=")
         target = leading if name in group and name not in own else rest
         takes_value = (group if target is leading else own).get(name)

@@ -44,6 +44,11 @@ def test_positional_parameters_keep_their_order_and_values_with_equals_signs():
     assert (params["query"], params["fmt"], params["max_rows"]) == ("SELECT 'a=b' AS x_y", "json", 3)
 
 
+def test_values_and_everything_after_a_double_dash_keep_their_underscores():
+    assert command_line("replay", ["--replay_dir", "--odd_dir_name", "--", "--a_b"]) == \
+        ["replay", "--replay-dir", "--odd_dir_name", "--", "--a_b"]
+
+
 def test_an_option_the_command_defines_itself_stays_with_the_command():
     # replay has its own --profile and --database: they must not move to the group
     args = command_line("replay", ["--replay-dir", "/x", "--profile=unlimited", "--database", "d", "-v"])
