@@ -103,6 +103,18 @@ def built_wheel(tmp_path_factory):
 
 
 @pytest.fixture
+def conf(tmp_path):
+    """A copy of the shipped conf/ (deployment.yaml, jobs/ ...) to edit."""
+    import shutil
+
+    from mlflow_spark_tools.config import conf_dir
+
+    target = tmp_path / "conf"
+    shutil.copytree(conf_dir(), target)
+    return target
+
+
+@pytest.fixture
 def workspace(monkeypatch):
     """The loopback workspace API, with databricks-sdk pointed at it through the environment."""
     from tests.integration.workspace_api import WorkspaceAPI
@@ -114,6 +126,5 @@ def workspace(monkeypatch):
     monkeypatch.setenv("DATABRICKS_HOST", api.url)
     monkeypatch.setenv("DATABRICKS_TOKEN", token)
     monkeypatch.setenv("DATABRICKS_CONFIG_FILE", os.devnull)
-    api.token = token
     yield api
     api.stop()

@@ -7,7 +7,7 @@ import hashlib
 import inspect
 import json
 import logging
-import shutil
+import os
 
 import pytest
 import yaml
@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from databricks.sdk.service.jobs import JobsAPI, JobSettings
 
 from mlflow_spark_tools.cli import cli
-from mlflow_spark_tools.config import conf_dir, load_settings
+from mlflow_spark_tools.config import load_settings
 from mlflow_spark_tools.deploy import Wheel
 from mlflow_spark_tools.job_specs import load_environment, render_jobs
 from mlflow_spark_tools.signing import KEY_ENV, SigningKey, load_signing_key
@@ -37,15 +37,8 @@ def sent(workspace):
 
 
 @pytest.fixture
-def conf(tmp_path):
-    target = tmp_path / "conf"
-    shutil.copytree(conf_dir(), target)
-    return target
-
-
-@pytest.fixture
 def no_workspace(monkeypatch, tmp_path):
-    for name in [n for n in __import__("os").environ if n.startswith("DATABRICKS_")]:
+    for name in [n for n in os.environ if n.startswith("DATABRICKS_")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.databrickscfg
 

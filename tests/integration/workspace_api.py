@@ -127,6 +127,7 @@ class WorkspaceAPI:
     """Start with ``WorkspaceAPI(token).start()``; ``url`` is the workspace host to use."""
 
     def __init__(self, token: str) -> None:
+        self.token = token
         self.state = WorkspaceState()
         handler = type("Handler", (_Handler,), {"state": self.state, "token": token})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)

@@ -1,11 +1,9 @@
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 from databricks.sdk.service.jobs import JobSettings, RunIf
 
-from mlflow_spark_tools.config import conf_dir
 from mlflow_spark_tools.errors import InvalidConfigError
 from mlflow_spark_tools.job_specs import (
     load_environment,
@@ -18,14 +16,6 @@ from mlflow_spark_tools.job_specs import (
 from mlflow_spark_tools.wheel_tasks import check_arguments
 
 ENVIRONMENTS = ("dev", "prod")
-
-
-@pytest.fixture
-def conf(tmp_path):
-    """A copy of the shipped conf/ to edit."""
-    target = tmp_path / "conf"
-    shutil.copytree(conf_dir(), target)
-    return target
 
 
 def edit(path: Path, change) -> None:
