@@ -572,6 +572,7 @@ def deploy_command(ctx: Context, env_name, dry_run, wheel, conf_dir, databricks_
     The jobs are rendered for the environment and checked against databricks-sdk's JobSettings,
     and every wheel task's entry point is checked against the wheel, before anything is sent.
     """
+    import tempfile
     from pathlib import Path
 
     from mlflow_spark_tools.deploy import deploy, plan, resolve_wheel, workspace_client
@@ -579,11 +580,12 @@ def deploy_command(ctx: Context, env_name, dry_run, wheel, conf_dir, databricks_
 
     conf = None if conf_dir is None else Path(conf_dir)
     environment = load_environment(env_name, conf)
-    built = resolve_wheel(wheel)
-    if dry_run:
-        click.echo(json.dumps([r.as_dict() for r in plan(environment, built, conf)], indent=2))
-        return
-    deploy(environment, built, workspace_client(environment, databricks_profile), conf, echo=click.echo)
+    with tempfile.TemporaryDirectory(prefix="mlflow-spark-tools-wheel-") as build_dir:
+        built = resolve_wheel(wheel, Path(build_dir))
+        if dry_run:
+            click.echo(json.dumps([r.as_dict() for r in plan(environment, built, conf)], indent=2))
+            return
+        deploy(environment, built, workspace_client(environment, databricks_profile), conf, echo=click.echo)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -138,16 +138,15 @@ def build_wheel(source: Path, out_dir: Path, isolated: bool = True) -> Path:
     return wheels[-1]
 
 
-def resolve_wheel(wheel: Path | str | None, out_dir: Path | None = None) -> Wheel:
-    """The given wheel, or one built from the checkout this package runs from."""
+def resolve_wheel(wheel: Path | str | None, out_dir: Path) -> Wheel:
+    """The given wheel, or one built into ``out_dir`` from the checkout this package runs from."""
     if wheel is not None:
         return Wheel.open(wheel)
     root = project_root()
     if root is None:
         raise UsageError("No --wheel given and this installation is not a source checkout to build "
                          "one from: pass --wheel dist/mlflow_spark_tools-<version>-py3-none-any.whl.")
-    target = Path(tempfile.mkdtemp(prefix="mlflow-spark-tools-wheel-")) if out_dir is None else out_dir
-    return Wheel.open(build_wheel(root, target))
+    return Wheel.open(build_wheel(root, out_dir))
 
 
 def check_entry_points(jobs: list[JobSpec], wheel: Wheel) -> None:
