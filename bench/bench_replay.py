@@ -42,18 +42,24 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 LOG_BATCH_LIMIT = 47.0
 
 
-def write_payloads(store: Path, closed_url: str, experiment_id: str, n: int) -> None:
-    """Deferred payloads, written by the collector against a proxy that lets nothing through."""
+def write_payloads(store: Path, closed_url: str, experiment_id: str, n: int, artifact_bytes: int = 0) -> None:
+    """Deferred payloads, written by the collector against a proxy that lets nothing through;
+    with ``artifact_bytes``, each logs one artifact file of that size."""
     from mlflow_spark_tools.collector import FailedRunCollector
 
     collector = FailedRunCollector(store, tracking_uri=closed_url, fail_fast_seconds=0)
-    for i in range(n):
-        with collector.start_run(experiment_id=experiment_id, run_name=f"run-{i:05d}") as run:
-            run.log_params({f"p{k}": f"{i}-{k}" for k in range(10)})
-            for step in range(10):
-                run.log_metrics({"loss": 1 / (step + 1), "acc": step / 10, "lr": 0.1}, step=step)
-            run.set_tags({f"t{k}": str(k) for k in range(5)})
-        assert run.status == "deferred", run.status
+    with tempfile.TemporaryDirectory() as tmp:
+        artifact = Path(tmp) / "report.bin"
+        for i in range(n):
+            with collector.start_run(experiment_id=experiment_id, run_name=f"run-{i:05d}") as run:
+                run.log_params({f"p{k}": f"{i}-{k}" for k in range(10)})
+                for step in range(10):
+                    run.log_metrics({"loss": 1 / (step + 1), "acc": step / 10, "lr": 0.1}, step=step)
+                run.set_tags({f"t{k}": str(k) for k in range(5)})
+                if artifact_bytes:
+                    artifact.write_bytes(os.urandom(artifact_bytes))
+                    run.log_artifact(str(artifact), "reports")
+            assert run.status == "deferred", run.status
 
 
 def payload_runs(store: Path) -> list[dict]:
@@ -138,6 +144,8 @@ def main() -> None:
                         help="Multiply the databricks limits (proxy and replayer) by this; below 1 "
                         "the limits bind before the local server's capacity does.")
     parser.add_argument("--only-ours", action="store_true", help="Skip the serial and naive baselines.")
+    parser.add_argument("--artifact-bytes", type=int, default=0,
+                        help="Each payload also logs one artifact file of this size (one more request).")
     parser.add_argument("--out", default=str(HERE.parent / "results" / "replay.json"))
     args = parser.parse_args()
     os.environ.pop("MLFLOW_SPARK_TOOLS_SIGNING_KEY", None)  # plain payloads, no models
@@ -177,7 +185,7 @@ def main() -> None:
                 pass
             master = root / "store"
             started = time.perf_counter()
-            write_payloads(master, closed_url, seed_experiment, args.payloads)
+            write_payloads(master, closed_url, seed_experiment, args.payloads, args.artifact_bytes)
             print(f"wrote {args.payloads} payloads in {time.perf_counter() - started:.1f}s", flush=True)
             runs = payload_runs(master)
             for rep in range(args.repetitions):
@@ -218,6 +226,7 @@ def main() -> None:
     report = {
         "payloads": args.payloads,
         "latency_ms": args.latency_ms,
+        "artifact_bytes": args.artifact_bytes,
         "scale": args.scale,
         "floor_payloads_per_second": floor,
         "median_payloads_per_second": {k: rate(k) for k in results},

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,7 @@ from mlflow_spark_tools.errors import (
 )
 from mlflow_spark_tools.output import FORMATS, format_rows, render_table
 from mlflow_spark_tools.rate_limit_errors import error_summary
+from mlflow_spark_tools.redaction import RedactingFormatter, redact
 
 log = logging.getLogger("mlflow_spark_tools")
 
@@ -56,7 +58,14 @@ class Context:
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(f"Error: {message}", err=True)
+    click.echo(f"Error: {redact(message)}", err=True)
+    sys.exit(code)
+
+
+def _fail_with_traceback(exc: BaseException, code: int) -> None:
+    """``--debug``: the traceback, with credentials masked as in every other output."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    click.echo(redact(text.rstrip()), err=True)
     sys.exit(code)
 
 
@@ -70,11 +79,11 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except MlflowSparkToolsError as exc:
             if ctx.debug:
-                raise
+                _fail_with_traceback(exc, exc.exit_code)
             _fail(str(exc), exc.exit_code)
         except Exception as exc:
             if ctx.debug:
-                raise
+                _fail_with_traceback(exc, EXIT_FAILURE)
             first = error_summary(exc, 500)
             _fail(f"{type(exc).__name__}: {first} (rerun with --debug for the traceback)", EXIT_FAILURE)
         finally:
@@ -94,10 +103,10 @@ class OneLineErrorGroup(click.Group):
             result = super().main(args, prog_name, complete_var, False, **extra)
         except click.UsageError as exc:
             command = f" {exc.ctx.command_path}" if exc.ctx is not None else ""
-            click.echo(f"Error: {exc.format_message()} (see{command} --help)", err=True)
+            click.echo(f"Error: {redact(exc.format_message())} (see{command} --help)", err=True)
             sys.exit(exc.exit_code)
         except click.ClickException as exc:
-            exc.show()
+            click.echo(f"Error: {redact(exc.format_message())}", err=True)
             sys.exit(exc.exit_code)
         except click.exceptions.Abort:
             click.echo("Aborted!", err=True)
@@ -127,9 +136,11 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.pass_context
 def cli(ctx, tracking_uri, remote, warehouse, database, profile, verbose, debug):
     """Spark-native MLflow tools: flattened experiment tables and the tools around them."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[handler],
     )
     injected = ctx.obj if isinstance(ctx.obj, dict) else {}
     try:

@@ -53,6 +53,7 @@ from mlflow_spark_tools.rate_limit_errors import (
     is_retryable,
 )
 from mlflow_spark_tools.ratelimit import RateLimiter, shared_limiter
+from mlflow_spark_tools.redaction import redact_uri
 from mlflow_spark_tools.tracking import ACTIVE_ONLY, ALL, search_runs_json
 
 log = logging.getLogger(__name__)
@@ -264,7 +265,7 @@ class RetryingClient:
 
         existing = self.get_experiment_by_name(name)
         if existing is None:
-            raise ExperimentNotFoundError(f"Experiment {name!r} does not exist on {self.tracking_uri}.")
+            raise ExperimentNotFoundError(f"Experiment {name!r} does not exist on {redact_uri(self.tracking_uri)}.")
         return str(existing.experiment_id)
 
     def run_ids_by_name(self, experiment_id: str, run_name: str) -> list[str]:
@@ -413,5 +414,5 @@ def get_run_or_fail(client: RetryingClient, run_id: str) -> Any:
         return client.get_run(run_id)
     except Exception as exc:
         if is_not_found(exc) or getattr(exc, "error_code", None) == "INVALID_PARAMETER_VALUE":
-            raise RunNotFoundError(f"Run {run_id!r} does not exist on {client.tracking_uri}.") from None
+            raise RunNotFoundError(f"Run {run_id!r} does not exist on {redact_uri(client.tracking_uri)}.") from None
         raise

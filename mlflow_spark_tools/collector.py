@@ -41,7 +41,9 @@ from typing import Any
 from mlflow_spark_tools.artifact_upload import upload_artifact
 from mlflow_spark_tools.failed_run_store import FORMAT, VERSION, FailedRunStore, new_payload_id
 from mlflow_spark_tools.paths import to_fuse_path
+from mlflow_spark_tools.payload_document import PAYLOAD_TAG, new_run_secret, payload_tag_value
 from mlflow_spark_tools.rate_limit_errors import RATE_LIMITED, TRANSIENT, classify, error_summary
+from mlflow_spark_tools.redaction import redact_uri
 from mlflow_spark_tools.run_data import (
     ARTIFACT,
     BATCH,
@@ -57,7 +59,7 @@ from mlflow_spark_tools.run_data import (
     tags_at_create,
 )
 from mlflow_spark_tools.signing import SigningKey, load_signing_key
-from mlflow_spark_tools.tracking_requests import PAYLOAD_TAG, RetryPolicy, TrackingRequests
+from mlflow_spark_tools.tracking_requests import RetryPolicy, TrackingRequests
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +120,10 @@ class BufferedRun:
         self._models: list[dict[str, Any]] = []
         self.run_id: str | None = None
         self._artifact_uri: str | None = None
-        # Chosen up front so that a run created by a request that timed out can be found by
-        # its tag when deferring transient errors (the request may have been applied).
+        # Chosen up front and set as the run's tag at create: a replay finds a run created by a
+        # request whose answer was lost by it, and checks that a run id in the payload is its own.
         self._reserved_payload_id = new_payload_id()
+        self._run_secret = new_run_secret()
         self.payload_id: str | None = None
         self.status: str | None = None
         self.set_tags(tags or {})
@@ -149,6 +152,8 @@ class BufferedRun:
 
     def set_tag(self, key: str, value: Any) -> None:
         key, text = check_tag(key, value)
+        if key == PAYLOAD_TAG:
+            raise ValueError(f"The tag {PAYLOAD_TAG} is set by the collector itself")
         self._tags[key] = text
 
     def set_tags(self, tags: dict[str, Any]) -> None:
@@ -215,9 +220,10 @@ class BufferedRun:
 
     def _execute(self, requests: TrackingRequests, run: RunData, chunks, kind: str, index: int) -> None:
         if kind == CREATE:
-            tags = tags_at_create(run)
-            if self._collector.defer_transient:
-                tags[PAYLOAD_TAG] = self._reserved_payload_id
+            # The mark that lets a replay prove this run is the payload's own before writing
+            # into it, and find it after a create whose answer was lost.
+            tags = {**tags_at_create(run),
+                    PAYLOAD_TAG: payload_tag_value(self._reserved_payload_id, self._run_secret)}
             info = requests.create_run(run.experiment_id, run.run_name, run.start_time, tags)
             self.run_id, self._artifact_uri = info["run_id"], info.get("artifact_uri")
         elif kind == BATCH:
@@ -272,7 +278,7 @@ class FailedRunCollector:
         self.storm_cooldown_seconds = float(storm_cooldown_seconds)
 
     def __repr__(self) -> str:
-        return f"FailedRunCollector({self.store_path!r}, tracking_uri={self.tracking_uri!r})"
+        return f"FailedRunCollector({self.store_path!r}, tracking_uri={redact_uri(self.tracking_uri)!r})"
 
     @contextmanager
     def start_run(self, experiment_id: str | None = None, experiment_name: str | None = None,
@@ -303,7 +309,11 @@ class FailedRunCollector:
 
     def _defer(self, run: BufferedRun, data: RunData, ops: list[tuple[str, int]], done: int,
                exc: BaseException) -> str:
-        store = FailedRunStore(self.store_path).ensure()
+        with FailedRunStore(self.store_path) as store:
+            return self._write_payload(store, run, data, ops, done, exc)
+
+    def _write_payload(self, store: FailedRunStore, run: BufferedRun, data: RunData, ops: list[tuple[str, int]],
+                       done: int, exc: BaseException) -> str:
         payload_id = run._reserved_payload_id
         key: SigningKey | None = load_signing_key(self._signing_key)
         artifact_done = {i for kind, i in ops[:done] if kind == ARTIFACT}
@@ -314,7 +324,7 @@ class FailedRunCollector:
                                      "name": os.path.basename(os.path.normpath(local_path)), "file": None}
             if i not in artifact_done:
                 entry["file"] = f"artifacts/{i}/{entry['name']}"
-                store.copy_into(payload_id, Path(local_path), entry["file"])
+                entry["manifest"] = [list(row) for row in store.copy_into(payload_id, Path(local_path), entry["file"])]
             artifacts.append(entry)
         models = []
         for i, m in enumerate(run._models):
@@ -338,6 +348,7 @@ class FailedRunCollector:
             "reason": f"{classify(exc)}: {error_summary(exc, 500)}",
             "experiment_name": run._experiment_name,
             "run_id": run.run_id,
+            "run_secret": run._run_secret,
             "artifact_uri": run._artifact_uri,
             "ops_done": done,
             "run": data.to_json(),

@@ -18,6 +18,8 @@ import yaml
 from mlflow_spark_tools.endpoints import OPERATION_CLASSES
 from mlflow_spark_tools.errors import InvalidConfigError
 from mlflow_spark_tools.identifiers import validate_database
+from mlflow_spark_tools.payload_document import ReplayLimits
+from mlflow_spark_tools.redaction import redact_uri
 
 CONF_ENV = "MLFLOW_SPARK_TOOLS_CONF"
 ENV_OVERRIDES = {
@@ -252,6 +254,25 @@ class ClientConfig:
 
 
 @dataclass(frozen=True)
+class ReplayConfig:
+    """The replay job: how large a payload may be before it is refused unread."""
+
+    limits: ReplayLimits = field(default_factory=ReplayLimits)
+
+    def __post_init__(self) -> None:
+        limits = self.limits
+        if isinstance(limits, Mapping):
+            known = {f.name for f in dataclasses.fields(ReplayLimits)}
+            unknown = sorted(set(limits) - known)
+            if unknown:
+                raise InvalidConfigError(f"Unknown keys replay.limits.{unknown[0]}; known: {', '.join(sorted(known))}.")
+            limits = ReplayLimits(**limits)
+        if not isinstance(limits, ReplayLimits):
+            raise InvalidConfigError("replay.limits must be a mapping.")
+        object.__setattr__(self, "limits", limits)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything a command needs to know before it starts."""
 
@@ -260,9 +281,17 @@ class Settings:
     engine: EngineConfig = field(default_factory=EngineConfig)
     tables: TablesConfig = field(default_factory=TablesConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
 
     def profile(self) -> RateLimitProfile:
         return RateLimitProfile.load(self.rate_limit_profile)
+
+    def __repr__(self) -> str:
+        # the tracking URI may carry user:password@
+        uri = None if self.tracking_uri is None else redact_uri(self.tracking_uri)
+        return (f"Settings(tracking_uri={uri!r}, "
+                f"rate_limit_profile={self.rate_limit_profile!r}, engine={self.engine!r}, "
+                f"tables={self.tables!r}, client={self.client!r}, replay={self.replay!r})")
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with flag values applied; keys are ``section__field`` or top-level names.
@@ -310,6 +339,7 @@ def _from_dict(data: Mapping[str, Any]) -> Settings:
             engine=EngineConfig(**data.get("engine", {})),
             tables=TablesConfig(**data.get("tables", {})),
             client=ClientConfig(**data.get("client", {})),
+            replay=ReplayConfig(**data.get("replay", {})),
         )
     except TypeError as exc:
         raise InvalidConfigError(f"Invalid configuration: {exc}") from None

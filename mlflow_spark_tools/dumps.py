@@ -19,6 +19,7 @@ from mlflow_spark_tools.client import RetryingClient, get_run_or_fail
 from mlflow_spark_tools.errors import ExperimentNotFoundError, UsageError
 from mlflow_spark_tools.output import json_value
 from mlflow_spark_tools.rate_limit_errors import is_not_found
+from mlflow_spark_tools.redaction import redact_uri
 from mlflow_spark_tools.tracking import ALL
 
 FORMATS = ("json", "yaml", "text")
@@ -143,14 +144,14 @@ def resolve_experiment(client: RetryingClient, experiment_id: str | None, name: 
     if name is not None:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
-            raise ExperimentNotFoundError(f"Experiment {name!r} does not exist on {client.tracking_uri}.")
+            raise ExperimentNotFoundError(f"Experiment {name!r} does not exist on {redact_uri(client.tracking_uri)}.")
         return experiment
     try:
         return client.get_experiment(experiment_id)
     except Exception as exc:
         if is_not_found(exc) or getattr(exc, "error_code", None) == "INVALID_PARAMETER_VALUE":
             raise ExperimentNotFoundError(
-                f"Experiment id {experiment_id!r} does not exist on {client.tracking_uri}.") from None
+                f"Experiment id {experiment_id!r} does not exist on {redact_uri(client.tracking_uri)}.") from None
         raise
 
 

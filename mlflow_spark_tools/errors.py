@@ -34,6 +34,10 @@ class RunNotFoundError(UsageError):
     """A run id or name does not exist on the tracking server."""
 
 
+class InvalidStoreError(UsageError):
+    """The failed-run store cannot be used safely (a folder replaced by a link, for example)."""
+
+
 class TrackingServerError(MlflowSparkToolsError):
     """The tracking server could not be reached or answered with an error."""
 

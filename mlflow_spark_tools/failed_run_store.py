@@ -14,6 +14,13 @@ the document is written under ``tmp/`` and renamed into ``pending/``. Every stat
 the rename of one file, which is atomic on local disks and on the DBFS and Volumes fuse mounts,
 so two replayers can never both claim a document: the second rename finds no source.
 
+The store is shared storage that other users can write, so it is read as untrusted: its
+folders are opened once, without following links, and every rename, listing and file access
+happens relative to those handles (a folder swapped for a link later redirects nothing);
+names that are not payload ids or claims of this package are never used as paths; documents
+are opened without following links and refused unread above a size limit; a reason file is
+never overwritten (the first reason keeps its name, later ones are numbered).
+
 Payload ids hold the time, the host, the process and 12 random bytes: collision-free across
 thousands of tasks on many hosts. Run documents are JSON; only models are pickled, and those
 blobs carry an HMAC signature (:mod:`mlflow_spark_tools.signing`).
@@ -21,24 +28,39 @@ blobs carry an HMAC signature (:mod:`mlflow_spark_tools.signing`).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
-import shutil
 import socket
+import stat
+import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlflow_spark_tools.errors import InvalidStoreError
 from mlflow_spark_tools.paths import to_fuse_path
+from mlflow_spark_tools.payload_document import PayloadError
+from mlflow_spark_tools.payload_files import (
+    FILE_FLAGS,
+    ManifestRow,
+    PayloadFolder,
+    copy_tree_hashed,
+    open_dir,
+)
 
 FORMAT = "mlflow-spark-tools/failed-run"
 VERSION = 1
 STATES = ("pending", "claimed", "done", "failed")
-_ID = re.compile(r"^[0-9]{13}-[A-Za-z0-9_.-]{1,64}-[0-9]{1,10}-[0-9a-f]{24}$")
+FOLDERS = (*STATES, "data", "tmp")
+_ID = re.compile(r"[0-9]{13}-[A-Za-z0-9_.-]{1,64}-[0-9]{1,10}-[0-9a-f]{24}", re.ASCII)
+_OWNER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,80}", re.ASCII)
 _OWNER = re.compile(r"[^A-Za-z0-9_.-]")
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_MAX_REASON_FILES = 1000
 
 
 def new_payload_id() -> str:
@@ -48,7 +70,7 @@ def new_payload_id() -> str:
 
 
 def is_payload_id(text: str) -> bool:
-    return bool(_ID.match(text))
+    return isinstance(text, str) and _ID.fullmatch(text) is not None
 
 
 def new_owner() -> str:
@@ -57,13 +79,59 @@ def new_owner() -> str:
     return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def _write_json_atomic(path: Path, data: Any, tmp_dir: Path) -> None:
-    tmp = tmp_dir / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, allow_nan=True, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _claim_parts(entry: str) -> tuple[str, str] | None:
+    """(payload id, owner) of a well-formed claim file name, else None."""
+    if not entry.endswith(".json") or "@" not in entry:
+        return None
+    payload_id, owner = entry[:-5].split("@", 1)
+    if not is_payload_id(payload_id) or not _OWNER_NAME.fullmatch(owner) or owner in (".", ".."):
+        return None
+    return payload_id, owner
+
+
+def parse_document(data: bytes) -> dict[str, Any]:
+    """A run document from its bytes; raises ``ValueError`` naming what is wrong."""
+    try:
+        document = json.loads(data)
+    except UnicodeDecodeError:
+        raise ValueError("not a text file") from None
+    except RecursionError:
+        raise ValueError("not a run document: nested too deeply") from None
+    except ValueError as exc:
+        raise ValueError(f"not valid JSON (corrupt or truncated): {exc}") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise ValueError("not a failed-run document of this package (foreign file)")
+    version = document.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version > VERSION or version < 1:
+        raise ValueError(f"format version {str(version)[:20]} is not supported (this reader: {VERSION})")
+    return document
+
+
+class DocumentFile:
+    """An open run document: its size is known before its bytes are read, and no more bytes
+    than that size are ever read (a file that grows or is swapped meanwhile is refused)."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        self._file = os.fdopen(fd, "rb")
+        self.size = size
+
+    def read(self, max_bytes: int | None = None) -> dict[str, Any]:
+        if max_bytes is not None and self.size > max_bytes:
+            raise ValueError(f"over the limits: the document holds {self.size} bytes, the limit is "
+                             f"{max_bytes} (replay.limits.max_document_bytes)")
+        data = self._file.read(self.size + 1)
+        if len(data) > self.size:
+            raise ValueError("the document grew while it was read")
+        return parse_document(data)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> DocumentFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @dataclass(frozen=True)
@@ -78,38 +146,98 @@ class Claim:
 class FailedRunStore:
     """The folders of a failed-run store; see the module docstring.
 
+    Use it as a context manager, or call :meth:`close`, to release the folder handles.
+
     Args:
         root: a local, ``/dbfs/...``, ``dbfs:/...`` or ``/Volumes/...`` directory.
     """
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(to_fuse_path(os.fspath(root)))
+        self._fds: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     def ensure(self) -> FailedRunStore:
-        for name in (*STATES, "data", "tmp"):
-            (self.root / name).mkdir(parents=True, exist_ok=True)
+        """Create the folders that are missing and open every folder without following links.
+
+        Raises:
+            InvalidStoreError: a folder of the store is a link or not a directory.
+        """
+        with self._lock:
+            if self._fds:
+                return self
+            self.root.mkdir(parents=True, exist_ok=True)
+            # the root is the operator's choice and may be a link; what is below it is not
+            root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
+            fds: dict[str, int] = {}
+            try:
+                for name in FOLDERS:
+                    try:
+                        os.mkdir(name, 0o755, dir_fd=root_fd)
+                    except FileExistsError:
+                        pass
+                    fds[name] = open_dir(name, root_fd, f"{name}/")
+            except PayloadError as exc:
+                for fd in fds.values():
+                    os.close(fd)
+                raise InvalidStoreError(
+                    f"The failed-run store {self.root} is not safe to use: {exc}. Only this package "
+                    "writes its folders; remove what replaced the folder and run again."
+                ) from None
+            finally:
+                os.close(root_fd)
+            self._fds = fds
         return self
 
+    def close(self) -> None:
+        with self._lock:
+            fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            os.close(fd)
+
+    def __enter__(self) -> FailedRunStore:
+        return self.ensure()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _fd(self, folder: str) -> int:
+        return self.ensure()._fds[folder]
+
+    def _exists(self) -> bool:
+        return bool(self._fds) or self.root.is_dir()
+
     def data_dir(self, payload_id: str) -> Path:
+        """The path of a payload's data folder (for display and for the collector's writes)."""
+        if not is_payload_id(payload_id):
+            raise ValueError(f"{payload_id[:80]!r} is not a payload id")
         return self.root / "data" / payload_id
 
-    # ---- writing ---------------------------------------------------------------------
+    def payload_folder(self, payload_id: str, create: bool = False) -> PayloadFolder | None:
+        """A payload's data folder held open without following links; None if it is missing."""
+        if not is_payload_id(payload_id):
+            raise ValueError(f"{payload_id[:80]!r} is not a payload id")
+        return PayloadFolder.open(self._fd("data"), payload_id, create=create)
+
+    # ---- writing (the collector) ---------------------------------------------------------
 
     def publish(self, payload_id: str, document: dict[str, Any]) -> Path:
         """Make a payload visible in ``pending`` (its data files must be written already)."""
-        self.ensure()
-        path = self.root / "pending" / f"{payload_id}.json"
-        _write_json_atomic(path, document, self.root / "tmp")
-        return path
+        name = f"{payload_id}.json"
+        self._write_json(self._fd("tmp"), name, document, self._fd("pending"))
+        return self.root / "pending" / name
 
-    def copy_into(self, payload_id: str, source: Path, relative: str) -> None:
-        """Copy a file or directory into the payload's data folder, streaming (no full read)."""
+    def copy_into(self, payload_id: str, source: Path, relative: str) -> list[ManifestRow]:
+        """Copy a file or directory into the payload's data folder; returns its manifest."""
         target = self.data_dir(payload_id) / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, dirs_exist_ok=True)
-        else:
-            shutil.copyfile(source, target)
+        return copy_tree_hashed(source, target)
 
     def write_blob(self, payload_id: str, relative: str, data: bytes) -> None:
         target = self.data_dir(payload_id) / relative
@@ -119,144 +247,268 @@ class FailedRunStore:
             f.flush()
             os.fsync(f.fileno())
 
+    def _write_json(self, tmp_fd: int, name: str, data: Any, target_fd: int, exclusive: bool = False) -> bool:
+        """Write ``name`` into the folder of ``target_fd`` atomically; with ``exclusive`` only if
+        no file of that name exists (False then)."""
+        tmp = f".{name}.{uuid.uuid4().hex}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC, 0o644, dir_fd=tmp_fd)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f, allow_nan=True, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            if not exclusive:
+                os.replace(tmp, name, src_dir_fd=tmp_fd, dst_dir_fd=target_fd)
+                return True
+            return _link_first(tmp, name, tmp_fd, target_fd, data)
+        finally:
+            try:
+                os.unlink(tmp, dir_fd=tmp_fd)
+            except FileNotFoundError:
+                pass
+
     # ---- listing and claiming ----------------------------------------------------------
+
+    def _entries(self, state: str) -> list[str]:
+        if not self._exists():
+            return []
+        return os.listdir(self._fd(state))
 
     def ids(self, state: str) -> list[str]:
         """Payload ids in a state, oldest first (ids start with their creation time)."""
-        folder = self.root / state
-        if not folder.is_dir():
-            return []
         out = []
-        for entry in os.listdir(folder):
-            if entry.endswith(".json") and not entry.endswith(".reason.json"):
-                out.append(entry[:-5].split("@", 1)[0])
+        for entry in self._entries(state):
+            if state == "claimed":
+                parts = _claim_parts(entry)
+                if parts is not None:
+                    out.append(parts[0])
+            elif entry.endswith(".json") and is_payload_id(entry[:-5]):
+                out.append(entry[:-5])
         return sorted(out)
 
     def claims(self) -> list[tuple[Claim, float]]:
-        """Every claimed document with the time of its owner's last heartbeat."""
-        folder = self.root / "claimed"
-        if not folder.is_dir():
-            return []
+        """Every well-formed claim with the time of its owner's last heartbeat."""
         out = []
-        for entry in os.listdir(folder):
-            if not entry.endswith(".json") or "@" not in entry:
+        folder = self.root / "claimed"
+        for entry in self._entries("claimed"):
+            parts = _claim_parts(entry)
+            if parts is None:
                 continue
-            payload_id, owner = entry[:-5].split("@", 1)
-            path = folder / entry
             try:
-                out.append((Claim(payload_id, owner, path), path.stat().st_mtime))
+                mtime = os.stat(entry, dir_fd=self._fd("claimed"), follow_symlinks=False).st_mtime
             except FileNotFoundError:
                 continue
+            out.append((Claim(parts[0], parts[1], folder / entry), mtime))
         return out
 
     def claim(self, payload_id: str, owner: str) -> Claim | None:
         """Take a pending payload; None if another replayer took it first."""
-        return self._rename_to_claim(self.root / "pending" / f"{payload_id}.json", payload_id, owner)
+        return self._rename_to_claim("pending", f"{payload_id}.json", payload_id, owner)
 
     def take_over(self, stale: Claim, owner: str) -> Claim | None:
         """Take a claim whose lease expired; None if someone else did first."""
-        return self._rename_to_claim(stale.path, stale.payload_id, owner)
+        return self._rename_to_claim("claimed", stale.path.name, stale.payload_id, owner)
 
-    def _rename_to_claim(self, source: Path, payload_id: str, owner: str) -> Claim | None:
+    def _rename_to_claim(self, state: str, source: str, payload_id: str, owner: str) -> Claim | None:
         """One rename decides who holds a payload; the winner's lease starts now."""
-        target = self.root / "claimed" / f"{payload_id}@{owner}.json"
+        if not is_payload_id(payload_id) or not _OWNER_NAME.fullmatch(owner):
+            raise ValueError(f"not a claim of a payload: {payload_id[:80]!r}@{owner[:80]!r}")
+        target = f"{payload_id}@{owner}.json"
+        claimed = self._fd("claimed")
+        if _exists(target, claimed):
+            return None  # a rename would replace it: never two holds of one name
         try:
-            os.rename(source, target)
+            os.rename(source, target, src_dir_fd=self._fd(state), dst_dir_fd=claimed)
         except FileNotFoundError:
             return None
-        os.utime(target)
-        return Claim(payload_id, owner, target)
+        self._touch(target)
+        return Claim(payload_id, owner, self.root / "claimed" / target)
 
-    def holds(self, claim: Claim) -> bool:
-        """Whether the claim is still this owner's (no one took the lease over)."""
-        return claim.path.exists()
-
-    def heartbeat(self, claim: Claim) -> bool:
-        """Renew the lease; False when it was lost."""
+    def _touch(self, name: str) -> bool:
         try:
-            os.utime(claim.path)
+            os.utime(name, dir_fd=self._fd("claimed"), follow_symlinks=False)
             return True
         except FileNotFoundError:
             return False
 
-    def release(self, claim: Claim) -> None:
-        """Give a payload back to ``pending`` (for example after too many 429s)."""
+    def is_done(self, payload_id: str) -> bool:
+        """Whether ``done/`` holds a document of this payload."""
+        return _exists(f"{payload_id}.json", self._fd("done"))
+
+    def holds(self, claim: Claim) -> bool:
+        """Whether the claim is still this owner's (no one took the lease over)."""
         try:
-            os.rename(claim.path, self.root / "pending" / f"{claim.payload_id}.json")
+            os.stat(claim.path.name, dir_fd=self._fd("claimed"), follow_symlinks=False)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def heartbeat(self, claim: Claim) -> bool:
+        """Renew the lease; False when it was lost."""
+        return self._touch(claim.path.name)
+
+    def release(self, claim: Claim) -> None:
+        """Give a payload back to ``pending`` (for example after a crash of its replay)."""
+        try:
+            os.rename(claim.path.name, f"{claim.payload_id}.json",
+                      src_dir_fd=self._fd("claimed"), dst_dir_fd=self._fd("pending"))
         except FileNotFoundError:
             pass
 
+    def foreign_files(self, state: str = "pending") -> list[Path]:
+        """Entries of ``pending`` or ``claimed`` that are not documents or claims of this package
+        (by name): never replayed, never used as paths."""
+        out = []
+        for entry in sorted(self._entries(state)):
+            if state == "claimed":
+                known = _claim_parts(entry) is not None
+            else:
+                known = entry.endswith(".json") and is_payload_id(entry[:-5])
+            if not known and not entry.startswith(".nfs"):
+                out.append(self.root / state / entry)
+        return out
+
     # ---- reading ---------------------------------------------------------------------
 
-    def read_document(self, path: Path) -> dict[str, Any]:
-        """Parse a run document; raises ``ValueError`` naming what is wrong."""
+    def open_document(self, path: Path) -> DocumentFile:
+        """A run document opened without following a link, with its size known before it is read.
+
+        Raises:
+            FileNotFoundError: the document is gone (another replayer moved it).
+            ValueError: a link, not a regular file, or a file with other hard links.
+        """
+        state = path.parent.name
+        dir_fd = self._fd(state) if state in STATES and path.parent == self.root / state else None
         try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"not valid JSON (corrupt or truncated): {exc}") from None
-        except UnicodeDecodeError:
-            raise ValueError("not a text file") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ValueError("not a failed-run document of this package (foreign file)")
-        version = data.get("version")
-        if not isinstance(version, int) or version > VERSION or version < 1:
-            raise ValueError(f"format version {version!r} is not supported (this reader: {VERSION})")
-        return data
+            fd = os.open(path.name if dir_fd is not None else str(path), FILE_FLAGS, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ValueError("the document is a symbolic link, not a file") from None
+            if exc.errno in (errno.ENXIO, errno.ENODEV):
+                raise ValueError("the document is not a regular file") from None
+            raise
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+            os.close(fd)
+            raise ValueError("the document is not a regular file" if not stat.S_ISREG(info.st_mode)
+                             else "the document has other hard links: not a file this package wrote")
+        return DocumentFile(fd, info.st_size)
+
+    def read_document(self, path: Path, max_bytes: int | None = None) -> dict[str, Any]:
+        """Parse a run document (see :meth:`open_document`); raises ``ValueError`` naming what is
+        wrong (over ``max_bytes``, corrupt, foreign, newer version)."""
+        with self.open_document(path) as document:
+            return document.read(max_bytes)
 
     def read_progress(self, payload_id: str) -> dict[str, Any]:
-        path = self.data_dir(payload_id) / "progress.json"
-        try:
-            with open(path, encoding="utf-8") as f:
-                return json.load(f)
-        except FileNotFoundError:
+        """The replay checkpoint of a payload ({} if none).
+
+        Raises:
+            PayloadError: the folder or the file is a link, special, too large or not JSON.
+        """
+        folder = self.payload_folder(payload_id)
+        if folder is None:
             return {}
+        with folder:
+            return folder.read_json("progress.json") or {}
 
     def write_progress(self, payload_id: str, progress: dict[str, Any]) -> None:
-        """Checkpoint replay progress (atomic replace)."""
-        folder = self.data_dir(payload_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.ensure()
-        _write_json_atomic(folder / "progress.json", progress, self.root / "tmp")
+        """Checkpoint replay progress (atomic replace, never through a link)."""
+        folder = self.payload_folder(payload_id, create=True)
+        assert folder is not None
+        with folder:
+            folder.write_json("progress.json", progress)
+
+    def result(self, payload_id: str) -> dict[str, Any] | None:
+        """What the replay of a payload recorded (its run id), or None."""
+        if not self._exists():
+            return None
+        try:
+            folder = self.payload_folder(payload_id)
+        except PayloadError:
+            return None
+        if folder is None:
+            return None
+        with folder:
+            try:
+                return folder.read_json("result.json")
+            except PayloadError:
+                return None
 
     # ---- finishing -------------------------------------------------------------------
 
     def finish(self, claim: Claim, result: dict[str, Any]) -> bool:
         """Move a replayed payload to ``done`` with its result; False if the lease was lost."""
-        self.ensure()
-        _write_json_atomic(self.data_dir(claim.payload_id) / "result.json", result, self.root / "tmp")
+        if not self.holds(claim):
+            return False
+        folder = self.payload_folder(claim.payload_id, create=True)
+        assert folder is not None
+        with folder:
+            folder.write_json("result.json", result)
         try:
-            os.rename(claim.path, self.root / "done" / f"{claim.payload_id}.json")
+            os.rename(claim.path.name, f"{claim.payload_id}.json",
+                      src_dir_fd=self._fd("claimed"), dst_dir_fd=self._fd("done"))
             return True
         except FileNotFoundError:
             return False
 
-    def quarantine(self, path: Path, payload_id: str, reason: str, details: dict[str, Any] | None = None) -> None:
-        """Move a document that cannot be replayed to ``failed`` with a reason file."""
-        self.ensure()
-        name = payload_id if is_payload_id(payload_id) else f"foreign-{uuid.uuid4().hex[:12]}-{_OWNER.sub('_', payload_id)[:80]}"
+    def quarantine(self, path: Path, payload_id: str, reason: str, details: dict[str, Any] | None = None) -> bool:
+        """Move a document that cannot be replayed to ``failed`` and write its reason file.
+
+        The document moves first: if it is gone (another replayer took the claim over) nothing
+        is written and False comes back. The reason file of a payload quarantined before keeps
+        its content; the new reason goes to ``<id>.reason.<n>.json``.
+        """
+        state = path.parent.name
+        if state not in STATES or path.parent != self.root / state:
+            raise ValueError(f"{path} is not in a folder of this store")
+        if is_payload_id(payload_id):
+            name = payload_id
+        else:
+            name = f"foreign-{uuid.uuid4().hex[:12]}-{_OWNER.sub('_', payload_id)[:80]}"
+        failed = self._fd("failed")
+        document = f"{name}.json"
+        if _exists(document, failed):  # quarantined before: keep that file as it is
+            document = f"{name}.{uuid.uuid4().hex[:8]}.json"
+        try:
+            os.rename(path.name, document, src_dir_fd=self._fd(state), dst_dir_fd=failed)
+        except FileNotFoundError:
+            return False
         reason_doc = {"payload_id": payload_id, "reason": reason, "at": int(time.time() * 1000),
-                      "source": path.name, **(details or {})}
-        _write_json_atomic(self.root / "failed" / f"{name}.reason.json", reason_doc, self.root / "tmp")
-        try:
-            os.rename(path, self.root / "failed" / f"{name}.json")
-        except FileNotFoundError:
-            pass
+                      "source": path.name, "document": document, **(details or {})}
+        for n in range(1, _MAX_REASON_FILES + 1):
+            target = f"{name}.reason.json" if n == 1 else f"{name}.reason.{n}.json"
+            if self._write_json(failed, target, reason_doc, failed, exclusive=True):
+                return True
+        return True
 
-    def result(self, payload_id: str) -> dict[str, Any] | None:
-        path = self.data_dir(payload_id) / "result.json"
-        try:
-            with open(path, encoding="utf-8") as f:
-                return json.load(f)
-        except FileNotFoundError:
-            return None
 
-    def foreign_files(self) -> list[Path]:
-        """Files in ``pending`` that are not run documents of this package (by name)."""
-        folder = self.root / "pending"
-        if not folder.is_dir():
-            return []
-        return [
-            folder / e for e in sorted(os.listdir(folder))
-            if not (e.endswith(".json") and is_payload_id(e[:-5]))
-        ]
+def _exists(name: str, dir_fd: int) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _link_first(tmp: str, name: str, tmp_fd: int, target_fd: int, data: Any) -> bool:
+    """Give the written ``tmp`` the name ``name`` only if no file has it: a hard link is atomic
+    and first-wins; where links are not supported (some fuse mounts) an exclusive create is."""
+    try:
+        os.link(tmp, name, src_dir_fd=tmp_fd, dst_dir_fd=target_fd, follow_symlinks=False)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV):
+            raise
+    try:
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC, 0o644, dir_fd=target_fd)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f, allow_nan=True, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    return True
+

@@ -23,6 +23,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+from mlflow_spark_tools.redaction import redact
+
 RATE_LIMITED, TRANSIENT, PERMANENT = "rate_limited", "transient", "permanent"
 
 RATE_LIMIT_CODES = frozenset({"REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED", "TOO_MANY_REQUESTS"})
@@ -55,7 +57,6 @@ _TRANSIENT_TYPE_NAMES = frozenset(
     }
 )
 _MAX_CHAIN = 32
-_CREDENTIALS_IN_URL = re.compile(r"(?<=//)[^/@\s]+@")
 
 
 def exception_chain(exc: BaseException) -> Iterator[BaseException]:
@@ -147,7 +148,25 @@ def error_summary(exc: BaseException, limit: int = 300) -> str:
     """The first line of an error (its type if it has no text), without the credentials a URL
     in it may carry: what logs, reasons and one-line messages show."""
     text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return _CREDENTIALS_IN_URL.sub("***@", text)[:limit]
+    return redact(text)[:limit]
+
+
+_REMOTE_TYPE_NAMES = frozenset({"MlflowException", "RestException", "RequestException", "HTTPError",
+                                "HTTPException", "DatabricksError", "ClientError", "BotoCoreError",
+                                "AzureError", "GoogleAPICallError"})
+
+
+def is_remote_error(exc: BaseException) -> bool:
+    """Whether an error came from talking to a server (the tracking server, an artifact store):
+    an MLflow, HTTP-library or cloud-SDK error, or a connection error or timeout anywhere in
+    the chain. Everything else is a local error (a bug, a full disk, an unreadable file) and
+    must not be reported as the server's refusal."""
+    for e in exception_chain(exc):
+        if isinstance(e, _TRANSIENT_TYPES):
+            return True
+        if {cls.__name__ for cls in type(e).__mro__} & (_REMOTE_TYPE_NAMES | _TRANSIENT_TYPE_NAMES):
+            return True
+    return False
 
 
 def is_not_found(exc: BaseException) -> bool:

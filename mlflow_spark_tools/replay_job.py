@@ -65,7 +65,8 @@ def run_replay_job(settings: Settings, options: ReplayOptions, engine: Engine | 
                     "quarantined as unsigned unless --trust-unsigned is given")
     replayer = Replayer(options.replay_dir, tracking_uri, settings.profile(),
                         max_workers=options.max_workers, lease_seconds=options.lease_seconds,
-                        signing_key=key, trust_unsigned=options.trust_unsigned)
+                        signing_key=key, trust_unsigned=options.trust_unsigned,
+                        limits=settings.replay.limits)
     ledger = _Ledger(settings, engine) if options.ledger else None
     try:
         if options.mode == ONCE:
@@ -79,6 +80,7 @@ def run_replay_job(settings: Settings, options: ReplayOptions, engine: Engine | 
         partial = summary.failed or summary.pending or "ledger_error" in ledger_report
         return EXIT_PARTIAL if partial else EXIT_OK
     finally:
+        replayer.close()
         if ledger is not None:
             ledger.close()
 

@@ -125,8 +125,8 @@ class RunData:
                 status=str(data.get("status") or "FINISHED"),
                 end_time=None if data.get("end_time") is None else int(data["end_time"]),
             )
-        except (TypeError, ValueError, KeyError) as exc:
-            raise RunDataError(f"malformed run data: {exc}") from None
+        except (TypeError, ValueError, KeyError, OverflowError) as exc:
+            raise RunDataError(f"malformed run data: {str(exc)[:200]}") from None
         run.validate()
         return run
 

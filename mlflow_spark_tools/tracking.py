@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from mlflow_spark_tools.errors import ExperimentNotFoundError, TrackingServerError
 from mlflow_spark_tools.rate_limit_errors import error_summary, is_not_found
 from mlflow_spark_tools.ratelimit import RateLimiter
+from mlflow_spark_tools.redaction import redact_uri
 
 if TYPE_CHECKING:
     from mlflow_spark_tools.config import ClientConfig
@@ -73,7 +74,7 @@ class TrackingSource:
             if is_not_found(exc) or _is_usage_error(exc):
                 raise
             raise TrackingServerError(
-                f"Tracking server {self.tracking_uri} failed to {what}: {error_summary(exc, 500)}"
+                f"Tracking server {redact_uri(self.tracking_uri)} failed to {what}: {error_summary(exc, 500)}"
             ) from exc
 
     def experiment_by_id(self, experiment_id: str) -> ExperimentInfo:
@@ -85,7 +86,7 @@ class TrackingSource:
         except Exception as exc:
             if is_not_found(exc) or _is_usage_error(exc):
                 raise ExperimentNotFoundError(
-                    f"Experiment id {experiment_id!r} does not exist on {self.tracking_uri}."
+                    f"Experiment id {experiment_id!r} does not exist on {redact_uri(self.tracking_uri)}."
                 ) from None
             raise
         return _experiment_info(exp)
@@ -95,7 +96,7 @@ class TrackingSource:
                          self.client.mlflow.get_experiment_by_name, name)
         if exp is None:
             raise ExperimentNotFoundError(
-                f"Experiment {name!r} does not exist on {self.tracking_uri}."
+                f"Experiment {name!r} does not exist on {redact_uri(self.tracking_uri)}."
             )
         return _experiment_info(exp)
 
@@ -134,12 +135,12 @@ class TrackingSource:
         except Exception as exc:
             if is_not_found(exc):
                 raise ExperimentNotFoundError(
-                    f"Experiment id {experiment_id!r} does not exist on {self.tracking_uri}."
+                    f"Experiment id {experiment_id!r} does not exist on {redact_uri(self.tracking_uri)}."
                 ) from None
             if _is_usage_error(exc):
                 raise
             raise TrackingServerError(
-                f"Tracking server {self.tracking_uri} failed to search runs: {error_summary(exc, 500)}"
+                f"Tracking server {redact_uri(self.tracking_uri)} failed to search runs: {error_summary(exc, 500)}"
             ) from exc
 
     def iter_pages(

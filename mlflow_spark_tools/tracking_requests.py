@@ -20,13 +20,14 @@ from typing import Any
 
 import tenacity
 
+from mlflow_spark_tools.payload_document import PAYLOAD_TAG
 from mlflow_spark_tools.rate_limit_errors import is_rate_limited, is_retryable
+from mlflow_spark_tools.redaction import redact_uri
 from mlflow_spark_tools.run_data import metric_value_json
 
 log = logging.getLogger(__name__)
 
 API = "/api/2.0/mlflow"
-PAYLOAD_TAG = "mlflow_spark_tools.payload_id"
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class TrackingRequests:
         store = _get_store(tracking_uri)
         if not hasattr(store, "get_host_creds"):
             raise ValueError(
-                f"Tracking URI {tracking_uri!r} is not served over REST; the collector and the "
+                f"Tracking URI {redact_uri(tracking_uri)!r} is not served over REST; the collector and the "
                 "replayer need a tracking server (http(s)://... or databricks)."
             )
         self.tracking_uri = tracking_uri
@@ -216,11 +217,14 @@ class TrackingRequests:
         return self.call("other", "/experiments/get-by-name", "GET",
                          {"experiment_name": name})["experiment"]["experiment_id"]
 
-    def run_with_payload_tag(self, experiment_id: str, payload_id: str) -> str | None:
-        """The run a previous replay created for a payload, if any (found by its tag)."""
+    def run_with_payload_tag(self, experiment_id: str, tag_value: str) -> str | None:
+        """The run a previous replay created for a payload, if any (found by the value of its
+        :data:`PAYLOAD_TAG`: a payload id, or a payload id and a hex digest, never quotes)."""
+        if not all(c.isalnum() or c in "-_.:" for c in tag_value):
+            raise ValueError(f"not a payload tag value: {tag_value[:80]!r}")
         found = self.call("search_runs", "/runs/search", "POST", {
             "experiment_ids": [str(experiment_id)],
-            "filter": f"tags.`{PAYLOAD_TAG}` = '{payload_id}'",
+            "filter": f"tags.`{PAYLOAD_TAG}` = '{tag_value}'",
             "run_view_type": "ALL",
             "max_results": 2,
         }).get("runs", [])

@@ -12,9 +12,9 @@ from mlflow_spark_tools.cli import cli
 from mlflow_spark_tools.collector import DEFERRED, LOGGED, FailedRunCollector
 from mlflow_spark_tools.config import RateLimitProfile
 from mlflow_spark_tools.failed_run_store import FailedRunStore
+from mlflow_spark_tools.payload_document import PAYLOAD_TAG
 from mlflow_spark_tools.replay import Replayer
 from mlflow_spark_tools.signing import load_signing_key
-from mlflow_spark_tools.tracking_requests import PAYLOAD_TAG
 
 from .run_content import assert_model_loads, assert_run_complete, log_sample_run, runs_by_index
 
@@ -135,9 +135,13 @@ def test_replay_command_prints_a_summary_and_writes_the_ledger(make_proxy, clien
         assert client.get_run(row["run_id"]).data.params["solver"] == "lbfgs"
     runs = runs_by_index(client, experiment)
     assert all(len(runs[i]) == 1 for i in range(4))
-    # the runs created by the replay carry the payload tag; the others do not
-    tagged = {r.data.tags.get(PAYLOAD_TAG) for i in range(4) for r in runs[i]} - {None}
-    assert tagged <= set(payloads)
+    # every run carries the payload tag: a deferred run its payload's id, a logged one the id
+    # its collector reserved for it
+    for i, (_, _, payload_id) in enumerate(results):
+        tag = runs[i][0].data.tags.get(PAYLOAD_TAG)
+        assert tag is not None
+        tag_payload, token = tag.split(":")
+        assert len(token) == 32 and (tag_payload == payload_id if payload_id else tag_payload not in payloads)
 
 
 def test_replay_usage_errors_exit_2(settings, engine, tmp_path):

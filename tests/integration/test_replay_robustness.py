@@ -10,11 +10,8 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
-import pytest
-
-from mlflow_spark_tools.collector import DEFERRED, FailedRunCollector
+from mlflow_spark_tools.collector import DEFERRED, FailedRunCollector, canonical_json
 from mlflow_spark_tools.config import RateLimitProfile
 from mlflow_spark_tools.failed_run_store import FailedRunStore
 from mlflow_spark_tools.replay import Replayer
@@ -23,21 +20,6 @@ from mlflow_spark_tools.signing import SigningKey
 from .run_content import assert_model_loads, assert_run_complete, log_sample_run, runs_by_index
 
 UNLIMITED = RateLimitProfile.load("unlimited")
-
-
-@pytest.fixture
-def closed_proxy(make_proxy):
-    """A proxy that lets (almost) nothing through: every run a collector writes is deferred."""
-    proxy = make_proxy({"other": 0.001, "log_batch": 0.001, "search_runs": 0.001,
-                        "experiment_management": 0.001})
-    for path in ("runs/create", "runs/log-batch", "runs/search", "experiments/create"):
-        request = urllib.request.Request(f"{proxy.url}/api/2.0/mlflow/{path}", data=b"{}",
-                                         headers={"Content-Type": "application/json"})
-        try:
-            urllib.request.urlopen(request, timeout=10).close()  # spends the one token
-        except Exception:
-            pass
-    return proxy
 
 
 def _defer(closed_proxy, store_path, experiment, indices, with_model=False, signing_key=None):
@@ -63,63 +45,65 @@ def test_bad_payloads_are_quarantined_with_reasons(closed_proxy, tracking_server
                                                    tmp_path, signing_key):
     store_path = tmp_path / "store"
     store = FailedRunStore(store_path)
-    # every payload is signed with the key from the environment; the edits below that are not
-    # about signatures drop the document signature, as a collector without a key writes them
-    signed = _defer(closed_proxy, store_path, experiment, range(0, 4), with_model=True)
-    unsigned = _defer(closed_proxy, store_path, experiment, range(4, 10), with_model=True)
+    # every payload is signed with the key from the environment; the edits below sign the
+    # document again (as a writer holding the key would), except the ones about signatures
+    key = SigningKey(signing_key)
+    ids = _defer(closed_proxy, store_path, experiment, range(11), with_model=True)
     pending = store.root / "pending"
 
-    def doc(payload_id):
-        return json.loads((pending / f"{payload_id}.json").read_text())
+    def doc(i):
+        return json.loads((pending / f"{ids[i]}.json").read_text())
 
-    def put(payload_id, document):
-        (pending / f"{payload_id}.json").write_text(json.dumps(document))
+    def put(i, document, sign=True):
+        if sign:
+            document["signature"] = key.sign(canonical_json(document))
+        (pending / f"{ids[i]}.json").write_text(json.dumps(document))
 
     reasons = {}
     # corrupt: not JSON
-    (pending / f"{signed[0]}.json").write_text('{"format": "mlflow-spark-tools/failed-run", "run": {')
-    reasons[signed[0]] = "not valid JSON"
+    (pending / f"{ids[0]}.json").write_text('{"format": "mlflow-spark-tools/failed-run", "run": {')
+    reasons[0] = "not valid JSON"
     # truncated: the artifact copy is gone
-    d = doc(signed[1])
-    os.remove(store.data_dir(signed[1]) / d["artifacts"][0]["file"])
-    reasons[signed[1]] = "truncated"
+    os.remove(store.data_dir(ids[1]) / doc(1)["artifacts"][0]["file"])
+    reasons[1] = "truncated"
     # tampered: a param changed after signing
-    d = doc(signed[2])
+    d = doc(2)
     d["run"]["params"]["solver"] = "evil"
-    put(signed[2], d)
-    reasons[signed[2]] = "signature does not verify"
+    put(2, d, sign=False)
+    reasons[2] = "signature does not verify"
     # the model blob replaced by another pickle (checksum and signature no longer match)
-    d = doc(unsigned[4])
-    (store.data_dir(unsigned[4]) / d["models"][0]["blob"]).write_bytes(b"\x80\x04K\x01.")
-    reasons[unsigned[4]] = "corrupt or truncated"
-    # unsigned model blob
-    d = doc(unsigned[5])
+    (store.data_dir(ids[4]) / doc(4)["models"][0]["blob"]).write_bytes(b"\x80\x04K\x01.")
+    reasons[4] = "corrupt or truncated"
+    # the document signature removed
+    d = doc(5)
     d.pop("signature")
-    d["models"][0]["signature"] = None
-    put(unsigned[5], d)
-    reasons[unsigned[5]] = "unsigned"
+    put(5, d, sign=False)
+    reasons[5] = "document is not signed"
     # newer format version
-    d = doc(unsigned[6])
-    d.pop("signature")
+    d = doc(6)
     d["version"] = 99
-    put(unsigned[6], d)
-    reasons[unsigned[6]] = "version"
+    put(6, d)
+    reasons[6] = "version"
     # over MLflow's limits: a 6001-character param value
-    d = doc(unsigned[7])
-    d.pop("signature")
+    d = doc(7)
     d["run"]["params"]["solver"] = "x" * 6001
-    put(unsigned[7], d)
-    reasons[unsigned[7]] = "6000"
+    put(7, d)
+    reasons[7] = "6000"
     # unknown experiment
-    d = doc(unsigned[8])
-    d.pop("signature")
+    d = doc(8)
     d["run"]["experiment_id"] = "987654321"
-    put(unsigned[8], d)
-    reasons[unsigned[8]] = "unknown experiment"
+    put(8, d)
+    reasons[8] = "unknown experiment"
+    # unsigned model blob in a signed document
+    d = doc(10)
+    d["models"][0]["signature"] = None
+    put(10, d)
+    reasons[10] = "model blob models/0.pkl is unsigned"
     # foreign files
     (pending / "notes.txt").write_text("hello")
     (pending / "1700000000000-host-1-0123456789abcdef01234567.json").write_text('{"format": "other"}')
-    good = [signed[3], unsigned[9]]
+    good = [ids[3], ids[9]]
+    reasons = {ids[i]: reason for i, reason in reasons.items()}
 
     command, env = _replay_cli(store_path, tracking_server.url, "--until-empty")
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
@@ -152,7 +136,8 @@ def test_unsigned_models_replay_only_when_trusted(closed_proxy, tracking_server,
     assert replayer.run().failed == 1
     store = FailedRunStore(store_path)
     (failed_id,) = store.ids("failed")
-    assert "unsigned" in json.loads((store.root / "failed" / f"{failed_id}.reason.json").read_text())["reason"]
+    reason = json.loads((store.root / "failed" / f"{failed_id}.reason.json").read_text())["reason"]
+    assert reason.startswith("document is not signed")
     # an operator who trusts the directory moves it back and replays with --trust-unsigned
     os.rename(store.root / "failed" / f"{failed_id}.json", store.root / "pending" / f"{failed_id}.json")
     trusting = Replayer(str(store_path), tracking_server.url, UNLIMITED, trust_unsigned=True)

@@ -197,8 +197,9 @@ def test_bad_input_gets_one_line_and_exit_code_2(settings, client, experiment, t
 
 def test_debug_shows_the_traceback_and_paths_prints_both_forms(settings):
     result = invoke(settings, "--debug", "dump-run", "--run-id", "0" * 32)
-    assert result.exit_code != 0 and result.exception is not None
-    assert type(result.exception).__name__ == "RunNotFoundError"
+    assert result.exit_code == 2
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "RunNotFoundError: Run '" + "0" * 32 + "' does not exist" in result.stderr
     out = json.loads(invoke(settings, "paths", "dbfs:/ml/x", "/Volumes/c/s/v/f", "--format", "json").stdout)
     assert out == [
         {"path": "dbfs:/ml/x", "kind": "dbfs", "fuse_path": "/dbfs/ml/x", "uri": "dbfs:/ml/x"},

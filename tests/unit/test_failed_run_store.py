@@ -84,3 +84,88 @@ def test_store_takes_dbfs_and_volumes_paths():
     for bad in ("s3://bucket/x", "/Volumes/main", "dbfs:/ml/../x"):
         with pytest.raises(UsageError):
             FailedRunStore(bad)
+
+
+def test_a_store_folder_replaced_by_a_link_is_refused(tmp_path):
+    from mlflow_spark_tools.errors import InvalidStoreError
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    root = tmp_path / "store"
+    root.mkdir()
+    (root / "failed").symlink_to(elsewhere)
+    with pytest.raises(InvalidStoreError, match="failed/ is a symbolic link"):
+        FailedRunStore(root).ensure()
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_folders_are_held_open_so_a_later_swap_redirects_nothing(tmp_path):
+    store = FailedRunStore(tmp_path / "store").ensure()
+    pid = new_payload_id()
+    store.publish(pid, _doc(pid))
+    claim = store.claim(pid, "a")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.rename(tmp_path / "store" / "failed", tmp_path / "store" / "failed-moved")
+    (tmp_path / "store" / "failed").symlink_to(elsewhere)
+    assert store.quarantine(claim.path, pid, "bad")
+    assert list(elsewhere.iterdir()) == []
+    assert sorted(os.listdir(tmp_path / "store" / "failed-moved")) == [f"{pid}.json", f"{pid}.reason.json"]
+
+
+def test_claims_and_ids_take_only_well_formed_names(tmp_path):
+    store = FailedRunStore(tmp_path).ensure()
+    pid = new_payload_id()
+    for name in ("..@x.json", f"{pid}@.json", "notes@x.json"):
+        (tmp_path / "claimed" / name).write_text("{}")
+    (tmp_path / "claimed" / f"{pid}@owner-1.json").write_text("{}")
+    assert [c.payload_id for c, _ in store.claims()] == [pid] and store.ids("claimed") == [pid]
+    foreign = sorted(p.name for p in store.foreign_files("claimed"))
+    assert foreign == sorted(["..@x.json", f"{pid}@.json", "notes@x.json"])
+    with pytest.raises(ValueError):
+        store.data_dir("..")
+
+
+def test_documents_are_not_followed_through_links_nor_read_over_the_limit(tmp_path):
+    store = FailedRunStore(tmp_path / "store").ensure()
+    pid = new_payload_id()
+    outside = tmp_path / "doc.json"
+    outside.write_text(json.dumps(_doc(pid)))
+    link = tmp_path / "store" / "pending" / f"{pid}.json"
+    link.symlink_to(outside)
+    with pytest.raises(ValueError, match="symbolic link"):
+        store.read_document(link)
+    link.unlink()
+    link.write_text(json.dumps(_doc(pid)) + " " * 5000)
+    with pytest.raises(ValueError, match="over the limits"):
+        store.read_document(link, max_bytes=1000)
+    link.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        store.read_document(link)
+
+
+def test_progress_is_never_written_through_a_linked_payload_folder(tmp_path):
+    from mlflow_spark_tools.payload_document import PayloadError
+
+    store = FailedRunStore(tmp_path / "store").ensure()
+    pid = new_payload_id()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "store" / "data" / pid).symlink_to(elsewhere)
+    with pytest.raises(PayloadError, match="symbolic link"):
+        store.write_progress(pid, {"ops_done": 1})
+    with pytest.raises(PayloadError, match="symbolic link"):
+        store.read_progress(pid)
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_reason_files_are_numbered_never_overwritten(tmp_path):
+    store = FailedRunStore(tmp_path).ensure()
+    pid = new_payload_id()
+    for reason in ("first", "second", "third"):
+        store.publish(pid, _doc(pid))
+        assert store.quarantine(tmp_path / "pending" / f"{pid}.json", pid, reason)
+    read = [json.loads((tmp_path / "failed" / name).read_text())["reason"]
+            for name in (f"{pid}.reason.json", f"{pid}.reason.2.json", f"{pid}.reason.3.json")]
+    assert read == ["first", "second", "third"]
+    assert store.quarantine(tmp_path / "pending" / f"{pid}.json", pid, "gone") is False

@@ -1,0 +1,632 @@
+"""Payloads an attacker with write access to the store would write, against a real server.
+
+Each case asserts its quarantine reason; every test also asserts what must never happen:
+a file outside the payload read (the planted secret found anywhere in the server's artifact
+store), a write outside the payload's own run (the victim run unchanged), a file written
+outside the store (the attacker's directory unchanged), or the replayer stopping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from mlflow_spark_tools.collector import DEFERRED, FailedRunCollector, canonical_json
+from mlflow_spark_tools.config import RateLimitProfile
+from mlflow_spark_tools.failed_run_store import FailedRunStore
+from mlflow_spark_tools.payload_document import PAYLOAD_TAG, ReplayLimits
+from mlflow_spark_tools.replay import LOST, Replayer
+from mlflow_spark_tools.signing import KEY_ENV, SigningKey
+
+from .run_content import assert_run_complete, log_sample_run, runs_by_index
+
+UNLIMITED = RateLimitProfile.load("unlimited")
+
+
+@pytest.fixture
+def secret(tmp_path):
+    """A directory outside the store holding a file the replay identity can read."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    value = f"TOP-SECRET-{uuid.uuid4().hex}"
+    (outside / "secret.txt").write_text(value)
+    return outside, value
+
+
+@pytest.fixture
+def victim(client):
+    """A finished run in another experiment, with a param, a metric and an artifact; returns
+    its id and a function that snapshots everything an attacker would like to change."""
+    experiment = client.create_experiment(f"victim-{uuid.uuid4().hex[:8]}")
+    run = client.create_run(experiment, run_name="victim")
+    client.log_param(run.info.run_id, "lr", "0.1")
+    client.log_metric(run.info.run_id, "loss", 0.5, step=1)
+    with open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"victim-{uuid.uuid4().hex}.txt"), "w") as f:
+        f.write("victim artifact")
+    client.log_artifact(run.info.run_id, f.name, "files")
+    os.remove(f.name)
+    client.set_terminated(run.info.run_id, "FINISHED")
+
+    def snapshot():
+        r = client.get_run(run.info.run_id)
+        history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss")]
+        listing = [(a.path, a.file_size) for a in client.list_artifacts(run.info.run_id)]
+        listing += [(a.path, a.file_size) for a in client.list_artifacts(run.info.run_id, "files")]
+        return r.info.status, r.info.end_time, r.data.params, r.data.tags, history, sorted(listing)
+
+    return run.info.run_id, run.info.artifact_uri, snapshot
+
+
+def _defer(closed_proxy, store_path, experiment, n, with_model=False, signing_key=None):
+    collector = FailedRunCollector(store_path, tracking_uri=closed_proxy.url, fail_fast_seconds=0.3,
+                                   signing_key=signing_key)
+    ids = []
+    for i in range(n):
+        status, run_id, payload_id = log_sample_run(collector, experiment, i, with_model=with_model)
+        assert status == DEFERRED and run_id is None
+        ids.append(payload_id)
+    return ids
+
+
+class Payloads:
+    """Read and rewrite the payloads of a store as an attacker would."""
+
+    def __init__(self, store_path: Path, ids: list[str], key: SigningKey | None = None) -> None:
+        self.store = FailedRunStore(store_path)
+        self.ids = ids
+        self.key = key
+
+    def path(self, i: int) -> Path:
+        return self.store.root / "pending" / f"{self.ids[i]}.json"
+
+    def doc(self, i: int) -> dict:
+        return json.loads(self.path(i).read_text())
+
+    def put(self, i: int, document: dict, sign: bool = False) -> None:
+        document.pop("signature", None)
+        if sign:
+            document["signature"] = self.key.sign(canonical_json(document))
+        self.path(i).write_text(json.dumps(document))
+
+    def data(self, i: int) -> Path:
+        return self.store.root / "data" / self.ids[i]
+
+    def reason(self, i: int) -> str:
+        return json.loads((self.store.root / "failed" / f"{self.ids[i]}.reason.json").read_text())["reason"]
+
+
+def _replay_in_thread(replayer: Replayer, timeout: float = 240.0):
+    """One pass; fails instead of hanging if a payload blocks the replayer (a FIFO, say)."""
+    out = {}
+    thread = threading.Thread(target=lambda: out.setdefault("summary", replayer.run()), daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), "the replayer hung on a payload"
+    return out["summary"]
+
+
+def _secret_leaked(tracking_server, value: str) -> list[str]:
+    """Files of the server's artifact store that hold the secret."""
+    hits = []
+    for directory, _, names in os.walk(tracking_server.root / "artifacts"):
+        for name in names:
+            path = os.path.join(directory, name)
+            with open(path, "rb") as f:
+                if value.encode() in f.read():
+                    hits.append(path)
+    return hits
+
+
+def test_unsigned_store_payloads_cannot_read_or_redirect(closed_proxy, tracking_server, client, experiment,
+                                                         tmp_path, secret, victim, monkeypatch):
+    """No signing key anywhere: the replay still refuses every file reference outside the
+    payload and every run it did not create."""
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    outside, value = secret
+    victim_id, victim_artifact_uri, victim_snapshot = victim
+    before = victim_snapshot()
+    store_path = tmp_path / "store"
+    p = Payloads(store_path, _defer(closed_proxy, store_path, experiment, 24))
+    other = _defer(closed_proxy, tmp_path / "other-store", experiment, 1, with_model=True,
+                   signing_key=SigningKey("k" * 32))
+    other_blob = tmp_path / "other-store" / "data" / other[0] / "models" / "0.pkl"
+    expected: dict[int, str] = {}
+
+    def artifact(i):
+        return p.data(i) / "artifacts" / "0" / "report.txt"
+
+    # 0: an absolute path to a file of the replay host
+    d = p.doc(0)
+    d["artifacts"][0]["file"] = str(outside / "secret.txt")
+    p.put(0, d)
+    expected[0] = "is not the collector's artifacts/0/report.txt"
+    # 1: '..' out of the payload folder
+    d = p.doc(1)
+    d["artifacts"][0]["file"] = "../../../outside/secret.txt"
+    p.put(1, d)
+    expected[1] = "is not the collector's"
+    # 2: the artifact copy replaced by a link to the secret
+    artifact(2).unlink()
+    artifact(2).symlink_to(outside / "secret.txt")
+    expected[2] = "artifacts/0/report.txt is a symbolic link"
+    # 3: a folder on the way replaced by a link to a folder laid out like the payload
+    decoy = outside / "decoy3" / "0"
+    decoy.mkdir(parents=True)
+    shutil.copy(outside / "secret.txt", decoy / "report.txt")
+    shutil.rmtree(p.data(3) / "artifacts")
+    (p.data(3) / "artifacts").symlink_to(outside / "decoy3")
+    expected[3] = "artifacts is a symbolic link"
+    # 4: the payload folder itself a link (reads, and progress.json / result.json writes)
+    (outside / "decoy4" / "artifacts" / "0").mkdir(parents=True)
+    shutil.copy(outside / "secret.txt", outside / "decoy4" / "artifacts" / "0" / "report.txt")
+    shutil.rmtree(p.data(4))
+    p.data(4).symlink_to(outside / "decoy4")
+    expected[4] = f"data/{p.ids[4]} is a symbolic link"
+    # 5: a directory where the document says a file
+    artifact(5).unlink()
+    artifact(5).mkdir()
+    shutil.copy(outside / "secret.txt", artifact(5) / "secret.txt")
+    expected[5] = "is a directory where the document says a file"
+    # 6: a directory artifact with a link deep inside it
+    d = p.doc(6)
+    d["artifacts"][0].update(name="bundle", is_dir=True, file="artifacts/0/bundle", manifest=None)
+    p.put(6, d)
+    (p.data(6) / "artifacts" / "0" / "bundle" / "sub").mkdir(parents=True)
+    (p.data(6) / "artifacts" / "0" / "bundle" / "ok.txt").write_text("fine")
+    (p.data(6) / "artifacts" / "0" / "bundle" / "sub" / "leak.txt").symlink_to(outside / "secret.txt")
+    expected[6] = "bundle/sub/leak.txt is a symbolic link"
+    # 7: a FIFO: opening it for reading would block the replayer forever
+    artifact(7).unlink()
+    os.mkfifo(artifact(7))
+    expected[7] = "is not a regular file"
+    # 8: a hard link to the secret (looks like a regular file)
+    artifact(8).unlink()
+    os.link(outside / "secret.txt", artifact(8))
+    expected[8] = "has other hard links"
+    # 9: another payload's signed model blob named by its absolute path
+    d = p.doc(9)
+    d["models"] = [{"artifact_path": "model", "flavor": "sklearn", "blob": str(other_blob),
+                    "sha256": "0" * 64, "signature": None}]
+    p.put(9, d)
+    expected[9] = "is not the collector's models/0.pkl"
+    # 10: the victim's run id, as if the collector had created it
+    d = p.doc(10)
+    d.update(run_id=victim_id, ops_done=1)
+    p.put(10, d)
+    expected[10] = f"run_id {victim_id} names a run this payload did not create"
+    # 11: the victim's run id in the replay checkpoint
+    (p.data(11) / "progress.json").write_text(json.dumps({"run_id": victim_id, "ops_done": 1, "attempts": 1}))
+    expected[11] = "names a run this payload did not create"
+    # 12: the artifact path climbs into the victim's artifacts
+    d = p.doc(12)
+    exp_id = client.get_run(victim_id).info.experiment_id
+    d["artifacts"][0]["artifact_path"] = f"../../{exp_id}/{victim_id}/artifacts/files"
+    p.put(12, d)
+    expected[12] = "must be relative, without '..'"
+    # 13: the tag that marks a payload's run, set to another payload's id
+    d = p.doc(13)
+    d["run"]["tags"][PAYLOAD_TAG] = p.ids[14]
+    p.put(13, d)
+    expected[13] = f"the tag {PAYLOAD_TAG} is reserved"
+    # 14: ops_done far beyond the run's requests
+    d = p.doc(14)
+    d.update(run_id=None, ops_done=99999)
+    p.put(14, d)
+    expected[14] = "ops_done must be an integer from 0 to"
+    # 15: a status MLflow does not know
+    d = p.doc(15)
+    d["run"]["status"] = "PWNED"
+    p.put(15, d)
+    expected[15] = "run status 'PWNED' is not one of FINISHED, FAILED, KILLED"
+    # 16: a run id that is a path
+    d = p.doc(16)
+    d.update(run_id="../../x", ops_done=1)
+    p.put(16, d)
+    expected[16] = "is not a run id"
+    # 17: the pending document a link to a valid document outside the store
+    d = p.doc(17)
+    (outside / "doc17.json").write_text(json.dumps(d))
+    p.path(17).unlink()
+    p.path(17).symlink_to(outside / "doc17.json")
+    expected[17] = "the document is a symbolic link"
+    # 18: JSON nested too deeply for the parser
+    p.path(18).write_text("[" * 200_000 + "]" * 200_000)
+    expected[18] = "nested too deeply"
+    # 19: the victim's artifact URI in the document: ignored, the server's URI is used
+    d = p.doc(19)
+    d["artifact_uri"] = victim_artifact_uri
+    p.put(19, d)
+    # 20: the artifact name with a separator
+    d = p.doc(20)
+    d["artifacts"][0].update(name="../report.txt", file="artifacts/0/../report.txt")
+    p.put(20, d)
+    expected[20] = "is not a single file name"
+    # 21: an artifact path that is a URI of another store
+    d = p.doc(21)
+    d["artifacts"][0]["artifact_path"] = "s3://bucket/x"
+    p.put(21, d)
+    expected[21] = "must be relative"
+    # 22: a stale claim whose name is not a claim (it would have been replayed as id '..')
+    (p.store.root / "claimed" / "..@x.json").write_text(json.dumps(p.doc(22)))
+    # 23: untouched
+    good = [19, 22, 23]
+
+    listing_before = sorted(str(q.relative_to(outside)) for q in outside.rglob("*"))
+    replayer = Replayer(str(store_path), tracking_server.url, UNLIMITED, max_workers=4)
+    summary = _replay_in_thread(replayer)
+    for i, reason in expected.items():
+        assert reason in p.reason(i), (i, p.reason(i))
+    assert summary.failed == len(expected) + 1  # the foreign claim too
+    assert summary.replayed == len(good)
+    foreign = [json.loads(f.read_text()) for f in (p.store.root / "failed").glob("foreign-*.reason.json")]
+    assert [r["source"] for r in foreign] == ["..@x.json"] and "not a claim" in foreign[0]["reason"]
+    assert not (p.store.root / "progress.json").exists() and not (p.store.root / "result.json").exists()
+    # nothing read outside the payloads, nothing written outside the store or the runs
+    assert _secret_leaked(tracking_server, value) == []
+    assert sorted(str(q.relative_to(outside)) for q in outside.rglob("*")) == listing_before
+    assert victim_snapshot() == before
+    runs = runs_by_index(client, experiment)
+    assert sorted(runs) == sorted(good)  # no run was even created for a refused payload
+    for i in good:
+        assert len(runs[i]) == 1
+        assert_run_complete(client, runs[i][0], i, with_model=False)
+    assert runs[19][0].info.artifact_uri != victim_artifact_uri
+
+
+def test_with_a_key_only_the_collectors_own_documents_and_files_replay(
+        closed_proxy, tracking_server, client, experiment, tmp_path, secret, victim, signing_key):
+    """With a signing key the attacker cannot sign: every edit of a document, of the files it
+    names or of the replay checkpoint is caught."""
+    outside, value = secret
+    victim_id, _, victim_snapshot = victim
+    before = victim_snapshot()
+    key = SigningKey(signing_key)
+    store_path = tmp_path / "store"
+    p = Payloads(store_path, _defer(closed_proxy, store_path, experiment, 8, with_model=True), key)
+    expected: dict[int, str] = {}
+    # 0: signature removed, run id and artifact path pointed at the victim
+    d = p.doc(0)
+    d.update(run_id=victim_id, ops_done=1)
+    d["artifacts"][0]["artifact_path"] = "files"
+    p.put(0, d)
+    expected[0] = "document is not signed"
+    # 1: the artifact's bytes replaced by as many other bytes (name, type and document untouched)
+    report = p.data(1) / "artifacts" / "0" / "report.txt"
+    report.write_bytes(value.encode().ljust(report.stat().st_size, b"#")[: report.stat().st_size])
+    expected[1] = "artifacts/0/report.txt: the file changed after it was collected"
+    # 7: a sparse gigabyte where the collector copied a few hundred bytes: refused unread
+    with open(p.data(7) / "artifacts" / "0" / "report.txt", "r+b") as f:
+        f.truncate(1 << 30)
+    expected[7] = "artifacts/0/report.txt changed after it was collected"
+    # 2: another payload's signed model blob copied over this one's, document edited to match
+    shutil.copy(p.data(3) / "models" / "0.pkl", p.data(2) / "models" / "0.pkl")
+    d = p.doc(2)
+    d["models"][0].update(p.doc(3)["models"][0])
+    p.put(2, d)
+    expected[2] = "document is not signed"
+    # 4: the checkpoint names the victim's run
+    (p.data(4) / "progress.json").write_text(json.dumps({"run_id": victim_id, "ops_done": 1, "attempts": 1}))
+    expected[4] = "progress.json is not signed by this replay's key"
+    # 5: a document signed with another key
+    d = p.doc(5)
+    d["signature"] = SigningKey("another key of 32 bytes or more..").sign(canonical_json(d))
+    p.path(5).write_text(json.dumps(d))
+    expected[5] = "signature does not verify"
+    # 6: a file added to the payload's artifact folder is not uploaded: only what the manifest names
+    (p.data(6) / "artifacts" / "0" / "extra.txt").write_text(value)
+    good = [3, 6]
+
+    summary = _replay_in_thread(Replayer(str(store_path), tracking_server.url, UNLIMITED, max_workers=4,
+                                         signing_key=key))
+    for i, reason in expected.items():
+        assert reason in p.reason(i), (i, p.reason(i))
+    assert summary.failed == len(expected) and summary.replayed == len(good)
+    assert _secret_leaked(tracking_server, value) == []
+    assert victim_snapshot() == before
+    runs = runs_by_index(client, experiment)
+    assert sorted(runs) == good
+    for i in good:
+        assert_run_complete(client, runs[i][0], i)
+
+
+def test_payloads_over_the_limits_are_refused_unread(closed_proxy, tracking_server, client, experiment,
+                                                     tmp_path, monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    store_path = tmp_path / "store"
+    p = Payloads(store_path, _defer(closed_proxy, store_path, experiment, 9))
+    limits = ReplayLimits(max_document_bytes=20_000, max_params=5, max_tags=5, max_metric_points=20,
+                          max_artifacts=2, max_files=3, max_artifact_bytes=5_000, max_model_bytes=100)
+    expected = {}
+    # 0: a document over the size limit (not even JSON: the reason proves it was never parsed)
+    p.path(0).write_text("x" * 30_000)
+    expected[0] = "the document holds 30000 bytes, the limit is 20000 (replay.limits.max_document_bytes)"
+    d = p.doc(1)
+    d["run"]["metrics"] *= 3
+    p.put(1, d)
+    expected[1] = "metric points, the limit is 20 (replay.limits.max_metric_points)"
+    d = p.doc(2)
+    d["run"]["params"].update({f"p{k}": "v" for k in range(5)})
+    p.put(2, d)
+    expected[2] = "8 params, the limit is 5"
+    d = p.doc(3)
+    d["run"]["tags"].update({f"t{k}": "v" for k in range(5)})
+    p.put(3, d)
+    expected[3] = "tags, the limit is 5"
+    d = p.doc(4)
+    d["artifacts"] *= 3
+    p.put(4, d)
+    expected[4] = "3 artifacts and models, the limit is 2"
+    d = p.doc(5)
+    d["artifacts"][0]["manifest"] = None  # a document without digests: the byte budget alone holds it
+    p.put(5, d)
+    (p.data(5) / "artifacts" / "0" / "report.txt").write_text("y" * 6_000)
+    expected[5] = "replay.limits.max_artifact_bytes"
+    d = p.doc(6)
+    d["artifacts"][0].update(name="many", is_dir=True, file="artifacts/0/many", manifest=None)
+    p.put(6, d)
+    (p.data(6) / "artifacts" / "0" / "many").mkdir()
+    for k in range(5):
+        (p.data(6) / "artifacts" / "0" / "many" / f"{k}.txt").write_text("z")
+    expected[6] = "too many files"
+    d = p.doc(7)
+    d["models"] = [{"artifact_path": "model", "flavor": "sklearn", "blob": "models/0.pkl",
+                    "sha256": "0" * 64, "signature": None}]
+    p.put(7, d)
+    (p.data(7) / "models").mkdir()
+    (p.data(7) / "models" / "0.pkl").write_bytes(b"\x80" * 500)
+    expected[7] = "models/0.pkl holds 500 bytes, the limit is 100"
+    summary = Replayer(str(store_path), tracking_server.url, UNLIMITED, max_workers=4, limits=limits,
+                       trust_unsigned=True).run()
+    for i, reason in expected.items():
+        assert reason in p.reason(i), (i, p.reason(i))
+    assert summary.failed == len(expected) and summary.replayed == 1  # payload 8 is within the limits
+    assert sorted(runs_by_index(client, experiment)) == [8]
+
+
+def test_a_claim_taken_over_is_lost_not_failed(closed_proxy, tracking_server, experiment, tmp_path, monkeypatch):
+    """The replayer that lost a claim to another writes no reason and counts it as lost."""
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    store_path = tmp_path / "store"
+    (pid,) = _defer(closed_proxy, store_path, experiment, 1)
+    replayer = Replayer(str(store_path), tracking_server.url, UNLIMITED)
+    claim = replayer.store.claim(pid, replayer.owner)
+    taken = replayer.store.take_over(claim, "another-replayer")  # its lease expired meanwhile
+    assert taken is not None
+    assert replayer._replay_claim_outcome(claim) == LOST
+    assert replayer.store.ids("failed") == [] and list((store_path / "failed").iterdir()) == []
+    assert replayer.store.ids("claimed") == [pid]
+
+
+def test_queued_claims_keep_their_lease(closed_proxy, make_proxy, tracking_server, client, experiment, tmp_path,
+                                        monkeypatch):
+    """Claims waiting for a worker are heartbeated: a second replayer with the same lease
+    does not take them over, so no payload is replayed by one and quarantined by the other."""
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    n = 6
+    store_path = tmp_path / "store"
+    _defer(closed_proxy, store_path, experiment, n)
+    slow = make_proxy(latency_ms=200)  # about 1 s per payload: the second claim waits past the lease
+    first = Replayer(str(store_path), slow.url, UNLIMITED, max_workers=1, lease_seconds=0.5)
+    done = {}
+    thread = threading.Thread(target=lambda: done.setdefault("first", first.run()))
+    thread.start()
+    time.sleep(1.5)
+    second = Replayer(str(store_path), tracking_server.url, UNLIMITED, max_workers=2, lease_seconds=0.5)
+    summaries = [second.run()]
+    thread.join(120)
+    summaries.append(done["first"])
+    assert sum(s.failed for s in summaries) == 0, [s.as_dict() for s in summaries]
+    assert sum(s.replayed for s in summaries) == n
+    assert list((store_path / "failed").iterdir()) == []
+    runs = runs_by_index(client, experiment)
+    assert sorted(runs) == list(range(n)) and all(len(runs[i]) == 1 for i in range(n))
+
+
+def test_local_errors_are_named_as_local(closed_proxy, tracking_server, client, experiment, tmp_path,
+                                         monkeypatch):
+    """A bug or a failed local step is not reported as the tracking server's refusal; a local
+    I/O error gives the payload back instead of quarantining it."""
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    store_path = tmp_path / "store"
+    p = Payloads(store_path, _defer(closed_proxy, store_path, experiment, 2))
+    import mlflow_spark_tools.replay as replay_module
+
+    calls = {"n": 0}
+
+    def broken_upload(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise AttributeError("'NoneType' object has no attribute 'read'")
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(replay_module, "upload_artifact", broken_upload)
+    summary = Replayer(str(store_path), tracking_server.url, UNLIMITED, max_workers=1).run()
+    assert summary.failed == 1 and summary.released == 1
+    (failed,) = p.store.ids("failed")
+    reason = json.loads((p.store.root / "failed" / f"{failed}.reason.json").read_text())["reason"]
+    assert reason.startswith("local error while replaying (not a refusal of the tracking server): AttributeError")
+    assert "refused" not in reason.split(":")[0]
+    assert len(p.store.ids("pending")) == 1  # the I/O error: back to pending, retried next pass
+
+
+def test_a_reason_file_is_never_overwritten(closed_proxy, tracking_server, experiment, tmp_path, monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    store_path = tmp_path / "store"
+    p = Payloads(store_path, _defer(closed_proxy, store_path, experiment, 1))
+    d = p.doc(0)
+    d["run"]["status"] = "PWNED"
+    p.put(0, d)
+    Replayer(str(store_path), tracking_server.url, UNLIMITED).run()
+    first = p.reason(0)
+    # moved back after a "fix" that is not one: quarantined again, the first reason kept
+    os.rename(p.store.root / "failed" / f"{p.ids[0]}.json", p.path(0))
+    d["run"]["status"] = "ALSO BAD"
+    p.put(0, d)
+    Replayer(str(store_path), tracking_server.url, UNLIMITED).run()
+    assert p.reason(0) == first
+    second = json.loads((p.store.root / "failed" / f"{p.ids[0]}.reason.2.json").read_text())["reason"]
+    assert "ALSO BAD" in second
+    # a second replayer quarantining a payload that the first already moved writes nothing
+    assert p.store.quarantine(p.path(0), p.ids[0], "late") is False
+    assert not (p.store.root / "failed" / f"{p.ids[0]}.reason.3.json").exists()
+
+
+def _log_normally(url, experiment, store_path, i):
+    collector = FailedRunCollector(store_path, tracking_uri=url, fail_fast_seconds=0.3)
+    status, run_id, _ = log_sample_run(collector, experiment, i, with_model=False)
+    assert status == "logged"
+    return run_id
+
+
+def test_a_readable_payload_tag_does_not_open_a_run(closed_proxy, tracking_server, client, experiment, tmp_path,
+                                                    monkeypatch):
+    """The payload id on a run is public; writing into the run takes the run secret too."""
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    store_path = tmp_path / "store"
+    victim_id = _log_normally(tracking_server.url, experiment, store_path, 0)
+    victim_pid = client.get_run(victim_id).data.tags[PAYLOAD_TAG].split(":")[0]
+    history = client.get_metric_history(victim_id, "loss")
+    p = Payloads(store_path, _defer(closed_proxy, store_path, experiment, 2))
+    for i, secret_value in ((0, "keep the attacker's own"), (1, None)):
+        d = p.doc(i)
+        d.update(payload_id=victim_pid, run_id=victim_id, ops_done=1)
+        if secret_value is None:
+            d.pop("run_secret")
+        d["run"]["params"]["backdoor"] = "1"
+        p.path(i).unlink()
+        data = p.data(i)
+        p.ids[i] = victim_pid if i == 0 else victim_pid[:-1] + ("0" if victim_pid[-1] != "0" else "1")
+        os.rename(data, p.data(i))
+        d["payload_id"] = p.ids[i]
+        p.put(i, d)
+    summary = Replayer(str(store_path), tracking_server.url, UNLIMITED, max_workers=2).run()
+    assert summary.failed == 2 and summary.replayed == 0
+    for i in range(2):
+        assert "is not this payload's" in p.reason(i) or "has ended" in p.reason(i), p.reason(i)
+    run = client.get_run(victim_id)
+    assert "backdoor" not in run.data.params and run.info.status == "FINISHED"
+    assert len(client.get_metric_history(victim_id, "loss")) == len(history)
+
+
+def test_ended_runs_are_never_written_again(make_proxy, tracking_server, client, experiment, tmp_path,
+                                           signing_key):
+    """A replayed document copied or moved back to pending does not log its run again."""
+    store_path = tmp_path / "store"
+    # runs are created, then their log_batch meets 429s: the documents carry the run ids
+    proxy = make_proxy({"log_batch": 0.001})
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(f"{proxy.url}/api/2.0/mlflow/runs/log-batch", data=b"{}"),
+                               timeout=10).close()
+    except Exception:
+        pass
+    collector = FailedRunCollector(store_path, tracking_uri=proxy.url, fail_fast_seconds=0.3)
+    results = [log_sample_run(collector, experiment, i, with_model=False) for i in range(2)]
+    assert all(status == DEFERRED and run_id for status, run_id, _ in results)
+    key = SigningKey(signing_key)
+    first = Replayer(str(store_path), tracking_server.url, UNLIMITED, signing_key=key)
+    assert first.run().replayed == 2
+    p = Payloads(store_path, [pid for _, _, pid in results], key)
+    done = p.store.root / "done"
+    shutil.copy(done / f"{p.ids[0]}.json", p.path(0))                # copied back
+    os.rename(done / f"{p.ids[1]}.json", p.path(1))                  # moved back, traces removed
+    for name in ("progress.json", "result.json"):
+        (p.data(1) / name).unlink()
+    summary = Replayer(str(store_path), tracking_server.url, UNLIMITED, signing_key=key).run()
+    assert summary.failed == 2 and summary.replayed == 0
+    assert "it is in done/" in p.reason(0)
+    assert "has ended (FINISHED)" in p.reason(1)
+    for _, run_id, _ in results:
+        assert len(client.get_metric_history(run_id, "loss")) == 8  # not one point twice
+
+
+def test_a_checkpoint_cannot_move_a_payload_to_another_experiment(closed_proxy, tracking_server, client, experiment,
+                                                                  tmp_path, monkeypatch):
+    """Without a key the run secret is readable in the document: an MLflow user can tag a run of
+    their own experiment with it, but the payload's experiment is checked too."""
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    store_path = tmp_path / "store"
+    p = Payloads(store_path, _defer(closed_proxy, store_path, experiment, 1))
+    from mlflow_spark_tools.payload_document import payload_tag_value
+
+    own = client.create_experiment(f"attacker-{uuid.uuid4().hex[:8]}")
+    tag = payload_tag_value(p.ids[0], p.doc(0)["run_secret"])
+    decoy = client.create_run(own, tags={PAYLOAD_TAG: tag}).info.run_id
+    (p.data(0) / "progress.json").write_text(json.dumps({"run_id": decoy, "ops_done": 1, "attempts": 1}))
+    summary = Replayer(str(store_path), tracking_server.url, UNLIMITED).run()
+    assert summary.failed == 1
+    assert f"names a run of experiment {own}, not of the payload's experiment {experiment}" in p.reason(0)
+    assert client.get_run(decoy).data.params == {}
+
+
+def test_a_planted_claim_beside_the_document_replays_it_once(closed_proxy, tracking_server, client, experiment,
+                                                             tmp_path, signing_key):
+    store_path = tmp_path / "store"
+    p = Payloads(store_path, _defer(closed_proxy, store_path, experiment, 2), SigningKey(signing_key))
+    planted = [p.store.root / "claimed" / f"{p.ids[0]}@someone-else.json",
+               p.store.root / "claimed" / f"{p.ids[0]}@someone-other.json"]
+    for path in planted:
+        shutil.copy(p.path(0), path)
+        os.utime(path, (1, 1))  # an old lease
+    replayer = Replayer(str(store_path), tracking_server.url, UNLIMITED, max_workers=4,
+                        signing_key=SigningKey(signing_key))
+    summary = replayer.run_until_empty(pause=0)
+    assert summary.replayed == 2
+    runs = runs_by_index(client, experiment)
+    assert sorted(runs) == [0, 1] and [len(runs[i]) for i in (0, 1)] == [1, 1]
+    reasons = [json.loads(f.read_text())["reason"] for f in (p.store.root / "failed").glob("*.reason*.json")]
+    assert sorted(r.split(":")[0] for r in reasons) == ["duplicate claim", "this payload was replayed already (it is in done/)"]
+
+
+def test_one_bad_payload_cannot_end_the_pass(closed_proxy, tracking_server, client, experiment, tmp_path,
+                                             monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    store_path = tmp_path / "store"
+    p = Payloads(store_path, _defer(closed_proxy, store_path, experiment, 4))
+    d = p.doc(0)
+    d["run"]["status"] = "PWNED"
+    p.put(0, d)
+    (p.store.root / "failed" / f"{p.ids[0]}.json").mkdir()  # where its quarantine would go
+    (p.store.root / "failed" / f"{p.ids[0]}.reason.json").mkdir()
+    # a flood of junk names ahead of the payloads
+    for k in range(150):
+        (p.store.root / "pending" / f"junk-{k:04d}.txt").write_text("x")
+    summary = Replayer(str(store_path), tracking_server.url, UNLIMITED, max_workers=2).run()
+    assert summary.replayed == 3 and summary.failed == 1 + 100
+    reason_files = list((p.store.root / "failed").glob(f"{p.ids[0]}.reason.*.json"))
+    assert len(reason_files) == 1 and "PWNED" in reason_files[0].read_text()
+    assert json.loads(reason_files[0].read_text())["document"].startswith(p.ids[0] + ".")
+    assert len(list((p.store.root / "pending").glob("junk-*"))) == 50  # the next pass takes the rest
+
+
+def test_unsigned_documents_cannot_make_the_replay_write_local_files(closed_proxy, tracking_server, client,
+                                                                     experiment, tmp_path, monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    target = tmp_path / "written-by-replay"
+    local = client.create_experiment(f"local-{uuid.uuid4().hex[:8]}", artifact_location=target.as_uri())
+    store_path = tmp_path / "store"
+    p = Payloads(store_path, _defer(closed_proxy, store_path, experiment, 1))
+    d = p.doc(0)
+    d["run"]["experiment_id"] = local
+    p.put(0, d)
+    summary = Replayer(str(store_path), tracking_server.url, UNLIMITED).run()
+    assert summary.failed == 1 and "go to a path on this host" in p.reason(0)
+    assert not target.exists() or list(target.rglob("*.txt")) == []
+
+
+def test_a_hard_linked_document_is_not_read(closed_proxy, tracking_server, experiment, tmp_path, monkeypatch):
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    store_path = tmp_path / "store"
+    p = Payloads(store_path, _defer(closed_proxy, store_path, experiment, 1))
+    outside = tmp_path / "outside.json"
+    os.link(p.path(0), outside)
+    summary = Replayer(str(store_path), tracking_server.url, UNLIMITED).run()
+    assert summary.failed == 1 and "other hard links" in p.reason(0)
