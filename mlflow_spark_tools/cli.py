@@ -414,22 +414,35 @@ def replay_command(ctx: Context, replay_dir, profile_, max_workers, until_empty,
               "path (default: databricks).")
 @click.option("--latency-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Added to every forwarded request.")
+@click.option("--max-body-bytes", type=click.IntRange(min=0), default=2 * 1024**3, show_default=True,
+              help="Largest request body accepted (larger: HTTP 413); bodies over 1 MiB are "
+              "buffered on disk (TMPDIR), not in memory.")
+@click.option("--max-connections", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Client connections served at a time (more: HTTP 503).")
+@click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+              help="Seconds a client connection may stay silent before it is closed.")
 @click.pass_obj
 @handle_errors
-def rate_limit_proxy_command(ctx: Context, upstream, port, host, profile_, latency_ms):
+def rate_limit_proxy_command(ctx: Context, upstream, port, host, profile_, latency_ms, max_body_bytes,
+                             max_connections, idle_timeout):
     """Serve the MLflow REST API of --upstream with Databricks' rate limits.
 
     Requests over a class's limit get HTTP 429 with {"error_code": "REQUEST_LIMIT_EXCEEDED"}
-    and Retry-After. Counters: GET /__proxy/stats; zero them: POST /__proxy/reset.
+    and Retry-After. Counters: GET /__proxy/stats; zero them: POST /__proxy/reset. A
+    user:password@ in --upstream is sent upstream as HTTP Basic authentication and never printed.
     """
     from mlflow_spark_tools.proxy import RateLimitProxy
 
     if profile_:
         ctx.settings = ctx.settings.with_overrides(rate_limit_profile=profile_)
     profile = ctx.settings.profile()
-    proxy = RateLimitProxy(upstream, profile, latency_ms=latency_ms, host=host, port=port)
+    proxy = RateLimitProxy(upstream, profile, latency_ms=latency_ms, host=host, port=port,
+                           max_body_bytes=max_body_bytes, idle_timeout=idle_timeout,
+                           max_connections=max_connections)
     click.echo(json.dumps({"listening": proxy.url, "upstream": proxy.upstream_host, "profile": profile.name,
-                           "limits": profile.limits, "latency_ms": latency_ms}), err=True)
+                           "limits": profile.limits, "latency_ms": latency_ms,
+                           "max_body_bytes": max_body_bytes, "max_connections": max_connections,
+                           "idle_timeout": idle_timeout}), err=True)
     try:
         proxy.serve()
     except KeyboardInterrupt:
