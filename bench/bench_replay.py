@@ -1,7 +1,8 @@
 """Benchmark: replaying deferred runs through Databricks' limits.
 
     .venv/bin/python bench/bench_replay.py [--payloads 1000] [--repetitions 3]
-        [--serial-payloads 150] [--naive-payloads 300] [--latency-ms 50]
+        [--serial-payloads 150] [--naive-payloads 300] [--latency-ms 50] [--artifact-bytes N]
+        [--package-tree DIR]
 
 A local MLflow server sits behind the rate-limit proxy (run as its own process, databricks
 profile, ``--latency-ms`` added to every request). ``--payloads`` deferred runs (10 params,
@@ -34,7 +35,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_support import proxy_stats, start_proxy, write_report
+from bench_support import proxy_stats, start_proxy, use_package_tree, write_report
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
@@ -74,11 +75,12 @@ def replay_ours(store: Path, url: str, experiment_id: str, profile_path: str) ->
     from mlflow_spark_tools.replay import Replayer
 
     _retarget(store, experiment_id)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     summary = Replayer(str(store), url, RateLimitProfile.load(profile_path), max_workers=16).run_until_empty()
     seconds = time.perf_counter() - started
     return {"payloads": summary.replayed, "seconds": seconds, "failed": summary.failed,
-            "client_429s": sum(summary.throttled.values())}
+            "client_429s": sum(summary.throttled.values()),
+            "client_cpu_ms_per_payload": round((time.process_time() - cpu) * 1000 / max(1, summary.replayed), 2)}
 
 
 def replay_serial(runs: list[dict], url: str, experiment_id: str) -> dict:
@@ -147,7 +149,10 @@ def main() -> None:
     parser.add_argument("--artifact-bytes", type=int, default=0,
                         help="Each payload also logs one artifact file of this size (one more request).")
     parser.add_argument("--out", default=str(HERE.parent / "results" / "replay.json"))
+    parser.add_argument("--package-tree", help="Replay with the package of another checkout (the code "
+                        "before a change), for a comparison in the same run.")
     args = parser.parse_args()
+    use_package_tree(args.package_tree)
     os.environ.pop("MLFLOW_SPARK_TOOLS_SIGNING_KEY", None)  # plain payloads, no models
     import logging
 

@@ -10,6 +10,20 @@ import urllib.request
 from pathlib import Path
 
 
+def use_package_tree(tree: str | None) -> None:
+    """Import ``mlflow_spark_tools`` from another checkout (``git worktree add DIR COMMIT``)
+    instead of this one, to measure a change against the code before it in the same run.
+    Call before anything imports the package; the proxy process still runs this checkout's."""
+    if tree is None:
+        return
+    # the editable install's import hook would find this checkout first
+    sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
+    sys.path.insert(0, str(Path(tree).resolve()))
+    import mlflow_spark_tools
+
+    print(f"package: {mlflow_spark_tools.__file__}", flush=True)
+
+
 def start_proxy(upstream: str, profile: str, latency_ms: float) -> tuple[subprocess.Popen, str]:
     """``mlflow-spark-tools rate-limit-proxy`` in its own process; returns it and its URL."""
     from mlflow_spark_tools.local_server import free_port, wait_for_health

@@ -16,6 +16,7 @@ checked for type, range and shape here, and the replayer works only with the
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import secrets
@@ -123,8 +124,9 @@ class Payload:
     models: list[ModelEntry]
     run_secret: str | None = None
 
-    @property
+    @functools.cached_property
     def ops(self) -> list[tuple[str, int]]:
+        """The requests that log the run (see :func:`~mlflow_spark_tools.run_data.plan`)."""
         return plan(self.run, len(self.artifacts), len(self.models))
 
     @property

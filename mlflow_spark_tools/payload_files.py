@@ -88,8 +88,12 @@ def _open_entry(name: str, dir_fd: int, what: str) -> tuple[int, os.stat_result]
     return fd, info
 
 
-def copy_hashed(source: IO[bytes], target: Path, limit: int | None = None, what: str = "file") -> tuple[int, str]:
+def copy_hashed(source: IO[bytes], target: Path, limit: int | None = None, what: str = "file",
+                durable: bool = True) -> tuple[int, str]:
     """Copy a readable binary stream to a new file ``target``; returns (size, sha256).
+
+    ``durable`` syncs the copy to disk (the store's copies must survive a crash; a replay's
+    staging copies live only as long as the upload).
 
     Raises:
         PayloadError: more than ``limit`` bytes.
@@ -107,8 +111,9 @@ def copy_hashed(source: IO[bytes], target: Path, limit: int | None = None, what:
                                    "copied, or is over replay.limits.max_artifact_bytes)")
             digest.update(chunk)
             out.write(chunk)
-        out.flush()
-        os.fsync(out.fileno())
+        if durable:
+            out.flush()
+            os.fsync(out.fileno())
     return size, digest.hexdigest()
 
 
@@ -329,7 +334,7 @@ def _stage_file(fd: int, info: os.stat_result, rel: str, what: str, target: Path
         limit = min(limit, sizes[rel])
     budget.admit(info.st_size, what)
     with os.fdopen(os.dup(fd), "rb") as f:
-        size, sha = copy_hashed(f, target, limit, what)
+        size, sha = copy_hashed(f, target, limit, what, durable=False)
     budget.charge(size)
     return rel, size, sha
 
