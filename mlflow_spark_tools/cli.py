@@ -421,10 +421,13 @@ def replay_command(ctx: Context, replay_dir, profile_, max_workers, until_empty,
               help="Client connections served at a time (more: HTTP 503).")
 @click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
               help="Seconds a client connection may stay silent before it is closed.")
+@click.option("--route", "routes", multiple=True, metavar="PREFIX=URL",
+              help="Send paths starting with PREFIX to another upstream under the same limits (for "
+              "example a stand-in for workspace endpoints the tracking server lacks). Repeatable.")
 @click.pass_obj
 @handle_errors
 def rate_limit_proxy_command(ctx: Context, upstream, port, host, profile_, latency_ms, max_body_bytes,
-                             max_connections, idle_timeout):
+                             max_connections, idle_timeout, routes):
     """Serve the MLflow REST API of --upstream with Databricks' rate limits.
 
     Requests over a class's limit get HTTP 429 with {"error_code": "REQUEST_LIMIT_EXCEEDED"}
@@ -436,9 +439,15 @@ def rate_limit_proxy_command(ctx: Context, upstream, port, host, profile_, laten
     if profile_:
         ctx.settings = ctx.settings.with_overrides(rate_limit_profile=profile_)
     profile = ctx.settings.profile()
+    routed = {}
+    for route in routes:
+        prefix, sep, url = route.partition("=")
+        if not sep or not prefix.startswith("/") or not url:
+            raise UsageError(f"--route takes PREFIX=URL with PREFIX starting with '/', not {route!r}.")
+        routed[prefix] = url
     proxy = RateLimitProxy(upstream, profile, latency_ms=latency_ms, host=host, port=port,
                            max_body_bytes=max_body_bytes, idle_timeout=idle_timeout,
-                           max_connections=max_connections)
+                           max_connections=max_connections, routes=routed)
     click.echo(json.dumps({"listening": proxy.url, "upstream": proxy.upstream_host, "profile": profile.name,
                            "limits": profile.limits, "latency_ms": latency_ms,
                            "max_body_bytes": max_body_bytes, "max_connections": max_connections,

@@ -10,13 +10,15 @@ raised at once. Operations that are not safe to repeat (creating a run, appendin
 are retried only when the server certainly did not act on the request. Each retry logs one line
 with the operation and the wait.
 
-Pacing: every HTTP request MLflow sends during an operation takes a token of the operation's
-rate-limit class from a :class:`~mlflow_spark_tools.ratelimit.RateLimiter` first, by default the
-process's shared limiter of the configured profile, so that a process stays under the configured
-qps however many clients and threads it runs. The request hook is MLflow's request-header
-provider registry, which MLflow consults once per request; the hook adds no header and is inert
-outside this client's operations. Requests MLflow sends from its own worker threads (the file
-transfers of ``download_artifacts``) are not paced.
+Pacing: every HTTP request MLflow sends to the tracking server during an operation takes a
+token of its endpoint's rate-limit class from a :class:`~mlflow_spark_tools.ratelimit.RateLimiter`
+first, by default the process's shared limiter of the configured profile, so that a process stays
+under the configured qps however many clients and threads it runs; each attempt is counted per
+class and endpoint (``client.counts``), and a 429 lowers the class's rate and reaches the
+operation's policy at once. The hook is the package's one HTTP layer
+(:mod:`mlflow_spark_tools.request_pacing`), inert outside this client's operations. Requests
+MLflow sends from its own worker threads (the file transfers of ``download_artifacts``) are
+not paced.
 
 Inside one attempt MLflow's own HTTP layer may retry too (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``,
 7 by default, minutes in total). This package's commands set it to ``client.mlflow_http_retries``
@@ -33,10 +35,8 @@ import json
 import logging
 import os
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +54,7 @@ from mlflow_spark_tools.rate_limit_errors import (
 )
 from mlflow_spark_tools.ratelimit import RateLimiter, shared_limiter
 from mlflow_spark_tools.redaction import redact_uri
+from mlflow_spark_tools.request_pacing import PacingScope, host_port, paced
 from mlflow_spark_tools.tracking import ACTIVE_ONLY, ALL, search_runs_json
 
 log = logging.getLogger(__name__)
@@ -66,46 +67,19 @@ LOGGED_MODELS_TAG = "mlflow.log-model.history"
 NOT_SAFE_TO_REPEAT = frozenset({"create_run", "log_metric", "log_batch"})
 
 
-@dataclass
-class _Pacing:
-    limiter: RateLimiter
-    api_class: str
-    requests: int = 0
+def _host_of(tracking_uri: str) -> tuple[str, int]:
+    """(host, port) the tracking requests of ``tracking_uri`` go to; ("", 0) for local stores."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return host_port(tracking_uri)
+    try:
+        from mlflow.tracking._tracking_service.utils import _get_store
 
-
-_PACING: ContextVar[_Pacing | None] = ContextVar("mlflow_spark_tools_pacing", default=None)
-
-
-def _request_header_provider_base() -> type:
-    from mlflow.tracking.request_header.abstract_request_header_provider import RequestHeaderProvider
-
-    return RequestHeaderProvider
-
-
-class RequestPacer(_request_header_provider_base()):  # type: ignore[misc]
-    """MLflow request hook: takes a token for every request sent inside a client operation."""
-
-    def in_context(self) -> bool:
-        return _PACING.get() is not None
-
-    def request_headers(self) -> dict[str, str]:
-        pacing = _PACING.get()
-        if pacing is not None:
-            pacing.limiter.acquire(pacing.api_class)
-            pacing.requests += 1
-        return {}
-
-
-_INSTALL_LOCK = threading.Lock()
-
-
-def install_request_pacer() -> None:
-    """Register :class:`RequestPacer` with MLflow once per process."""
-    from mlflow.tracking.request_header.registry import _request_header_provider_registry as registry
-
-    with _INSTALL_LOCK:
-        if not any(isinstance(provider, RequestPacer) for provider in registry):
-            registry.register(RequestPacer)
+        store = _get_store(tracking_uri)
+        if hasattr(store, "get_host_creds"):
+            return host_port(store.get_host_creds().host)
+    except Exception:  # a store that cannot be built fails on first use, with its own error
+        pass
+    return ("", 0)
 
 
 def apply_mlflow_http_retries(retries: int | None, environ: dict[str, str] | None = None) -> None:
@@ -167,7 +141,8 @@ class RetryingClient:
         self.tracking_uri = tracking_uri if tracking_uri is not None else mlflow.get_tracking_uri()
         self.mlflow = MlflowClient(tracking_uri=self.tracking_uri)
         self._sleep = sleep
-        install_request_pacer()
+        self.scope = PacingScope(frozenset({_host_of(self.tracking_uri)}), limiter=limiter)
+        self.counts = self.scope.counts
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> RetryingClient:
@@ -210,12 +185,8 @@ class RetryingClient:
         return retrying(self._attempt, api_class, func, args, kwargs)
 
     def _attempt(self, api_class: str, func: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
-        token = _PACING.set(_Pacing(self.limiter, api_class))
-        try:
-            with _mlflow_429_retries_off():
-                return func(*args, **kwargs)
-        finally:
-            _PACING.reset(token)
+        with paced(self.scope), _mlflow_429_retries_off():
+            return func(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") or name == "mlflow":

@@ -58,7 +58,7 @@ from mlflow_spark_tools.run_data import (
     plan,
     tags_at_create,
 )
-from mlflow_spark_tools.signing import SigningKey, load_signing_key
+from mlflow_spark_tools.signing import KEY_ENV, SigningKey, load_signing_key
 from mlflow_spark_tools.tracking_requests import RetryPolicy, TrackingRequests
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,22 @@ LOGGED, DEFERRED = "logged", "deferred"
 # the wait once per storm, not once per task. Module state, not the collector's: the collector
 # stays plain, and forked Python workers keep it across the tasks they run.
 _STORM_UNTIL: dict[str, float] = {}
+
+
+_UNSIGNED_WARNED = False
+
+
+def _warn_unsigned_once() -> None:
+    """Once per process: a model blob written without a key will not be replayed as it is."""
+    global _UNSIGNED_WARNED
+    if not _UNSIGNED_WARNED:
+        _UNSIGNED_WARNED = True
+        log.warning(
+            "A deferred run's model was written to the store without a signing key: the replay job "
+            "will quarantine it (an unsigned pickle on shared storage could run anyone's code) unless "
+            "it runs with --trust-unsigned. Set %s on the cluster (from a secret: "
+            "{{secrets/<scope>/<key>}}) for the tasks and the replay job, or pass signing_key= to "
+            "FailedRunCollector.", KEY_ENV)
 
 
 def canonical_json(document: dict[str, Any]) -> bytes:
@@ -337,6 +353,8 @@ class FailedRunCollector:
                 entry["blob"] = f"models/{i}.pkl"
                 entry["sha256"] = hashlib.sha256(blob).hexdigest()
                 entry["signature"] = key.sign(blob) if key is not None else None
+                if key is None:
+                    _warn_unsigned_once()
                 store.write_blob(payload_id, entry["blob"], blob)
             models.append(entry)
         document = {

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from mlflow_spark_tools.endpoints import API_CLASSES as ENDPOINT_API_CLASSES
 from mlflow_spark_tools.endpoints import OPERATION_CLASSES
 from mlflow_spark_tools.errors import InvalidConfigError
 from mlflow_spark_tools.identifiers import validate_database
@@ -30,7 +31,7 @@ ENV_OVERRIDES = {
     "MLFLOW_TRACKING_URI": ("tracking_uri",),
 }
 
-API_CLASSES = ("experiment_management", "search_runs", "log_batch", "other")
+API_CLASSES = ENDPOINT_API_CLASSES
 
 
 def conf_dir() -> Path:

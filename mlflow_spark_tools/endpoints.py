@@ -11,6 +11,7 @@ EXPERIMENT_MANAGEMENT = "experiment_management"
 SEARCH_RUNS = "search_runs"
 LOG_BATCH = "log_batch"
 OTHER = "other"
+API_CLASSES = (EXPERIMENT_MANAGEMENT, SEARCH_RUNS, LOG_BATCH, OTHER)
 
 # REST prefixes of the tracking API: the public one, the UI's, and the artifact proxy.
 API_PREFIXES = ("/api/2.0/mlflow/", "/ajax-api/2.0/mlflow/", "/api/2.0/mlflow-artifacts/",

@@ -41,16 +41,21 @@ def wait_for_health(url: str, timeout: float, process: subprocess.Popen | None =
 
 
 class LocalTrackingServer:
-    """``mlflow server`` on 127.0.0.1 with a sqlite store and served artifacts under ``root``.
+    """``mlflow server`` on 127.0.0.1 with a sqlite store and, unless ``artifact_root`` names
+    another root, served artifacts under ``root``.
 
     Args:
         root: directory for the database, artifacts and the server log.
         workers: server worker processes.
         server_args: more options for ``mlflow server``.
+        artifact_root: the runs' artifact root instead of served artifacts: a directory (runs
+            get plain path artifact URIs) or ``dbfs:/databricks/mlflow-tracking``.
     """
 
-    def __init__(self, root: Path | str, workers: int = 2, server_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, root: Path | str, workers: int = 2, server_args: tuple[str, ...] = (),
+                 artifact_root: str | None = None) -> None:
         self.root = Path(root)
+        self.artifact_root = artifact_root
         self.workers = workers
         self.server_args = tuple(server_args)
         self.port = free_port()
@@ -76,11 +81,7 @@ class LocalTrackingServer:
                 "server",
                 "--backend-store-uri",
                 f"sqlite:///{self.db_path}",
-                # Artifacts go through the server (mlflow-artifacts:/ URIs), as they do on
-                # Databricks: uploads are REST requests that rate limits apply to.
-                "--serve-artifacts",
-                "--artifacts-destination",
-                str(self.root / "artifacts"),
+                *self._artifact_args(),
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -101,6 +102,15 @@ class LocalTrackingServer:
             self.stop()
             raise
         return self
+
+    def _artifact_args(self) -> list[str]:
+        if self.artifact_root is None:
+            # Artifacts go through the server (mlflow-artifacts:/ URIs): uploads are REST
+            # requests of the tracking server, which rate limits apply to.
+            return ["--serve-artifacts", "--artifacts-destination", str(self.root / "artifacts")]
+        # Runs get artifact URIs under this root (a directory, or dbfs:/databricks/mlflow-tracking
+        # as on Databricks) that clients write with MLflow's repository for it.
+        return ["--no-serve-artifacts", "--default-artifact-root", self.artifact_root]
 
     def stop(self) -> None:
         """Stop the server and the worker processes it started (its own process group)."""

@@ -207,7 +207,7 @@ class RateLimitProxy:
     def __init__(self, upstream: str, profile: RateLimitProfile, latency_ms: float = 0.0,
                  host: str = "127.0.0.1", port: int = 0, upstream_timeout: float = 120.0,
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS, routes: dict[str, str] | None = None) -> None:
         parsed = urllib.parse.urlsplit(upstream)
         try:
             port_of_upstream = parsed.port
@@ -235,6 +235,14 @@ class RateLimitProxy:
             password = urllib.parse.unquote(parsed.password or "")
             token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
             self._authorization = f"Basic {token}"
+        # Paths served by another upstream under the same limits, longest prefix first (a
+        # workspace stand-in that answers the endpoints the tracking server has not).
+        self.routes: list[tuple[str, urllib.parse.SplitResult]] = []
+        for prefix, url in sorted((routes or {}).items(), key=lambda item: -len(item[0])):
+            route = urllib.parse.urlsplit(url)
+            if route.scheme not in ("http", "https") or not route.hostname or route.username:
+                raise UsageError(f"A route's upstream must be an http(s) URL without credentials, not {_redacted(url)!r}.")
+            self.routes.append((prefix, route._replace(query="", fragment="")))
         self.profile = profile
         self.latency = latency_ms / 1000.0
         self.upstream_timeout = upstream_timeout
@@ -302,11 +310,19 @@ class RateLimitProxy:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def new_upstream_connection(self) -> http.client.HTTPConnection:
-        """A connection to the tracking server (not connected yet)."""
-        cls = http.client.HTTPSConnection if self.upstream.scheme == "https" else http.client.HTTPConnection
-        default = 443 if self.upstream.scheme == "https" else 80
-        return cls(self.upstream.hostname, self.upstream.port or default, timeout=self.upstream_timeout,
+    def upstream_for(self, path: str) -> urllib.parse.SplitResult:
+        """The upstream that serves ``path``: a route's, or the tracking server."""
+        for prefix, route in self.routes:
+            if path.startswith(prefix):
+                return route
+        return self.upstream
+
+    def new_upstream_connection(self, upstream: urllib.parse.SplitResult | None = None) -> http.client.HTTPConnection:
+        """A connection to the tracking server, or another upstream (not connected yet)."""
+        upstream = self.upstream if upstream is None else upstream
+        cls = http.client.HTTPSConnection if upstream.scheme == "https" else http.client.HTTPConnection
+        default = 443 if upstream.scheme == "https" else 80
+        return cls(upstream.hostname, upstream.port or default, timeout=self.upstream_timeout,
                    blocksize=_COPY_CHUNK)
 
 
@@ -512,6 +528,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     proxy: RateLimitProxy
     _upstream: http.client.HTTPConnection | None = None
+    _upstream_netloc: str | None = None
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         if log.isEnabledFor(logging.DEBUG):
@@ -743,15 +760,18 @@ class _ProxyHandler(BaseHTTPRequestHandler):
     def _forward(self, body: _Body) -> None:
         headers = {k: v for k, v in self.headers.items()
                    if k.lower() not in _NOT_FORWARDED and k.lower() != "content-length"}
-        headers["Host"] = self.proxy.upstream_host
-        authorization = self.proxy._authorization
+        upstream = self.proxy.upstream_for(self.path.split("?", 1)[0])
+        headers["Host"] = upstream.netloc
+        authorization = self.proxy._authorization if upstream is self.proxy.upstream else None
         if authorization is not None and not any(k.lower() == "authorization" for k in headers):
             headers["Authorization"] = authorization
         if body.length or self.command not in ("GET", "HEAD", "DELETE"):
             headers["Content-Length"] = str(body.length)
-        target = self.proxy.upstream.path.rstrip("/") + self.path
+        target = upstream.path.rstrip("/") + self.path
+        if self._upstream is not None and self._upstream_netloc != upstream.netloc:
+            self._drop_upstream()  # this connection's last request went to another upstream
         try:
-            response = self._upstream_request(target, body, headers)
+            response = self._upstream_request(target, body, headers, upstream)
         except (OSError, http.client.HTTPException) as exc:
             self.proxy.counters.upstream_error()
             log.warning("Upstream %s failed: %s", self.proxy.upstream_host, exc)
@@ -816,14 +836,16 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         self.close_connection = True
         self._drop_upstream()
 
-    def _upstream_request(self, target: str, body: _Body, headers: dict[str, str]) -> http.client.HTTPResponse:
+    def _upstream_request(self, target: str, body: _Body, headers: dict[str, str],
+                          upstream: urllib.parse.SplitResult) -> http.client.HTTPResponse:
         """Send on the kept upstream connection; if the upstream closed it while it was idle,
         send once more on a new one (nothing was processed on a connection closed before the
         request reached it)."""
         reused = self._upstream is not None
         for attempt in (1, 2):
             if self._upstream is None:
-                self._upstream = self.proxy.new_upstream_connection()
+                self._upstream = self.proxy.new_upstream_connection(upstream)
+                self._upstream_netloc = upstream.netloc
             try:
                 self._upstream.request(self.command, target, body=body.payload(), headers=headers)
                 return self._upstream.getresponse()

@@ -140,6 +140,8 @@ def certainly_not_processed(exc: BaseException) -> bool:
     chain = list(exception_chain(exc))
     if any(_is_rate_limit(e) for e in chain):
         return True
+    if any(type(e).__name__ == "RestException" or _status(e) is not None for e in chain):
+        return False  # the server answered: whatever its text says, the request reached it
     return any(isinstance(e, ConnectionRefusedError) or type(e).__name__ == "NewConnectionError"
                or bool(_NOT_SENT_TEXT.search(str(e))) for e in chain)
 

@@ -68,6 +68,22 @@ class TokenBucket:
             self._sleep(wait)
         return wait
 
+    def set_rate(self, rate: float) -> None:
+        """Change the rate from now on (tokens gathered so far are kept)."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
+            self._updated = now
+            self.rate = float(rate)
+
+    def hold(self, seconds: float) -> None:
+        """Hand out no token for the next ``seconds`` (a server's ``Retry-After``)."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
+            self._updated = now
+            self._tokens = min(self._tokens, 1.0 - seconds * self.rate)
+
     def try_take(self) -> float:
         """Take one token if one is there and return 0.0; otherwise take nothing and return
         the seconds until one will be (what a server puts into ``Retry-After``)."""
@@ -81,8 +97,69 @@ class TokenBucket:
             return (1.0 - self._tokens) / self.rate
 
 
+class AdaptiveRate:
+    """The rate one API class may use now: the profile's limit until the server says otherwise.
+
+    A workspace's budget is shared with every other client on it, so the profile's limit is
+    only an upper bound. A 429 means the share left to us is smaller: the rate drops to
+    ``decrease`` times the rate at which it came (multiplicative decrease), and that rate is
+    remembered as the ceiling. Then the rate climbs back quickly to just under the ceiling
+    (``recovery_share`` of the limit per second), and from there creeps up slowly
+    (``probe_share`` of the limit per second), ceiling and all, until the limit or the next 429
+    (additive increase). Near the ceiling the probe is gentle, so 429s stay rare while the
+    other clients' use is steady, and the rate follows when it changes. One 429 per congestion
+    event counts: more within ``max(1 s, Retry-After)`` of a decrease are the same event.
+
+    Args:
+        limit: the profile's rate (with its safety factor), requests per second.
+        floor_share: the rate never drops below this share of ``limit``.
+        clock: monotonic clock (injectable for tests).
+    """
+
+    def __init__(self, limit: float, floor_share: float = 0.1, decrease: float = 0.7,
+                 recovery_share: float = 0.3, probe_share: float = 0.01,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = float(limit)
+        self.floor = self.limit * floor_share
+        self.decrease = decrease
+        self.recovery = self.limit * recovery_share
+        self.probe = self.limit * probe_share
+        self.rate = self.limit
+        self.ceiling = self.limit
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._updated = clock()
+        self._quiet_until = 0.0
+
+    def on_throttled(self, retry_after: float | None = None) -> float:
+        """A 429 came back; returns the new rate."""
+        with self._lock:
+            now = self._clock()
+            if now < self._quiet_until:
+                return self.rate
+            self.ceiling = max(self.floor, self.rate)
+            self.rate = max(self.floor, self.rate * self.decrease)
+            self._quiet_until = now + max(1.0, retry_after or 0.0)
+            self._updated = now
+            return self.rate
+
+    def on_success(self) -> float:
+        """A request went through; returns the (possibly raised) rate."""
+        with self._lock:
+            now = self._clock()
+            elapsed = max(0.0, now - self._updated)
+            self._updated = now
+            if self.rate >= self.limit:
+                return self.rate
+            self.ceiling = min(self.limit, self.ceiling + self.probe * elapsed)
+            step = self.recovery if self.rate < 0.95 * self.ceiling else self.probe
+            self.rate = min(self.ceiling, self.rate + step * elapsed)
+            return self.rate
+
+
 class RateLimiter:
-    """One :class:`TokenBucket` per API class of a rate-limit profile."""
+    """One :class:`TokenBucket` per API class of a rate-limit profile, each at the rate its
+    :class:`AdaptiveRate` allows now (the profile's limit until a 429 says less)."""
 
     def __init__(
         self,
@@ -95,6 +172,7 @@ class RateLimiter:
             api_class: TokenBucket(profile.qps(api_class), 1.0, clock, sleep)
             for api_class in API_CLASSES
         }
+        self.adaptive = {api_class: AdaptiveRate(profile.qps(api_class), clock=clock) for api_class in API_CLASSES}
         self._lock = threading.Lock()
         self.requests = {api_class: 0 for api_class in API_CLASSES}
 
@@ -104,6 +182,22 @@ class RateLimiter:
         with self._lock:
             self.requests[api_class] += 1
         return bucket.acquire()
+
+    def on_success(self, api_class: str) -> None:
+        """Feedback: a request of ``api_class`` was answered without a 429."""
+        adaptive = self.adaptive[api_class]
+        if adaptive.rate < adaptive.limit:
+            self.buckets[api_class].set_rate(adaptive.on_success())
+
+    def on_throttled(self, api_class: str, retry_after: float | None = None) -> None:
+        """Feedback: a 429; the class slows down and waits out ``Retry-After``."""
+        self.buckets[api_class].set_rate(self.adaptive[api_class].on_throttled(retry_after))
+        if retry_after:
+            self.buckets[api_class].hold(retry_after)
+
+    def rates(self) -> dict[str, float]:
+        """The rate each class may use now (requests per second)."""
+        return {api_class: round(a.rate, 3) for api_class, a in self.adaptive.items()}
 
 
 _SHARED: dict[tuple, RateLimiter] = {}

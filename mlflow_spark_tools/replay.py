@@ -63,6 +63,7 @@ from mlflow_spark_tools.rate_limit_errors import (
     is_remote_error,
 )
 from mlflow_spark_tools.ratelimit import RateLimiter
+from mlflow_spark_tools.request_pacing import RequestCounts, paced_process
 from mlflow_spark_tools.run_data import ARTIFACT, BATCH, CREATE, MODEL, TERMINATE, batches, tags_at_create
 from mlflow_spark_tools.signing import SigningKey
 from mlflow_spark_tools.tracking_requests import RetryPolicy, TrackingRequests
@@ -91,6 +92,8 @@ class ReplaySummary:
     pending: int = 0
     requests: dict[str, int] = field(default_factory=lambda: dict.fromkeys(API_CLASSES, 0))
     throttled: dict[str, int] = field(default_factory=lambda: dict.fromkeys(API_CLASSES, 0))
+    endpoints: dict[str, dict[str, int]] = field(default_factory=dict)
+    rates: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     ledger: list[dict[str, Any]] = field(default_factory=list)
 
@@ -99,7 +102,7 @@ class ReplaySummary:
             "replayed": self.replayed, "resumed": self.resumed, "failed": self.failed,
             "released_to_pending": self.released, "lost_to_another_replayer": self.lost,
             "still_pending": self.pending, "requests": self.requests, "429s": self.throttled,
-            "seconds": round(self.seconds, 3),
+            "endpoints": self.endpoints, "rates_now": self.rates, "seconds": round(self.seconds, 3),
         }
 
 
@@ -168,8 +171,11 @@ class Replayer:
         self._in_flight = _InFlightBytes(self.limits.max_inflight_document_bytes)
         self.requests = TrackingRequests(
             tracking_uri,
+            # A 429 is back-pressure: wait (Retry-After, a lower rate) and go on with the same
+            # request for up to half an hour; other errors get 8 tries in 2 minutes.
             retry or RetryPolicy(attempts=8, initial_wait=0.5, max_wait=30.0, deadline=120.0,
-                                 honour_retry_after=True, retry_transient=True),
+                                 honour_retry_after=True, retry_transient=True,
+                                 rate_limit_deadline=1800.0),
             limiter=self.limiter, on_attempt=self._count, sleep=sleep,
         )
 
@@ -196,6 +202,11 @@ class Replayer:
             for api_class in API_CLASSES:
                 total.requests[api_class] += one.requests[api_class]
                 total.throttled[api_class] += one.throttled[api_class]
+            for endpoint, counts in one.endpoints.items():
+                entry = total.endpoints.setdefault(endpoint, {"requests": 0, "429s": 0})
+                entry["requests"] += counts["requests"]
+                entry["429s"] += counts["429s"]
+            total.rates = one.rates
             total.ledger.extend(one.ledger)
             total.pending = one.pending
             idle = idle + 1 if one.replayed + one.failed == 0 else 0
@@ -213,8 +224,11 @@ class Replayer:
         stop = threading.Event()
         keeper = threading.Thread(target=self._keep_claims, args=(stop,), name="replay-heartbeat", daemon=True)
         keeper.start()
+        counts = self.requests.scope.counts = RequestCounts()
         try:
-            with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
+            # every tracking request of this process in the pass, MLflow's own worker threads
+            # included, is paced and counted
+            with paced_process(self.requests.scope), ThreadPoolExecutor(max_workers=self.max_workers) as pool:
                 while True:
                     # Keep every worker busy, never far ahead: top up to two rounds of work
                     # whenever at most one round is left, so the folders are listed once per
@@ -232,6 +246,8 @@ class Replayer:
             stop.set()
             keeper.join(timeout=10)
         summary.pending = len(self.store.ids("pending"))
+        summary.endpoints = counts.as_dict()["endpoints"]
+        summary.rates = self.limiter.rates()
         summary.seconds = time.perf_counter() - started
         return summary
 

@@ -23,6 +23,7 @@ import tenacity
 from mlflow_spark_tools.payload_document import PAYLOAD_TAG
 from mlflow_spark_tools.rate_limit_errors import is_rate_limited, is_retryable
 from mlflow_spark_tools.redaction import redact_uri
+from mlflow_spark_tools.request_pacing import PacingScope, RateLimitedResponse, paced, retry_after_of
 from mlflow_spark_tools.run_data import metric_value_json
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ class RetryPolicy:
         honour_retry_after: wait at least what the server's ``Retry-After`` asks.
         retry_transient: also retry 5xx, connection resets and timeouts.
         retry_rate_limits: retry 429s (else a 429 raises at once).
+        rate_limit_deadline: retry 429s for this many seconds however many attempts that takes
+            (back-pressure: wait and go on); None treats them like other errors.
     """
 
     attempts: int = 3
@@ -51,6 +54,7 @@ class RetryPolicy:
     honour_retry_after: bool = False
     retry_transient: bool = True
     retry_rate_limits: bool = True
+    rate_limit_deadline: float | None = None
 
 
 class TrackingRequests:
@@ -86,22 +90,22 @@ class TrackingRequests:
         self._host_creds = store.get_host_creds
         self.policy = policy
         self.limiter = limiter
-        self.on_attempt = on_attempt
         self.sleep = sleep
         self.timeout = timeout
+        host = self._host_creds().host
+        self.host = host
+        # Every attempt, ours or MLflow's on our behalf (artifact repositories, logged models),
+        # is paced and counted under this scope (see request_pacing).
+        self.scope = PacingScope.for_uri(host, limiter=limiter, on_attempt=on_attempt)
         self._direct = _DirectSession.for_host(self._host_creds())
 
     # ---- one request -----------------------------------------------------------------
 
     def _attempt(self, api_class: str, endpoint: str, method: str, body: dict[str, Any] | None,
                  upload: str | None = None) -> dict[str, Any]:
-        from mlflow.exceptions import RestException
         from mlflow.utils.rest_utils import http_request, verify_rest_response
 
-        if self.limiter is not None:
-            self.limiter.acquire(api_class)
-        status = None
-        try:
+        with paced(self.scope):
             kwargs: dict[str, Any] = {"json": body} if method == "POST" else {"params": body}
             if upload is not None:
                 with open(upload, "rb") as data:
@@ -118,22 +122,10 @@ class TrackingRequests:
                 response = self._direct.request(method, endpoint, self.timeout, **kwargs)
             else:
                 response = http_request(self._host_creds(), endpoint, method, **self._one_attempt(), **kwargs)
-            status = response.status_code
-            if status == 429:
-                try:
-                    payload = response.json()
-                except ValueError:
-                    payload = {}
-                if not isinstance(payload, dict) or "error_code" not in payload:
-                    payload = {"error_code": "REQUEST_LIMIT_EXCEEDED", "message": response.text[:500]}
-                exc = RestException(payload)
-                exc.retry_after = _retry_after(response.headers.get("Retry-After"))
-                raise exc
-            verify_rest_response(response, endpoint)
-            return response.json() if response.content else {}
-        finally:
-            if self.on_attempt is not None:
-                self.on_attempt(api_class, status)
+        if response.status_code == 429:  # a path the scope does not pace (not a tracking API path)
+            raise RateLimitedResponse(endpoint, _retry_after(response.headers.get("Retry-After")))
+        verify_rest_response(response, endpoint)
+        return response.json() if response.content else {}
 
     def _one_attempt(self) -> dict[str, Any]:
         return {"max_retries": 0, "backoff_factor": 0, "backoff_jitter": 0, "retry_codes": (),
@@ -145,23 +137,37 @@ class TrackingRequests:
         """Send a request with the retry policy; raises the last error when it gives up.
 
         Args:
+            api_class: kept for the callers' readability; the pacing layer classifies the path.
             endpoint: below ``/api/2.0/mlflow`` (or the whole path with ``raw_path``).
             upload: the path of a file to send as the body (artifact uploads).
         """
+        path = endpoint if raw_path else API + endpoint
+        return self.run(f"{method} {endpoint}", self._attempt, api_class, path, method, body, upload)
+
+    def run(self, what: str, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``func`` (any work that sends tracking requests, MLflow's artifact repositories
+        included) with every request paced and counted, retried as a whole by the policy."""
         policy = self.policy
         started = time.monotonic()
 
         def retryable(exc: BaseException) -> bool:
-            if time.monotonic() - started >= policy.deadline:
-                return False
+            elapsed = time.monotonic() - started
             if is_rate_limited(exc):
-                return policy.retry_rate_limits
+                return policy.retry_rate_limits and elapsed < (policy.rate_limit_deadline or policy.deadline)
+            if elapsed >= policy.deadline:
+                return False
             return policy.retry_transient and is_retryable(exc)
+
+        def stop(state: tenacity.RetryCallState) -> bool:
+            if state.attempt_number < policy.attempts:
+                return False
+            exc = state.outcome.exception() if state.outcome else None
+            return not (policy.rate_limit_deadline is not None and exc is not None and is_rate_limited(exc))
 
         def wait(state: tenacity.RetryCallState) -> float:
             exp = min(policy.max_wait, policy.initial_wait * 2 ** (state.attempt_number - 1))
             exc = state.outcome.exception() if state.outcome else None
-            retry_after = getattr(exc, "retry_after", None)
+            retry_after = retry_after_of(exc) if exc is not None else None
             if policy.honour_retry_after and retry_after is not None:
                 return max(exp, retry_after)
             # the last try comes at the deadline, not a whole backoff after it
@@ -169,18 +175,23 @@ class TrackingRequests:
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
-            log.info("Retrying %s %s in %.2fs after %s", method, endpoint,
+            log.info("Retrying %s in %.2fs after %s", what,
                      state.next_action.sleep if state.next_action else 0, type(exc).__name__)
 
         retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(policy.attempts),
+            stop=stop,
             wait=wait,
             retry=tenacity.retry_if_exception(retryable),
             sleep=self.sleep,
             before_sleep=before_sleep,
             reraise=True,
         )
-        return retrying(self._attempt, api_class, endpoint if raw_path else API + endpoint, method, body, upload)
+
+        def scoped() -> Any:
+            with paced(self.scope):
+                return func(*args, **kwargs)
+
+        return retrying(scoped)
 
     # ---- the endpoints the collector and the replayer use ------------------------------
 

@@ -127,10 +127,18 @@ def test_bad_payloads_are_quarantined_with_reasons(closed_proxy, tracking_server
 
 
 def test_unsigned_models_replay_only_when_trusted(closed_proxy, tracking_server, client, experiment,
-                                                  tmp_path, monkeypatch):
+                                                  tmp_path, monkeypatch, caplog):
+    import mlflow_spark_tools.collector as collector_module
+
     monkeypatch.delenv("MLFLOW_SPARK_TOOLS_SIGNING_KEY", raising=False)
+    monkeypatch.setattr(collector_module, "_UNSIGNED_WARNED", False)
     store_path = tmp_path / "store"
-    _defer(closed_proxy, store_path, experiment, [0], with_model=True)
+    _defer(closed_proxy, store_path, experiment, [0, 1], with_model=True)
+    # the collector said so at once, once per process
+    warnings = [r for r in caplog.records if "without a signing key" in r.getMessage()]
+    assert len(warnings) == 1 and "MLFLOW_SPARK_TOOLS_SIGNING_KEY" in warnings[0].getMessage()
+    os.rename(store_path / "pending" / f"{FailedRunStore(store_path).ids('pending')[1]}.json",
+              tmp_path / "set-aside.json")
     replayer = Replayer(str(store_path), tracking_server.url, UNLIMITED, max_workers=2,
                         signing_key=SigningKey("another key, not the one"))
     assert replayer.run().failed == 1

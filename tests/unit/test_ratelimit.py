@@ -50,3 +50,39 @@ def test_limiter_uses_profile_rates_with_safety_factor():
     assert abs(limiter.buckets["log_batch"].rate - 44.65) < 1e-9
     assert abs(limiter.buckets["other"].rate - 120.65) < 1e-9
     assert abs(limiter.buckets["experiment_management"].rate - 6.65) < 1e-9
+
+
+def test_one_congestion_event_lowers_the_rate_once_and_the_rate_finds_its_way_back():
+    from mlflow_spark_tools.ratelimit import AdaptiveRate
+
+    t = FakeTime()
+    rate = AdaptiveRate(10.0, clock=t.clock)
+    assert rate.on_throttled(1.0) == 7.0 and rate.ceiling == 10.0
+    t.now += 0.5
+    assert rate.on_throttled(1.0) == 7.0  # the same congestion event
+    t.now += 1.0
+    assert abs(rate.on_throttled(1.0) - 4.9) < 1e-9 and rate.ceiling == 7.0  # a new one: the share left is smaller
+    seen = []
+    for _ in range(60):  # successes every 0.1 s: fast back to just under the ceiling, then a slow probe
+        t.now += 0.1
+        seen.append(rate.on_success())
+    assert seen[10] >= 0.95 * 7.0 - 1e-9
+    assert 7.0 < seen[-1] < 7.0 + 10.0 * 0.01 * 6.1
+    floor = AdaptiveRate(10.0, clock=t.clock)
+    for _ in range(50):
+        t.now += 2.0
+        floor.on_throttled()
+    assert floor.rate == 1.0  # never below 10% of the limit
+
+
+def test_the_limiter_waits_out_retry_after_and_slows_the_class():
+    t = FakeTime()
+    limiter = RateLimiter(RateLimitProfile("p", {"experiment_management": 10, "search_runs": 10,
+                                                 "log_batch": 10, "other": 10}, 1.0), t.clock, t.sleep)
+    limiter.acquire("other")
+    limiter.on_throttled("other", retry_after=2.0)
+    start = t.now
+    limiter.acquire("other")
+    assert t.now - start >= 2.0
+    assert limiter.rates()["other"] == 7.0 and limiter.rates()["log_batch"] == 10.0
+    assert limiter.buckets["other"].rate == 7.0

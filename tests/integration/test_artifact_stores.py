@@ -1,0 +1,197 @@
+"""Every request paced and counted, on the three artifact stores users have.
+
+- ``proxied``: the tracking server serves artifacts (``mlflow-artifacts:/`` URIs);
+- ``direct``: ``--default-artifact-root DIR`` (plain path URIs, MLflow's local repository);
+- ``databricks``: ``dbfs:/databricks/mlflow-tracking/...`` URIs written by MLflow's real
+  ``DatabricksArtifactRepository``, which asks a loopback stand-in of the workspace for signed
+  URLs through the rate-limit proxy (routed there) and uploads to the stand-in's storage.
+
+Runs with an artifact file, an artifact directory and (every third) a model are deferred by the
+collector and replayed through a proxy with tight limits: the replay's own per-endpoint counts
+must equal what the proxy saw (no request it did not pace), with no 429, and every run must
+arrive exactly once with the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from mlflow_spark_tools.collector import DEFERRED, FailedRunCollector
+from mlflow_spark_tools.config import RateLimitProfile
+from mlflow_spark_tools.local_server import LocalTrackingServer
+from mlflow_spark_tools.proxy import RateLimitProxy
+from mlflow_spark_tools.replay import Replayer
+from mlflow_spark_tools.signing import load_signing_key
+from tests.support.databricks_artifacts import DEFAULT_ARTIFACT_ROOT, DatabricksArtifactStore, routes
+
+from .run_content import runs_by_index
+
+SETUPS = ("proxied", "direct", "databricks")
+TIGHT = {"experiment_management": 5, "search_runs": 5, "log_batch": 8, "other": 30}
+CLOSED = {"experiment_management": 0.001, "search_runs": 0.001, "log_batch": 0.001, "other": 0.001}
+
+
+class Setup:
+    """A tracking server with one kind of artifact store, and how to read a run's bytes back."""
+
+    def __init__(self, name: str, server: LocalTrackingServer, store: DatabricksArtifactStore | None = None,
+                 token: str | None = None) -> None:
+        self.name, self.server, self.store, self.token = name, server, store, token
+
+    def proxy(self, limits: dict[str, float], safety_factor: float = 1.0) -> RateLimitProxy:
+        profile = RateLimitProfile(name="test", limits=limits, safety_factor=safety_factor)
+        return RateLimitProxy(self.server.url, profile,
+                              routes=routes(self.store) if self.store is not None else None).start()
+
+    def artifact_bytes(self, run, path: str) -> bytes:
+        uri = run.info.artifact_uri
+        if self.name == "databricks":
+            return self.store.file(run.info.run_id, path).read_bytes()
+        if self.name == "direct":
+            return (Path(urllib.parse.urlsplit(uri).path) / path).read_bytes()
+        root = uri.split(":", 1)[1].strip("/")
+        url = f"{self.server.url}/api/2.0/mlflow-artifacts/artifacts/{root}/{path}"
+        with urllib.request.urlopen(url, timeout=60) as response:
+            return response.read()
+
+
+@pytest.fixture(scope="module")
+def setups(tracking_server, tmp_path_factory):
+    root = tmp_path_factory.mktemp("artifact-setups")
+    token = "dapi" + uuid.uuid4().hex
+    store = DatabricksArtifactStore(root / "cloud", token).start()
+    direct = LocalTrackingServer(root / "direct", artifact_root=str(root / "direct-artifacts")).start()
+    databricks = LocalTrackingServer(root / "databricks", artifact_root=DEFAULT_ARTIFACT_ROOT).start()
+    yield {"proxied": Setup("proxied", tracking_server), "direct": Setup("direct", direct),
+           "databricks": Setup("databricks", databricks, store, token)}
+    direct.stop()
+    databricks.stop()
+    store.stop()
+
+
+def _content(i: int) -> dict[str, bytes]:
+    seed = f"run {i} ".encode()
+    return {"reports/report.bin": os.urandom(64) + seed * 50, "bundle/a.txt": seed * 3,
+            "bundle/deep/b.json": json.dumps({"i": i}).encode()}
+
+
+def _log(collector, experiment: str, i: int, tmp: Path):
+    files = _content(i)
+    work = tmp / f"w{i}"
+    for rel, data in files.items():
+        (work / rel).parent.mkdir(parents=True, exist_ok=True)
+        (work / rel).write_bytes(data)
+    with collector.start_run(experiment_id=experiment, run_name=f"run-{i:04d}") as run:
+        run.log_params({"i": i})
+        run.log_metric("loss", 1.0 / (i + 1), step=1)
+        run.log_artifact(str(work / "reports" / "report.bin"), "reports")
+        run.log_artifact(str(work / "bundle"))
+        if i % 3 == 0:
+            from sklearn.linear_model import LinearRegression
+
+            model = LinearRegression().fit([[0.0], [1.0]], [0.0, float(i)])
+            run.log_model(model, "model", flavor="sklearn", pip_requirements=["scikit-learn"])
+    return run.status, files
+
+
+@pytest.mark.parametrize("name", SETUPS)
+def test_replay_paces_every_request_and_delivers_the_same_bytes(name, setups, tmp_path, monkeypatch, signing_key):
+    setup = setups[name]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(setup.server.url)
+    experiment = client.create_experiment(f"{name}-{uuid.uuid4().hex[:8]}")
+    closed = setup.proxy(CLOSED)
+    tight = setup.proxy(TIGHT)
+    if setup.store is not None:  # MLflow's Databricks repository finds the workspace here
+        monkeypatch.setenv("DATABRICKS_HOST", tight.url)
+        monkeypatch.setenv("DATABRICKS_TOKEN", setup.token)
+    try:
+        collector = FailedRunCollector(tmp_path / "store", tracking_uri=closed.url, fail_fast_seconds=0.3)
+        expected = {}
+        for i in range(6):
+            status, files = _log(collector, experiment, i, tmp_path)
+            assert status == DEFERRED
+            expected[i] = files
+        tight.reset()
+        profile = RateLimitProfile(name="tight", limits=TIGHT, safety_factor=0.9)
+        summary = Replayer(str(tmp_path / "store"), tight.url, profile, max_workers=4,
+                           signing_key=load_signing_key()).run_until_empty(pause=0.2)
+        seen = tight.stats()
+    finally:
+        closed.stop()
+        tight.stop()
+    assert summary.replayed == 6 and summary.failed == 0 and summary.pending == 0
+    # every request the replay caused, MLflow's repository's own included, was paced and counted
+    ours = {k: v["requests"] for k, v in summary.endpoints.items()}
+    theirs = {k: v["requests"] for k, v in seen["endpoints"].items()}
+    assert ours == theirs, (ours, theirs)
+    assert sum(seen["rate_limited"].values()) == 0 and sum(summary.throttled.values()) == 0
+    if name == "databricks":
+        assert theirs["artifacts/credentials-for-write"] >= 6 * 3
+    else:
+        assert "artifacts/credentials-for-write" not in theirs
+    runs = runs_by_index(client, experiment)
+    assert sorted(runs) == list(range(6))
+    for i, files in expected.items():
+        assert len(runs[i]) == 1, f"run {i} arrived {len(runs[i])} times"
+        run = runs[i][0]
+        assert run.data.params == {"i": str(i)} and run.info.status == "FINISHED"
+        for rel, data in files.items():
+            assert setup.artifact_bytes(run, rel) == data, (i, rel)
+        if i % 3 == 0:
+            assert b"flavors" in setup.artifact_bytes(run, "model/MLmodel")
+
+
+JOB = Path(__file__).with_name("udf_sweep_job.py")
+
+
+def test_udf_sweep_on_a_databricks_shaped_store_loses_nothing(setups, tmp_path, signing_key):
+    """Collector in the Python workers of classic Spark, artifacts through MLflow's Databricks
+    repository, limits that defer runs mid-way: every run once, every artifact in storage."""
+    setup = setups["databricks"]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(setup.server.url)
+    experiment = client.create_experiment(f"udf-dbx-{uuid.uuid4().hex[:8]}")
+    proxy = setup.proxy({**TIGHT, "other": 40, "log_batch": 1})
+    runs = 24
+    try:
+        out = tmp_path / "results.json"
+        env = dict(os.environ, PYSPARK_PYTHON=sys.executable, RUST_LOG="error",
+                   DATABRICKS_HOST=proxy.url, DATABRICKS_TOKEN=setup.token)
+        for variable in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "SPARK_LOCAL_REMOTE", "MLFLOW_TRACKING_URI"):
+            env.pop(variable, None)
+        done = subprocess.run(
+            [sys.executable, str(JOB), "--engine", "classic", "--tracking-uri", proxy.url, "--experiment-id",
+             experiment, "--store", str(tmp_path / "store"), "--runs", str(runs), "--out", str(out)],
+            capture_output=True, text=True, timeout=900, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        results = json.loads(out.read_text())["results"]
+        assert any(r[1] == "deferred" for r in results)
+        proxy.reset()
+        os.environ["DATABRICKS_HOST"], os.environ["DATABRICKS_TOKEN"] = proxy.url, setup.token
+        try:
+            summary = Replayer(str(tmp_path / "store"), proxy.url,
+                               RateLimitProfile(name="t", limits=proxy.profile.limits, safety_factor=0.9),
+                               max_workers=8, signing_key=load_signing_key()).run_until_empty(pause=0.2)
+        finally:
+            del os.environ["DATABRICKS_HOST"], os.environ["DATABRICKS_TOKEN"]
+        assert summary.failed == 0 and summary.pending == 0 and sum(summary.throttled.values()) == 0
+    finally:
+        proxy.stop()
+    by_index = runs_by_index(client, experiment)
+    assert sorted(by_index) == list(range(runs)) and all(len(by_index[i]) == 1 for i in range(runs))
+    for i in range(runs):
+        run = by_index[i][0]
+        assert setup.store.file(run.info.run_id, "reports/report.txt").read_text() == f"report of run {i}\n" * 20
+        assert setup.store.file(run.info.run_id, "model/MLmodel").is_file()
