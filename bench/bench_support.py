@@ -24,14 +24,16 @@ def use_package_tree(tree: str | None) -> None:
     print(f"package: {mlflow_spark_tools.__file__}", flush=True)
 
 
-def start_proxy(upstream: str, profile: str, latency_ms: float) -> tuple[subprocess.Popen, str]:
+def start_proxy(upstream: str, profile: str, latency_ms: float,
+                routes: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     """``mlflow-spark-tools rate-limit-proxy`` in its own process; returns it and its URL."""
     from mlflow_spark_tools.local_server import free_port, wait_for_health
 
     port = free_port()
+    route_args = [arg for prefix, url in (routes or {}).items() for arg in ("--route", f"{prefix}={url}")]
     process = subprocess.Popen(
         [sys.executable, "-m", "mlflow_spark_tools.cli", "rate-limit-proxy", "--upstream", upstream,
-         "--port", str(port), "--profile", profile, "--latency-ms", str(latency_ms)],
+         "--port", str(port), "--profile", profile, "--latency-ms", str(latency_ms), *route_args],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"

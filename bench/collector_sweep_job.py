@@ -4,7 +4,8 @@
         --runs N --out result.json
 
 Classic local JVM Spark (``local[2]``); each task fits a small model and logs 10 params, a
-20-step history of 3 metrics and 5 tags through ``FailedRunCollector``. Writes the job's wall
+20-step history of 3 metrics and 5 tags (and with ``--artifact-bytes`` an artifact file)
+through ``FailedRunCollector``. Writes the job's wall
 time (the Spark action only, session start excluded) and how many runs were deferred.
 """
 
@@ -24,6 +25,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--artifact-bytes", type=int, default=0,
+                        help="Each run also logs an artifact file of this size.")
     args = parser.parse_args()
 
     from pyspark.sql import SparkSession
@@ -35,6 +38,7 @@ def main() -> None:
              .config("spark.ui.enabled", "false").getOrCreate())
     collector = FailedRunCollector(args.store, tracking_uri=args.tracking_uri)
     experiment_id = args.experiment_id
+    artifact_bytes = args.artifact_bytes
 
     def task(i):
         import logging
@@ -45,6 +49,14 @@ def main() -> None:
         logging.getLogger("mlflow_spark_tools").setLevel(logging.ERROR)
         rng = np.random.default_rng(i)
         x, y = rng.normal(size=(200, 5)), rng.normal(size=200)
+        artifact = None
+        if artifact_bytes:
+            import os
+            import tempfile
+
+            handle, artifact = tempfile.mkstemp(suffix=".bin")
+            os.write(handle, rng.bytes(artifact_bytes))
+            os.close(handle)
         with collector.start_run(experiment_id=experiment_id, run_name=f"run-{i:05d}") as run:
             run.log_params({f"p{k}": f"{i}-{k}" for k in range(10)})
             for step in range(20):
@@ -52,6 +64,10 @@ def main() -> None:
                 run.log_metrics({"loss": float(np.mean((model.predict(x) - y) ** 2)),
                                  "score": float(model.score(x, y)), "alpha": 1.0 / (step + 1)}, step=step)
             run.set_tags({f"t{k}": str(k) for k in range(5)})
+            if artifact:
+                run.log_artifact(artifact, "reports")
+        if artifact:
+            os.remove(artifact)
         return run.status
 
     df = spark.range(args.runs).repartition(args.partitions)

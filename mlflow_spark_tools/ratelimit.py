@@ -9,6 +9,7 @@ it runs.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -97,18 +98,22 @@ class TokenBucket:
             return (1.0 - self._tokens) / self.rate
 
 
+REPEAT_EVENT_SECONDS = 10.0
+
+
 class AdaptiveRate:
     """The rate one API class may use now: the profile's limit until the server says otherwise.
 
     A workspace's budget is shared with every other client on it, so the profile's limit is
     only an upper bound. A 429 means the share left to us is smaller: the rate drops to
-    ``decrease`` times the rate at which it came (multiplicative decrease), and that rate is
-    remembered as the ceiling. Then the rate climbs back quickly to just under the ceiling
-    (``recovery_share`` of the limit per second), and from there creeps up slowly
-    (``probe_share`` of the limit per second), ceiling and all, until the limit or the next 429
-    (additive increase). Near the ceiling the probe is gentle, so 429s stay rare while the
-    other clients' use is steady, and the rate follows when it changes. One 429 per congestion
-    event counts: more within ``max(1 s, Retry-After)`` of a decrease are the same event.
+    ``decrease`` times what it was (multiplicative decrease; one 429 per congestion event
+    counts, more within ``max(1 s, Retry-After)`` of a decrease are the same event; an event
+    within 10 s of the last one steps down by ``decrease`` squared), and climbs
+    back by ``probe_share`` of the limit per second while requests go through (additive
+    increase), up to the limit. The slow climb is what keeps 429s rare while other clients'
+    use is steady (about one per climb from ``decrease`` x capacity back to capacity), at an
+    average of about (1 + decrease) / 2 of the capacity left to us; and it gives capacity
+    back to the others, and takes it again, as their use changes.
 
     Args:
         limit: the profile's rate (with its safety factor), requests per second.
@@ -116,20 +121,18 @@ class AdaptiveRate:
         clock: monotonic clock (injectable for tests).
     """
 
-    def __init__(self, limit: float, floor_share: float = 0.1, decrease: float = 0.7,
-                 recovery_share: float = 0.3, probe_share: float = 0.01,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, limit: float, floor_share: float = 0.1, decrease: float = 0.75,
+                 probe_share: float = 0.003, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = float(limit)
         self.floor = self.limit * floor_share
         self.decrease = decrease
-        self.recovery = self.limit * recovery_share
         self.probe = self.limit * probe_share
         self.rate = self.limit
-        self.ceiling = self.limit
         self._clock = clock
         self._lock = threading.Lock()
         self._updated = clock()
         self._quiet_until = 0.0
+        self._last_event = -math.inf
 
     def on_throttled(self, retry_after: float | None = None) -> float:
         """A 429 came back; returns the new rate."""
@@ -137,8 +140,11 @@ class AdaptiveRate:
             now = self._clock()
             if now < self._quiet_until:
                 return self.rate
-            self.ceiling = max(self.floor, self.rate)
-            self.rate = max(self.floor, self.rate * self.decrease)
+            # Another event soon after the last one: the rate is still far above what is left
+            # (at the start, when other clients hold part of the budget): step down faster.
+            factor = self.decrease ** 2 if now - self._last_event < REPEAT_EVENT_SECONDS else self.decrease
+            self.rate = max(self.floor, self.rate * factor)
+            self._last_event = now
             self._quiet_until = now + max(1.0, retry_after or 0.0)
             self._updated = now
             return self.rate
@@ -149,11 +155,8 @@ class AdaptiveRate:
             now = self._clock()
             elapsed = max(0.0, now - self._updated)
             self._updated = now
-            if self.rate >= self.limit:
-                return self.rate
-            self.ceiling = min(self.limit, self.ceiling + self.probe * elapsed)
-            step = self.recovery if self.rate < 0.95 * self.ceiling else self.probe
-            self.rate = min(self.ceiling, self.rate + step * elapsed)
+            if self.rate < self.limit:
+                self.rate = min(self.limit, self.rate + self.probe * elapsed)
             return self.rate
 
 

@@ -195,3 +195,27 @@ def test_udf_sweep_on_a_databricks_shaped_store_loses_nothing(setups, tmp_path, 
         run = by_index[i][0]
         assert setup.store.file(run.info.run_id, "reports/report.txt").read_text() == f"report of run {i}\n" * 20
         assert setup.store.file(run.info.run_id, "model/MLmodel").is_file()
+
+
+def test_a_replay_meeting_429s_slows_down_and_goes_on_with_the_same_payloads(closed_proxy, make_proxy, client,
+                                                                          experiment, tmp_path, signing_key):
+    """Back-pressure: with a profile far above what the server grants, 429s lower the rate and
+    are waited out; no payload goes back to pending for them."""
+    from .run_content import assert_run_complete, log_sample_run
+
+    collector = FailedRunCollector(tmp_path / "store", tracking_uri=closed_proxy.url, fail_fast_seconds=0.3)
+    for i in range(10):
+        assert log_sample_run(collector, experiment, i, with_model=False)[0] == DEFERRED
+    stingy = make_proxy({"other": 4, "log_batch": 2}, safety_factor=1.0)
+    generous = RateLimitProfile(name="generous", limits=dict.fromkeys(
+        ("experiment_management", "search_runs", "log_batch", "other"), 50), safety_factor=1.0)
+    summary = Replayer(str(tmp_path / "store"), stingy.url, generous, max_workers=8).run()
+    assert summary.replayed == 10 and summary.released == 0 and summary.failed == 0
+    assert summary.throttled["other"] > 0  # the server pushed back...
+    assert summary.rates["other"] < 50  # ...and the class slowed down
+    assert stingy.stats()["rate_limited"]["other"] == summary.throttled["other"]
+    runs = runs_by_index(client, experiment)
+    assert sorted(runs) == list(range(10))
+    for i in range(10):
+        assert len(runs[i]) == 1
+        assert_run_complete(client, runs[i][0], i, with_model=False)

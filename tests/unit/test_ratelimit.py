@@ -52,22 +52,25 @@ def test_limiter_uses_profile_rates_with_safety_factor():
     assert abs(limiter.buckets["experiment_management"].rate - 6.65) < 1e-9
 
 
-def test_one_congestion_event_lowers_the_rate_once_and_the_rate_finds_its_way_back():
+def test_one_congestion_event_lowers_the_rate_once_and_the_rate_climbs_back_slowly():
     from mlflow_spark_tools.ratelimit import AdaptiveRate
 
     t = FakeTime()
     rate = AdaptiveRate(10.0, clock=t.clock)
-    assert rate.on_throttled(1.0) == 7.0 and rate.ceiling == 10.0
+    assert rate.on_throttled(1.0) == 7.5
     t.now += 0.5
-    assert rate.on_throttled(1.0) == 7.0  # the same congestion event
+    assert rate.on_throttled(1.0) == 7.5  # the same congestion event
     t.now += 1.0
-    assert abs(rate.on_throttled(1.0) - 4.9) < 1e-9 and rate.ceiling == 7.0  # a new one: the share left is smaller
-    seen = []
-    for _ in range(60):  # successes every 0.1 s: fast back to just under the ceiling, then a slow probe
+    assert abs(rate.on_throttled(1.0) - 7.5 * 0.75**2) < 1e-9  # a new event soon after: a bigger step
+    for _ in range(100):  # successes every 0.1 s for 10 s: +0.03 per second
         t.now += 0.1
-        seen.append(rate.on_success())
-    assert seen[10] >= 0.95 * 7.0 - 1e-9
-    assert 7.0 < seen[-1] < 7.0 + 10.0 * 0.01 * 6.1
+        rate.on_success()
+    assert abs(rate.rate - (7.5 * 0.75**2 + 0.3)) < 1e-6
+    t.now += 20
+    before = rate.rate
+    assert abs(rate.on_throttled() - before * 0.75) < 1e-9  # long after the last event: the usual step
+    t.now += 1000
+    assert rate.on_success() == 10.0  # never over the limit
     floor = AdaptiveRate(10.0, clock=t.clock)
     for _ in range(50):
         t.now += 2.0
@@ -84,5 +87,5 @@ def test_the_limiter_waits_out_retry_after_and_slows_the_class():
     start = t.now
     limiter.acquire("other")
     assert t.now - start >= 2.0
-    assert limiter.rates()["other"] == 7.0 and limiter.rates()["log_batch"] == 10.0
-    assert limiter.buckets["other"].rate == 7.0
+    assert limiter.rates()["other"] == 7.5 and limiter.rates()["log_batch"] == 10.0
+    assert limiter.buckets["other"].rate == 7.5
