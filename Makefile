@@ -17,10 +17,13 @@ $(STAMP): $(BIN)/python setup.py constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	PYSPARK_PYTHON=$(abspath $(BIN)/python) $(BIN)/python -m mlflow_spark_tools.demo
+	PYSPARK_PYTHON=$(abspath $(BIN)/python) $(BIN)/python examples/demo.py
 
+# ruff; the layer contracts of docs/ARCHITECTURE.md (.importlinter); types (mypy.ini)
 lint: $(STAMP)
-	$(BIN)/ruff check mlflow_spark_tools jobs tests bench notebooks
+	$(BIN)/ruff check mlflow_spark_tools jobs tests bench notebooks examples
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 
 test: $(STAMP) lint
 	PYSPARK_PYTHON=$(abspath $(BIN)/python) $(BIN)/python -m pytest -q tests

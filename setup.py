@@ -25,7 +25,8 @@ setup(
     + ["mlflow_spark_tools._conf", "mlflow_spark_tools._conf.rate_limits",
        "mlflow_spark_tools._conf.jobs"],
     package_dir={"mlflow_spark_tools._conf": "conf"},
-    package_data={"mlflow_spark_tools._conf": ["*.yaml", "rate_limits/*.yaml", "jobs/*.yaml"]},
+    package_data={"mlflow_spark_tools": ["py.typed"],
+                  "mlflow_spark_tools._conf": ["*.yaml", "rate_limits/*.yaml", "jobs/*.yaml"]},
     install_requires=[
         "mlflow-skinny>=2.16",
         "cloudpickle>=2.2",
@@ -53,6 +54,10 @@ setup(
             "pytest-timeout>=2.3",
             "psutil>=5.9",
             "ruff>=0.6",
+            "mypy>=1.10",
+            "import-linter>=2.1",
+            "types-PyYAML",
+            "types-requests",
             # builds the wheel without an isolated build environment (no download in tests)
             "setuptools>=70.1",
         ],
@@ -62,9 +67,9 @@ setup(
             "mlflow-spark-tools=mlflow_spark_tools.cli:main",
         ],
         # Databricks python_wheel_task entry points (found by name in any group; this one puts
-        # nothing on PATH). Keep in step with mlflow_spark_tools.wheel_tasks.ENTRY_POINTS.
+        # nothing on PATH). Keep in step with mlflow_spark_tools.cli.wheel_tasks.ENTRY_POINTS.
         "packages": [
-            f"{name}=mlflow_spark_tools.wheel_tasks:{name.replace('-', '_')}"
+            f"{name}=mlflow_spark_tools.cli.wheel_tasks:{name.replace('-', '_')}"
             for name in WHEEL_ENTRY_POINTS
         ],
     },

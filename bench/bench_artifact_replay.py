@@ -52,7 +52,7 @@ CLASSES = ("experiment_management", "search_runs", "log_batch", "other")
 def write_payloads(store: Path, closed_url: str, experiment_id: str, n: int) -> None:
     from sklearn.linear_model import LinearRegression
 
-    from mlflow_spark_tools.collector import FailedRunCollector
+    from mlflow_spark_tools.failed_runs.collector import FailedRunCollector
 
     collector = FailedRunCollector(store, tracking_uri=closed_url, fail_fast_seconds=0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -121,8 +121,8 @@ def one_replay(setup: str, server, proxy_url: str, closed_url: str, profile_path
     from mlflow import MlflowClient
 
     from mlflow_spark_tools.config import RateLimitProfile
-    from mlflow_spark_tools.replay import Replayer
-    from mlflow_spark_tools.signing import load_signing_key
+    from mlflow_spark_tools.failed_runs.replayer import Replayer
+    from mlflow_spark_tools.failed_runs.signing import load_signing_key
 
     client = MlflowClient(server.url)
     experiment = client.create_experiment(f"{setup}-{uuid.uuid4().hex[:8]}")
@@ -182,8 +182,8 @@ def main() -> None:
     os.environ.setdefault("MLFLOW_SPARK_TOOLS_SIGNING_KEY", "bench-signing-key-" + uuid.uuid4().hex)
 
     from mlflow_spark_tools.config import RateLimitProfile
-    from mlflow_spark_tools.local_server import LocalTrackingServer
     from tests.support.databricks_artifacts import DEFAULT_ARTIFACT_ROOT, DatabricksArtifactStore, routes
+    from tests.support.local_server import LocalTrackingServer
 
     root = Path(tempfile.mkdtemp(prefix="bench-artifact-replay-"))
     databricks = RateLimitProfile.load("databricks")

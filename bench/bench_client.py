@@ -48,7 +48,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 def measure_search(kind: str, url: str, experiment_id: str) -> dict:
     import mlflow
 
-    from mlflow_spark_tools.client import RetryingClient
+    from mlflow_spark_tools.tracking.client import RetryingClient
 
     mlflow.set_tracking_uri(url)
     before = peak_rss_mb()
@@ -71,8 +71,8 @@ def run_worker(kind: str, url: str, experiment_id: str) -> dict:
 def measure_overhead(url: str, run_ids: list[str], calls: int = 300) -> dict:
     from mlflow import MlflowClient
 
-    from mlflow_spark_tools.client import RetryingClient
     from mlflow_spark_tools.config import RateLimitProfile
+    from mlflow_spark_tools.tracking.client import RetryingClient
 
     plain = MlflowClient(url)
     ours = RetryingClient(url, profile=RateLimitProfile.load("unlimited"))
@@ -86,9 +86,9 @@ def measure_overhead(url: str, run_ids: list[str], calls: int = 300) -> dict:
 
 
 def measure_pacing(proxy_url: str, profile_name: str, experiment_id: str, run_ids: list[str]) -> dict:
-    from mlflow_spark_tools.client import RetryingClient
     from mlflow_spark_tools.config import RateLimitProfile
-    from mlflow_spark_tools.ratelimit import RateLimiter
+    from mlflow_spark_tools.tracking.client import RetryingClient
+    from mlflow_spark_tools.tracking.ratelimit import RateLimiter
 
     ours = RetryingClient(proxy_url, limiter=RateLimiter(RateLimitProfile.load(profile_name)))
     proxy_stats(proxy_url, reset=True)
@@ -161,8 +161,8 @@ def main() -> None:
 
     from mlflow import MlflowClient
 
-    from mlflow_spark_tools.local_server import LocalTrackingServer
-    from mlflow_spark_tools.sqlite_seed import SeedSpec, seed_runs
+    from tests.support.local_server import LocalTrackingServer
+    from tests.support.sqlite_seed import SeedSpec, seed_runs
 
     root = Path(tempfile.mkdtemp(prefix="bench-client-"))
     results: dict[str, list[dict]] = {"baseline": [], "ours": [], "overhead": [], "pacing": [], "unpaced": []}

@@ -6,7 +6,7 @@
    history of 3 metrics, 5 tags, no artifacts) logged with ``FailedRunCollector`` against the
    fluent-API pattern (``mlflow.start_run`` / ``log_params`` / ``log_metrics`` per step /
    ``set_tags`` / end of run). Target: <= 3 requests per run.
-2. A classic local[2] Spark job (``bench/collector_sweep_job.py``) logging ``--runs`` runs from
+2. A classic local[2] Spark job (``tests/support/udf_sweep_job.py --workload ridge``) logging ``--runs`` runs from
    a UDF through the proxy, with no limits and under a 429 storm (2 log_batch and 5 other
    requests per second for the whole job), alternating, ``--repetitions`` times each.
    Target: storm wall time <= 1.2 x the unlimited one. Every deferred run is in the store.
@@ -37,7 +37,7 @@ os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 def requests_per_run(server_url: str, client, runs: int) -> dict:
     import mlflow
 
-    from mlflow_spark_tools.collector import FailedRunCollector
+    from mlflow_spark_tools.failed_runs.collector import FailedRunCollector
 
     proxy, url = start_proxy(server_url, "unlimited", 0)
     try:
@@ -74,7 +74,8 @@ def spark_job(url: str, experiment: str, store: Path, runs: int, artifact_bytes:
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, **(env_extra or {}))
     for name in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "SPARK_LOCAL_REMOTE"):
         env.pop(name, None)
-    subprocess.run([sys.executable, str(HERE.parent / "collector_sweep_job.py"), "--tracking-uri", url,
+    subprocess.run([sys.executable, str(HERE.parents[1] / "tests" / "support" / "udf_sweep_job.py"),
+                    "--engine", "classic", "--workload", "ridge", "--tracking-uri", url,
                     "--experiment-id", experiment, "--store", str(store), "--runs", str(runs),
                     "--out", str(out), "--artifact-bytes", str(artifact_bytes)],
                    check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -124,7 +125,7 @@ def main() -> None:
 
     from mlflow import MlflowClient
 
-    from mlflow_spark_tools.local_server import LocalTrackingServer
+    from tests.support.local_server import LocalTrackingServer
 
     sys.path.insert(0, str(HERE.parents[1]))  # tests/support: the workspace stand-in
     from tests.support.databricks_artifacts import DEFAULT_ARTIFACT_ROOT, DatabricksArtifactStore, routes

@@ -80,9 +80,9 @@ def main() -> None:
 
     from mlflow import MlflowClient
 
-    from mlflow_spark_tools.deploy import build_wheel
-    from mlflow_spark_tools.local_server import LocalTrackingServer
-    from mlflow_spark_tools.sqlite_seed import SeedSpec, seed_runs
+    from mlflow_spark_tools.databricks.deploy import build_wheel
+    from tests.support.local_server import LocalTrackingServer
+    from tests.support.sqlite_seed import SeedSpec, seed_runs
 
     root = Path(tempfile.mkdtemp(prefix="bench-packaging-"))
     started = time.perf_counter()

@@ -72,7 +72,7 @@ def main() -> None:
 
     from mlflow import MlflowClient
 
-    from mlflow_spark_tools.local_server import LocalTrackingServer
+    from tests.support.local_server import LocalTrackingServer
 
     root = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
     tight = root / "tight.yaml"

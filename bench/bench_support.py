@@ -9,6 +9,11 @@ import sys
 import urllib.request
 from pathlib import Path
 
+# the tracking server and seeding helpers are shared with the tests (tests/support)
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
 
 def use_package_tree(tree: str | None) -> None:
     """Import ``mlflow_spark_tools`` from another checkout (``git worktree add DIR COMMIT``)
@@ -27,7 +32,7 @@ def use_package_tree(tree: str | None) -> None:
 def start_proxy(upstream: str, profile: str, latency_ms: float,
                 routes: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     """``mlflow-spark-tools rate-limit-proxy`` in its own process; returns it and its URL."""
-    from mlflow_spark_tools.local_server import free_port, wait_for_health
+    from tests.support.local_server import free_port, wait_for_health
 
     port = free_port()
     route_args = [arg for prefix, url in (routes or {}).items() for arg in ("--route", f"{prefix}={url}")]

@@ -37,7 +37,7 @@ os.environ.setdefault("RUST_LOG", "error")
 def measure_baseline(url: str, experiment_id: str, warehouse: str) -> dict:
     import mlflow
 
-    from mlflow_spark_tools.engine import start_embedded
+    from mlflow_spark_tools.spark.engine import start_embedded
 
     engine = start_embedded(warehouse)
     started = time.perf_counter()
@@ -61,9 +61,9 @@ def measure_baseline(url: str, experiment_id: str, warehouse: str) -> dict:
 def measure_build(url: str, experiment_id: str, warehouse: str, full: bool) -> dict:
     import mlflow  # noqa: F401 - imported before the clock starts, as in measure_baseline
 
-    from mlflow_spark_tools.build_tables import build_experiment_tables
     from mlflow_spark_tools.config import load_settings
-    from mlflow_spark_tools.engine import start_embedded
+    from mlflow_spark_tools.spark.engine import start_embedded
+    from mlflow_spark_tools.tables.build import build_experiment_tables
 
     engine = start_embedded(warehouse)
     # A 60 s look-back margin (default 600 s): repetitions are minutes apart, and each one's
@@ -72,7 +72,7 @@ def measure_build(url: str, experiment_id: str, warehouse: str, full: bool) -> d
         tracking_uri=url, rate_limit_profile="databricks", tables__watermark_margin_seconds=60
     )
     started = time.perf_counter()
-    result = build_experiment_tables(settings, [experiment_id], full_refresh=full, engine=engine)
+    result = build_experiment_tables(settings, experiment_ids=[experiment_id], full_refresh=full, engine=engine)
     seconds = time.perf_counter() - started
     summary = result.summaries[0]
     engine.stop()
@@ -137,8 +137,8 @@ def main() -> None:
 
     from mlflow import MlflowClient
 
-    from mlflow_spark_tools.local_server import LocalTrackingServer
-    from mlflow_spark_tools.sqlite_seed import SeedSpec, seed_runs
+    from tests.support.local_server import LocalTrackingServer
+    from tests.support.sqlite_seed import SeedSpec, seed_runs
 
     root = Path(tempfile.mkdtemp(prefix="bench-tables-"))
     warehouse = str(root / "warehouse")

@@ -15,12 +15,11 @@ from typing import Any
 
 import yaml
 
-from mlflow_spark_tools.endpoints import API_CLASSES as ENDPOINT_API_CLASSES
-from mlflow_spark_tools.endpoints import OPERATION_CLASSES
+from mlflow_spark_tools.core.endpoints import API_CLASSES as ENDPOINT_API_CLASSES
+from mlflow_spark_tools.core.endpoints import OPERATION_CLASSES
+from mlflow_spark_tools.core.identifiers import validate_database
+from mlflow_spark_tools.core.redaction import redact_uri
 from mlflow_spark_tools.errors import InvalidConfigError
-from mlflow_spark_tools.identifiers import validate_database
-from mlflow_spark_tools.payload_document import ReplayLimits
-from mlflow_spark_tools.redaction import redact_uri
 
 CONF_ENV = "MLFLOW_SPARK_TOOLS_CONF"
 ENV_OVERRIDES = {
@@ -32,6 +31,8 @@ ENV_OVERRIDES = {
 }
 
 API_CLASSES = ENDPOINT_API_CLASSES
+MiB = 1 << 20
+GiB = 1 << 30
 
 
 def conf_dir() -> Path:
@@ -230,12 +231,13 @@ class ClientConfig:
                     f"Unknown operation client.retries.{op}; known: {', '.join(RETRY_OPERATIONS)}."
                 )
             if isinstance(value, Mapping):
+                given = value
                 try:
-                    value = RetrySettings(**value)
+                    value = RetrySettings(**given)
                 except TypeError:
                     raise InvalidConfigError(
                         f"client.retries.{op} takes attempts, initial_wait, max_wait and jitter; "
-                        f"got {sorted(value)}."
+                        f"got {sorted(given)}."
                     ) from None
             if not isinstance(value, RetrySettings):
                 raise InvalidConfigError(f"client.retries.{op} must be a mapping.")
@@ -252,6 +254,43 @@ class ClientConfig:
         default = self.retries[DEFAULT_OPERATION]
         own = self.retries.get(operation)
         return own.over(default) if own is not None else default
+
+
+@dataclass(frozen=True)
+class ReplayLimits:
+    """How large one payload may be before the replayer refuses it unread.
+
+    The defaults admit the params and tags a run on Databricks may hold (1,600 each) and half a
+    million metric points, and bound what documents cost in memory: parsing JSON takes up to
+    about 25 times the document's size, so the bytes of documents held at once are capped.
+
+    Attributes:
+        max_document_bytes: size of the JSON document.
+        max_params: params of the run.
+        max_tags: tags of the run.
+        max_metric_points: metric points of the run.
+        max_artifacts: artifact and model entries of the run.
+        max_files: files inside the payload's artifact copies.
+        max_artifact_bytes: bytes of artifact copies and model blobs together.
+        max_model_bytes: bytes of one model blob (read into memory to verify and unpickle).
+        max_inflight_document_bytes: bytes of documents one replayer holds at once; a large
+            document waits for room, so that workers cannot each hold one at the limit.
+    """
+
+    max_document_bytes: int = 32 * MiB
+    max_params: int = 1600
+    max_tags: int = 1600
+    max_metric_points: int = 500_000
+    max_artifacts: int = 1000
+    max_files: int = 10_000
+    max_artifact_bytes: int = 4 * GiB
+    max_model_bytes: int = 2 * GiB
+    max_inflight_document_bytes: int = 32 * MiB
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidConfigError(f"replay.limits.{name} must be a positive integer, got {value!r}.")
 
 
 @dataclass(frozen=True)

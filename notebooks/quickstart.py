@@ -31,8 +31,7 @@ if result.exit_code != 0:
 # COMMAND ----------
 
 from mlflow_spark_tools.engine import get_engine
-from mlflow_spark_tools.identifiers import experiment_table_name, qualified_name, quote, sql_string
-from mlflow_spark_tools.queries import best_run
+from mlflow_spark_tools.queries import best_run, experiment_table_name, qualified_name, quote, sql_string
 
 engine = get_engine(spark=spark)  # noqa: F821
 best = best_run(experiment_id, metric, ascending=True, engine=engine, database=database)

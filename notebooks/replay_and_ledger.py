@@ -43,7 +43,7 @@ import mlflow
 
 from mlflow_spark_tools.config import load_settings
 from mlflow_spark_tools.engine import get_engine
-from mlflow_spark_tools.replay_job import UNTIL_EMPTY, ReplayOptions, run_replay_job
+from mlflow_spark_tools.replay import UNTIL_EMPTY, ReplayOptions, run_replay_job
 
 # On Databricks the tracking URI comes from the notebook's context, not from MLFLOW_TRACKING_URI.
 settings = load_settings().with_overrides(
@@ -70,12 +70,11 @@ exit_code = run_replay_job(settings, options, engine=engine)
 
 # COMMAND ----------
 
-from mlflow_spark_tools.catalog import Database
-from mlflow_spark_tools.identifiers import qualified_name
-from mlflow_spark_tools.replay_ledger import LEDGER_TABLE
+from mlflow_spark_tools.queries import qualified_name
+from mlflow_spark_tools.replay import LEDGER_TABLE, existing_ledger
 
 ledger = qualified_name(database, LEDGER_TABLE)
-has_ledger = Database(engine, database).exists(LEDGER_TABLE)
+has_ledger = existing_ledger(engine, database) is not None
 if not has_ledger:
     print(f"{ledger} does not exist yet: nothing has been replayed into {database}.")
 

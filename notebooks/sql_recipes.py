@@ -12,7 +12,7 @@
 # MAGIC
 # MAGIC Build or refresh the table first (the `quickstart` notebook or the build-tables job). Every
 # MAGIC recipe prints its SQL: copy it into Databricks SQL or a dashboard. Table and column names go
-# MAGIC through `mlflow_spark_tools.identifiers` and widget values become SQL literals, never raw SQL.
+# MAGIC through `mlflow_spark_tools.queries` and widget values become SQL literals, never raw SQL.
 
 # COMMAND ----------
 
@@ -37,7 +37,7 @@ if top_n < 1 or days < 1:
 
 # COMMAND ----------
 
-from mlflow_spark_tools.identifiers import experiment_table_name, qualified_name, quote, sql_string
+from mlflow_spark_tools.queries import experiment_table_name, qualified_name, quote, sql_string
 
 table = qualified_name(database, experiment_table_name(experiment_id))
 columns_table = qualified_name(database, experiment_table_name(experiment_id) + "_columns")

@@ -15,7 +15,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
 
 @pytest.fixture(scope="session")
 def tracking_server(tmp_path_factory):
-    from mlflow_spark_tools.local_server import LocalTrackingServer
+    from tests.support.local_server import LocalTrackingServer
 
     server = LocalTrackingServer(tmp_path_factory.mktemp("mlflow-server"), workers=2).start()
     yield server
@@ -31,7 +31,7 @@ def client(tracking_server):
 
 @pytest.fixture(scope="session")
 def engine(tmp_path_factory):
-    from mlflow_spark_tools.engine import start_embedded
+    from mlflow_spark_tools.spark.engine import start_embedded
 
     eng = start_embedded(tmp_path_factory.mktemp("warehouse"))
     yield eng
@@ -67,7 +67,7 @@ def cells_equal(a, b) -> bool:
 def make_proxy(tracking_server):
     """Start rate-limit proxies in front of the test server: ``make_proxy(limits, latency_ms)``."""
     from mlflow_spark_tools.config import RateLimitProfile
-    from mlflow_spark_tools.proxy import RateLimitProxy
+    from mlflow_spark_tools.tools.proxy import RateLimitProxy
 
     started = []
 
@@ -114,7 +114,7 @@ def built_wheel(tmp_path_factory):
     """This checkout built with ``pip wheel`` (no dependencies), once per test session."""
     from pathlib import Path
 
-    from mlflow_spark_tools.deploy import build_wheel
+    from mlflow_spark_tools.databricks.deploy import build_wheel
 
     return build_wheel(Path(__file__).resolve().parents[1], tmp_path_factory.mktemp("dist"), isolated=False)
 

@@ -6,8 +6,8 @@ import time
 
 from mlflow.entities import Metric, Param
 
-from mlflow_spark_tools.build_tables import build_experiment_tables
-from mlflow_spark_tools.spark_arrow import to_arrow
+from mlflow_spark_tools.spark.arrow import to_arrow
+from mlflow_spark_tools.tables.build import build_experiment_tables
 
 
 def log_run(client, experiment_id, params=None, metrics=None, tags=None, finish=True,
@@ -34,7 +34,7 @@ def log_run(client, experiment_id, params=None, metrics=None, tags=None, finish=
 
 
 def build(settings, experiment_id, engine, **kwargs):
-    result = build_experiment_tables(settings, [experiment_id], engine=engine, **kwargs)
+    result = build_experiment_tables(settings, experiment_ids=[experiment_id], engine=engine, **kwargs)
     assert result.exit_code == 0, [s.error for s in result.summaries]
     return result.summaries[0]
 

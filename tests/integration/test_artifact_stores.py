@@ -25,13 +25,13 @@ from pathlib import Path
 
 import pytest
 
-from mlflow_spark_tools.collector import DEFERRED, FailedRunCollector
 from mlflow_spark_tools.config import RateLimitProfile
-from mlflow_spark_tools.local_server import LocalTrackingServer
-from mlflow_spark_tools.proxy import RateLimitProxy
-from mlflow_spark_tools.replay import Replayer
-from mlflow_spark_tools.signing import load_signing_key
+from mlflow_spark_tools.failed_runs.collector import DEFERRED, FailedRunCollector
+from mlflow_spark_tools.failed_runs.replayer import Replayer
+from mlflow_spark_tools.failed_runs.signing import load_signing_key
+from mlflow_spark_tools.tools.proxy import RateLimitProxy
 from tests.support.databricks_artifacts import DEFAULT_ARTIFACT_ROOT, DatabricksArtifactStore, routes
+from tests.support.local_server import LocalTrackingServer
 
 from .run_content import runs_by_index
 
@@ -152,7 +152,7 @@ def test_replay_paces_every_request_and_delivers_the_same_bytes(name, setups, tm
             assert b"flavors" in setup.artifact_bytes(run, "model/MLmodel")
 
 
-JOB = Path(__file__).with_name("udf_sweep_job.py")
+JOB = Path(__file__).parents[1] / "support" / "udf_sweep_job.py"
 
 
 def test_udf_sweep_on_a_databricks_shaped_store_loses_nothing(setups, tmp_path, signing_key):
@@ -173,7 +173,8 @@ def test_udf_sweep_on_a_databricks_shaped_store_loses_nothing(setups, tmp_path, 
             env.pop(variable, None)
         done = subprocess.run(
             [sys.executable, str(JOB), "--engine", "classic", "--tracking-uri", proxy.url, "--experiment-id",
-             experiment, "--store", str(tmp_path / "store"), "--runs", str(runs), "--out", str(out)],
+             experiment, "--store", str(tmp_path / "store"), "--runs", str(runs), "--fail-fast-seconds", "2",
+             "--out", str(out)],
             capture_output=True, text=True, timeout=900, env=env)
         assert done.returncode == 0, done.stderr[-3000:]
         results = json.loads(out.read_text())["results"]

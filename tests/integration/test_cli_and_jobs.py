@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mlflow_spark_tools.cli import cli
-from mlflow_spark_tools.local_server import free_port
-from mlflow_spark_tools.queries import best_run, last_run
-from mlflow_spark_tools.ratelimit import RateLimiter
-from mlflow_spark_tools.tracking import TrackingSource
+from mlflow_spark_tools.cli.main import cli
+from mlflow_spark_tools.tables.queries import best_run, last_run
+from mlflow_spark_tools.tracking.ratelimit import RateLimiter
+from mlflow_spark_tools.tracking.source import TrackingSource
+from tests.support.local_server import free_port
 
 from .helpers import build, log_run
 
@@ -103,11 +103,11 @@ def test_best_and_last_run_agree_between_table_and_server(settings, engine, clie
     last = log_run(client, experiment, metrics={"acc": 0.99}, parent_run_id=top)
     source = TrackingSource(settings.tracking_uri, RateLimiter(settings.profile()))
     server_answers = [
-        best_run(experiment, "rmse", True, False, source=source).run_id,
-        best_run(experiment, "rmse", True, True, source=source).run_id,
-        best_run(experiment, "acc", False, True, source=source).run_id,
-        last_run(experiment, False, source=source).run_id,
-        last_run(experiment, True, source=source).run_id,
+        best_run(experiment, "rmse", ascending=True, ignore_nested=False, source=source).run_id,
+        best_run(experiment, "rmse", ascending=True, ignore_nested=True, source=source).run_id,
+        best_run(experiment, "acc", ascending=False, ignore_nested=True, source=source).run_id,
+        last_run(experiment, ignore_nested=False, source=source).run_id,
+        last_run(experiment, ignore_nested=True, source=source).run_id,
     ]
     assert server_answers[:2] == [child, top]
     assert server_answers[3] == last
@@ -116,11 +116,11 @@ def test_best_and_last_run_agree_between_table_and_server(settings, engine, clie
     table_choice = best_run(experiment, "rmse", engine=engine, source=source)
     assert table_choice.source == "table" and table_choice.value == 0.1
     table_answers = [
-        best_run(experiment, "rmse", True, False, engine=engine).run_id,
-        best_run(experiment, "rmse", True, True, engine=engine).run_id,
-        best_run(experiment, "acc", False, True, engine=engine).run_id,
-        last_run(experiment, False, engine=engine).run_id,
-        last_run(experiment, True, engine=engine).run_id,
+        best_run(experiment, "rmse", ascending=True, ignore_nested=False, engine=engine).run_id,
+        best_run(experiment, "rmse", ascending=True, ignore_nested=True, engine=engine).run_id,
+        best_run(experiment, "acc", ascending=False, ignore_nested=True, engine=engine).run_id,
+        last_run(experiment, ignore_nested=False, engine=engine).run_id,
+        last_run(experiment, ignore_nested=True, engine=engine).run_id,
     ]
     assert table_answers == server_answers
     cli_answer = invoke(settings, engine, "best-run", "--experiment-id", experiment,
@@ -210,7 +210,7 @@ def test_classic_spark_submit_without_delta_fails_with_a_clear_error(tmp_path, t
 
 
 def _deferred_payloads(make_proxy, store_path, experiment, n=2):
-    from mlflow_spark_tools.collector import FailedRunCollector
+    from mlflow_spark_tools.failed_runs.collector import FailedRunCollector
 
     proxy = make_proxy({"other": 0.001})
     collector = FailedRunCollector(store_path, tracking_uri=proxy.url, fail_fast_seconds=0.2)

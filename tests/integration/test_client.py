@@ -13,11 +13,11 @@ import pytest
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from mlflow_spark_tools.client import LOGGED_MODELS_TAG, RetryingClient
 from mlflow_spark_tools.config import ClientConfig, RateLimitProfile, RetrySettings
 from mlflow_spark_tools.errors import RunNotFoundError, UsageError
-from mlflow_spark_tools.local_server import free_port
-from mlflow_spark_tools.ratelimit import RateLimiter
+from mlflow_spark_tools.tracking.client import LOGGED_MODELS_TAG, RetryingClient
+from mlflow_spark_tools.tracking.ratelimit import RateLimiter
+from tests.support.local_server import free_port
 
 UNLIMITED = RateLimitProfile.load("unlimited")
 
@@ -98,7 +98,7 @@ def test_rate_limited_requests_are_retried_with_one_log_line_each(
     # class for the Retry-After and lowers its rate (back-pressure), and the 429s are retried
     limiter = RateLimiter(UNLIMITED)
     ours = RetryingClient(proxy.url, config=fast_retries(attempts=30), limiter=limiter, sleep=sleeps)
-    with caplog.at_level(logging.WARNING, logger="mlflow_spark_tools.client"):
+    with caplog.at_level(logging.WARNING, logger="mlflow_spark_tools.tracking.retries"):
         got = [ours.get_run(run_id).info.run_id for run_id in run_ids]
     assert got == run_ids
     stats = proxy.counters.as_dict()
@@ -135,7 +135,7 @@ def test_operations_not_safe_to_repeat_retry_only_when_nothing_was_sent(
 
     # A proxy whose upstream is gone answers 502: the server may have acted, so create_run is
     # not repeated while get_run is.
-    from mlflow_spark_tools.proxy import RateLimitProxy
+    from mlflow_spark_tools.tools.proxy import RateLimitProxy
 
     broken = RateLimitProxy(dead, UNLIMITED).start()
     try:

@@ -8,13 +8,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 from click.testing import CliRunner
 
-from mlflow_spark_tools.cli import cli
-from mlflow_spark_tools.collector import DEFERRED, LOGGED, FailedRunCollector
+from mlflow_spark_tools.cli.main import cli
 from mlflow_spark_tools.config import RateLimitProfile
-from mlflow_spark_tools.failed_run_store import FailedRunStore
-from mlflow_spark_tools.payload_document import PAYLOAD_TAG
-from mlflow_spark_tools.replay import Replayer
-from mlflow_spark_tools.signing import load_signing_key
+from mlflow_spark_tools.failed_runs.collector import DEFERRED, LOGGED, FailedRunCollector
+from mlflow_spark_tools.failed_runs.document import PAYLOAD_TAG
+from mlflow_spark_tools.failed_runs.replayer import Replayer
+from mlflow_spark_tools.failed_runs.signing import load_signing_key
+from mlflow_spark_tools.failed_runs.store import FailedRunStore
 
 from .run_content import assert_model_loads, assert_run_complete, log_sample_run, runs_by_index
 
@@ -195,7 +195,7 @@ def test_replay_job_entry_point_writes_a_ledger_a_new_process_can_read(make_prox
 
 def test_loop_mode_prints_one_summary_per_pass(make_proxy, client, experiment, tmp_path, settings, engine,
                                                signing_key):
-    from mlflow_spark_tools.replay_job import LOOP, ReplayOptions, run_replay_job
+    from mlflow_spark_tools.failed_runs.replay_job import LOOP, ReplayOptions, run_replay_job
 
     proxy = make_proxy({"log_batch": 0.001})
     store_path = tmp_path / "store"

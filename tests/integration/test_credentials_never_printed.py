@@ -2,7 +2,7 @@
 
 The URI ``http://alice:<password>@host:port`` is how MLflow users give basic-auth credentials.
 Every command below fails in its own way (a run that does not exist, a server that is down,
-with and without ``--debug``); all of stdout and stderr is searched for the planted password.
+with and without ``--debug`` and ``--traceback``); all of stdout and stderr is searched for the planted password.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from mlflow_spark_tools.collector import DEFERRED, FailedRunCollector
-from mlflow_spark_tools.local_server import free_port
+from mlflow_spark_tools.failed_runs.collector import DEFERRED, FailedRunCollector
+from tests.support.local_server import free_port
 
 from .run_content import log_sample_run
 
@@ -48,15 +48,16 @@ def test_no_command_prints_the_password(tracking_server, experiment, tmp_path, o
     warehouse = str(tmp_path / "warehouse")
     cases = [
         (up, ["dump-run", "--run-id", "nope"], 2, "Run 'nope' does not exist on http://***@"),
-        (up, ["--debug", "dump-run", "--run-id", "nope"], 2, "Traceback"),
+        (up, ["--debug", "--traceback", "dump-run", "--run-id", "nope"], 2, "Traceback"),
         (up, ["dump-experiment", "--experiment-id", "987654"], 2, "does not exist on http://***@"),
         (down, ["--warehouse", warehouse, "build-tables", "--experiment-ids", experiment], None, "Error:"),
-        (down, ["--debug", "--warehouse", warehouse, "build-tables", "--experiment-ids", experiment], None,
+        (down, ["--traceback", "--warehouse", warehouse, "build-tables", "--experiment-ids", experiment], None,
          "Traceback"),
         (down, ["--warehouse", warehouse, "best-run", "--experiment-id", experiment, "--metric", "loss"], None,
          "Error:"),
         (down, ["-v", "--warehouse", warehouse, "last-run", "--experiment-id", experiment], None, "Error:"),
-        (down, ["--debug", "dump-run", "--run-id", "nope"], None, "Traceback"),
+        (down, ["--debug", "--traceback", "dump-run", "--run-id", "nope"], None, "Traceback"),
+        (down, ["--debug", "dump-run", "--run-id", "nope"], None, "Error:"),
     ]
     def run(case):
         uri, args, code, expected = case
@@ -69,7 +70,7 @@ def test_no_command_prints_the_password(tracking_server, experiment, tmp_path, o
         assert PASSWORD not in output, (args, output[-2000:])
         assert result.returncode != 0 and (code is None or result.returncode == code), (args, output[-2000:])
         assert expected in output, (args, output[-2000:])
-        if "--debug" not in args and "-v" not in args:
+        if not {"--debug", "--traceback", "-v"} & set(args):
             assert "Traceback" not in output and len(result.stderr.strip().splitlines()) == 1, (args, output)
 
 
@@ -89,9 +90,9 @@ def test_the_replayer_keeps_the_password_out_of_logs_summaries_and_the_store(exp
     import logging
 
     from mlflow_spark_tools.config import RateLimitProfile
-    from mlflow_spark_tools.redaction import RedactingFormatter
-    from mlflow_spark_tools.replay import Replayer
-    from mlflow_spark_tools.tracking_requests import RetryPolicy
+    from mlflow_spark_tools.core.redaction import RedactingFormatter
+    from mlflow_spark_tools.failed_runs.replayer import Replayer
+    from mlflow_spark_tools.tracking.retries import RetryPolicy
 
     down = f"http://alice:{PASSWORD}@127.0.0.1:{free_port()}"
     store = tmp_path / "store"

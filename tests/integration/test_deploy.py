@@ -14,11 +14,12 @@ import yaml
 from click.testing import CliRunner
 from databricks.sdk.service.jobs import JobsAPI, JobSettings
 
-from mlflow_spark_tools.cli import cli
+from mlflow_spark_tools.cli.main import cli
 from mlflow_spark_tools.config import load_settings
-from mlflow_spark_tools.deploy import Wheel
-from mlflow_spark_tools.job_specs import load_environment, render_jobs
-from mlflow_spark_tools.signing import KEY_ENV, SigningKey, load_signing_key
+from mlflow_spark_tools.databricks.deploy import Wheel
+from mlflow_spark_tools.databricks.job_specs import load_environment, render_jobs
+from mlflow_spark_tools.failed_runs.replay_job import replay_signing_key
+from mlflow_spark_tools.failed_runs.signing import KEY_ENV, SigningKey
 
 
 def run_cli(*args, settings=None):
@@ -158,11 +159,11 @@ def test_signing_key_from_a_secret_scope_through_the_sdk_never_logged(workspace,
     workspace.state.secrets[("ml", "signing")] = secret
     monkeypatch.setenv(KEY_ENV, "a-different-key-in-the-environment")
     caplog.set_level(logging.DEBUG)
-    key = load_signing_key(None, "ml", "signing")
+    key = replay_signing_key("ml", "signing")
     assert key.verify(b"payload", SigningKey(secret).sign(b"payload"))
     assert secret not in repr(key) and secret not in str(key)
     with pytest.raises(Exception, match="Could not read the signing key from secret scope 'ml', key 'nope'"):
-        load_signing_key(None, "ml", "nope")
+        replay_signing_key("ml", "nope")
     result = run_cli("--debug", "replay", "--replay-dir", str(tmp_path / "store"), "--secret-scope", "ml",
                      "--secret-key", "signing", "--no-ledger", "--profile", "unlimited",
                      "--tracking-uri", "http://127.0.0.1:9")
@@ -174,7 +175,7 @@ def test_signing_key_from_a_secret_scope_through_the_sdk_never_logged(workspace,
 
 
 def test_replay_needs_a_tracking_server_except_on_a_databricks_runtime(monkeypatch, tmp_path, workspace):
-    from mlflow_spark_tools.replay_job import ReplayOptions, run_replay_job
+    from mlflow_spark_tools.failed_runs.replay_job import ReplayOptions, run_replay_job
 
     monkeypatch.delenv("DATABRICKS_RUNTIME_VERSION", raising=False)
     settings = load_settings(environ={})

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from mlflow_spark_tools.collector import DEFERRED, FailedRunCollector, canonical_json
-from mlflow_spark_tools.config import RateLimitProfile
-from mlflow_spark_tools.failed_run_store import FailedRunStore
-from mlflow_spark_tools.payload_document import PAYLOAD_TAG, ReplayLimits
-from mlflow_spark_tools.replay import LOST, Replayer
-from mlflow_spark_tools.signing import KEY_ENV, SigningKey
+from mlflow_spark_tools.config import RateLimitProfile, ReplayLimits
+from mlflow_spark_tools.failed_runs.collector import DEFERRED, FailedRunCollector
+from mlflow_spark_tools.failed_runs.document import PAYLOAD_TAG, canonical_json
+from mlflow_spark_tools.failed_runs.replayer import LOST, Replayer
+from mlflow_spark_tools.failed_runs.signing import KEY_ENV, SigningKey
+from mlflow_spark_tools.failed_runs.store import FailedRunStore
 
 from .run_content import assert_run_complete, log_sample_run, runs_by_index
 
@@ -436,7 +436,7 @@ def test_local_errors_are_named_as_local(closed_proxy, tracking_server, client, 
     monkeypatch.delenv(KEY_ENV, raising=False)
     store_path = tmp_path / "store"
     p = Payloads(store_path, _defer(closed_proxy, store_path, experiment, 2))
-    import mlflow_spark_tools.replay as replay_module
+    import mlflow_spark_tools.failed_runs.payload_replay as replay_module
 
     calls = {"n": 0}
 
@@ -555,7 +555,7 @@ def test_a_checkpoint_cannot_move_a_payload_to_another_experiment(closed_proxy, 
     monkeypatch.delenv(KEY_ENV, raising=False)
     store_path = tmp_path / "store"
     p = Payloads(store_path, _defer(closed_proxy, store_path, experiment, 1))
-    from mlflow_spark_tools.payload_document import payload_tag_value
+    from mlflow_spark_tools.failed_runs.document import payload_tag_value
 
     own = client.create_experiment(f"attacker-{uuid.uuid4().hex[:8]}")
     tag = payload_tag_value(p.ids[0], p.doc(0)["run_secret"])

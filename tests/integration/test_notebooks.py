@@ -17,8 +17,9 @@ import pytest
 import yaml
 
 from mlflow_spark_tools.errors import InvalidIdentifierError
-from mlflow_spark_tools.failed_run_store import FailedRunStore, new_payload_id
-from mlflow_spark_tools.signing import KEY_ENV
+from mlflow_spark_tools.failed_runs.signing import KEY_ENV
+from mlflow_spark_tools.failed_runs.store import FailedRunStore
+from mlflow_spark_tools.failed_runs.store_entries import new_payload_id
 
 from .helpers import build, log_run
 from .notebook_shim import (

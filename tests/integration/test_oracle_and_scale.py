@@ -6,8 +6,8 @@ import math
 
 import mlflow
 
-from mlflow_spark_tools.columns import INFO_COLUMNS
-from mlflow_spark_tools.sqlite_seed import SeedSpec, seed_runs
+from mlflow_spark_tools.runs.columns import INFO_COLUMNS
+from tests.support.sqlite_seed import SeedSpec, seed_runs
 
 from ..conftest import cells_equal
 from .helpers import build, column_map, column_types, log_run, read_table

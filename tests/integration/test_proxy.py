@@ -114,8 +114,8 @@ def test_concurrent_clients_keep_the_limit(make_proxy, experiment):
 
 def test_unreachable_upstream_is_a_502(tmp_path):
     from mlflow_spark_tools.config import RateLimitProfile
-    from mlflow_spark_tools.local_server import free_port
-    from mlflow_spark_tools.proxy import RateLimitProxy
+    from mlflow_spark_tools.tools.proxy import RateLimitProxy
+    from tests.support.local_server import free_port
 
     profile = RateLimitProfile.load("databricks")
     with RateLimitProxy(f"http://127.0.0.1:{free_port()}", profile) as proxy:
@@ -124,7 +124,7 @@ def test_unreachable_upstream_is_a_502(tmp_path):
 
 
 def test_command_line_proxy_with_a_profile_file(tmp_path, tracking_server, experiment):
-    from mlflow_spark_tools.local_server import free_port, wait_for_health
+    from tests.support.local_server import free_port, wait_for_health
 
     profile = tmp_path / "mine.yaml"
     profile.write_text("limits:\n  experiment_management: 1\n  search_runs: 1\n  log_batch: 1\n"
@@ -219,7 +219,7 @@ def recorder():
 def proxy_to():
     """``proxy_to(upstream_url, **limits)``: a proxy (no rate limits to speak of) for the test."""
     from mlflow_spark_tools.config import RateLimitProfile
-    from mlflow_spark_tools.proxy import RateLimitProxy
+    from mlflow_spark_tools.tools.proxy import RateLimitProxy
 
     started = []
 
@@ -495,8 +495,8 @@ def test_an_unexpected_error_is_one_warning_line_without_traceback(recorder, pro
 def test_upstream_credentials_are_sent_as_basic_auth_and_never_shown(recorder, proxy_to, capfd, caplog):
     from mlflow_spark_tools.config import RateLimitProfile
     from mlflow_spark_tools.errors import UsageError
-    from mlflow_spark_tools.local_server import free_port
-    from mlflow_spark_tools.proxy import RateLimitProxy
+    from mlflow_spark_tools.tools.proxy import RateLimitProxy
+    from tests.support.local_server import free_port
 
     caplog.set_level(logging.DEBUG)
     upstream = recorder.url.replace("http://", f"http://alice:{SECRET}%2FPW@")

@@ -11,11 +11,12 @@ import subprocess
 import sys
 import time
 
-from mlflow_spark_tools.collector import DEFERRED, FailedRunCollector, canonical_json
 from mlflow_spark_tools.config import RateLimitProfile
-from mlflow_spark_tools.failed_run_store import FailedRunStore
-from mlflow_spark_tools.replay import Replayer
-from mlflow_spark_tools.signing import SigningKey
+from mlflow_spark_tools.failed_runs.collector import DEFERRED, FailedRunCollector
+from mlflow_spark_tools.failed_runs.document import canonical_json
+from mlflow_spark_tools.failed_runs.replayer import Replayer
+from mlflow_spark_tools.failed_runs.signing import SigningKey
+from mlflow_spark_tools.failed_runs.store import FailedRunStore
 
 from .run_content import assert_model_loads, assert_run_complete, log_sample_run, runs_by_index
 
@@ -128,7 +129,7 @@ def test_bad_payloads_are_quarantined_with_reasons(closed_proxy, tracking_server
 
 def test_unsigned_models_replay_only_when_trusted(closed_proxy, tracking_server, client, experiment,
                                                   tmp_path, monkeypatch, caplog):
-    import mlflow_spark_tools.collector as collector_module
+    import mlflow_spark_tools.failed_runs.collector as collector_module
 
     monkeypatch.delenv("MLFLOW_SPARK_TOOLS_SIGNING_KEY", raising=False)
     monkeypatch.setattr(collector_module, "_UNSIGNED_WARNED", False)

@@ -17,7 +17,7 @@ import yaml
 from click.testing import CliRunner
 from mlflow.entities import Metric, Param, RunTag
 
-from mlflow_spark_tools.cli import cli
+from mlflow_spark_tools.cli.main import cli
 
 BIN = Path(sys.executable).parent
 
@@ -195,8 +195,8 @@ def test_bad_input_gets_one_line_and_exit_code_2(settings, client, experiment, t
     one_line_usage_error(invoke(settings, "paths", "/Volumes/main"), "/Volumes/<catalog>")
 
 
-def test_debug_shows_the_traceback_and_paths_prints_both_forms(settings):
-    result = invoke(settings, "--debug", "dump-run", "--run-id", "0" * 32)
+def test_traceback_shows_the_traceback_and_paths_prints_both_forms(settings):
+    result = invoke(settings, "--traceback", "dump-run", "--run-id", "0" * 32)
     assert result.exit_code == 2
     assert "Traceback (most recent call last)" in result.stderr
     assert "RunNotFoundError: Run '" + "0" * 32 + "' does not exist" in result.stderr

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from mlflow_spark_tools.columns import INFO_COLUMNS
+from mlflow_spark_tools.runs.columns import INFO_COLUMNS
 
 from ..conftest import cells_equal
 from .helpers import build, column_map, column_types, log_run, read_table

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from mlflow_spark_tools.config import RateLimitProfile
-from mlflow_spark_tools.failed_run_store import FailedRunStore
-from mlflow_spark_tools.replay import Replayer
-from mlflow_spark_tools.signing import load_signing_key
+from mlflow_spark_tools.failed_runs.replayer import Replayer
+from mlflow_spark_tools.failed_runs.signing import load_signing_key
+from mlflow_spark_tools.failed_runs.store import FailedRunStore
 
 from .run_content import assert_model_loads, assert_run_complete, runs_by_index
 
-JOB = Path(__file__).with_name("udf_sweep_job.py")
+JOB = Path(__file__).parents[1] / "support" / "udf_sweep_job.py"
 
 
 def _sweep(engine_kind, proxy, experiment, tmp_path, runs):
@@ -28,7 +28,7 @@ def _sweep(engine_kind, proxy, experiment, tmp_path, runs):
     completed = subprocess.run(
         [sys.executable, str(JOB), "--engine", engine_kind, "--tracking-uri", proxy.url,
          "--experiment-id", experiment, "--store", str(tmp_path / "store"), "--runs", str(runs),
-         "--out", str(out)],
+         "--fail-fast-seconds", "2", "--out", str(out)],
         capture_output=True, text=True, timeout=900, env=env,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]

@@ -1,6 +1,6 @@
 import pytest
 
-from mlflow_spark_tools.columns import MAX_COLUMN_NAME, METRIC, PARAM, TAG, ColumnNamer, ColumnSpec
+from mlflow_spark_tools.runs.columns import MAX_COLUMN_NAME, METRIC, PARAM, TAG, ColumnNamer, ColumnSpec
 
 
 def test_unsafe_characters_become_underscores():

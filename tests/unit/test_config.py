@@ -97,7 +97,7 @@ def test_invalid_client_retries_name_the_key(tmp_path, text, message):
 
 
 def test_mlflow_http_retries_are_applied_only_when_not_set():
-    from mlflow_spark_tools.client import HTTP_RETRIES_ENV, apply_mlflow_http_retries
+    from mlflow_spark_tools.tracking.client import HTTP_RETRIES_ENV, apply_mlflow_http_retries
 
     env: dict[str, str] = {}
     apply_mlflow_http_retries(0, env)

@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from mlflow_spark_tools.dumps import duration_words, render, run_document, utc_words
 from mlflow_spark_tools.errors import UsageError
+from mlflow_spark_tools.tools.dumps import duration_words, render, run_document, utc_words
 
 
 def test_times_and_durations_in_words():

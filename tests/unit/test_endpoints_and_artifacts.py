@@ -2,9 +2,9 @@ import os
 
 import pytest
 
-from mlflow_spark_tools.artifact_upload import files_to_upload, proxied_artifact_root
-from mlflow_spark_tools.endpoints import api_class_of, endpoint_label
-from mlflow_spark_tools.ratelimit import TokenBucket
+from mlflow_spark_tools.core.endpoints import api_class_of, endpoint_label
+from mlflow_spark_tools.tracking.artifacts import files_to_upload, proxied_artifact_root
+from mlflow_spark_tools.tracking.ratelimit import TokenBucket
 
 
 @pytest.mark.parametrize("path, api_class", [

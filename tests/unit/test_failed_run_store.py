@@ -5,7 +5,8 @@ import time
 import pytest
 
 from mlflow_spark_tools.errors import UsageError
-from mlflow_spark_tools.failed_run_store import FORMAT, VERSION, FailedRunStore, is_payload_id, new_payload_id
+from mlflow_spark_tools.failed_runs.store import FailedRunStore
+from mlflow_spark_tools.failed_runs.store_entries import FORMAT, VERSION, is_payload_id, new_payload_id
 
 
 def _doc(pid):
@@ -145,7 +146,7 @@ def test_documents_are_not_followed_through_links_nor_read_over_the_limit(tmp_pa
 
 
 def test_progress_is_never_written_through_a_linked_payload_folder(tmp_path):
-    from mlflow_spark_tools.payload_document import PayloadError
+    from mlflow_spark_tools.failed_runs.document import PayloadError
 
     store = FailedRunStore(tmp_path / "store").ensure()
     pid = new_payload_id()

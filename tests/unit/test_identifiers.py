@@ -1,12 +1,12 @@
 import pytest
 
-from mlflow_spark_tools.errors import InvalidIdentifierError
-from mlflow_spark_tools.identifiers import (
+from mlflow_spark_tools.core.identifiers import (
     experiment_table_name,
     qualified_name,
     sql_string,
     validate_database,
 )
+from mlflow_spark_tools.errors import InvalidIdentifierError
 
 
 @pytest.mark.parametrize("name", ["mlflow_exp", "main.mlflow_exp", "_x1"])

@@ -4,8 +4,8 @@ import pytest
 import yaml
 from databricks.sdk.service.jobs import JobSettings, RunIf
 
-from mlflow_spark_tools.errors import InvalidConfigError
-from mlflow_spark_tools.job_specs import (
+from mlflow_spark_tools.cli.wheel_tasks import check_arguments
+from mlflow_spark_tools.databricks.job_specs import (
     load_environment,
     merge,
     render_jobs,
@@ -13,7 +13,7 @@ from mlflow_spark_tools.job_specs import (
     wheel_filename,
     wheel_task_argv,
 )
-from mlflow_spark_tools.wheel_tasks import check_arguments
+from mlflow_spark_tools.errors import InvalidConfigError
 
 ENVIRONMENTS = ("dev", "prod")
 

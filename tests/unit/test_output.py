@@ -4,7 +4,7 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
-from mlflow_spark_tools.output import format_rows
+from mlflow_spark_tools.tools.output import format_rows
 
 
 def _table():

@@ -1,7 +1,7 @@
 import pyarrow as pa
 import pytest
 
-from mlflow_spark_tools import param_types as pt
+from mlflow_spark_tools.tables import param_types as pt
 
 
 @pytest.mark.parametrize(

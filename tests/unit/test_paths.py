@@ -1,7 +1,6 @@
 import pytest
 
-from mlflow_spark_tools.errors import UsageError
-from mlflow_spark_tools.paths import (
+from mlflow_spark_tools.databricks.paths import (
     DBFS,
     LOCAL,
     VOLUME,
@@ -12,6 +11,7 @@ from mlflow_spark_tools.paths import (
     to_fuse_path,
     volume_parts,
 )
+from mlflow_spark_tools.errors import UsageError
 
 
 @pytest.mark.parametrize("given, fuse, uri, kind", [

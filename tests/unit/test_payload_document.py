@@ -3,8 +3,7 @@ import os
 
 import pytest
 
-from mlflow_spark_tools.failed_run_store import FORMAT, VERSION, new_payload_id
-from mlflow_spark_tools.payload_document import (
+from mlflow_spark_tools.failed_runs.document import (
     PayloadError,
     ReplayLimits,
     check_artifact_path,
@@ -12,7 +11,8 @@ from mlflow_spark_tools.payload_document import (
     check_name,
     check_progress,
 )
-from mlflow_spark_tools.payload_files import Budget, PayloadFolder, manifest_difference
+from mlflow_spark_tools.failed_runs.files import Budget, PayloadFolder, manifest_difference
+from mlflow_spark_tools.failed_runs.store_entries import FORMAT, VERSION, new_payload_id
 
 
 def _document(pid, **changes):
@@ -167,7 +167,7 @@ def test_staging_stops_at_the_budget(tmp_path):
 
 
 def test_ids_are_whole_strings_and_numbers_too_large_are_bad_data():
-    from mlflow_spark_tools.failed_run_store import is_payload_id
+    from mlflow_spark_tools.failed_runs.store_entries import is_payload_id
 
     pid = new_payload_id()
     assert is_payload_id(pid) and not is_payload_id(pid + "\n") and not is_payload_id(" " + pid)

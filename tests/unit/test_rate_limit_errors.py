@@ -8,7 +8,7 @@ from databricks.sdk.errors.platform import (
 )
 from mlflow.exceptions import MlflowException, RestException
 
-from mlflow_spark_tools.rate_limit_errors import (
+from mlflow_spark_tools.tracking.rate_limit_errors import (
     PERMANENT,
     RATE_LIMITED,
     TRANSIENT,

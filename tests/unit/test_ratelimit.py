@@ -1,5 +1,5 @@
 from mlflow_spark_tools.config import RateLimitProfile
-from mlflow_spark_tools.ratelimit import RateLimiter, TokenBucket
+from mlflow_spark_tools.tracking.ratelimit import RateLimiter, TokenBucket
 
 
 class FakeTime:
@@ -53,7 +53,7 @@ def test_limiter_uses_profile_rates_with_safety_factor():
 
 
 def test_one_congestion_event_lowers_the_rate_once_and_the_rate_climbs_back_slowly():
-    from mlflow_spark_tools.ratelimit import AdaptiveRate
+    from mlflow_spark_tools.tracking.ratelimit import AdaptiveRate
 
     t = FakeTime()
     rate = AdaptiveRate(10.0, clock=t.clock)

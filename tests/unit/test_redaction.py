@@ -2,10 +2,10 @@ import logging
 
 import pytest
 
-from mlflow_spark_tools.collector import FailedRunCollector
 from mlflow_spark_tools.config import load_settings
-from mlflow_spark_tools.rate_limit_errors import error_summary
-from mlflow_spark_tools.redaction import RedactingFormatter, redact, redact_uri
+from mlflow_spark_tools.core.redaction import RedactingFormatter, redact, redact_uri
+from mlflow_spark_tools.failed_runs.collector import FailedRunCollector
+from mlflow_spark_tools.tracking.rate_limit_errors import error_summary
 
 PASSWORD = "S3cretPW-7f3a"
 

@@ -2,9 +2,9 @@ import math
 
 import pyarrow as pa
 
-from mlflow_spark_tools.columns import METRIC, PARAM, TAG
-from mlflow_spark_tools.fetch import range_filter, split_range
-from mlflow_spark_tools.run_batches import concat_pages, dedupe_latest, raw_name, runs_to_table
+from mlflow_spark_tools.runs.columns import METRIC, PARAM, TAG
+from mlflow_spark_tools.runs.run_batches import concat_pages, dedupe_latest, raw_name, runs_to_table
+from mlflow_spark_tools.tables.fetch import range_filter, split_range
 
 
 def _run(run_id, start, end=None, params=(), metrics=(), tags=(), stage="active"):

@@ -3,7 +3,8 @@ import math
 
 import pytest
 
-from mlflow_spark_tools.run_data import (
+from mlflow_spark_tools.failed_runs.signing import SigningKey
+from mlflow_spark_tools.runs.run_data import (
     MAX_KEY,
     RunData,
     RunDataError,
@@ -11,7 +12,6 @@ from mlflow_spark_tools.run_data import (
     plan,
     tags_at_create,
 )
-from mlflow_spark_tools.signing import SigningKey
 
 
 def _run(n_params=0, n_metrics=0, n_tags=0, value_len=10):

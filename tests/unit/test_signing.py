@@ -4,7 +4,8 @@ import types
 import pytest
 
 from mlflow_spark_tools.errors import InvalidConfigError
-from mlflow_spark_tools.signing import KEY_ENV, SigningKey, load_signing_key
+from mlflow_spark_tools.failed_runs.replay_job import replay_signing_key
+from mlflow_spark_tools.failed_runs.signing import KEY_ENV, SigningKey, load_signing_key
 
 
 @pytest.fixture
@@ -40,7 +41,7 @@ def databricks_driver(monkeypatch):
 def test_explicit_value_then_secret_scope_then_environment(monkeypatch, databricks_driver):
     monkeypatch.setenv(KEY_ENV, "environment-key-0123456789")
     assert load_signing_key("explicit-key-0123456789").verify(b"x", SigningKey("explicit-key-0123456789").sign(b"x"))
-    from_scope = load_signing_key(None, "ml", "signing")
+    from_scope = replay_signing_key("ml", "signing")
     assert from_scope.verify(b"x", SigningKey("driver-secret-0123456789").sign(b"x"))
     assert databricks_driver == [("ml", "signing")]
     from_env = load_signing_key()
@@ -51,7 +52,7 @@ def test_explicit_value_then_secret_scope_then_environment(monkeypatch, databric
 
 def test_half_a_secret_reference_is_a_usage_error():
     with pytest.raises(InvalidConfigError, match="both the secret scope and the secret key"):
-        load_signing_key(None, "ml", None)
+        replay_signing_key("ml", None)
 
 
 def test_the_key_never_shows_its_value():

@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from mlflow_spark_tools.system_tags import (
+from mlflow_spark_tools.tools.system_tags import (
     RUN_KIND_LABELS,
     RUN_KINDS,
     SYSTEM_TAGS,

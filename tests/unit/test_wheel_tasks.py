@@ -3,10 +3,10 @@ from pathlib import Path
 
 import pytest
 
-from mlflow_spark_tools import wheel_tasks
-from mlflow_spark_tools.cli import cli
+from mlflow_spark_tools.cli import wheel_tasks
+from mlflow_spark_tools.cli.main import cli
+from mlflow_spark_tools.cli.wheel_tasks import ENTRY_POINTS, check_arguments, command_line, run
 from mlflow_spark_tools.errors import UsageError
-from mlflow_spark_tools.wheel_tasks import ENTRY_POINTS, check_arguments, command_line, run
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,0 +1,161 @@
+"""Commands on experiment tables: build-tables, best-run, last-run, sql."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from mlflow_spark_tools.cli.app import (
+    TABLE_OPTIONS,
+    Context,
+    cli,
+    common_options,
+    echo_record,
+    fail,
+    handle_errors,
+    query_engine,
+    split_values,
+    tracking_source,
+)
+from mlflow_spark_tools.errors import EXIT_FAILURE, UsageError
+from mlflow_spark_tools.tools.output import FORMATS, format_rows, render_table
+from mlflow_spark_tools.tracking.rate_limit_errors import error_summary
+
+
+@cli.command("build-tables")
+@click.option("--experiment-ids", multiple=True, help="Comma-separated experiment ids.")
+@click.option("--experiment-names", multiple=True, help="Comma-separated experiment names.")
+@click.option("--all", "all_experiments", is_flag=True, help="Every active experiment.")
+@click.option("--full-refresh", is_flag=True, help="Rebuild the tables instead of refreshing.")
+@click.option("--include-deleted", is_flag=True, help="Keep deleted runs in the tables.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True, help="Summary format.")
+@common_options(*TABLE_OPTIONS)
+@click.pass_obj
+@handle_errors
+def build_tables_command(ctx: Context, experiment_ids: tuple[str, ...], experiment_names: tuple[str, ...],
+                         all_experiments: bool, full_refresh: bool, include_deleted: bool, fmt: str) -> None:
+    """Build or refresh the flattened Delta tables exp_<experiment_id>.
+
+    The first build of a table reads every run; later ones read what changed since (see
+    docs/TABLES.md). Exit code 0 when every experiment was built, 3 when some failed, 2 for
+    usage errors such as an unknown experiment.
+    """
+    from mlflow_spark_tools.tables.build import build_experiment_tables
+
+    ids, names = split_values(experiment_ids), split_values(experiment_names)
+    if not (ids or names or all_experiments):
+        raise UsageError("Say which experiments: --experiment-ids, --experiment-names or --all.")
+    result = build_experiment_tables(
+        ctx.settings, experiment_ids=ids, experiment_names=names, all_experiments=all_experiments,
+        full_refresh=full_refresh, include_deleted=include_deleted, engine=ctx.given_engine,
+    )
+    _print_summaries(result.summaries, fmt)
+    for s in result.summaries:
+        if s.error is not None:
+            click.echo(f"Error: {s.error}", err=True)
+    if result.exit_code:
+        sys.exit(result.exit_code)
+
+
+def _print_summaries(summaries: Any, fmt: str) -> None:
+    if fmt == "json":
+        click.echo(json.dumps([s.as_dict() for s in summaries], indent=2))
+        return
+    rows = [
+        [
+            s.experiment_id,
+            s.experiment_name or "",
+            s.table or "",
+            s.mode or "failed",
+            str(s.runs_fetched),
+            f"{s.rows_inserted}/{s.rows_updated}/{s.rows_deleted}",
+            str(s.row_count),
+            str(len(s.columns_added)),
+            ", ".join(s.columns_widened) or "-",
+            f"{s.seconds:.2f}",
+        ]
+        for s in summaries
+    ]
+    click.echo(
+        render_table(
+            ["experiment", "name", "table", "mode", "fetched", "ins/upd/del", "rows",
+             "cols added", "widened to string", "seconds"],
+            rows,
+        )
+    )
+
+
+def _choice_output(choice: Any, fmt: str, what: str) -> None:
+    if choice is None:
+        fail(f"No run qualifies as the {what}.", EXIT_FAILURE)
+    echo_record(choice.as_dict(), fmt)
+
+
+@cli.command("best-run")
+@click.option("--experiment-id", required=True, help="Experiment id.")
+@click.option("--metric", required=True, help="Metric key, e.g. rmse.")
+@click.option("--ascending/--descending", default=True, show_default=True,
+              help="Lowest value is best (default) or highest.")
+@click.option("--ignore-nested", is_flag=True, help="Skip child runs.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@common_options(*TABLE_OPTIONS)
+@click.pass_obj
+@handle_errors
+def best_run_command(ctx: Context, experiment_id: str, metric: str, ascending: bool, ignore_nested: bool,
+                     fmt: str) -> None:
+    """The best run for a metric: from the experiment's table if built, else the server."""
+    from mlflow_spark_tools.tables.queries import best_run
+
+    choice = best_run(
+        experiment_id, metric, ascending=ascending, ignore_nested=ignore_nested,
+        engine=query_engine(ctx), database=ctx.settings.tables.database, source=tracking_source(ctx),
+    )
+    _choice_output(choice, fmt, f"best run for {metric!r}")
+
+
+@cli.command("last-run")
+@click.option("--experiment-id", required=True, help="Experiment id.")
+@click.option("--ignore-nested", is_flag=True, help="Skip child runs.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@common_options(*TABLE_OPTIONS)
+@click.pass_obj
+@handle_errors
+def last_run_command(ctx: Context, experiment_id: str, ignore_nested: bool, fmt: str) -> None:
+    """The run that started last: from the experiment's table if built, else the server."""
+    from mlflow_spark_tools.tables.queries import last_run
+
+    choice = last_run(
+        experiment_id, ignore_nested=ignore_nested,
+        engine=query_engine(ctx), database=ctx.settings.tables.database, source=tracking_source(ctx),
+    )
+    _choice_output(choice, fmt, "last run")
+
+
+@cli.command("sql")
+@click.argument("query")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option("--max-rows", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Print at most this many rows.")
+@common_options(*TABLE_OPTIONS)
+@click.pass_obj
+@handle_errors
+def sql_command(ctx: Context, query: str, fmt: str, max_rows: int) -> None:
+    """Run SQL on the current engine, with the experiment tables registered.
+
+    Example: mlflow-spark-tools sql "SELECT run_id, _m_rmse FROM mlflow_exp.exp_1
+    ORDER BY _m_rmse LIMIT 5"
+    """
+    from mlflow_spark_tools.spark.arrow import to_arrow
+
+    engine = ctx.engine()
+    try:
+        table = to_arrow(engine.spark.sql(query).limit(max_rows))
+    except Exception as exc:
+        if exc.__class__.__name__ in ("AnalysisException", "ParseException", "SparkConnectGrpcException"):
+            raise UsageError(f"SQL failed: {error_summary(exc, 500)}") from exc
+        raise
+    click.echo(format_rows(table, fmt))

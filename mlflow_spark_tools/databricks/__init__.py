@@ -1,0 +1,1 @@
+"""Databricks specifics: fuse paths and dbfs:/ URIs, secrets, job specs and deployment."""

@@ -1,0 +1,290 @@
+"""Databricks job definitions kept in ``conf/``, rendered per environment.
+
+``conf/jobs/<key>.yaml`` holds a Jobs API ``JobSettings`` document (the body of
+``jobs/create``) with ``${name}`` placeholders; ``conf/deployment.yaml`` names the environments
+(``dev``, ``prod``), each with its variables, the wheel's upload folder and overrides. Rendering
+an environment fills the placeholders, expands task templates and merges the overrides, and
+checks the result against databricks-sdk's ``JobSettings``: a misspelled field is an error here,
+not a silently dropped setting in the workspace.
+
+A task template, an entry of ``tasks`` shaped ``{for_each: <list variable>, task: {...}}``,
+becomes one task per item of the list, with ``${item.<field>}`` filled from the item. With
+``one_after_another: true`` each task depends on the one before it and runs whatever that one's
+outcome (``run_if: ALL_DONE``).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow_spark_tools import __version__
+from mlflow_spark_tools.config import conf_dir, read_yaml
+from mlflow_spark_tools.databricks.paths import volume_parts
+from mlflow_spark_tools.errors import InvalidConfigError, UsageError
+
+PACKAGE_NAME = "mlflow_spark_tools"
+DEPLOYMENT_FILE = "deployment.yaml"
+JOBS_DIR = "jobs"
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\}")
+_ENV_KEYS = {"wheel_dir", "databricks_profile", "variables", "overrides"}
+_TEMPLATE_KEYS = {"for_each", "task", "one_after_another"}
+
+
+def wheel_filename(version: str = __version__) -> str:
+    """The file name of this package's wheel (pure Python, any platform)."""
+    return f"{PACKAGE_NAME}-{version}-py3-none-any.whl"
+
+
+@dataclass(frozen=True)
+class Environment:
+    """One deployment target of ``conf/deployment.yaml``.
+
+    Attributes:
+        name: ``dev``, ``prod`` ...
+        wheel_dir: the Volume or workspace folder the wheel is uploaded to.
+        databricks_profile: the ``~/.databrickscfg`` profile to authenticate with, if any.
+        variables: values of the ``${name}`` placeholders.
+        overrides: per job key, settings merged into the rendered job.
+    """
+
+    name: str
+    wheel_dir: str
+    databricks_profile: str | None
+    variables: dict[str, Any]
+    overrides: dict[str, dict[str, Any]]
+
+    @property
+    def wheel_path(self) -> str:
+        """Where the wheel lands, the path job libraries point at."""
+        return f"{self.wheel_dir.rstrip('/')}/{wheel_filename()}"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A job rendered for one environment.
+
+    Attributes:
+        key: the spec's file name without ``.yaml``.
+        settings: the ``JobSettings`` document, exactly as the Jobs API receives it.
+    """
+
+    key: str
+    settings: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.settings["name"]
+
+    def wheel_tasks(self) -> list[dict[str, Any]]:
+        """The ``python_wheel_task`` of every task that has one."""
+        return [t["python_wheel_task"] for t in self.settings.get("tasks", []) if "python_wheel_task" in t]
+
+
+def wheel_task_argv(task: Mapping[str, Any]) -> list[str]:
+    """The ``sys.argv[1:]`` a ``python_wheel_task`` hands its entry point on Databricks:
+    ``parameters`` as they are, or ``named_parameters`` as ``--name=value``."""
+    if task.get("named_parameters"):
+        return [f"--{name}={value}" for name, value in task["named_parameters"].items()]
+    return [str(p) for p in task.get("parameters") or []]
+
+
+def load_environment(name: str, conf: Path | None = None) -> Environment:
+    """The environment ``name`` of ``<conf>/deployment.yaml`` (default: the package's conf)."""
+    path = (conf_dir() if conf is None else Path(conf)) / DEPLOYMENT_FILE
+    environments = read_yaml(path).get("environments") or {}
+    if not isinstance(environments, dict) or not environments:
+        raise InvalidConfigError(f"{path}: `environments` must map environment names to settings.")
+    if name not in environments:
+        raise InvalidConfigError(
+            f"Unknown environment {name!r}: {path} defines {', '.join(sorted(environments))}."
+        )
+    data = environments[name] or {}
+    where = f"{path}: environments.{name}"
+    unknown = set(data) - _ENV_KEYS
+    if unknown:
+        raise InvalidConfigError(f"{where} has unknown keys {sorted(unknown)}; known: {sorted(_ENV_KEYS)}.")
+    wheel_dir = data.get("wheel_dir")
+    if not isinstance(wheel_dir, str) or not wheel_dir.startswith(("/Volumes/", "/Workspace/")):
+        raise InvalidConfigError(
+            f"{where}.wheel_dir must be a /Volumes/<catalog>/<schema>/<volume>/... or /Workspace/... "
+            f"folder, got {wheel_dir!r}."
+        )
+    if wheel_dir.startswith("/Volumes/"):
+        try:
+            volume_parts(wheel_dir)
+        except UsageError as exc:
+            raise InvalidConfigError(f"{where}.wheel_dir: {exc}") from None
+    if ".." in wheel_dir.split("/"):
+        raise InvalidConfigError(f"{where}.wheel_dir must not contain '..'.")
+    variables = data.get("variables") or {}
+    overrides = data.get("overrides") or {}
+    for key, value in (("variables", variables), ("overrides", overrides)):
+        if not isinstance(value, dict):
+            raise InvalidConfigError(f"{where}.{key} must be a mapping.")
+    for reserved in ("env", "wheel", "item"):
+        if reserved in variables:
+            raise InvalidConfigError(f"{where}.variables.{reserved} is reserved; rename it.")
+    profile = data.get("databricks_profile")
+    if profile is not None and not isinstance(profile, str):
+        raise InvalidConfigError(f"{where}.databricks_profile must be a profile name or null.")
+    return Environment(name, wheel_dir, profile, dict(variables), dict(overrides))
+
+
+def spec_paths(conf: Path | None = None) -> list[Path]:
+    """The job spec files, ``<conf>/jobs/*.yaml``, sorted."""
+    return sorted(((conf_dir() if conf is None else Path(conf)) / JOBS_DIR).glob("*.yaml"))
+
+
+def _lookup(name: str, values: Mapping[str, Any], where: str) -> Any:
+    value: Any = values
+    for part in name.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            raise InvalidConfigError(f"{where}: no value for ${{{name}}}; define it in the "
+                                     "environment's variables in conf/deployment.yaml.")
+        value = value[part]
+    return value
+
+
+def _fill(node: Any, values: Mapping[str, Any], where: str) -> Any:
+    """``node`` with every placeholder filled; see the module docstring."""
+    if isinstance(node, dict):
+        return {k: _fill(v, values, f"{where}.{k}") for k, v in node.items()}
+    if isinstance(node, list):
+        return [_fill(v, values, f"{where}[{i}]") for i, v in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+    whole = _PLACEHOLDER.fullmatch(node)
+    if whole:
+        return _lookup(whole.group(1), values, where)
+
+    def text(match: re.Match[str]) -> str:
+        value = _lookup(match.group(1), values, where)
+        if isinstance(value, (dict, list)) or value is None:
+            raise InvalidConfigError(f"{where}: ${{{match.group(1)}}} is not text and cannot go inside {node!r}.")
+        return str(value)
+
+    return _PLACEHOLDER.sub(text, node)
+
+
+def _expand_tasks(tasks: list[Any], values: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
+    expanded: list[dict[str, Any]] = []
+    for i, entry in enumerate(tasks):
+        here = f"{where}.tasks[{i}]"
+        if not isinstance(entry, dict):
+            raise InvalidConfigError(f"{here} must be a mapping.")
+        if "for_each" not in entry:
+            expanded.append(_fill(entry, values, here))
+            continue
+        unknown = set(entry) - _TEMPLATE_KEYS
+        if unknown or not isinstance(entry.get("task"), dict):
+            raise InvalidConfigError(f"{here}: a task template holds for_each, task and optionally "
+                                     f"one_after_another; found {sorted(entry)}.")
+        items = _lookup(str(entry["for_each"]), values, f"{here}.for_each")
+        if not isinstance(items, list) or not items:
+            raise InvalidConfigError(f"{here}: ${{{entry['for_each']}}} must be a non-empty list.")
+        previous = None
+        for item in items:
+            task = _fill(entry["task"], {**values, "item": item}, f"{here}.task")
+            if entry.get("one_after_another") and previous is not None:
+                task = {**task, "depends_on": [{"task_key": previous}], "run_if": "ALL_DONE"}
+            previous = task.get("task_key")
+            expanded.append(task)
+    keys = [t.get("task_key") for t in expanded]
+    duplicates = sorted({str(k) for k in keys if keys.count(k) > 1})
+    if duplicates:
+        raise InvalidConfigError(f"{where}: task keys {duplicates} occur more than once; give the "
+                                 "items distinct names.")
+    return expanded
+
+
+def merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overlay`` merged in: mappings key by key, anything else replaces."""
+    merged = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def check_job_settings(settings: dict[str, Any], where: str) -> None:
+    """Fail unless databricks-sdk's ``JobSettings`` takes ``settings`` without dropping a field.
+
+    The SDK's ``from_dict`` ignores fields it does not know; serializing back and comparing
+    finds them (and values of the wrong shape) at any depth.
+    """
+    from databricks.sdk.service.jobs import JobSettings
+
+    try:
+        round_trip = JobSettings.from_dict(settings).as_dict()
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise InvalidConfigError(f"{where} is not a valid Jobs API JobSettings: {exc}") from None
+    if round_trip != settings:
+        raise InvalidConfigError(
+            f"{where} is not a valid Jobs API JobSettings: {_first_difference(settings, round_trip)} "
+            "(see the Jobs API reference for jobs/create)."
+        )
+    for task in settings.get("tasks") or []:
+        wheel_task = task.get("python_wheel_task") or {}
+        values = [*(wheel_task.get("named_parameters") or {}).values(), *(wheel_task.get("parameters") or [])]
+        if any(not isinstance(v, str) for v in values):
+            raise InvalidConfigError(f"{where}: task {task.get('task_key')!r} has parameters that are not "
+                                     f"text: {[v for v in values if not isinstance(v, str)]}; quote them.")
+    if not isinstance(settings.get("name"), str) or not settings["name"].strip():
+        raise InvalidConfigError(f"{where} needs a `name`: deploy finds the job again by it.")
+
+
+def _first_difference(given: Any, kept: Any, path: str = "") -> str:
+    if isinstance(given, dict) and isinstance(kept, dict):
+        for key in given:
+            if key not in kept:
+                return f"unknown field {path + '.' if path else ''}{key}"
+            if given[key] != kept[key]:
+                return _first_difference(given[key], kept[key], f"{path + '.' if path else ''}{key}")
+    if isinstance(given, list) and isinstance(kept, list) and len(given) == len(kept):
+        for i, (a, b) in enumerate(zip(given, kept)):
+            if a != b:
+                return _first_difference(a, b, f"{path}[{i}]")
+    return f"{path or 'the document'} = {given!r} is read as {kept!r}"
+
+
+def render_job(path: Path, environment: Environment, wheel_path: str | None = None) -> JobSpec:
+    """The job of one spec file for ``environment``, checked against the SDK."""
+    key = path.stem
+    where = f"{path.name} [{environment.name}]"
+    raw = read_yaml(path)
+    values = {**environment.variables, "env": environment.name,
+              "wheel": environment.wheel_path if wheel_path is None else wheel_path}
+    settings = {k: _fill(v, values, f"{where}.{k}") for k, v in raw.items() if k != "tasks"}
+    settings["tasks"] = _expand_tasks(raw.get("tasks") or [], values, where)
+    override = environment.overrides.get(key)
+    if override is not None:
+        if not isinstance(override, dict):
+            raise InvalidConfigError(f"conf/deployment.yaml: environments.{environment.name}.overrides."
+                                     f"{key} must be a mapping.")
+        settings = merge(settings, _fill(override, values, f"{where} overrides"))
+    check_job_settings(settings, where)
+    return JobSpec(key, settings)
+
+
+def render_jobs(environment: Environment, conf: Path | None = None,
+                wheel_path: str | None = None) -> list[JobSpec]:
+    """Every job of ``<conf>/jobs/`` rendered for ``environment``; names must be distinct."""
+    paths = spec_paths(conf)
+    if not paths:
+        raise InvalidConfigError(f"No job specs in {(conf_dir() if conf is None else conf) / JOBS_DIR}.")
+    unknown = set(environment.overrides) - {p.stem for p in paths}
+    if unknown:
+        raise InvalidConfigError(f"environments.{environment.name}.overrides names no job spec of "
+                                 f"{paths[0].parent}: {sorted(unknown)}.")
+    jobs = [render_job(p, environment, wheel_path) for p in paths]
+    names = [j.name for j in jobs]
+    if len(set(names)) != len(names):
+        raise InvalidConfigError(f"Job names must be distinct within an environment: {names}.")
+    return jobs

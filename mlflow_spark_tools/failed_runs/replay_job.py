@@ -1,0 +1,145 @@
+"""The replay job as the command line, ``jobs/replay_failed_runs.py`` and notebooks run it.
+
+One pass, passes until the store is empty, or passes every few seconds until stopped; after
+each pass the rows of the ledger go to ``<database>.replay_log`` and a JSON summary is printed.
+Exit code 0 when everything was replayed, 3 when payloads failed (quarantined), are still
+pending or the ledger could not be written, 2 for usage errors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mlflow_spark_tools.config import Settings
+from mlflow_spark_tools.databricks.secrets import read_secret
+from mlflow_spark_tools.errors import EXIT_OK, EXIT_PARTIAL, InvalidConfigError, UsageError
+from mlflow_spark_tools.failed_runs.replayer import Replayer, ReplaySummary
+from mlflow_spark_tools.failed_runs.signing import SigningKey, load_signing_key
+from mlflow_spark_tools.spark.engine import Engine, EngineHandle
+from mlflow_spark_tools.tracking.rate_limit_errors import error_summary
+
+log = logging.getLogger(__name__)
+
+ONCE, UNTIL_EMPTY, LOOP = "once", "until-empty", "loop"
+
+
+@dataclass
+class ReplayOptions:
+    """What the replay job was asked to do."""
+
+    replay_dir: str
+    mode: str = ONCE
+    interval: float = 60.0
+    max_workers: int = 16
+    lease_seconds: float = 300.0
+    trust_unsigned: bool = False
+    ledger: bool = True
+    signing_secret_scope: str | None = None
+    signing_secret_key: str | None = None
+
+
+def replay_signing_key(secret_scope: str | None = None, secret_key: str | None = None) -> SigningKey | None:
+    """The replay's signing key: from the Databricks secret scope and key when both are given
+    (what a caller names explicitly wins over the environment), else from the environment."""
+    if bool(secret_scope) != bool(secret_key):
+        raise InvalidConfigError("Give both the secret scope and the secret key of the signing key.")
+    if secret_scope and secret_key:
+        return SigningKey(read_secret(secret_scope, secret_key, "the signing key"))
+    return load_signing_key()
+
+
+def run_replay_job(settings: Settings, options: ReplayOptions, engine: Engine | None = None,
+                   echo: Callable[[str], None] = print, passes: int | None = None) -> int:
+    """Run the job; returns its exit code.
+
+    Args:
+        engine: for the ledger; default: the configured engine, started at the first ledger
+            write (no Spark is started when nothing was handled).
+        passes: with ``mode=loop``, stop after this many passes (default: run until stopped).
+    """
+    # A Databricks job or notebook logs to its own workspace without MLFLOW_TRACKING_URI set.
+    tracking_uri = settings.tracking_uri or ("databricks" if os.environ.get("DATABRICKS_RUNTIME_VERSION") else None)
+    if not tracking_uri:
+        raise UsageError("No tracking server: set MLFLOW_TRACKING_URI or pass --tracking-uri.")
+    if options.mode not in (ONCE, UNTIL_EMPTY, LOOP):
+        raise UsageError(f"Unknown replay mode {options.mode!r}.")
+    if options.max_workers < 1:
+        raise UsageError("--max-workers must be at least 1.")
+    key = replay_signing_key(options.signing_secret_scope, options.signing_secret_key)
+    if key is None and not options.trust_unsigned:
+        log.warning("No signing key (MLFLOW_SPARK_TOOLS_SIGNING_KEY): payloads with models will be "
+                    "quarantined as unsigned unless --trust-unsigned is given")
+    replayer = Replayer(options.replay_dir, tracking_uri, settings.profile(),
+                        max_workers=options.max_workers, lease_seconds=options.lease_seconds,
+                        signing_key=key, trust_unsigned=options.trust_unsigned,
+                        limits=settings.replay.limits)
+    ledger = _Ledger(settings, engine) if options.ledger else None
+    try:
+        if options.mode == ONCE:
+            summary = replayer.run()
+        elif options.mode == UNTIL_EMPTY:
+            summary = replayer.run_until_empty()
+        else:
+            return _loop(replayer, options, ledger, echo, passes)
+        ledger_report = _write_ledger(ledger, summary)
+        echo(json.dumps(summary.as_dict() | ledger_report, indent=2))
+        partial = summary.failed or summary.pending or "ledger_error" in ledger_report
+        return EXIT_PARTIAL if partial else EXIT_OK
+    finally:
+        replayer.close()
+        if ledger is not None:
+            ledger.close()
+
+
+def _loop(replayer: Replayer, options: ReplayOptions, ledger: _Ledger | None,
+          echo: Callable[[str], None], passes: int | None) -> int:
+    failed = 0
+    done = 0
+    while passes is None or done < passes:
+        started = time.monotonic()
+        summary = replayer.run()
+        done += 1
+        ledger_report = _write_ledger(ledger, summary)
+        failed += summary.failed + ("ledger_error" in ledger_report)
+        echo(json.dumps(summary.as_dict() | ledger_report | {"pass": done}))
+        if passes is not None and done >= passes:
+            break
+        time.sleep(max(0.0, options.interval - (time.monotonic() - started)))
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def _write_ledger(ledger: _Ledger | None, summary: ReplaySummary) -> dict[str, object]:
+    """Write the pass's ledger rows; a failure is reported, not raised: the runs are replayed
+    and ``done/`` plus ``data/<payload_id>/result.json`` still map payloads to runs."""
+    if ledger is None:
+        return {"ledger_rows": 0}
+    try:
+        return {"ledger_rows": ledger.write(summary)}
+    except Exception as exc:
+        first = error_summary(exc, 500)
+        log.error("Could not write the replay ledger: %s", first)
+        return {"ledger_rows": 0, "ledger_error": first[:500]}
+
+
+class _Ledger:
+    """Writes ledger rows, starting the engine only when there is something to write."""
+
+    def __init__(self, settings: Settings, engine: Engine | None) -> None:
+        self.settings = settings
+        self.engine = EngineHandle(engine)
+
+    def write(self, summary: ReplaySummary) -> int:
+        from mlflow_spark_tools.failed_runs.ledger import write_ledger
+
+        if not summary.ledger:
+            return 0
+        e = self.settings.engine
+        return write_ledger(self.engine.get(e.remote, e.warehouse), self.settings.tables.database, summary.ledger)
+
+    def close(self) -> None:
+        self.engine.close()

@@ -1,0 +1,48 @@
+"""MLflow model flavors: the module of a flavor, and saving a model as an MLflow model directory."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable
+from typing import Any
+
+from mlflow_spark_tools.errors import UsageError
+
+# mlflow.<name> modules that are not model flavors
+NOT_FLAVORS = frozenset({"pyfunc", "models", "tracking", "entities", "utils", "store", "server"})
+
+
+def flavor_module(flavor: str | None) -> Any:
+    """``mlflow.<flavor>`` if it is a model flavor (it has ``save_model``, ``log_model`` and
+    ``load_model``).
+
+    Raises:
+        UsageError: no such flavor, or the library it needs is not installed here.
+    """
+    if not flavor or not flavor.isidentifier() or flavor in NOT_FLAVORS:
+        raise UsageError(f"Unknown model flavor {flavor!r}: use an MLflow flavor such as sklearn.")
+    if importlib.util.find_spec(f"mlflow.{flavor}") is None:
+        raise UsageError(f"Unknown model flavor {flavor!r}: MLflow has no module mlflow.{flavor}.")
+    try:
+        module = importlib.import_module(f"mlflow.{flavor}")
+    except ImportError as exc:
+        raise UsageError(f"The {flavor} flavor needs a library that is not installed here: {exc}. "
+                         "Install it where this command runs.") from None
+    if not all(callable(getattr(module, name, None)) for name in ("save_model", "log_model", "load_model")):
+        raise UsageError(f"mlflow.{flavor} is not a model flavor (it has no save_model/log_model/load_model).")
+    return module
+
+
+def save_model_dir(model: Any, path: str, flavor: str | None, save_func: Callable[..., Any] | None,
+                   kwargs: dict[str, Any]) -> None:
+    """Save a model as an MLflow model directory at ``path``.
+
+    ``flavor`` names an MLflow flavor (``sklearn`` -> ``mlflow.sklearn.save_model``);
+    ``save_func`` is any function with the signature of a flavor's ``save_model``.
+    """
+    if save_func is None:
+        if not flavor:
+            raise ValueError("log_model needs flavor= (e.g. 'sklearn') or log_model_func=")
+        save_func = flavor_module(flavor).save_model
+    save_func(model, path, **kwargs)

@@ -1,0 +1,137 @@
+"""Delta tables of one database on an engine: existence, schema, writes and MERGE.
+
+On the embedded engine every table lives at ``<warehouse>/<database>/<table>`` so that a new
+process can register it again; on other engines the catalog (Unity Catalog, Hive metastore,
+a Spark Connect server's own) decides where tables live.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from mlflow_spark_tools.core.identifiers import qualified_name, quote, validate_database
+from mlflow_spark_tools.errors import EngineError
+from mlflow_spark_tools.spark.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+class Database:
+    """The Delta tables of one database (``schema`` or ``catalog.schema``) on an engine."""
+
+    def __init__(self, engine: Engine, database: str) -> None:
+        validate_database(database)
+        self.engine = engine
+        self.spark = engine.spark
+        self.database = database
+
+    def name(self, table: str) -> str:
+        """The quoted, qualified name of a table for SQL."""
+        return qualified_name(self.database, table)
+
+    def ensure(self) -> None:
+        """Create the database if it does not exist."""
+        db_sql = ".".join(quote(p) for p in validate_database(self.database))
+        self.spark.sql(f"CREATE SCHEMA IF NOT EXISTS {db_sql}")
+
+    def exists(self, table: str) -> bool:
+        self.name(table)  # validates
+        return bool(self.spark.catalog.tableExists(f"{self.database}.{table}"))
+
+    def columns(self, table: str) -> dict[str, str]:
+        """Column name -> Spark SQL type name, in table order."""
+        schema = self.spark.table(self.name(table)).schema
+        return {f.name: f.dataType.simpleString() for f in schema.fields}
+
+    def _writer(self, df: Any, table: str, mode: str) -> Any:
+        writer = df.write.format("delta").mode(mode)
+        location = self.engine.table_location(self.database, table)
+        if location is not None:
+            writer = writer.option("path", location)
+        return writer
+
+    def overwrite(self, df: Any, table: str, stats_columns: Sequence[str]) -> None:
+        """Replace the table's content and schema in one Delta commit (create it if missing).
+
+        Args:
+            stats_columns: the only columns Delta keeps min/max statistics for
+                (``delta.dataSkippingStatsColumns``). Statistics ignore NaN, and a reader that
+                trusts them (the embedded engine does) returns a column whose min equals its
+                max as that constant, turning NaN metric values into numbers. Key and time
+                columns hold no NaN and are the ones worth skipping on.
+        """
+        writer = (
+            self._writer(df, table, "overwrite")
+            .option("overwriteSchema", "true")
+            .option("delta.dataSkippingStatsColumns", ",".join(stats_columns))
+        )
+        self._save(writer, table)
+
+    def append(self, df: Any, table: str) -> None:
+        """Append rows (create the table if it does not exist)."""
+        self._save(self._writer(df, table, "append"), table)
+
+    def add_columns(self, table: str, ddl: Sequence[tuple[str, str]]) -> None:
+        """Add columns with a zero-row ``mergeSchema`` append.
+
+        ``ALTER TABLE ADD COLUMNS`` is not available on every engine; an empty append that
+        merges the schema is, and it is one Delta commit that rewrites no data.
+        """
+        if not ddl:
+            return
+        schema = ", ".join(f"{quote(name)} {data_type}" for name, data_type in ddl)
+        empty = self.spark.sql(
+            "SELECT "
+            + ", ".join(f"CAST(NULL AS {data_type}) AS {quote(name)}" for name, data_type in ddl)
+        ).limit(0)
+        log.debug("Adding columns to %s: %s", table, schema)
+        writer = self._writer(empty, table, "append").option("mergeSchema", "true")
+        self._save(writer, table)
+
+    def _save(self, writer: Any, table: str) -> None:
+        try:
+            writer.saveAsTable(f"{self.database}.{table}")
+        except Exception as exc:
+            text = str(exc)
+            if "DATA_SOURCE_NOT_FOUND" in text or "Failed to find data source: delta" in text:
+                raise EngineError(
+                    "This Spark session cannot write Delta tables. On Databricks Delta is built "
+                    "in; for local Spark install delta-spark and configure it "
+                    "(configure_spark_with_delta_pip), or use the embedded engine or --remote."
+                ) from exc
+            raise
+
+    def merge(
+        self,
+        source_view: str,
+        table: str,
+        columns: Sequence[str],
+        delete_condition: str | None = None,
+        insert_condition: str | None = None,
+        key: str = "run_id",
+    ) -> None:
+        """Upsert rows of a temporary view into ``table`` by ``key`` in one MERGE.
+
+        Args:
+            source_view: temporary view with every column in ``columns``.
+            columns: the table's columns; every matched row is replaced whole.
+            delete_condition: SQL condition on ``s`` for matched rows to delete instead.
+            insert_condition: SQL condition on ``s`` for unmatched rows to insert.
+        """
+        sets = ", ".join(f"t.{quote(c)} = s.{quote(c)}" for c in columns)
+        cols = ", ".join(quote(c) for c in columns)
+        vals = ", ".join(f"s.{quote(c)}" for c in columns)
+        clauses = []
+        if delete_condition is not None:
+            clauses.append(f"WHEN MATCHED AND {delete_condition} THEN DELETE")
+        clauses.append(f"WHEN MATCHED THEN UPDATE SET {sets}")
+        not_matched = "WHEN NOT MATCHED"
+        if insert_condition is not None:
+            not_matched += f" AND {insert_condition}"
+        clauses.append(f"{not_matched} THEN INSERT ({cols}) VALUES ({vals})")
+        self.spark.sql(
+            f"MERGE INTO {self.name(table)} t USING {quote(source_view)} s "
+            f"ON t.{quote(key)} = s.{quote(key)} " + " ".join(clauses)
+        ).collect()

@@ -1,0 +1,141 @@
+"""The table build job: resolve the experiments asked for, then build or refresh each table.
+
+An experiment that cannot be built (unknown id or name, a tracking server error) is reported
+and the others are still built; the exit code says whether everything succeeded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from mlflow_spark_tools.config import Settings
+from mlflow_spark_tools.core.identifiers import validate_database, validate_experiment_id
+from mlflow_spark_tools.errors import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_USAGE,
+    ExperimentNotFoundError,
+    MlflowSparkToolsError,
+    UsageError,
+)
+from mlflow_spark_tools.spark.engine import Engine, EngineHandle
+from mlflow_spark_tools.tables.builder import ExperimentTableBuilder, RefreshSummary
+from mlflow_spark_tools.tables.fetch import RunFetcher
+from mlflow_spark_tools.tracking.ratelimit import shared_limiter
+from mlflow_spark_tools.tracking.source import ExperimentInfo, TrackingSource
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BuildResult:
+    """Summaries of every experiment asked for, and the exit code they add up to."""
+
+    summaries: list[RefreshSummary] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        failed = [s for s in self.summaries if not s.ok]
+        if not failed:
+            return EXIT_OK
+        if len(failed) < len(self.summaries):
+            return EXIT_PARTIAL
+        if all(s.error_exit_code == EXIT_USAGE for s in failed):
+            return EXIT_USAGE
+        return EXIT_FAILURE
+
+
+def _resolve(
+    source: TrackingSource,
+    experiment_ids: Sequence[str],
+    experiment_names: Sequence[str],
+    all_experiments: bool,
+    result: BuildResult,
+) -> list[ExperimentInfo]:
+    found: list[ExperimentInfo] = []
+    if all_experiments:
+        found.extend(source.all_experiments())
+    for experiment_id in experiment_ids:
+        try:
+            found.append(source.experiment_by_id(validate_experiment_id(experiment_id)))
+        except (ExperimentNotFoundError, UsageError) as exc:
+            result.summaries.append(RefreshSummary.failed(str(experiment_id), None, exc))
+    for name in experiment_names:
+        try:
+            found.append(source.experiment_by_name(name))
+        except ExperimentNotFoundError as exc:
+            result.summaries.append(RefreshSummary.failed("?", name, exc))
+    unique: dict[str, ExperimentInfo] = {}
+    for exp in found:
+        unique.setdefault(exp.experiment_id, exp)
+    return list(unique.values())
+
+
+def build_experiment_tables(
+    settings: Settings,
+    *,
+    experiment_ids: Sequence[str] = (),
+    experiment_names: Sequence[str] = (),
+    all_experiments: bool = False,
+    full_refresh: bool = False,
+    include_deleted: bool = False,
+    engine: Engine | None = None,
+    spark: SparkSession | None = None,
+) -> BuildResult:
+    """Build or refresh the tables of the experiments asked for.
+
+    Args:
+        settings: configuration (tracking URI, database, page size, rate limits, engine).
+        experiment_ids: experiments by id.
+        experiment_names: experiments by name.
+        all_experiments: every active experiment.
+        full_refresh: rebuild instead of refreshing incrementally.
+        include_deleted: keep deleted runs (``lifecycle_stage = 'deleted'``).
+        engine: an engine to use; else one is obtained from ``spark`` or the settings.
+        spark: a Spark session to use.
+
+    Raises:
+        UsageError: when nothing was asked for or the database name is invalid (before
+            anything is written).
+    """
+    if not (experiment_ids or experiment_names or all_experiments):
+        raise UsageError("Say which experiments: --experiment-ids, --experiment-names or --all.")
+    validate_database(settings.tables.database)
+    source = TrackingSource(settings.tracking_uri, shared_limiter(settings.profile()), settings.client)
+    result = BuildResult()
+    experiments = _resolve(source, experiment_ids, experiment_names, all_experiments, result)
+    if not experiments:
+        return result
+    with EngineHandle(engine, spark) as handle:
+        run_on = handle.get(settings.engine.remote, settings.engine.warehouse)
+        fetcher = RunFetcher(source, settings.tables.page_size, settings.tables.fetch_workers)
+        builder = ExperimentTableBuilder(
+            run_on, fetcher, settings.tables.database, settings.tables.watermark_margin_seconds
+        )
+        for number, exp in enumerate(experiments, 1):
+            result.summaries.append(_build_one(builder, exp, f"{number}/{len(experiments)}",
+                                               full_refresh=full_refresh, include_deleted=include_deleted))
+    return result
+
+
+def _build_one(builder: ExperimentTableBuilder, exp: ExperimentInfo, position: str, *, full_refresh: bool,
+               include_deleted: bool) -> RefreshSummary:
+    """One experiment's table; a failure becomes its summary, so the others are still built."""
+    try:
+        summary = builder.refresh(exp, full_refresh=full_refresh, include_deleted=include_deleted)
+    except MlflowSparkToolsError as exc:
+        log.debug("Experiment %s (%s) failed", exp.experiment_id, exp.name, exc_info=True)
+        log.warning("Experiment %s %s failed: %s", position, exp.experiment_id, exc)
+        return RefreshSummary.failed(exp.experiment_id, exp.name, exc)
+    log.info("Experiment %s %s: %s refresh of %s, %d runs fetched, %d rows, %.1f s",
+             position, exp.experiment_id, summary.mode, summary.table,
+             summary.runs_fetched, summary.row_count, summary.seconds)
+    return summary

@@ -1,0 +1,399 @@
+"""The flattened experiment tables: ``<database>.exp_<experiment_id>``.
+
+One row per run, keyed by ``run_id``: run info columns, params as ``_p_<key>`` (typed), the
+latest metric values as ``_m_<key>`` and tags as ``_t_<key>``. Beside each table,
+``exp_<id>_columns`` maps every column to its kind, original key and type, and the index table
+``experiments`` lists the tables with their run counts and refresh state.
+
+A table is built in full the first time (and with ``full_refresh``) and refreshed
+incrementally afterwards; each refresh of a table's rows is one Delta commit (an overwrite or
+one MERGE). What an incremental refresh cannot see is listed in docs/TABLES.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mlflow_spark_tools.core.identifiers import experiment_table_name, quote, sql_string
+from mlflow_spark_tools.errors import EXIT_FAILURE, MlflowSparkToolsError
+from mlflow_spark_tools.runs.columns import (
+    INFO,
+    INFO_COLUMNS,
+    METRIC,
+    PARAM,
+    ColumnNamer,
+    ColumnSpec,
+    info_specs,
+    sort_specs,
+)
+from mlflow_spark_tools.runs.run_batches import INFO_SCHEMA, split_raw_name
+from mlflow_spark_tools.spark.arrow import to_arrow, to_dataframe
+from mlflow_spark_tools.spark.catalog import Database
+from mlflow_spark_tools.spark.engine import Engine
+from mlflow_spark_tools.tables import param_types
+from mlflow_spark_tools.tables.fetch import RunFetcher, merge_changes, missing_ids
+from mlflow_spark_tools.tracking.source import ExperimentInfo
+
+log = logging.getLogger(__name__)
+
+INDEX_TABLE = "experiments"
+INDEX_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("experiment_id", "string"),
+    ("name", "string"),
+    ("lifecycle_stage", "string"),
+    ("table_name", "string"),
+    ("columns_table", "string"),
+    ("run_count", "bigint"),
+    ("column_count", "bigint"),
+    ("include_deleted", "boolean"),
+    ("watermark_ms", "bigint"),
+    ("last_refresh_mode", "string"),
+    ("last_refreshed_at", "timestamp"),
+)
+COLUMNS_TABLE_SCHEMA = "`column_name` string, `kind` string, `key` string, `data_type` string"
+UNFINISHED = ("RUNNING", "SCHEDULED")
+STATS_COLUMNS = ("run_id", "start_time", "end_time")
+FULL, INCREMENTAL = "full", "incremental"
+
+ARROW_TYPES = {**param_types.ARROW_TYPES, "timestamp": pa.timestamp("ms", tz="UTC")}
+
+
+@dataclass
+class RefreshSummary:
+    """What one refresh of one experiment table did."""
+
+    experiment_id: str
+    experiment_name: str | None = None
+    table: str | None = None
+    mode: str | None = None
+    runs_fetched: int = 0
+    rows_inserted: int = 0
+    rows_updated: int = 0
+    rows_deleted: int = 0
+    row_count: int = 0
+    columns_added: list[str] = field(default_factory=list)
+    columns_widened: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    error: str | None = None
+    error_exit_code: int | None = None
+
+    @classmethod
+    def failed(cls, experiment_id: str, experiment_name: str | None, exc: Exception) -> RefreshSummary:
+        """The summary of an experiment that could not be built: the error's message and its
+        exit code (2 for usage errors such as an unknown experiment, else 1)."""
+        code = exc.exit_code if isinstance(exc, MlflowSparkToolsError) else EXIT_FAILURE
+        return cls(experiment_id, experiment_name, error=str(exc), error_exit_code=code)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"ok": self.ok}
+
+
+@dataclass
+class _TableState:
+    """What is known about an existing table before a refresh."""
+
+    exists: bool
+    types: dict[str, str]
+    specs: list[ColumnSpec]
+    index_row: dict[str, Any] | None
+
+
+def ddl(specs: list[ColumnSpec]) -> str:
+    return ", ".join(f"{quote(s.column_name)} {s.data_type}" for s in specs)
+
+
+class ExperimentTableBuilder:
+    """Builds and refreshes experiment tables in one database.
+
+    Args:
+        engine: the Spark engine.
+        fetcher: reads runs from the tracking server.
+        database: ``schema`` or ``catalog.schema``.
+        watermark_margin_seconds: how far before the previous refresh an incremental refresh
+            looks again.
+        clock: wall clock in seconds (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        fetcher: RunFetcher,
+        database: str,
+        watermark_margin_seconds: int = 600,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self.spark = engine.spark
+        self.fetcher = fetcher
+        self.db = Database(engine, database)
+        self.margin_ms = int(watermark_margin_seconds * 1000)
+        self.clock = clock
+        self._db_ready = False
+
+    # ---- state -----------------------------------------------------------------------
+
+    def _index_row(self, experiment_id: str) -> dict[str, Any] | None:
+        if not self.db.exists(INDEX_TABLE):
+            return None
+        rows = self.spark.sql(
+            f"SELECT * FROM {self.db.name(INDEX_TABLE)} "
+            f"WHERE experiment_id = {sql_string(experiment_id)}"
+        ).collect()
+        return rows[0].asDict() if rows else None
+
+    def _state(self, table: str, exists: bool, index_row: dict[str, Any] | None) -> _TableState:
+        specs: list[ColumnSpec] = []
+        if self.db.exists(table + "_columns"):
+            specs = [
+                ColumnSpec(r["column_name"], r["kind"], r["key"], r["data_type"])
+                for r in self.spark.table(self.db.name(table + "_columns")).collect()
+            ]
+        if not exists:
+            return _TableState(False, {}, specs, None)
+        return _TableState(True, self.db.columns(table), specs, index_row)
+
+    # ---- shaping ---------------------------------------------------------------------
+
+    def _shape(
+        self,
+        raw: pa.Table,
+        namer: ColumnNamer,
+        types: dict[str, str],
+    ) -> tuple[pa.Table, list[ColumnSpec], list[str]]:
+        """Name, type and order the columns of fetched runs.
+
+        Args:
+            raw: runs with raw column names.
+            namer: names of the table's columns (new keys get named).
+            types: types of columns the table has already.
+
+        Returns:
+            The table, the specs of its columns, and the param columns whose values no longer
+            fit the table's type.
+        """
+        keyed = {kind_key: n for n in raw.column_names if (kind_key := split_raw_name(n)) is not None}
+        namer.assign(keyed)
+        columns: dict[str, pa.ChunkedArray] = {n: raw[n] for n in INFO_SCHEMA.names}
+        specs = info_specs()
+        broken = []
+        for (kind, key), raw_col in keyed.items():
+            name = namer.name(kind, key)
+            values = raw[raw_col]
+            if kind == PARAM:
+                data_type = types.get(name) or param_types.infer(values)
+                if not param_types.fits(values, data_type):
+                    broken.append(name)
+                    data_type = param_types.STRING
+                values = param_types.cast(values, data_type)
+            else:
+                data_type = "double" if kind == METRIC else "string"
+            columns[name] = values
+            specs.append(ColumnSpec(name, kind, key, data_type))
+        specs = sort_specs(specs)
+        table = pa.table({s.column_name: columns[s.column_name] for s in specs})
+        return table, specs, broken
+
+    # ---- refresh ---------------------------------------------------------------------
+
+    def refresh(
+        self,
+        experiment: ExperimentInfo,
+        *,
+        full_refresh: bool = False,
+        include_deleted: bool = False,
+    ) -> RefreshSummary:
+        """Build or refresh the table of one experiment; see the module docstring."""
+        started = time.perf_counter()
+        table = experiment_table_name(experiment.experiment_id)
+        summary = RefreshSummary(experiment.experiment_id, experiment.name, self.db.name(table))
+        if not self._db_ready:
+            self.db.ensure()
+            self._db_ready = True
+        exists = self.db.exists(table)
+        index = self._index_row(experiment.experiment_id) if exists else None
+        incremental = (
+            not full_refresh
+            and index is not None
+            and index.get("watermark_ms") is not None
+            and bool(index.get("include_deleted")) == include_deleted
+        )
+        refreshed = incremental and self._refresh_incremental(experiment, table, index, include_deleted, summary)
+        if not refreshed:
+            state = self._state(table, exists, index)
+            self._refresh_full(experiment, table, state, include_deleted, summary)
+        summary.seconds = round(time.perf_counter() - started, 3)
+        return summary
+
+    def _refresh_full(self, experiment, table, state, include_deleted, summary) -> None:
+        watermark = int(self.clock() * 1000)
+        raw = self.fetcher.fetch_all(experiment.experiment_id, include_deleted=include_deleted)
+        summary.runs_fetched = raw.num_rows
+        # A full rebuild keeps existing names but infers every type afresh.
+        namer = ColumnNamer(state.specs)
+        data, specs, _ = self._shape(raw, namer, {})
+        if state.exists:
+            old_ids = to_arrow(self.spark.sql(f"SELECT run_id FROM {self.db.name(table)}"))["run_id"]
+            kept = pc.is_in(data["run_id"], value_set=old_ids)
+            summary.rows_updated = pc.sum(kept).as_py() or 0
+            summary.rows_inserted = data.num_rows - summary.rows_updated
+            summary.rows_deleted = len(old_ids) - summary.rows_updated
+            widened = {
+                s.column_name
+                for s in specs
+                if s.kind == PARAM
+                and s.data_type == param_types.STRING
+                and state.types.get(s.column_name, param_types.STRING) != param_types.STRING
+            }
+            summary.columns_widened = sorted(widened | set(summary.columns_widened))
+        else:
+            summary.rows_inserted = data.num_rows
+        summary.columns_added = sorted(
+            s.column_name for s in specs if s.kind != INFO and s.column_name not in state.types
+        )
+        self._write_columns(table, specs, state.specs)
+        self.db.overwrite(to_dataframe(self.spark, data, ddl(specs)), table, STATS_COLUMNS)
+        summary.mode = FULL
+        summary.row_count = data.num_rows
+        self._write_index(experiment, table, summary.row_count, len(specs), include_deleted, watermark, FULL)
+
+    def _refresh_incremental(self, experiment, table, index, include_deleted, summary) -> bool:
+        """Merge what changed since the watermark; False when the table needs a full rebuild
+        instead (new values no longer fit a column's type)."""
+        watermark = int(self.clock() * 1000)
+        since = int(index["watermark_ms"]) - self.margin_ms
+        exp_id = experiment.experiment_id
+        # The time-filtered searches run while the table's state is read.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            recent_future = pool.submit(self.fetcher.fetch_recent, exp_id, since, include_deleted=include_deleted)
+            state = self._state(table, True, index)
+            unfinished = [
+                r["run_id"]
+                for r in self.spark.sql(
+                    f"SELECT run_id FROM {self.db.name(table)} WHERE status IN "
+                    f"({', '.join(sql_string(s) for s in UNFINISHED)})"
+                ).collect()
+            ]
+            recent = recent_future.result()
+        raw = merge_changes(recent, self.fetcher.fetch_by_ids(exp_id, missing_ids(recent, unfinished)))
+        summary.runs_fetched = raw.num_rows
+        namer = ColumnNamer(state.specs)
+        data, specs, broken = self._shape(raw, namer, state.types)
+        if broken:
+            # New values no longer fit a typed param column: rebuild the table in full with
+            # the widened types, from the original strings on the tracking server.
+            log.info("Columns %s no longer fit their type; rebuilding %s", broken, table)
+            summary.columns_widened = sorted(broken)
+            return False
+        new_specs = [s for s in specs if s.column_name not in state.types]
+        all_specs = sort_specs(
+            [ColumnSpec(n, *self._kind_key(n, state.specs), t) for n, t in state.types.items()]
+            + new_specs
+        )
+        summary.columns_added = sorted(s.column_name for s in new_specs)
+        if new_specs:
+            self._write_columns(table, all_specs, state.specs)
+            self.db.add_columns(table, [(s.column_name, s.data_type) for s in new_specs])
+        if data.num_rows:
+            full = _align(data, all_specs)
+            view = f"__mst_changes_{table}"
+            to_dataframe(self.spark, full, ddl(all_specs)).createOrReplaceTempView(view)
+            self._count_changes(view, table, include_deleted, summary)
+            self.db.merge(
+                view,
+                table,
+                [s.column_name for s in all_specs],
+                delete_condition=None if include_deleted else "s.lifecycle_stage = 'deleted'",
+                insert_condition=None if include_deleted else "s.lifecycle_stage <> 'deleted'",
+            )
+            self.spark.catalog.dropTempView(view)
+        previous = index.get("run_count") or 0
+        summary.row_count = previous + summary.rows_inserted - summary.rows_deleted
+        summary.mode = INCREMENTAL
+        self._write_index(
+            experiment, table, summary.row_count, len(all_specs), include_deleted, watermark, INCREMENTAL
+        )
+        return True
+
+    @staticmethod
+    def _kind_key(column: str, specs: list[ColumnSpec]) -> tuple[str, str]:
+        for spec in specs:
+            if spec.column_name == column:
+                return spec.kind, spec.key
+        if column in dict(INFO_COLUMNS):
+            return INFO, column
+        raise KeyError(column)
+
+    def _count_changes(self, view: str, table: str, include_deleted: bool, summary) -> None:
+        deleted = "FALSE" if include_deleted else "s.lifecycle_stage = 'deleted'"
+        row = self.spark.sql(
+            f"SELECT "
+            f"count_if(t.run_id IS NOT NULL AND {deleted}) AS deleted, "
+            f"count_if(t.run_id IS NOT NULL AND NOT ({deleted})) AS updated, "
+            f"count_if(t.run_id IS NULL AND NOT ({deleted})) AS inserted "
+            f"FROM {quote(view)} s LEFT JOIN {self.db.name(table)} t ON s.run_id = t.run_id"
+        ).collect()[0]
+        summary.rows_deleted = row["deleted"]
+        summary.rows_updated = row["updated"]
+        summary.rows_inserted = row["inserted"]
+
+    # ---- companion tables ------------------------------------------------------------
+
+    def _write_columns(self, table: str, specs: list[ColumnSpec], previous: list[ColumnSpec]) -> None:
+        """Store the column mapping; names of keys no longer present stay reserved."""
+        current = {s.column_name for s in specs}
+        kept = [s for s in previous if s.column_name not in current and s.kind != INFO]
+        rows = [(s.column_name, s.kind, s.key, s.data_type) for s in sort_specs(specs + kept)]
+        data = pa.table(list(zip(*rows)), names=["column_name", "kind", "key", "data_type"])
+        self.db.overwrite(
+            to_dataframe(self.spark, data, COLUMNS_TABLE_SCHEMA), table + "_columns", ["column_name"]
+        )
+
+    def _write_index(self, experiment, table, run_count, column_count, include_deleted, watermark, mode) -> None:
+        row = pa.table(
+            {
+                "experiment_id": [experiment.experiment_id],
+                "name": [experiment.name],
+                "lifecycle_stage": [experiment.lifecycle_stage],
+                "table_name": [f"{self.db.database}.{table}"],
+                "columns_table": [f"{self.db.database}.{table}_columns"],
+                "run_count": pa.array([run_count], pa.int64()),
+                "column_count": pa.array([column_count], pa.int64()),
+                "include_deleted": [include_deleted],
+                "watermark_ms": pa.array([watermark], pa.int64()),
+                "last_refresh_mode": [mode],
+                "last_refreshed_at": pa.array([int(self.clock() * 1000)], ARROW_TYPES["timestamp"]),
+            }
+        )
+        schema = ", ".join(f"{quote(n)} {t}" for n, t in INDEX_COLUMNS)
+        df = to_dataframe(self.spark, row, schema)
+        if not self.db.exists(INDEX_TABLE):
+            self.db.overwrite(df, INDEX_TABLE, ["experiment_id"])
+            return
+        view = "__mst_index_row"
+        df.createOrReplaceTempView(view)
+        self.db.merge(view, INDEX_TABLE, [n for n, _ in INDEX_COLUMNS], key="experiment_id")
+        self.spark.catalog.dropTempView(view)
+
+
+def _align(data: pa.Table, specs: list[ColumnSpec]) -> pa.Table:
+    """``data`` with every column of ``specs`` in order (missing ones null)."""
+    columns = []
+    for spec in specs:
+        if spec.column_name in data.column_names:
+            columns.append(data[spec.column_name])
+        else:
+            columns.append(pa.nulls(data.num_rows, ARROW_TYPES[spec.data_type]))
+    return pa.table(columns, names=[s.column_name for s in specs])

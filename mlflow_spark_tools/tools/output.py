@@ -1,0 +1,82 @@
+"""Printing query results as a readable table, JSON (a list of objects) or CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+
+from mlflow_spark_tools.core.json_values import json_float
+
+FORMATS = ("table", "json", "csv")
+
+
+def json_value(value: Any) -> Any:
+    if isinstance(value, float):
+        return json_float(value)
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {str(k): json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_value(v) for v in value]
+    return value
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, float):
+        return repr(value) if not (math.isnan(value) or math.isinf(value)) else str(value)
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ")
+    return str(value)
+
+
+def format_rows(table: pa.Table, fmt: str = "table", max_width: int = 60) -> str:
+    """Render an Arrow table in one of :data:`FORMATS`."""
+    rows = table.to_pylist()
+    names = table.column_names
+    if fmt == "json":
+        return json.dumps([{k: json_value(r[k]) for k in names} for r in rows], indent=2)
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(names)
+        for r in rows:
+            writer.writerow(["" if r[k] is None else _text(r[k]) for k in names])
+        return buffer.getvalue().rstrip("\n")
+    if fmt != "table":
+        raise ValueError(f"unknown format {fmt!r}")
+    return render_table(names, [[_text(r[k]) for k in names] for r in rows], max_width) + (
+        f"\n({len(rows)} row{'s' if len(rows) != 1 else ''})"
+    )
+
+
+def render_table(names: Sequence[str], rows: Sequence[Sequence[str]], max_width: int = 60) -> str:
+    """A plain-text grid with aligned columns; long cells are cut with an ellipsis."""
+
+    def cut(text: str) -> str:
+        return text if len(text) <= max_width else text[: max_width - 1] + "…"
+
+    cells = [[cut(n) for n in names]] + [[cut(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(names))]
+    line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+    out = [line]
+    for i, row in enumerate(cells):
+        out.append("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
+        if i == 0:
+            out.append(line)
+    out.append(line)
+    return "\n".join(out)
