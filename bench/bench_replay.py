@@ -46,7 +46,7 @@ LOG_BATCH_LIMIT = 47.0
 def write_payloads(store: Path, closed_url: str, experiment_id: str, n: int, artifact_bytes: int = 0) -> None:
     """Deferred payloads, written by the collector against a proxy that lets nothing through;
     with ``artifact_bytes``, each logs one artifact file of that size."""
-    from mlflow_spark_tools.failed_runs.collector import FailedRunCollector
+    from mlflow_spark_tools.collector import FailedRunCollector
 
     collector = FailedRunCollector(store, tracking_uri=closed_url, fail_fast_seconds=0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,15 +64,13 @@ def write_payloads(store: Path, closed_url: str, experiment_id: str, n: int, art
 
 
 def payload_runs(store: Path) -> list[dict]:
-    from mlflow_spark_tools.failed_runs.store import FailedRunStore
-
-    s = FailedRunStore(store)
-    return [s.read_document(s.root / "pending" / f"{p}.json")["run"] for p in s.ids("pending")]
+    # read as files: the same code measures checkouts with different package layouts
+    return [json.loads(p.read_text())["run"] for p in sorted((store / "pending").glob("*.json"))]
 
 
 def replay_ours(store: Path, url: str, experiment_id: str, profile_path: str) -> dict:
     from mlflow_spark_tools.config import RateLimitProfile
-    from mlflow_spark_tools.failed_runs.replayer import Replayer
+    from mlflow_spark_tools.replay import Replayer
 
     _retarget(store, experiment_id)
     started, cpu = time.perf_counter(), time.process_time()

@@ -21,10 +21,18 @@ def use_package_tree(tree: str | None) -> None:
     Call before anything imports the package; the proxy process still runs this checkout's."""
     if tree is None:
         return
+    import importlib.util
+
     # the editable install's import hook would find this checkout first
     sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
-    sys.path.insert(0, str(Path(tree).resolve()))
-    import mlflow_spark_tools
+    # only the package comes from the other tree: tests/support stays this checkout's
+    package = Path(tree).resolve() / "mlflow_spark_tools"
+    spec = importlib.util.spec_from_file_location("mlflow_spark_tools", package / "__init__.py",
+                                                  submodule_search_locations=[str(package)])
+    assert spec is not None and spec.loader is not None
+    mlflow_spark_tools = importlib.util.module_from_spec(spec)
+    sys.modules["mlflow_spark_tools"] = mlflow_spark_tools
+    spec.loader.exec_module(mlflow_spark_tools)
 
     print(f"package: {mlflow_spark_tools.__file__}", flush=True)
 
