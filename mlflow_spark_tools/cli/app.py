@@ -9,7 +9,6 @@ level of this package's logger only; other libraries keep theirs.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import sys
@@ -24,7 +23,7 @@ from mlflow_spark_tools.config import Settings, load_settings
 from mlflow_spark_tools.core.redaction import RedactingFormatter, redact
 from mlflow_spark_tools.errors import EXIT_FAILURE, EXIT_USAGE, EngineError, MlflowSparkToolsError, UsageError
 from mlflow_spark_tools.spark.engine import EngineHandle
-from mlflow_spark_tools.tools.output import render_table
+from mlflow_spark_tools.tools.output import render_table, to_json
 from mlflow_spark_tools.tracking.rate_limit_errors import error_summary
 
 if TYPE_CHECKING:
@@ -256,7 +255,7 @@ def retrying_client(ctx: Context) -> RetryingClient:
 def echo_rows(rows: Sequence[dict[str, Any]], fmt: str, max_width: int = 60) -> None:
     """Rows of the same keys as JSON (a list of objects) or as a table."""
     if fmt == "json":
-        click.echo(json.dumps(list(rows), indent=2))
+        click.echo(to_json(list(rows)))
     elif rows:
         click.echo(render_table(list(rows[0]), [[str(v) for v in r.values()] for r in rows], max_width))
 
@@ -264,6 +263,6 @@ def echo_rows(rows: Sequence[dict[str, Any]], fmt: str, max_width: int = 60) -> 
 def echo_record(data: dict[str, Any], fmt: str) -> None:
     """One record as a JSON object or as a one-row table."""
     if fmt == "json":
-        click.echo(json.dumps(data, indent=2))
+        click.echo(to_json(data))
     else:
         echo_rows([data], fmt)

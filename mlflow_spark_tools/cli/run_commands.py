@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from mlflow_spark_tools.cli.app import (
@@ -14,7 +12,7 @@ from mlflow_spark_tools.cli.app import (
     handle_errors,
     retrying_client,
 )
-from mlflow_spark_tools.tools.output import render_table
+from mlflow_spark_tools.tools.output import render_table, to_json
 
 DUMP_FORMATS = ("json", "yaml", "text")
 
@@ -57,12 +55,14 @@ def dump_experiment_command(ctx: Context, experiment_id: str | None, name: str |
 
 
 @cli.command("system-tags")
-@click.option("--run-id", help="Show which system tags this run carries, and their values.")
+@click.option("--run-id", help="Show the system tags this run carries, their values and meanings.")
+@click.option("--all", "show_all", is_flag=True, help="With --run-id: the whole catalog, marking the "
+              "tags the run carries.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @common_options("tracking_uri")
 @click.pass_obj
 @handle_errors
-def system_tags_command(ctx: Context, run_id: str | None, fmt: str) -> None:
+def system_tags_command(ctx: Context, run_id: str | None, show_all: bool, fmt: str) -> None:
     """The MLflow and Databricks system tags (mlflow.*): what each means and which kinds of
     run carry it (Python script, MLflow project, Databricks notebook, notebook job, Repo)."""
     from mlflow_spark_tools.tools.system_tags import RUN_KIND_LABELS, RUN_KINDS, tag_report
@@ -73,12 +73,14 @@ def system_tags_command(ctx: Context, run_id: str | None, fmt: str) -> None:
 
         tags = get_run_or_fail(retrying_client(ctx), run_id).data.tags
     report = tag_report(tags)
+    if tags is not None and not show_all:
+        report = [r for r in report if r.present]
     if fmt == "json":
-        click.echo(json.dumps([
+        click.echo(to_json([
             {"key": r.key, "meaning": r.meaning, "kinds": sorted(r.kinds), "known": r.known}
             | ({"present": r.present, "value": r.value} if tags is not None else {})
             for r in report
-        ], indent=2))
+        ]))
         return
     headers = ["tag", *(RUN_KIND_LABELS[k] for k in RUN_KINDS)]
     if tags is not None:

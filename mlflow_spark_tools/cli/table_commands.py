@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
@@ -21,13 +20,17 @@ from mlflow_spark_tools.cli.app import (
     tracking_source,
 )
 from mlflow_spark_tools.errors import EXIT_FAILURE, UsageError
-from mlflow_spark_tools.tools.output import FORMATS, format_rows, render_table
+from mlflow_spark_tools.tools.output import FORMATS, format_rows, render_table, to_json
 from mlflow_spark_tools.tracking.rate_limit_errors import error_summary
+
+TABLE_MAX_ROWS = 1000
 
 
 @cli.command("build-tables")
 @click.option("--experiment-ids", multiple=True, help="Comma-separated experiment ids.")
 @click.option("--experiment-names", multiple=True, help="Comma-separated experiment names.")
+@click.option("--experiment-name", "exact_names", multiple=True, help="One experiment name, taken as it "
+              "is (commas and surrounding spaces kept). Repeatable.")
 @click.option("--all", "all_experiments", is_flag=True, help="Every active experiment.")
 @click.option("--full-refresh", is_flag=True, help="Rebuild the tables instead of refreshing.")
 @click.option("--include-deleted", is_flag=True, help="Keep deleted runs in the tables.")
@@ -37,7 +40,8 @@ from mlflow_spark_tools.tracking.rate_limit_errors import error_summary
 @click.pass_obj
 @handle_errors
 def build_tables_command(ctx: Context, experiment_ids: tuple[str, ...], experiment_names: tuple[str, ...],
-                         all_experiments: bool, full_refresh: bool, include_deleted: bool, fmt: str) -> None:
+                         exact_names: tuple[str, ...], all_experiments: bool, full_refresh: bool,
+                         include_deleted: bool, fmt: str) -> None:
     """Build or refresh the flattened Delta tables exp_<experiment_id>.
 
     The first build of a table reads every run; later ones read what changed since (see
@@ -46,9 +50,9 @@ def build_tables_command(ctx: Context, experiment_ids: tuple[str, ...], experime
     """
     from mlflow_spark_tools.tables.build import build_experiment_tables
 
-    ids, names = split_values(experiment_ids), split_values(experiment_names)
+    ids, names = split_values(experiment_ids), [*split_values(experiment_names), *exact_names]
     if not (ids or names or all_experiments):
-        raise UsageError("Say which experiments: --experiment-ids, --experiment-names or --all.")
+        raise UsageError("Say which experiments: --experiment-ids, --experiment-names, --experiment-name or --all.")
     result = build_experiment_tables(
         ctx.settings, experiment_ids=ids, experiment_names=names, all_experiments=all_experiments,
         full_refresh=full_refresh, include_deleted=include_deleted, engine=ctx.given_engine,
@@ -63,7 +67,7 @@ def build_tables_command(ctx: Context, experiment_ids: tuple[str, ...], experime
 
 def _print_summaries(summaries: Any, fmt: str) -> None:
     if fmt == "json":
-        click.echo(json.dumps([s.as_dict() for s in summaries], indent=2))
+        click.echo(to_json([s.as_dict() for s in summaries]))
         return
     rows = [
         [
@@ -89,10 +93,13 @@ def _print_summaries(summaries: Any, fmt: str) -> None:
     )
 
 
-def _choice_output(choice: Any, fmt: str, what: str) -> None:
+def _choice_output(choice: Any, fmt: str, what: str, *, with_metric: bool = True) -> None:
     if choice is None:
         fail(f"No run qualifies as the {what}.", EXIT_FAILURE)
-    echo_record(choice.as_dict(), fmt)
+    data = choice.as_dict()
+    if not with_metric:
+        data = {k: v for k, v in data.items() if k not in ("metric", "value")}
+    echo_record(data, fmt)
 
 
 @cli.command("best-run")
@@ -132,18 +139,19 @@ def last_run_command(ctx: Context, experiment_id: str, ignore_nested: bool, fmt:
         experiment_id, ignore_nested=ignore_nested,
         engine=query_engine(ctx), database=ctx.settings.tables.database, source=tracking_source(ctx),
     )
-    _choice_output(choice, fmt, "last run")
+    _choice_output(choice, fmt, "last run", with_metric=False)
 
 
 @cli.command("sql")
 @click.argument("query")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
-@click.option("--max-rows", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Print at most this many rows.")
+@click.option("--max-rows", type=click.IntRange(min=1),
+              help=f"Print at most this many rows (default: {TABLE_MAX_ROWS} as a table, all as csv or json); "
+              "a result that is cut says so on stderr.")
 @common_options(*TABLE_OPTIONS)
 @click.pass_obj
 @handle_errors
-def sql_command(ctx: Context, query: str, fmt: str, max_rows: int) -> None:
+def sql_command(ctx: Context, query: str, fmt: str, max_rows: int | None) -> None:
     """Run SQL on the current engine, with the experiment tables registered.
 
     Example: mlflow-spark-tools sql "SELECT run_id, _m_rmse FROM mlflow_exp.exp_1
@@ -151,11 +159,16 @@ def sql_command(ctx: Context, query: str, fmt: str, max_rows: int) -> None:
     """
     from mlflow_spark_tools.spark.arrow import to_arrow
 
+    limit = max_rows if max_rows is not None else TABLE_MAX_ROWS if fmt == "table" else None
     engine = ctx.engine()
     try:
-        table = to_arrow(engine.spark.sql(query).limit(max_rows))
+        frame = engine.spark.sql(query)
+        table = to_arrow(frame if limit is None else frame.limit(limit + 1))
     except Exception as exc:
         if exc.__class__.__name__ in ("AnalysisException", "ParseException", "SparkConnectGrpcException"):
             raise UsageError(f"SQL failed: {error_summary(exc, 500)}") from exc
         raise
-    click.echo(format_rows(table, fmt))
+    cut = limit is not None and table.num_rows > limit
+    click.echo(format_rows(table.slice(0, limit) if cut else table, fmt))
+    if cut:
+        click.echo(f"Note: only the first {limit} rows are shown; --max-rows N shows more.", err=True)

@@ -1,20 +1,28 @@
 """Column names of the flattened experiment tables and their mapping to MLflow keys.
 
 Run info columns keep their names (``run_id``, ``start_time``, ...). Params, latest metric
-values and tags become ``_p_<key>``, ``_m_<key>`` and ``_t_<key>`` with every character outside
-``[A-Za-z0-9_]`` mapped to ``_``, so every column can be used in SQL without backticks.
+values and tags become ``_p_<key>``, ``_m_<key>`` and ``_t_<key>``, lowercase, so every column
+can be used in SQL without backticks and is found whatever case a query writes:
 
-Two keys that map to the same name, or to names that differ only in case (Spark SQL resolves
-names case-insensitively), are told apart by a numeric suffix (``_2``, ``_3``, ...). A name once
-given is kept: the mapping of a table is stored in its companion ``<table>_columns`` table and
-passed back in on every refresh, and new keys are named in sorted order, so names are stable
-across refreshes and deterministic for a new table.
+- letters with accents lose them (``é`` -> ``e``); any other character outside
+  ``[a-z0-9_]`` that is not ASCII becomes ``u<code point in hex>`` (``λ`` -> ``u3bb``,
+  ``学习率`` -> ``u5b66u4e60u7387``), so keys in other scripts stay apart and readable as
+  codes; ASCII punctuation becomes ``_`` (``val.loss`` -> ``val_loss``).
+- Keys that map to the same name (Spark SQL resolves names case-insensitively) are told apart
+  by a numeric suffix (``_2``, ``_3``, ...); the key logged by the most runs gets the name
+  without a suffix (``val.loss`` in 195 runs is ``_m_val_loss``, ``Val_Loss`` in 20 is
+  ``_m_val_loss_2``), ties in sorted order.
+
+A name once given is kept: the mapping of a table is stored in its companion
+``<table>_columns`` table and passed back in on every refresh, so names are stable across
+refreshes (tables built before these rules keep their names) and deterministic for a new table.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+import unicodedata
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 PARAM, METRIC, TAG, INFO = "param", "metric", "tag", "info"
@@ -37,7 +45,7 @@ INFO_COLUMNS: tuple[tuple[str, str], ...] = (
     ("parent_run_id", "string"),
 )
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
+_UNSAFE = re.compile(r"[^a-z0-9_]")
 
 
 @dataclass(frozen=True)
@@ -53,9 +61,19 @@ class ColumnSpec:
         return ColumnSpec(self.column_name, self.kind, self.key, data_type)
 
 
+def _ascii_part(key: str) -> str:
+    out = []
+    for char in unicodedata.normalize("NFKD", key):
+        if char.isascii():
+            out.append(char)
+        elif not unicodedata.combining(char):
+            out.append(f"u{ord(char):x}")
+    return "".join(out)
+
+
 def safe_base_name(kind: str, key: str) -> str:
     """The column name a key gets when nothing collides with it."""
-    return PREFIXES[kind] + _UNSAFE.sub("_", key)
+    return PREFIXES[kind] + _UNSAFE.sub("_", _ascii_part(key).lower())
 
 
 def _with_suffix(base: str, n: int) -> str:
@@ -86,11 +104,20 @@ class ColumnNamer:
         """The column name of a key already named (see :meth:`assign`)."""
         return self._by_key[(kind, key)]
 
-    def assign(self, keys: Iterable[tuple[str, str]]) -> list[tuple[str, str, str]]:
-        """Name the keys that have no name yet, in sorted order; return the new (kind, key, name)."""
+    def assign(self, keys: Iterable[tuple[str, str]],
+               runs: Mapping[tuple[str, str], int] | None = None) -> list[tuple[str, str, str]]:
+        """Name the keys that have no name yet; return the new (kind, key, name).
+
+        Args:
+            keys: (kind, key) pairs.
+            runs: how many runs log each key; where names collide, the key of more runs is
+                named first (and so goes without a suffix). Ties, and keys without a count,
+                in sorted order.
+        """
+        counts = runs or {}
         new = sorted(
             {k for k in keys if k not in self._by_key},
-            key=lambda k: (KIND_ORDER[k[0]], k[1]),
+            key=lambda k: (KIND_ORDER[k[0]], -counts.get(k, 0), k[1]),
         )
         added = []
         for kind, key in new:

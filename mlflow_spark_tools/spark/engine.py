@@ -92,7 +92,8 @@ def _connect(url: str) -> SparkSession:
             "'mlflow-spark-tools[local]' (or pyspark[connect])."
         ) from exc
     try:
-        return SparkSession.builder.remote(url).getOrCreate()
+        # a new session of that server, never an active session of another one
+        return SparkSession.builder.remote(url).create()
     except Exception as exc:  # pyspark raises several unrelated types here
         raise EngineError(f"Could not connect to the Spark Connect server {url}: {exc}") from exc
 
@@ -114,6 +115,9 @@ def start_embedded(warehouse: Path | str) -> Engine:
     server.start(background=True)
     host, port = server.listening_address
     spark = _connect(f"sc://{host}:{port}")
+    # The server stops when it is garbage-collected; a caller may keep only the session
+    # (get_engine(...).spark), so the session holds the server as long as it lives.
+    setattr(spark, "_mlflow_spark_tools_server", server)  # noqa: B010 - an attribute of our own
     engine = Engine(spark=spark, kind=EMBEDDED, warehouse=warehouse, _server=server)
     register_warehouse_tables(engine)
     return engine

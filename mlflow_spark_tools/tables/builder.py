@@ -185,7 +185,7 @@ class ExperimentTableBuilder:
             fit the table's type.
         """
         keyed = {kind_key: n for n in raw.column_names if (kind_key := split_raw_name(n)) is not None}
-        namer.assign(keyed)
+        namer.assign(keyed, {k: len(raw[n]) - raw[n].null_count for k, n in keyed.items()})
         columns: dict[str, pa.ChunkedArray] = {n: raw[n] for n in INFO_SCHEMA.names}
         specs = info_specs()
         broken = []
@@ -310,7 +310,7 @@ class ExperimentTableBuilder:
             full = _align(data, all_specs)
             view = f"__mst_changes_{table}"
             to_dataframe(self.spark, full, ddl(all_specs)).createOrReplaceTempView(view)
-            self._count_changes(view, table, include_deleted, summary)
+            self._count_changes(view, table, include_deleted, summary, all_specs)
             self.db.merge(
                 view,
                 table,
@@ -336,12 +336,16 @@ class ExperimentTableBuilder:
             return INFO, column
         raise KeyError(column)
 
-    def _count_changes(self, view: str, table: str, include_deleted: bool, summary) -> None:
+    def _count_changes(self, view: str, table: str, include_deleted: bool, summary,
+                       specs: list[ColumnSpec]) -> None:
+        """Rows the merge inserts, deletes and changes: a run re-read within the watermark
+        margin whose every value is what the table holds is not counted as updated."""
         deleted = "FALSE" if include_deleted else "s.lifecycle_stage = 'deleted'"
+        same = " AND ".join(_same_value(s) for s in specs)
         row = self.spark.sql(
             f"SELECT "
             f"count_if(t.run_id IS NOT NULL AND {deleted}) AS deleted, "
-            f"count_if(t.run_id IS NOT NULL AND NOT ({deleted})) AS updated, "
+            f"count_if(t.run_id IS NOT NULL AND NOT ({deleted}) AND NOT ({same})) AS updated, "
             f"count_if(t.run_id IS NULL AND NOT ({deleted})) AS inserted "
             f"FROM {quote(view)} s LEFT JOIN {self.db.name(table)} t ON s.run_id = t.run_id"
         ).collect()[0]
@@ -397,3 +401,12 @@ def _align(data: pa.Table, specs: list[ColumnSpec]) -> pa.Table:
         else:
             columns.append(pa.nulls(data.num_rows, ARROW_TYPES[spec.data_type]))
     return pa.table(columns, names=[s.column_name for s in specs])
+
+
+def _same_value(spec: ColumnSpec) -> str:
+    """SQL: the change's value of this column equals the table's (NULLs alike, NaNs alike)."""
+    column = quote(spec.column_name)
+    same = f"s.{column} <=> t.{column}"
+    if spec.data_type == "double":
+        same = f"({same} OR (isnan(s.{column}) AND isnan(t.{column})))"
+    return same

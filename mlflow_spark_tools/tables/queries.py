@@ -7,26 +7,38 @@ only active runs count.
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from mlflow_spark_tools.core.identifiers import experiment_table_name, quote, sql_string
-from mlflow_spark_tools.errors import UsageError
+from mlflow_spark_tools.config import load_settings
+from mlflow_spark_tools.core.identifiers import (
+    experiment_table_name,
+    quote,
+    sql_string,
+    validate_experiment_id,
+)
 from mlflow_spark_tools.runs.columns import METRIC
 from mlflow_spark_tools.runs.run_batches import PARENT_RUN_TAG, run_name_of, run_tags
 from mlflow_spark_tools.spark.catalog import Database
 from mlflow_spark_tools.spark.engine import Engine
+from mlflow_spark_tools.tables.builder import INDEX_TABLE
 from mlflow_spark_tools.tracking.pages import ACTIVE_ONLY
+from mlflow_spark_tools.tracking.ratelimit import shared_limiter
 from mlflow_spark_tools.tracking.source import TrackingSource
 
 TABLE, TRACKING_SERVER = "table", "tracking server"
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class RunChoice:
-    """The run a query chose, and where the answer came from."""
+    """The run a query chose, and where the answer came from; an answer from a table says when
+    the table was last refreshed (runs logged since are not in it)."""
 
     run_id: str
     run_name: str | None
@@ -34,10 +46,14 @@ class RunChoice:
     metric: str | None
     value: float | None
     source: str
+    table_refreshed_at: datetime | None = None
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["start_time"] = self.start_time.isoformat() if self.start_time else None
+        for key in ("start_time", "table_refreshed_at"):
+            data[key] = data[key].isoformat() if data[key] else None
+        if self.source != TABLE:
+            del data["table_refreshed_at"]
         return data
 
 
@@ -50,6 +66,17 @@ def _table_if_built(engine: Engine | None, database: str, experiment_id: str) ->
     ):
         return db
     return None
+
+
+def _refreshed_at(db: Database, experiment_id: str) -> datetime | None:
+    """When the experiment's table was last refreshed (from ``<database>.experiments``)."""
+    if not db.exists(INDEX_TABLE):
+        return None
+    rows = db.spark.sql(
+        f"SELECT unix_millis(last_refreshed_at) AS at FROM {db.name(INDEX_TABLE)} "
+        f"WHERE experiment_id = {sql_string(experiment_id)}"
+    ).collect()
+    return _from_millis(rows[0]["at"]) if rows else None
 
 
 def _metric_column(db: Database, experiment_id: str, metric: str) -> str | None:
@@ -73,37 +100,35 @@ def best_run(
     """The active run with the lowest (``ascending``) or highest value of ``metric``.
 
     Answered from ``<database>.exp_<id>`` when the table exists on ``engine``, else from the
-    tracking ``source``. Runs whose value is missing or NaN do not count; with
-    ``ignore_nested`` neither do child runs. Returns None when no run qualifies.
+    tracking ``source`` (default: the configured server, ``MLFLOW_TRACKING_URI``). Runs whose
+    value is missing or NaN do not count; with ``ignore_nested`` neither do child runs. Returns
+    None when no run qualifies; an unknown experiment is an ``ExperimentNotFoundError``.
     """
     db = _table_if_built(engine, database, experiment_id)
-    if db is not None:
-        column = _metric_column(db, experiment_id, metric)
-        if column is None:
-            return None
+    column = None if db is None else _metric_column(db, experiment_id, metric)
+    if db is not None and column is not None:
         nested = " AND parent_run_id IS NULL" if ignore_nested else ""
         order = "ASC" if ascending else "DESC"
         rows = db.spark.sql(
-            f"SELECT run_id, run_name, start_time, {quote(column)} AS value "
+            f"SELECT run_id, run_name, unix_millis(start_time) AS start_ms, {quote(column)} AS value "
             f"FROM {db.name(experiment_table_name(experiment_id))} "
             f"WHERE lifecycle_stage = 'active' AND {quote(column)} IS NOT NULL "
             f"AND NOT isnan({quote(column)}){nested} "
             f"ORDER BY value {order}, start_time DESC, run_id LIMIT 1"
         ).collect()
-        if not rows:
-            return None
-        r = rows[0]
-        return RunChoice(r["run_id"], r["run_name"], r["start_time"], metric, r["value"], TABLE)
-    if source is None:
-        raise UsageError("best_run needs an engine with the table or a tracking source.")
+        if rows:
+            r = rows[0]
+            return RunChoice(r["run_id"], r["run_name"], _from_millis(r["start_ms"]), metric, r["value"], TABLE,
+                             _refreshed_at(db, experiment_id))
+    if db is not None:
+        # logged after the table's last refresh, or by no run at all: the server knows
+        log.info("No run of the table %s has a value for %r (refreshed %s); asking the tracking server. "
+                 "Refresh it with build-tables.", db.name(experiment_table_name(experiment_id)), metric,
+                 _refreshed_at(db, experiment_id))
+    source = source if source is not None else _default_source()
     order = "ASC" if ascending else "DESC"
-    for runs in source.iter_pages(
-        experiment_id,
-        "",
-        ACTIVE_ONLY,
-        page_size=200,
-        order_by=[f"metrics.{_quote_key(metric)} {order}", "attributes.start_time DESC"],
-    ):
+    for runs in _server_pages(source, experiment_id,
+                              [f"metrics.{_quote_key(metric)} {order}", "attributes.start_time DESC"]):
         for run in runs:
             choice = _choice_from_json(run, metric, ignore_nested)
             if choice is not None:
@@ -124,24 +149,42 @@ def last_run(
     if db is not None:
         nested = " AND parent_run_id IS NULL" if ignore_nested else ""
         rows = db.spark.sql(
-            f"SELECT run_id, run_name, start_time "
+            f"SELECT run_id, run_name, unix_millis(start_time) AS start_ms "
             f"FROM {db.name(experiment_table_name(experiment_id))} "
             f"WHERE lifecycle_stage = 'active'{nested} ORDER BY start_time DESC, run_id LIMIT 1"
         ).collect()
         if not rows:
             return None
         r = rows[0]
-        return RunChoice(r["run_id"], r["run_name"], r["start_time"], None, None, TABLE)
-    if source is None:
-        raise UsageError("last_run needs an engine with the table or a tracking source.")
-    for runs in source.iter_pages(
-        experiment_id, "", ACTIVE_ONLY, page_size=200, order_by=["attributes.start_time DESC"]
-    ):
+        return RunChoice(r["run_id"], r["run_name"], _from_millis(r["start_ms"]), None, None, TABLE,
+                         _refreshed_at(db, experiment_id))
+    source = source if source is not None else _default_source()
+    for runs in _server_pages(source, experiment_id, ["attributes.start_time DESC"]):
         for run in runs:
             choice = _choice_from_json(run, None, ignore_nested)
             if choice is not None:
                 return choice
     return None
+
+
+def _default_source() -> TrackingSource:
+    """The tracking server of the package configuration (``MLFLOW_TRACKING_URI`` ...)."""
+    settings = load_settings()
+    return TrackingSource(settings.tracking_uri, shared_limiter(settings.profile()), settings.client)
+
+
+def _server_pages(source: TrackingSource, experiment_id: str, order_by: list[str]) -> Iterator[list[dict[str, Any]]]:
+    """Pages of the experiment's active runs from the server; an unknown or malformed id is
+    a usage error naming it (a search of an unknown id would answer with no runs)."""
+    source.experiment_by_id(validate_experiment_id(experiment_id))
+    return source.iter_pages(experiment_id, "", ACTIVE_ONLY, page_size=200, order_by=order_by)
+
+
+def _from_millis(millis: int | None) -> datetime | None:
+    """A start time read from a table, in UTC. The query asks for epoch milliseconds: a
+    timestamp collected as is arrives as a naive wall-clock time of the session's time zone
+    (the user's, for the embedded engine), while the server path answers in UTC."""
+    return None if millis is None else datetime.fromtimestamp(int(millis) / 1000, tz=timezone.utc)
 
 
 def _quote_key(key: str) -> str:

@@ -8,7 +8,6 @@ lifecycle stage and status, and when asked every run (paged, never all at once i
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import yaml
 
 from mlflow_spark_tools.errors import UsageError
-from mlflow_spark_tools.tools.output import json_value
+from mlflow_spark_tools.tools.output import json_value, to_json
 from mlflow_spark_tools.tracking.client import RetryingClient, experiment_or_fail, get_run_or_fail
 from mlflow_spark_tools.tracking.pages import ALL
 from mlflow_spark_tools.tracking.rate_limit_errors import is_not_found
@@ -178,9 +177,10 @@ def dump_experiment(client: RetryingClient, experiment_id: str | None = None, na
 def render(doc: Mapping[str, Any], fmt: str) -> str:
     """The dump as ``json``, ``yaml`` or ``text``."""
     if fmt == "json":
-        return json.dumps(json_value(doc), indent=2, allow_nan=False)
+        return to_json(doc)
     if fmt == "yaml":
-        return yaml.safe_dump(json_value(doc), sort_keys=False, allow_unicode=True, width=1000)
+        return yaml.safe_dump(json_value(doc, special_floats=True), sort_keys=False, allow_unicode=True,
+                              width=1000)
     if fmt == "text":
         return "\n".join(_text_lines(doc))
     raise UsageError(f"Unknown format {fmt!r}: use one of {', '.join(FORMATS)}.")

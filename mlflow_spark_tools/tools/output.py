@@ -18,9 +18,12 @@ from mlflow_spark_tools.core.json_values import json_float
 FORMATS = ("table", "json", "csv")
 
 
-def json_value(value: Any) -> Any:
+def json_value(value: Any, *, special_floats: bool = False) -> Any:
+    """``value`` with what JSON cannot hold made plain: times as ISO strings, decimals as
+    floats, bytes as hex; NaN and infinities as MLflow's JSON writes them (``"NaN"``), or kept
+    as floats with ``special_floats`` (for YAML, which has ``.nan`` and ``.inf``)."""
     if isinstance(value, float):
-        return json_float(value)
+        return value if special_floats else json_float(value)
     if isinstance(value, (datetime, date)):
         return value.isoformat()
     if isinstance(value, Decimal):
@@ -28,10 +31,15 @@ def json_value(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.hex()
     if isinstance(value, dict):
-        return {str(k): json_value(v) for k, v in value.items()}
+        return {str(k): json_value(v, special_floats=special_floats) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [json_value(v) for v in value]
+        return [json_value(v, special_floats=special_floats) for v in value]
     return value
+
+
+def to_json(value: Any) -> str:
+    """Indented JSON of ``value`` (see :func:`json_value`), non-ASCII characters as they are."""
+    return json.dumps(json_value(value), indent=2, ensure_ascii=False, allow_nan=False)
 
 
 def _text(value: Any) -> str:
@@ -49,7 +57,7 @@ def format_rows(table: pa.Table, fmt: str = "table", max_width: int = 60) -> str
     rows = table.to_pylist()
     names = table.column_names
     if fmt == "json":
-        return json.dumps([{k: json_value(r[k]) for k in names} for r in rows], indent=2)
+        return to_json([{k: r[k] for k in names} for r in rows])
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")

@@ -251,7 +251,7 @@ class RetryingClient:
 
         MLflow 3 records logged models as entities of their own (found with
         ``search_logged_models``); MLflow 2 recorded them in the run tag
-        ``mlflow.log-model.history``. Both are read.
+        ``mlflow.log-model.history``. Both are read; a logged model whose logging FAILED is left out.
         """
         refs: dict[tuple[str, str], LoggedModelRef] = {}
         if hasattr(self.mlflow, "search_logged_models"):
@@ -262,7 +262,8 @@ class RetryingClient:
             try:
                 for page in follow_pages(fetch):
                     for model in page:
-                        if model.source_run_id:
+                        # a FAILED logged model holds no model (its logging broke off)
+                        if model.source_run_id and str(getattr(model, "status", "")).rsplit(".", 1)[-1] != "FAILED":
                             refs[(model.source_run_id, model.name)] = LoggedModelRef(
                                 model.source_run_id, model.name, model.model_id, "logged_model")
             except Exception as exc:

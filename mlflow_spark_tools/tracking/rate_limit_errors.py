@@ -147,6 +147,13 @@ def certainly_not_processed(exc: BaseException) -> bool:
                or bool(_NOT_SENT_TEXT.search(str(e))) for e in chain)
 
 
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether no connection could be made at all (refused, or the host name does not
+    resolve): a server that is down or a wrong URI, rarely worth a long wait."""
+    return any(isinstance(e, ConnectionRefusedError) or type(e).__name__ == "NewConnectionError"
+               or bool(_NOT_SENT_TEXT.search(str(e))) for e in exception_chain(exc))
+
+
 def error_summary(exc: BaseException, limit: int = 300) -> str:
     """The first line of an error (its type if it has no text), without the credentials a URL
     in it may carry: what logs, reasons and one-line messages show."""

@@ -29,6 +29,7 @@ from mlflow_spark_tools.tracking.rate_limit_errors import (
     error_summary,
     is_rate_limited,
     is_retryable,
+    is_unreachable,
 )
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ class RetryPolicy:
         retry_rate_limits: retry 429s (else a 429 raises at once).
         rate_limit_deadline: retry 429s for this many seconds however many attempts that takes
             (back-pressure: wait and go on); None treats them like other errors.
+        unreachable_deadline: stop retrying a server that refuses connections (or whose name
+            does not resolve) this many seconds after the first try; None: like other errors.
     """
 
     attempts: int = 3
@@ -64,15 +67,23 @@ class RetryPolicy:
     retry_transient: bool = True
     retry_rate_limits: bool = True
     rate_limit_deadline: float | None = None
+    unreachable_deadline: float | None = None
+
+
+#: How long the retrying client tries a server that refuses connections: long enough for a
+#: restart's blip, short enough that a wrong URI or a stopped server fails in seconds.
+UNREACHABLE_SECONDS = 5.0
 
 
 def patient(settings: RetrySettings) -> RetryPolicy:
-    """The retrying client's policy for one operation (``client.retries.<operation>``)."""
+    """The retrying client's policy for one operation (``client.retries.<operation>``); a
+    server that refuses connections is given up after :data:`UNREACHABLE_SECONDS`."""
     if settings.attempts is None or settings.initial_wait is None or settings.max_wait is None \
             or settings.jitter is None:
         raise ValueError("patient() needs complete retry settings (ClientConfig.policy fills them in)")
     return RetryPolicy(attempts=settings.attempts, initial_wait=settings.initial_wait,
-                       max_wait=settings.max_wait, jitter=settings.jitter)
+                       max_wait=settings.max_wait, jitter=settings.jitter,
+                       unreachable_deadline=UNREACHABLE_SECONDS)
 
 
 def fail_fast(seconds: float, *, in_storm: bool = False) -> RetryPolicy:
@@ -96,6 +107,7 @@ def call_with_retries(
     *,
     repeatable: Callable[[Exception], bool] = is_retryable,
     sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
     log_level: int = logging.INFO,
 ) -> T:
     """``func()``, retried by ``policy``; the last error is raised when it gives up.
@@ -107,12 +119,13 @@ def call_with_retries(
         repeatable: whether an error other than a 429 may be retried (an operation that is
             not safe to repeat passes ``certainly_not_processed``).
         sleep: the wait (injectable for tests).
+        clock: the monotonic clock the deadlines are measured on (injectable for tests).
         log_level: the level of the line logged before each retry.
     """
-    started = time.monotonic()
+    started = clock()
 
     def elapsed() -> float:
-        return time.monotonic() - started
+        return clock() - started
 
     def retryable(exc: BaseException) -> bool:
         if not isinstance(exc, Exception):
@@ -121,6 +134,9 @@ def call_with_retries(
             bound = policy.rate_limit_deadline if policy.rate_limit_deadline is not None else policy.deadline
             return policy.retry_rate_limits and (bound is None or elapsed() < bound)
         if policy.deadline is not None and elapsed() >= policy.deadline:
+            return False
+        if policy.unreachable_deadline is not None and elapsed() >= policy.unreachable_deadline \
+                and is_unreachable(exc):
             return False
         return policy.retry_transient and repeatable(exc)
 
@@ -138,6 +154,8 @@ def call_with_retries(
         retry_after = retry_after_of(exc) if exc is not None else None
         if policy.honour_retry_after and retry_after is not None:
             return max(seconds, retry_after)
+        if policy.unreachable_deadline is not None and exc is not None and is_unreachable(exc):
+            seconds = max(0.0, min(seconds, policy.unreachable_deadline - elapsed()))
         if policy.deadline is not None:
             # the last try comes at the deadline, not a whole backoff after it
             return max(0.0, min(seconds, policy.deadline - elapsed()))

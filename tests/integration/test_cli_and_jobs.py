@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,36 @@ def test_unknown_experiment_is_named_and_the_others_are_built(settings, engine, 
     assert "987654" in only_unknown.stderr and "Traceback" not in only_unknown.output
 
 
+def test_best_run_from_python_asks_the_configured_server_by_default(tracking_server, client, experiment,
+                                                                    monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.url)
+    monkeypatch.setenv("MLFLOW_SPARK_TOOLS_PROFILE", "unlimited")
+    best = log_run(client, experiment, metrics={"rmse": 0.1})
+    log_run(client, experiment, metrics={"rmse": 0.4})
+    choice = best_run(experiment, "rmse")
+    assert (choice.run_id, choice.source, choice.start_time.utcoffset().total_seconds()) == (best, "tracking server", 0)
+    assert last_run(experiment).source == "tracking server"
+
+
+def test_best_and_last_run_of_an_unknown_or_malformed_experiment_are_usage_errors(settings, engine):
+    for experiment_id in ("987654", "abc"):
+        for args in (["best-run", "--metric", "loss"], ["last-run"]):
+            result = invoke(settings, engine, *args, "--experiment-id", experiment_id)
+            assert result.exit_code == 2, result.output
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1 and f"Experiment id '{experiment_id}' does not exist" in lines[0], result.stderr
+
+
+def test_an_experiment_name_with_commas_and_spaces_is_taken_as_it_is(settings, engine, client):
+    name = f" sweep, v2 {uuid.uuid4().hex[:6]} "
+    experiment = client.create_experiment(name)
+    log_run(client, experiment, metrics={"m": 1.0})
+    result = invoke(settings, engine, "build-tables", "--experiment-name", name, "--format", "json")
+    assert result.exit_code == 0, result.output
+    (summary,) = json.loads(result.stdout)
+    assert (summary["experiment_id"], summary["experiment_name"], summary["row_count"]) == (experiment, name, 1)
+
+
 def test_invalid_database_is_rejected_before_anything_is_written(settings, engine, experiment):
     before = sorted(p.name for p in engine.warehouse.iterdir())
     result = invoke(settings, engine, "build-tables", "--experiment-ids", experiment,
@@ -94,6 +125,21 @@ def test_sql_prints_table_json_and_csv(settings, engine, client, experiment):
     assert bad.exit_code == 2 and "no_such_table" in bad.stderr
 
 
+def test_sql_exports_every_row_and_a_cut_table_says_so(settings, engine):
+    query = "SELECT id FROM range(1500)"
+    for fmt in ("csv", "json"):
+        export = invoke(settings, engine, "sql", "--format", fmt, query)
+        assert export.exit_code == 0 and export.stderr == "", export.output
+        rows = export.stdout.splitlines()[1:] if fmt == "csv" else json.loads(export.stdout)
+        assert len(rows) == 1500
+    shown = invoke(settings, engine, "sql", query)
+    assert "(1000 rows)" in shown.stdout and "only the first 1000 rows" in shown.stderr
+    capped = invoke(settings, engine, "sql", "--format", "json", "--max-rows", "10", query)
+    assert len(json.loads(capped.stdout)) == 10 and "--max-rows" in capped.stderr
+    whole = invoke(settings, engine, "sql", "--max-rows", "1500", query)
+    assert "(1500 rows)" in whole.stdout and whole.stderr == ""
+
+
 def test_best_and_last_run_agree_between_table_and_server(settings, engine, client, experiment):
     top = log_run(client, experiment, metrics={"rmse": 0.3, "acc": 0.7}, run_name="top")
     log_run(client, experiment, metrics={"rmse": math.nan, "acc": 0.1})
@@ -126,6 +172,12 @@ def test_best_and_last_run_agree_between_table_and_server(settings, engine, clie
     cli_answer = invoke(settings, engine, "best-run", "--experiment-id", experiment,
                         "--metric", "acc", "--descending", "--ignore-nested", "--format", "json")
     assert json.loads(cli_answer.stdout)["run_id"] == server_answers[2]
+    # an answer from the table says when it was refreshed; a metric logged since comes from the server
+    assert table_choice.table_refreshed_at is not None and json.loads(cli_answer.stdout)["table_refreshed_at"]
+    late = log_run(client, experiment, metrics={"late_metric": 1.0})
+    from_server = best_run(experiment, "late_metric", engine=engine, source=source)
+    assert (from_server.run_id, from_server.source) == (late, "tracking server")
+    assert "table_refreshed_at" not in from_server.as_dict()
 
 
 def test_python_job_entry_point_and_a_new_process_reading_the_tables(tmp_path, tracking_server, client, experiment):
@@ -146,6 +198,19 @@ def test_python_job_entry_point_and_a_new_process_reading_the_tables(tmp_path, t
     )
     assert query.returncode == 0, query.stderr
     assert json.loads(query.stdout) == [{"_p_alpha": 0.1, "_m_rmse": 0.7}]
+    # A user in New York: the answer from the table prints the start time as the server does (UTC)
+    server = json.loads(subprocess.run(
+        [str(BIN / "mlflow-spark-tools"), "--warehouse", str(tmp_path / "empty"), "last-run",
+         "--experiment-id", experiment, "--format", "json"],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path, check=True).stdout)
+    from_table = json.loads(subprocess.run(
+        [str(BIN / "mlflow-spark-tools"), "--warehouse", str(warehouse), "last-run", "--experiment-id", experiment,
+         "--format", "json"],
+        env={**env, "TZ": "America/New_York"}, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        check=True).stdout)
+    assert (server["source"], from_table["source"]) == ("tracking server", "table")
+    assert from_table["start_time"] == server["start_time"] and server["start_time"].endswith("+00:00")
+    assert not {"metric", "value"} & (set(server) | set(from_table))
 
 
 @pytest.fixture

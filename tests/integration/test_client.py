@@ -235,6 +235,9 @@ def test_runs_with_models_reads_logged_models_and_the_mlflow2_tag(tracking_serve
     client.set_tag(old.info.run_id, LOGGED_MODELS_TAG,
                    '[{"run_id": "x", "artifact_path": "sk-model", "flavors": {}}]')
     client.create_run(experiment)  # no model
+    broken = client.create_run(experiment)  # its model's logging failed half-way
+    failed = client.create_logged_model(experiment, name="broken", source_run_id=broken.info.run_id)
+    client.finalize_logged_model(failed.model_id, "FAILED")
     refs = RetryingClient(tracking_server.url, profile=UNLIMITED).runs_with_models([experiment])
     found = {(r.run_id, r.name, r.source) for r in refs}
     assert found == {(run.info.run_id, "reg", "logged_model"),

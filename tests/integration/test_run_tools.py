@@ -116,8 +116,11 @@ def test_system_tags_with_and_without_a_run(settings, client, experiment):
     by_key = {r["key"]: r for r in report}
     assert by_key["mlflow.runName"]["present"] is True and by_key["mlflow.runName"]["value"] == "tagged"
     assert by_key["mlflow.source.type"]["value"] == "LOCAL"
-    assert by_key["mlflow.databricks.jobID"]["present"] is False
+    assert "mlflow.databricks.jobID" not in by_key and all(r["present"] for r in report)
     assert by_key["mlflow.brand.new"]["known"] is False and by_key["mlflow.brand.new"]["present"] is True
+    whole = json.loads(invoke(settings, "system-tags", "--run-id", run_id, "--all", "--format", "json").stdout)
+    assert {r["key"]: r for r in whole}["mlflow.databricks.jobID"]["present"] is False
+    assert len(whole) > len(report)
 
 
 @pytest.fixture

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -51,7 +54,9 @@ def test_key_names_unicode_slashes_collisions_and_250_characters(settings, engin
     for name in names + [cmap[("tag", "team/owner")][0], cmap[("metric", long_key)][0]]:
         assert all(c.isalnum() and c.isascii() or c == "_" for c in name), name
         assert len(name) <= 255
-    assert cmap[("param", "LR")][0] == "_p_LR" and cmap[("param", "lr")][0] == "_p_lr_2"
+    # lowercase names; one run logs both spellings, so sorted order decides ("LR" < "lr")
+    assert cmap[("param", "LR")][0] == "_p_lr" and cmap[("param", "lr")][0] == "_p_lr_2"
+    assert cmap[("param", "temp:ü")][0] == "_p_temp_u"
     # every mapped column holds the value of its own key, readable without backticks
     select = ", ".join(cmap[("param", k)][0] for k in params)
     row = engine.spark.sql(f"SELECT {select} FROM {DB}.exp_{experiment}").collect()[0]
@@ -158,6 +163,8 @@ def test_incremental_refresh_equals_full_rebuild_cell_by_cell(
     assert summary.mode == "incremental"
     assert summary.rows_inserted == 2
     assert summary.rows_deleted == (0 if include_deleted else 2)
+    # runs re-read within the margin but unchanged (done[1:]) are not counted as updated
+    assert summary.rows_updated == (4 if include_deleted else 2)
     assert "_p_new_key" in summary.columns_added and "_m_extra" in summary.columns_added
     other = settings.with_overrides(tables__database="mlflow_exp_rebuild")
     build(other, experiment, engine, include_deleted=include_deleted)
@@ -178,6 +185,25 @@ def test_nan_survives_beside_equal_values_after_build_and_merge(settings, engine
     late = log_run(client, experiment, metrics={"m": math.nan})
     log_run(client, experiment, metrics={"m": 0.5})
     assert build(settings, experiment, engine).mode == "incremental"
+    unchanged = build(settings, experiment, engine)
+    assert (unchanged.rows_inserted, unchanged.rows_updated, unchanged.rows_deleted) == (0, 0, 0)
     rows = {r["run_id"]: r["_m_m"] for r in read_table(engine, DB, experiment)}
     assert math.isnan(rows[nan_run]) and math.isnan(rows[late])
     assert sorted(v for v in rows.values() if not math.isnan(v)) == [0.5, 0.5]
+
+
+def test_a_session_kept_without_its_engine_keeps_working(tmp_path):
+    """get_engine(...).spark alone: the Engine is garbage-collected, its embedded server must
+    not stop under the session (a fresh process, no other session active)."""
+    code = (
+        "import gc, sys\n"
+        "from mlflow_spark_tools.engine import get_engine\n"
+        f"spark = get_engine(warehouse={str(tmp_path / 'warehouse')!r}).spark\n"
+        "gc.collect()\n"
+        "print(spark.sql('SELECT 1 AS one').collect()[0]['one'])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED",
+                                                             "SPARK_LOCAL_REMOTE")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
+                          env={**env, "RUST_LOG": "error"}, cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.strip() == "1", done.stderr[-2000:]

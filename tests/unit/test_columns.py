@@ -3,12 +3,24 @@ import pytest
 from mlflow_spark_tools.runs.columns import MAX_COLUMN_NAME, METRIC, PARAM, TAG, ColumnNamer, ColumnSpec
 
 
-def test_unsafe_characters_become_underscores():
+def test_names_are_lowercase_ascii_with_accents_dropped_and_other_scripts_as_code_points():
     namer = ColumnNamer()
-    namer.assign([(PARAM, "a.b/c d-e"), (TAG, "mlflow.runName"), (METRIC, "précision")])
+    namer.assign([(PARAM, "a.b/c d-e"), (TAG, "mlflow.runName"), (METRIC, "précision"),
+                  (PARAM, "λ_reg"), (METRIC, "学习率"), (METRIC, "Ünïcode")])
     assert namer.name(PARAM, "a.b/c d-e") == "_p_a_b_c_d_e"
-    assert namer.name(TAG, "mlflow.runName") == "_t_mlflow_runName"
-    assert namer.name(METRIC, "précision") == "_m_pr_cision"
+    assert namer.name(TAG, "mlflow.runName") == "_t_mlflow_runname"
+    assert namer.name(METRIC, "précision") == "_m_precision"
+    assert namer.name(PARAM, "λ_reg") == "_p_u3bb_reg"
+    assert namer.name(METRIC, "学习率") == "_m_u5b66u4e60u7387"
+    assert namer.name(METRIC, "Ünïcode") == "_m_unicode"
+
+
+def test_the_key_of_more_runs_gets_the_name_without_a_suffix():
+    namer = ColumnNamer()
+    namer.assign([(METRIC, "Val_Loss"), (METRIC, "val.loss")],
+                 runs={(METRIC, "Val_Loss"): 20, (METRIC, "val.loss"): 195})
+    assert namer.name(METRIC, "val.loss") == "_m_val_loss"
+    assert namer.name(METRIC, "Val_Loss") == "_m_val_loss_2"
 
 
 def test_collisions_get_deterministic_suffixes_in_sorted_order():
@@ -19,7 +31,7 @@ def test_collisions_get_deterministic_suffixes_in_sorted_order():
     names = {k: first.name(*k) for k in keys}
     assert names == {k: second.name(*k) for k in keys}
     # sorted by key: "A_B" < "a.b" < "a/b" < "a_b"
-    assert names[(PARAM, "A_B")] == "_p_A_B"
+    assert names[(PARAM, "A_B")] == "_p_a_b"
     assert names[(PARAM, "a.b")] == "_p_a_b_2"
     assert names[(PARAM, "a/b")] == "_p_a_b_3"
     assert names[(PARAM, "a_b")] == "_p_a_b_4"

@@ -20,6 +20,7 @@ def test_a_running_run_has_no_duration_and_formats_keep_nan():
     assert doc["info"]["_duration"] is None and doc["info"]["_end_time"] is None
     assert list(doc["params"]) == ["a", "b"]
     assert '"m": "NaN"' in render(doc, "json")
+    assert "  m: .nan" in render(doc, "yaml").splitlines()
     assert "  m: nan" in render(doc, "text").splitlines()
     assert "end_time:   -   -" in render(doc, "text")
     with pytest.raises(UsageError, match="xml"):

@@ -35,3 +35,8 @@ def test_table_is_aligned_and_counts_rows():
     assert lines[1].startswith("| run_id")
     assert len({len(line) for line in lines[:-1]}) == 1
     assert lines[-1] == "(2 rows)"
+
+
+def test_json_keeps_non_ascii_text_as_it_is():
+    text = format_rows(pa.table({"name": ["précision", "学习率"]}), "json")
+    assert "précision" in text and "学习率" in text and "\\u" not in text
