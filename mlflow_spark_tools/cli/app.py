@@ -239,11 +239,9 @@ def query_engine(ctx: Context) -> Engine | None:
 
 
 def tracking_source(ctx: Context) -> TrackingSource:
-    from mlflow_spark_tools.tracking.ratelimit import shared_limiter
     from mlflow_spark_tools.tracking.source import TrackingSource
 
-    settings = ctx.settings
-    return TrackingSource(settings.tracking_uri, shared_limiter(settings.profile()), settings.client)
+    return TrackingSource.from_settings(ctx.settings)
 
 
 def retrying_client(ctx: Context) -> RetryingClient:

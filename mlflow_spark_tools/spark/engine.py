@@ -214,7 +214,6 @@ class EngineHandle:
     def close(self) -> None:
         if self._owned and self._engine is not None:
             self._engine.stop()
-        if self._owned:
             self._engine = None
             self._owned = False
 

@@ -25,7 +25,6 @@ from mlflow_spark_tools.errors import (
 from mlflow_spark_tools.spark.engine import Engine, EngineHandle
 from mlflow_spark_tools.tables.builder import ExperimentTableBuilder, RefreshSummary
 from mlflow_spark_tools.tables.fetch import RunFetcher
-from mlflow_spark_tools.tracking.ratelimit import shared_limiter
 from mlflow_spark_tools.tracking.source import ExperimentInfo, TrackingSource
 
 if TYPE_CHECKING:
@@ -109,7 +108,7 @@ def build_experiment_tables(
     if not (experiment_ids or experiment_names or all_experiments):
         raise UsageError("Say which experiments: --experiment-ids, --experiment-names or --all.")
     validate_database(settings.tables.database)
-    source = TrackingSource(settings.tracking_uri, shared_limiter(settings.profile()), settings.client)
+    source = TrackingSource.from_settings(settings)
     result = BuildResult()
     experiments = _resolve(source, experiment_ids, experiment_names, all_experiments, result)
     if not experiments:

@@ -27,7 +27,6 @@ from mlflow_spark_tools.spark.catalog import Database
 from mlflow_spark_tools.spark.engine import Engine
 from mlflow_spark_tools.tables.builder import INDEX_TABLE
 from mlflow_spark_tools.tracking.pages import ACTIVE_ONLY
-from mlflow_spark_tools.tracking.ratelimit import shared_limiter
 from mlflow_spark_tools.tracking.source import TrackingSource
 
 TABLE, TRACKING_SERVER = "table", "tracking server"
@@ -120,7 +119,7 @@ def best_run(
             r = rows[0]
             return RunChoice(r["run_id"], r["run_name"], _from_millis(r["start_ms"]), metric, r["value"], TABLE,
                              _refreshed_at(db, experiment_id))
-    if db is not None:
+    if db is not None and log.isEnabledFor(logging.INFO):
         # logged after the table's last refresh, or by no run at all: the server knows
         log.info("No run of the table %s has a value for %r (refreshed %s); asking the tracking server. "
                  "Refresh it with build-tables.", db.name(experiment_table_name(experiment_id)), metric,
@@ -169,8 +168,7 @@ def last_run(
 
 def _default_source() -> TrackingSource:
     """The tracking server of the package configuration (``MLFLOW_TRACKING_URI`` ...)."""
-    settings = load_settings()
-    return TrackingSource(settings.tracking_uri, shared_limiter(settings.profile()), settings.client)
+    return TrackingSource.from_settings(load_settings())
 
 
 def _server_pages(source: TrackingSource, experiment_id: str, order_by: list[str]) -> Iterator[list[dict[str, Any]]]:

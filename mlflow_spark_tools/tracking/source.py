@@ -25,10 +25,10 @@ from mlflow_spark_tools.tracking.rate_limit_errors import (
     names_nothing,
     not_found,
 )
-from mlflow_spark_tools.tracking.ratelimit import RateLimiter
+from mlflow_spark_tools.tracking.ratelimit import RateLimiter, shared_limiter
 
 if TYPE_CHECKING:
-    from mlflow_spark_tools.config import ClientConfig
+    from mlflow_spark_tools.config import ClientConfig, Settings
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,11 @@ class TrackingSource:
         self.client = RetryingClient(tracking_uri, config=config, limiter=limiter)
         self.tracking_uri = self.client.tracking_uri
         self._store = tracking_store(self.tracking_uri)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TrackingSource:
+        """The settings' tracking server, paced by the process's limiter for their profile."""
+        return cls(settings.tracking_uri, shared_limiter(settings.profile()), settings.client)
 
     # ---- experiments -------------------------------------------------------------------
 

@@ -1,18 +1,6 @@
 from mlflow_spark_tools.config import RateLimitProfile
 from mlflow_spark_tools.tracking.ratelimit import RateLimiter, TokenBucket
-
-
-class FakeTime:
-    def __init__(self):
-        self.now = 0.0
-        self.sleeps = []
-
-    def clock(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.sleeps.append(seconds)
-        self.now += seconds
+from tests.support.fake_time import FakeTime
 
 
 def test_bucket_paces_requests_evenly_at_the_rate():

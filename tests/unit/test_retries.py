@@ -7,19 +7,7 @@ import pytest
 from mlflow_spark_tools.config import RetrySettings
 from mlflow_spark_tools.tracking.pacing import RateLimitedResponse
 from mlflow_spark_tools.tracking.retries import back_pressure, call_with_retries, fail_fast, patient
-
-
-class FakeTime:
-    def __init__(self):
-        self.now = 0.0
-        self.sleeps = []
-
-    def clock(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.sleeps.append(seconds)
-        self.now += seconds
+from tests.support.fake_time import FakeTime
 
 
 def failing(exc, calls):
