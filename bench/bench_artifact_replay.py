@@ -1,7 +1,7 @@
 """Benchmark: replay on three artifact stores under binding limits, alone and beside other clients.
 
     .venv/bin/python bench/bench_artifact_replay.py [--payloads 300] [--repetitions 3] [--scale 0.1]
-        [--setups proxied,direct,databricks] [--contend 0.5] [--latency-ms 20]
+        [--setups proxied,direct,databricks] [--contend 0.5] [--latency-ms 20] [--modes alone,contended]
 
 For each artifact setup, a tracking server whose runs get that store: ``proxied`` (served
 artifacts, ``mlflow-artifacts:/``), ``direct`` (``--default-artifact-root DIR``) or
@@ -11,8 +11,8 @@ artifacts, ``mlflow-artifacts:/``), ``direct`` (``--default-artifact-root DIR``)
 the same limits). In front, the rate-limit proxy in its own process with the databricks
 profile times ``--scale``, so that the limits bind before the local server does. Each
 repetition writes ``--payloads`` signed deferred payloads (a 4 KiB artifact each, a
-scikit-learn model every 20th) and replays them with the replay job (same profile, safety
-factor 0.9, 16 workers):
+scikit-learn model every 20th) and replays them with the replay job (same profile and its
+safety factor 0.95, 16 workers):
 
 (a) alone. Targets: 0 429s; a payload rate >= 90% of what the binding class allows the client
     (limit x safety factor / that class's requests per payload, as the proxy counted them).
@@ -157,6 +157,7 @@ def one_replay(setup: str, server, proxy_url: str, closed_url: str, profile_path
         "allowed_payloads_per_second": round(allowed, 3), "remaining_payloads_per_second": round(remaining, 3),
         "share_of_allowed": round(rate / allowed, 3), "share_of_remaining": round(rate / remaining, 3),
         "replay_requests": replay_requests, "replay_429s": sum(summary.throttled.values()),
+        "replay_429s_per_class": {c: summary.throttled[c] for c in CLASSES if summary.throttled[c]},
         "replay_429_share": round(sum(summary.throttled.values()) / max(1, replay_requests), 4),
         "requests_per_payload": {c: round(v, 3) for c, v in per_payload.items()},
         "unpaced_requests": sum(seen["requests"].values()) - replay_requests - sum(load_seen.values()),
@@ -174,6 +175,7 @@ def main() -> None:
     parser.add_argument("--setups", default="proxied,direct,databricks")
     parser.add_argument("--contend", type=float, default=0.5)
     parser.add_argument("--latency-ms", type=float, default=20.0)
+    parser.add_argument("--modes", default="alone,contended", help="alone, contended or both")
     parser.add_argument("--out", default=str(HERE.parent / "results" / "artifact_replay.json"))
     args = parser.parse_args()
     import logging
@@ -213,7 +215,8 @@ def main() -> None:
                     except urllib.error.HTTPError:
                         pass
                     for rep in range(args.repetitions):
-                        for contend in (0.0, args.contend):
+                        modes = args.modes.split(",")
+                        for contend in [c for m, c in (("alone", 0.0), ("contended", args.contend)) if m in modes]:
                             result = one_replay(setup, server, url, closed_url, profile_path, limits,
                                                 args.payloads, contend, root / f"store-{setup}-{rep}-{contend}")
                             result["repetition"] = rep

@@ -50,6 +50,7 @@ class TokenBucket:
         self._lock = threading.Lock()
         self._tokens = self.capacity
         self._updated = clock()
+        self._epoch = 0  # bumped by throttle(): reservations made before it are void
 
     def reserve(self) -> float:
         """Take one token and return how long the caller must wait before using it."""
@@ -63,11 +64,22 @@ class TokenBucket:
             return -self._tokens / self.rate
 
     def acquire(self) -> float:
-        """Take one token, sleeping until it is due; returns the seconds waited."""
-        wait = self.reserve()
-        if wait > 0:
+        """Take one token, sleeping until it is due; returns the seconds waited.
+
+        A caller whose reservation :meth:`throttle` cancelled while it slept reserves again,
+        at the new rate and behind the hold, instead of going out at the old pace."""
+        waited = 0.0
+        while True:
+            with self._lock:
+                epoch = self._epoch
+            wait = self.reserve()
+            if wait <= 0:
+                return waited
             self._sleep(wait)
-        return wait
+            waited += wait
+            with self._lock:
+                if self._epoch == epoch:
+                    return waited
 
     def set_rate(self, rate: float) -> None:
         """Change the rate from now on (tokens gathered so far are kept)."""
@@ -77,13 +89,19 @@ class TokenBucket:
             self._updated = now
             self.rate = float(rate)
 
-    def hold(self, seconds: float) -> None:
-        """Hand out no token for the next ``seconds`` (a server's ``Retry-After``)."""
+    def throttle(self, rate: float, hold_seconds: float = 0.0) -> None:
+        """The server refused a request: go on at ``rate`` after ``hold_seconds``, and cancel the
+        reservations callers are sleeping on (they were made at the old rate; each caller
+        reserves again when it wakes). Without this, callers queued before the 429 keep
+        going out at the old pace for as long as their queue lasts and draw more 429s."""
         with self._lock:
             now = self._clock()
             self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
             self._updated = now
-            self._tokens = min(self._tokens, 1.0 - seconds * self.rate)
+            # a bucket with sleepers holds no spare token; forget what they reserved
+            self._tokens = min(max(self._tokens, 0.0), 1.0 - hold_seconds * rate)
+            self.rate = float(rate)
+            self._epoch += 1
 
     def try_take(self) -> float:
         """Take one token if one is there and return 0.0; otherwise take nothing and return
@@ -194,9 +212,7 @@ class RateLimiter:
 
     def on_throttled(self, api_class: str, retry_after: float | None = None) -> None:
         """Feedback: a 429; the class slows down and waits out ``Retry-After``."""
-        self.buckets[api_class].set_rate(self.adaptive[api_class].on_throttled(retry_after))
-        if retry_after:
-            self.buckets[api_class].hold(retry_after)
+        self.buckets[api_class].throttle(self.adaptive[api_class].on_throttled(retry_after), retry_after or 0.0)
 
     def rates(self) -> dict[str, float]:
         """The rate each class may use now (requests per second)."""

@@ -77,3 +77,26 @@ def test_the_limiter_waits_out_retry_after_and_slows_the_class():
     assert t.now - start >= 2.0
     assert limiter.rates()["other"] == 7.5 and limiter.rates()["log_batch"] == 10.0
     assert limiter.buckets["other"].rate == 7.5
+
+
+def test_a_429_cancels_the_reservations_made_at_the_old_rate():
+    # Callers queued before a 429 must not go out at the old pace after it: the one that slept
+    # on a reservation reserves again behind the Retry-After, at the lowered rate.
+    t = FakeTime()
+    bucket = TokenBucket(10.0, 1.0, t.clock, None)
+    throttled = []
+
+    def sleep(seconds: float) -> None:
+        if not throttled:  # the 429 arrives while this caller sleeps
+            throttled.append(t.now)
+            bucket.throttle(1.0, hold_seconds=2.0)
+        t.sleep(seconds)
+
+    bucket._sleep = sleep
+    assert bucket.acquire() == 0.0
+    for _ in range(5):  # five other callers queued at 10/s, up to 0.5 s ahead
+        bucket.reserve()
+    waited = bucket.acquire()
+    assert throttled == [0.0]
+    assert abs(waited - 2.0) < 1e-9  # behind the hold, not at 0.6 s
+    assert abs(bucket.acquire() - 1.0) < 1e-9  # the next one a second later: the new rate
