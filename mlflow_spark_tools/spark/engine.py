@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
+import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +38,10 @@ EMBEDDED = "embedded"
 REMOTE = "remote"
 ACTIVE = "active"
 DEFAULT_WAREHOUSE = "spark-warehouse"
+# Paths the embedded engine writes Delta tables under as given. Sail 0.7 percent-encodes
+# other characters (a space, a non-ASCII letter) in the Delta log's path and encodes the data
+# files' path twice: "my wh" gets its log under "my%20wh" and its files under "my%2520wh".
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9._/+-]+")
 
 
 @dataclass
@@ -45,19 +53,27 @@ class Engine:
         kind: ``embedded``, ``remote`` or ``active``.
         warehouse: the directory holding the tables' files; None when the catalog manages
             them (Unity Catalog, a metastore).
+        engine_warehouse: the same directory as the engine is told it (a private link to it
+            when its path has characters the embedded engine would percent-encode).
     """
 
     spark: SparkSession
     kind: str
     warehouse: Path | None = None
     _server: Any = None
+    engine_warehouse: Path | None = None
+    _remove_link: Any = None
+
+    def __post_init__(self) -> None:
+        if self.engine_warehouse is None:
+            self.engine_warehouse = self.warehouse
 
     def table_location(self, database: str, table: str) -> str | None:
         """Where a table's files go: a path for the embedded engine, else the catalog's choice."""
-        if self.warehouse is None:
+        if self.engine_warehouse is None:
             return None
         parts = (*validate_database(database), validate_table_name(table))
-        return str(self.warehouse.joinpath(*parts))
+        return str(self.engine_warehouse.joinpath(*parts))
 
     def stop(self) -> None:
         """Stop what this engine started (only the embedded server); leave others running."""
@@ -67,6 +83,8 @@ class Engine:
             finally:
                 self._server.stop()
                 self._server = None
+                if self._remove_link is not None:
+                    self._remove_link()
 
 
 def _runtime_session() -> Any | None:
@@ -109,6 +127,7 @@ def start_embedded(warehouse: Path | str) -> Engine:
         ) from exc
     warehouse = Path(warehouse).expanduser().resolve()
     warehouse.mkdir(parents=True, exist_ok=True)
+    engine_warehouse, link_dir = _plain_path_to(warehouse)
     # Sail logs every session at INFO to stderr; keep the console for what users asked for.
     os.environ.setdefault("RUST_LOG", "error")
     server = SparkConnectServer(ip="127.0.0.1", port=0)
@@ -118,9 +137,34 @@ def start_embedded(warehouse: Path | str) -> Engine:
     # The server stops when it is garbage-collected; a caller may keep only the session
     # (get_engine(...).spark), so the session holds the server as long as it lives.
     setattr(spark, "_mlflow_spark_tools_server", server)  # noqa: B010 - an attribute of our own
-    engine = Engine(spark=spark, kind=EMBEDDED, warehouse=warehouse, _server=server)
+    # the link lives as long as the session that writes through it, or until stop()
+    remove_link = weakref.finalize(spark, shutil.rmtree, link_dir, ignore_errors=True) if link_dir else None
+    engine = Engine(spark=spark, kind=EMBEDDED, warehouse=warehouse, _server=server,
+                    engine_warehouse=engine_warehouse, _remove_link=remove_link)
     register_warehouse_tables(engine)
     return engine
+
+
+def _plain_path_to(directory: Path) -> tuple[Path, Path | None]:
+    """A path to ``directory`` that the embedded engine writes under as given, and the private
+    directory holding the link made for it (None when ``directory``'s own path is plain).
+
+    The link sits in a new directory only its owner can enter, and goes when the session does.
+    """
+    if _PLAIN_PATH.fullmatch(str(directory)):
+        return directory, None
+    link_dir = Path(tempfile.mkdtemp(prefix="mlflow-spark-tools-"))
+    link = link_dir / "warehouse"
+    if not _PLAIN_PATH.fullmatch(str(link)):
+        link_dir.rmdir()
+        raise EngineError(
+            f"The embedded engine cannot write tables under {directory}: it percent-encodes spaces "
+            f"and non-ASCII characters in paths, and the temporary directory {link_dir.parent} has "
+            "such characters too. Use a --warehouse path of letters, digits and . _ - / only, "
+            "or set TMPDIR to one."
+        )
+    link.symlink_to(directory, target_is_directory=True)
+    return link, link_dir
 
 
 def register_warehouse_tables(engine: Engine) -> list[str]:
@@ -132,12 +176,13 @@ def register_warehouse_tables(engine: Engine) -> list[str]:
     Returns:
         The qualified names registered.
     """
-    if engine.warehouse is None:
+    root = engine.engine_warehouse
+    if root is None:
         return []
     registered = []
-    for log_dir in sorted(engine.warehouse.glob("**/_delta_log")):
+    for log_dir in sorted(root.glob("**/_delta_log")):
         table_dir = log_dir.parent
-        parts = table_dir.relative_to(engine.warehouse).parts
+        parts = table_dir.relative_to(root).parts
         if len(parts) not in (2, 3) or not any(log_dir.glob("*.json")):
             continue
         database, table = ".".join(parts[:-1]), parts[-1]
@@ -183,7 +228,7 @@ def get_engine(
             return start_embedded(warehouse if warehouse is not None else DEFAULT_WAREHOUSE)
         engine = Engine(spark=runtime, kind=ACTIVE)
     if warehouse is not None:
-        engine.warehouse = Path(warehouse).expanduser().resolve()
+        engine.warehouse = engine.engine_warehouse = Path(warehouse).expanduser().resolve()
         register_warehouse_tables(engine)
     return engine
 

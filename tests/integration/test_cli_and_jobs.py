@@ -183,7 +183,7 @@ def test_best_and_last_run_agree_between_table_and_server(settings, engine, clie
 def test_python_job_entry_point_and_a_new_process_reading_the_tables(tmp_path, tracking_server, client, experiment):
     log_run(client, experiment, params={"alpha": 0.1}, metrics={"rmse": 0.7})
     env = _env(tracking_server.url)
-    warehouse = tmp_path / "wh"
+    warehouse = tmp_path / "my wh é"  # a space and a non-ASCII letter: both kept as given
     job = subprocess.run(
         [sys.executable, str(ROOT / "jobs" / "build_experiment_tables.py"),
          "--experiment-ids", experiment, "--warehouse", str(warehouse)],
@@ -191,6 +191,9 @@ def test_python_job_entry_point_and_a_new_process_reading_the_tables(tmp_path, t
     )
     assert job.returncode == 0, job.stderr
     assert f"exp_{experiment}" in job.stdout and "full" in job.stdout
+    table_dir = warehouse / DB / f"exp_{experiment}"
+    assert (table_dir / "_delta_log").is_dir() and list(table_dir.glob("*.parquet"))
+    assert not [p.name for p in tmp_path.iterdir() if "%" in p.name]  # nothing percent-encoded beside it
     query = subprocess.run(
         [str(BIN / "mlflow-spark-tools"), "--warehouse", str(warehouse), "sql", "--format", "json",
          f"SELECT _p_alpha, _m_rmse FROM {DB}.exp_{experiment}"],

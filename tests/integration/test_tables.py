@@ -207,3 +207,15 @@ def test_a_session_kept_without_its_engine_keeps_working(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
                           env={**env, "RUST_LOG": "error"}, cwd=tmp_path)
     assert done.returncode == 0 and done.stdout.strip() == "1", done.stderr[-2000:]
+    # a warehouse path with a space: the engine writes through a private link, gone at stop()
+    code = (
+        "from mlflow_spark_tools.engine import get_engine\n"
+        f"engine = get_engine(warehouse={str(tmp_path / 'ware house')!r})\n"
+        "link = engine.engine_warehouse\n"
+        "assert link != engine.warehouse and link.is_symlink() and link.resolve() == engine.warehouse\n"
+        "engine.stop()\n"
+        "assert not link.parent.exists()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
+                          env={**env, "RUST_LOG": "error"}, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
