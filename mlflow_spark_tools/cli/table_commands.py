@@ -19,9 +19,9 @@ from mlflow_spark_tools.cli.app import (
     split_values,
     tracking_source,
 )
+from mlflow_spark_tools.core.redaction import redact
 from mlflow_spark_tools.errors import EXIT_FAILURE, UsageError
 from mlflow_spark_tools.tools.output import FORMATS, format_rows, render_table, to_json
-from mlflow_spark_tools.tracking.rate_limit_errors import error_summary
 
 TABLE_MAX_ROWS = 1000
 
@@ -158,6 +158,7 @@ def sql_command(ctx: Context, query: str, fmt: str, max_rows: int | None) -> Non
     ORDER BY _m_rmse LIMIT 5"
     """
     from mlflow_spark_tools.spark.arrow import to_arrow
+    from mlflow_spark_tools.spark.sql_errors import describe_sql_error, is_sql_error
 
     limit = max_rows if max_rows is not None else TABLE_MAX_ROWS if fmt == "table" else None
     engine = ctx.engine()
@@ -165,8 +166,9 @@ def sql_command(ctx: Context, query: str, fmt: str, max_rows: int | None) -> Non
         frame = engine.spark.sql(query)
         table = to_arrow(frame if limit is None else frame.limit(limit + 1))
     except Exception as exc:
-        if exc.__class__.__name__ in ("AnalysisException", "ParseException", "SparkConnectGrpcException"):
-            raise UsageError(f"SQL failed: {error_summary(exc, 500)}") from exc
+        if is_sql_error(exc):
+            columns_of = lambda table: engine.spark.table(table).columns  # noqa: E731 - suggestions only
+            raise UsageError(f"SQL failed: {redact(describe_sql_error(exc, query, columns_of))[:500]}") from exc
         raise
     cut = limit is not None and table.num_rows > limit
     click.echo(format_rows(table.slice(0, limit) if cut else table, fmt))

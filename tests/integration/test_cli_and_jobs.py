@@ -122,7 +122,18 @@ def test_sql_prints_table_json_and_csv(settings, engine, client, experiment):
     as_table = invoke(settings, engine, "sql", query)
     assert a in as_table.stdout and "(2 rows)" in as_table.stdout
     bad = invoke(settings, engine, "sql", "SELECT * FROM no_such_table")
-    assert bad.exit_code == 2 and "no_such_table" in bad.stderr
+    assert bad.exit_code == 2 and "table or view no_such_table does not exist" in bad.stderr
+    # engine wording replaced by what is wrong, with the close columns of the table read
+    typo = invoke(settings, engine, "sql", f"SELECT _m_rmze FROM {DB}.exp_{experiment}")
+    assert typo.exit_code == 2, typo.output
+    assert "column _m_rmze does not exist (did you mean _m_rmse?)" in typo.stderr
+    assert "ObjectName" not in typo.stderr and len(typo.stderr.strip().splitlines()) == 1
+    for query, says in (("SELEC 1", "syntax error"), ("SELECT nofunc(1)", "unknown function nofunc"),
+                        ("SELECT 1 / 0", None)):
+        failed = invoke(settings, engine, "sql", query)
+        assert failed.exit_code in (0, 2) and "Traceback" not in failed.output, failed.output
+        if says is not None:
+            assert failed.exit_code == 2 and says in failed.stderr, failed.output
 
 
 def test_sql_exports_every_row_and_a_cut_table_says_so(settings, engine):
