@@ -295,11 +295,16 @@ class ReplayLimits:
 
 @dataclass(frozen=True)
 class ReplayConfig:
-    """The replay job: how large a payload may be before it is refused unread."""
+    """The replay job: how large a payload may be before it is refused unread, and how long
+    what a replayed payload leaves in the store is kept (days; None keeps it)."""
 
     limits: ReplayLimits = field(default_factory=ReplayLimits)
+    retention_days: float | None = 7.0
 
     def __post_init__(self) -> None:
+        days = self.retention_days
+        if days is not None and (isinstance(days, bool) or not isinstance(days, (int, float)) or days < 0):
+            raise InvalidConfigError(f"replay.retention_days must be a number of days >= 0 or null, got {days!r}.")
         limits = self.limits
         if isinstance(limits, Mapping):
             known = {f.name for f in dataclasses.fields(ReplayLimits)}

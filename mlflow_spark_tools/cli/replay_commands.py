@@ -37,12 +37,15 @@ PROFILE_HELP = "Rate-limit profile name from conf/rate_limits or a YAML path (de
 @click.option("--secret-scope", help="Databricks secret scope holding the signing key.")
 @click.option("--secret-key", help="Key of the signing key in --secret-scope.")
 @click.option("--no-ledger", is_flag=True, help="Do not write <database>.replay_log.")
+@click.option("--retention-days", type=click.FloatRange(min=0), help="Remove replayed payloads' documents "
+              "and data this many days after their replay (default: replay.retention_days of the conf, 7).")
 @common_options(*TABLE_OPTIONS)
 @click.pass_obj
 @handle_errors
 def replay_command(ctx: Context, replay_dir: str, profile_: str | None, max_workers: int, until_empty: bool,
                    loop: bool, interval: float, lease_seconds: float, trust_unsigned: bool,
-                   secret_scope: str | None, secret_key: str | None, no_ledger: bool) -> None:
+                   secret_scope: str | None, secret_key: str | None, no_ledger: bool,
+                   retention_days: float | None) -> None:
     """Replay deferred runs into the tracking server within its rate limits.
 
     Prints a JSON summary (replayed, resumed, failed, still pending, requests and 429s per API
@@ -66,11 +69,38 @@ def replay_command(ctx: Context, replay_dir: str, profile_: str | None, max_work
         replay_dir=replay_dir, mode=LOOP if loop else UNTIL_EMPTY if until_empty else ONCE,
         interval=interval, max_workers=max_workers, lease_seconds=lease_seconds,
         trust_unsigned=trust_unsigned, ledger=not no_ledger,
-        signing_secret_scope=secret_scope, signing_secret_key=secret_key,
+        signing_secret_scope=secret_scope, signing_secret_key=secret_key, retention_days=retention_days,
     )
     code = run_replay_job(ctx.settings, options, engine=ctx.given_engine, echo=click.echo)
     if code:
         sys.exit(code)
+
+
+@cli.command("prune-store")
+@click.option("--replay-dir", required=True, help="The failed-run store: /dbfs/..., dbfs:/..., "
+              "/Volumes/... or a local directory.")
+@click.option("--older-than-days", type=click.FloatRange(min=0), help="Remove replayed payloads "
+              "replayed at least this many days ago (default: replay.retention_days of the conf, 7).")
+@click.option("--dry-run", is_flag=True, help="Only count what would be removed.")
+@click.pass_obj
+@handle_errors
+def prune_store_command(ctx: Context, replay_dir: str, older_than_days: float | None, dry_run: bool) -> None:
+    """Remove what replayed payloads leave in the store once older than the retention period.
+
+    Removes done/<id>.json and data/<id>/ (artifact copies, model blobs, progress) of payloads
+    replayed --older-than-days ago; never anything pending, claimed or quarantined. The replay
+    job does the same at the end of each run. Prints a JSON count of payloads and bytes.
+    """
+    from mlflow_spark_tools.failed_runs.store import FailedRunStore
+
+    days = older_than_days if older_than_days is not None else ctx.settings.replay.retention_days
+    if days is None:
+        raise UsageError("replay.retention_days is null in the conf: pass --older-than-days.")
+    with FailedRunStore(replay_dir) as store:
+        counts = {state: len(store.ids(state)) for state in ("pending", "claimed", "failed")}
+        pruned = store.prune_replayed(days * 86400.0, dry_run=dry_run)
+    click.echo(json.dumps(pruned.as_dict() | {"dry_run": dry_run, "older_than_days": days,
+                                               "untouched": counts}, indent=2))
 
 
 def _routes(routes: tuple[str, ...]) -> dict[str, str]:

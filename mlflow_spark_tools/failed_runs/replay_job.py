@@ -41,6 +41,7 @@ class ReplayOptions:
     ledger: bool = True
     signing_secret_scope: str | None = None
     signing_secret_key: str | None = None
+    retention_days: float | None = None  # None: the configured replay.retention_days
 
 
 def replay_signing_key(secret_scope: str | None = None, secret_key: str | None = None) -> SigningKey | None:
@@ -79,14 +80,16 @@ def run_replay_job(settings: Settings, options: ReplayOptions, engine: Engine | 
                         signing_key=key, trust_unsigned=options.trust_unsigned,
                         limits=settings.replay.limits)
     ledger = _Ledger(settings, engine) if options.ledger else None
+    retention = options.retention_days if options.retention_days is not None else settings.replay.retention_days
     try:
         if options.mode == ONCE:
             summary = replayer.run()
         elif options.mode == UNTIL_EMPTY:
             summary = replayer.run_until_empty()
         else:
-            return _loop(replayer, options, ledger, echo, passes)
+            return _loop(replayer, options, ledger, echo, passes, retention)
         ledger_report = _write_ledger(ledger, summary)
+        ledger_report |= _prune(replayer, retention)
         echo(json.dumps(summary.as_dict() | ledger_report, indent=2))
         partial = summary.failed or summary.pending or "ledger_error" in ledger_report
         return EXIT_PARTIAL if partial else EXIT_OK
@@ -97,20 +100,34 @@ def run_replay_job(settings: Settings, options: ReplayOptions, engine: Engine | 
 
 
 def _loop(replayer: Replayer, options: ReplayOptions, ledger: _Ledger | None,
-          echo: Callable[[str], None], passes: int | None) -> int:
+          echo: Callable[[str], None], passes: int | None, retention: float | None) -> int:
     failed = 0
     done = 0
     while passes is None or done < passes:
         started = time.monotonic()
         summary = replayer.run()
         done += 1
-        ledger_report = _write_ledger(ledger, summary)
+        ledger_report = _write_ledger(ledger, summary) | _prune(replayer, retention)
         failed += summary.failed + ("ledger_error" in ledger_report)
         echo(json.dumps(summary.as_dict() | ledger_report | {"pass": done}))
         if passes is not None and done >= passes:
             break
         time.sleep(max(0.0, options.interval - (time.monotonic() - started)))
     return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def _prune(replayer: Replayer, retention_days: float | None) -> dict[str, object]:
+    """Remove replayed payloads older than the retention period; a failure is reported, not
+    raised (the runs are replayed; the next run prunes again)."""
+    if retention_days is None:
+        return {}
+    try:
+        pruned = replayer.store.prune_replayed(retention_days * 86400.0)
+    except OSError as exc:
+        first = error_summary(exc, 500)
+        log.error("Could not prune replayed payloads: %s", first)
+        return {"prune_error": first}
+    return {"pruned": pruned.payloads, "pruned_bytes": pruned.bytes}
 
 
 def _write_ledger(ledger: _Ledger | None, summary: ReplaySummary) -> dict[str, object]:

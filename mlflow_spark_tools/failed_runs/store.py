@@ -6,6 +6,8 @@ Layout under the root::
     pending/<payload_id>.json     run documents waiting for replay
     claimed/<payload_id>@<owner>.json   documents a replayer holds (its lease: the file's mtime)
     done/<payload_id>.json        replayed; data/<payload_id>/result.json holds the run id
+                                  (both removed by :meth:`FailedRunStore.prune_replayed` once
+                                  older than the retention period)
     failed/<payload_id>.json      quarantined, beside failed/<payload_id>.reason.json
     tmp/                          documents being written
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import stat
 import threading
 import time
@@ -63,6 +66,18 @@ STATES = ("pending", "claimed", "done", "failed")
 FOLDERS = (*STATES, "data", "tmp")
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _MAX_REASON_FILES = 1000
+
+
+@dataclass
+class PruneResult:
+    """What :meth:`FailedRunStore.prune_replayed` removed (or, in a dry run, would remove)."""
+
+    payloads: int = 0
+    bytes: int = 0
+    kept_recent: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"pruned": self.payloads, "pruned_bytes": self.bytes, "kept_recent": self.kept_recent}
 
 
 @dataclass(frozen=True)
@@ -383,6 +398,45 @@ class FailedRunStore:
         except FileNotFoundError:
             return False
 
+    # ---- retention -----------------------------------------------------------------------
+
+    def prune_replayed(self, older_than_seconds: float, *, dry_run: bool = False,
+                       now: float | None = None) -> PruneResult:
+        """Remove what replayed payloads leave behind once older than the retention period.
+
+        For every payload in ``done/`` whose document has not changed for ``older_than_seconds``
+        (its last heartbeat, about when it finished): ``data/<id>/`` (artifact copies, model
+        blobs, progress and result) and then ``done/<id>.json``. The replay ledger table keeps
+        the payload-to-run record. Nothing pending, claimed or quarantined is touched, nor a
+        data folder without a replayed document. Removal works on the folder handles and never
+        follows a link.
+        """
+        result = PruneResult()
+        if not self.exists_at():
+            return result
+        now = time.time() if now is None else now
+        done_fd, data_fd = self._fd("done"), self._fd("data")
+        for payload_id in self.ids("done"):
+            try:
+                info = os.stat(f"{payload_id}.json", dir_fd=done_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                continue
+            if now - info.st_mtime < older_than_seconds:
+                result.kept_recent += 1
+                continue
+            size = info.st_size + _tree_size(payload_id, data_fd)
+            if not dry_run:
+                _remove_entry(payload_id, data_fd)
+                try:
+                    os.unlink(f"{payload_id}.json", dir_fd=done_fd)
+                except FileNotFoundError:
+                    continue
+            result.payloads += 1
+            result.bytes += size
+        return result
+
     def quarantine(self, path: Path, payload_id: str, reason: str, details: dict[str, Any] | None = None) -> bool:
         """Move a document that cannot be replayed to ``failed`` and write its reason file.
 
@@ -412,3 +466,36 @@ class FailedRunStore:
             if self._write_json(failed, target, reason_doc, failed, exclusive=True):
                 return True
         return True
+
+
+def _tree_size(name: str, dir_fd: int) -> int:
+    """Bytes of the regular files below ``name`` (a folder under ``dir_fd``), links not followed."""
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return 0
+    if not stat.S_ISDIR(info.st_mode):
+        return info.st_size if stat.S_ISREG(info.st_mode) else 0
+    total = 0
+    for _, _, files, fd in os.fwalk(name, dir_fd=dir_fd, follow_symlinks=False):
+        for file in files:
+            try:
+                entry = os.stat(file, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(entry.st_mode):
+                total += entry.st_size
+    return total
+
+
+def _remove_entry(name: str, dir_fd: int) -> None:
+    """Remove ``name`` under ``dir_fd``: a folder with what it holds (links removed, never
+    followed), or a file or link planted under that name."""
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(info.st_mode):
+        shutil.rmtree(name, dir_fd=dir_fd)
+    else:
+        os.unlink(name, dir_fd=dir_fd)

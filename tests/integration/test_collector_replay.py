@@ -142,6 +142,20 @@ def test_replay_command_prints_a_summary_and_writes_the_ledger(make_proxy, clien
         assert tag is not None
         tag_payload, token = tag.split(":")
         assert len(token) == 32 and (tag_payload == payload_id if payload_id else tag_payload not in payloads)
+    # retention: the run kept today's replayed payloads (7 days by default); prune-store removes
+    # them once past the retention asked for, and nothing else
+    assert summary["pruned"] == 0 and len(FailedRunStore(store_path).ids("done")) == len(payloads)
+    store_files = sorted(p.name for p in (store_path / "data").iterdir())
+    dry = CliRunner().invoke(cli, ["prune-store", "--replay-dir", str(store_path), "--older-than-days", "0",
+                                   "--dry-run"], obj={"settings": settings, "engine": engine})
+    assert dry.exit_code == 0 and json.loads(dry.output)["pruned"] == len(payloads), dry.output
+    assert sorted(p.name for p in (store_path / "data").iterdir()) == store_files
+    pruned = CliRunner().invoke(cli, ["prune-store", "--replay-dir", str(store_path), "--older-than-days", "0"],
+                                obj={"settings": settings, "engine": engine})
+    report = json.loads(pruned.output)
+    assert report["pruned"] == len(payloads) and report["pruned_bytes"] > 0
+    assert report["untouched"] == {"pending": 0, "claimed": 0, "failed": 0}
+    assert not list((store_path / "done").iterdir()) and not list((store_path / "data").iterdir())
 
 
 def test_replay_usage_errors_exit_2(settings, engine, tmp_path):

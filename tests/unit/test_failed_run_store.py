@@ -170,3 +170,50 @@ def test_reason_files_are_numbered_never_overwritten(tmp_path):
             for name in (f"{pid}.reason.json", f"{pid}.reason.2.json", f"{pid}.reason.3.json")]
     assert read == ["first", "second", "third"]
     assert store.quarantine(tmp_path / "pending" / f"{pid}.json", pid, "gone") is False
+
+
+def test_prune_removes_only_replayed_payloads_past_the_retention_and_follows_no_link(tmp_path):
+    store = FailedRunStore(tmp_path / "store").ensure()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("not the store's")
+
+    def replayed(age_days, planted_link=False):
+        pid = new_payload_id()
+        store.publish(pid, _doc(pid))
+        artifacts = tmp_path / "store" / "data" / pid / "artifacts" / "0"
+        artifacts.mkdir(parents=True)
+        (artifacts / "model.bin").write_bytes(b"x" * 1000)
+        if planted_link:  # a link to a folder outside the store, planted among the artifacts
+            (artifacts / "escape").symlink_to(outside)
+        claim = store.claim(pid, "a")
+        assert store.finish(claim, {"run_id": "r"})
+        when = time.time() - age_days * 86400
+        os.utime(tmp_path / "store" / "done" / f"{pid}.json", (when, when))
+        return pid
+
+    old, linked, recent = replayed(10), replayed(9, planted_link=True), replayed(1)
+    pending = new_payload_id()
+    store.publish(pending, _doc(pending))
+    quarantined = new_payload_id()
+    store.publish(quarantined, _doc(quarantined))
+    store.quarantine(tmp_path / "store" / "pending" / f"{quarantined}.json", quarantined, "bad")
+    for pid in (pending, quarantined):
+        old_file = time.time() - 30 * 86400
+        (tmp_path / "store" / "data" / pid).mkdir()
+        for state in ("pending", "failed"):
+            path = tmp_path / "store" / state / f"{pid}.json"
+            if path.exists():
+                os.utime(path, (old_file, old_file))
+
+    dry = store.prune_replayed(7 * 86400, dry_run=True)
+    assert (dry.payloads, dry.kept_recent) == (2, 1) and dry.bytes > 2000
+    assert sorted(store.ids("done")) == sorted([old, linked, recent])  # a dry run removes nothing
+
+    pruned = store.prune_replayed(7 * 86400)
+    assert pruned.as_dict() == dry.as_dict()
+    assert store.ids("done") == [recent] and store.result(recent) == {"run_id": "r"}
+    data = {p.name for p in (tmp_path / "store" / "data").iterdir()}
+    assert data == {recent, pending, quarantined}
+    assert store.ids("pending") == [pending] and store.ids("failed") == [quarantined]
+    assert (outside / "keep.txt").read_text() == "not the store's"  # the link was removed, not followed
