@@ -20,6 +20,7 @@ import click
 
 from mlflow_spark_tools import __version__
 from mlflow_spark_tools.config import Settings, load_settings
+from mlflow_spark_tools.core.progress import PROGRESS_LOGGER
 from mlflow_spark_tools.core.redaction import RedactingFormatter, redact
 from mlflow_spark_tools.errors import EXIT_FAILURE, EXIT_USAGE, EngineError, MlflowSparkToolsError, UsageError
 from mlflow_spark_tools.spark.engine import EngineHandle
@@ -136,10 +137,15 @@ def configure_logging(level: int) -> Callable[[], None]:
     before = logger.level
     logger.addHandler(handler)
     logger.setLevel(level)
+    # progress lines of long steps show without -v (a job's log then shows it is alive)
+    progress = logging.getLogger(PROGRESS_LOGGER)
+    progress_before = progress.level
+    progress.setLevel(min(level, logging.INFO))
 
     def restore() -> None:
         logger.removeHandler(handler)
         logger.setLevel(before)
+        progress.setLevel(progress_before)
 
     return restore
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mlflow_spark_tools.config import Settings
+from mlflow_spark_tools.core.progress import Progress
 from mlflow_spark_tools.databricks.secrets import read_secret
 from mlflow_spark_tools.errors import EXIT_OK, EXIT_PARTIAL, InvalidConfigError, UsageError
 from mlflow_spark_tools.failed_runs.replayer import Replayer, ReplaySummary
@@ -82,12 +83,11 @@ def run_replay_job(settings: Settings, options: ReplayOptions, engine: Engine | 
     ledger = _Ledger(settings, engine) if options.ledger else None
     retention = options.retention_days if options.retention_days is not None else settings.replay.retention_days
     try:
-        if options.mode == ONCE:
-            summary = replayer.run()
-        elif options.mode == UNTIL_EMPTY:
-            summary = replayer.run_until_empty()
-        else:
+        if options.mode == LOOP:
             return _loop(replayer, options, ledger, echo, passes, retention)
+        with Progress("Replay: payloads handled", "payloads", total=len(replayer.store.ids("pending"))) as progress:
+            replayer.on_payload = lambda outcome: progress.update()
+            summary = replayer.run() if options.mode == ONCE else replayer.run_until_empty()
         ledger_report = _write_ledger(ledger, summary)
         ledger_report |= _prune(replayer, retention)
         echo(json.dumps(summary.as_dict() | ledger_report, indent=2))

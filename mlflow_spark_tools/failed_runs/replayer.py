@@ -127,6 +127,7 @@ class Replayer(PayloadSteps):
         self.trust_unsigned = trust_unsigned
         self.limits = limits or ReplayLimits()
         self.owner = new_owner()
+        self.on_payload: Callable[[str], None] | None = None  # told each payload's outcome
         self._lock = threading.Lock()
         self._summary = ReplaySummary()
         self._released: set[str] = set()
@@ -233,6 +234,8 @@ class Replayer(PayloadSteps):
                 return
 
     def _tally(self, summary: ReplaySummary, payload_id: str, outcome: str) -> None:
+        if self.on_payload is not None:
+            self.on_payload(outcome)
         with self._lock:
             if outcome in (REPLAYED, RESUMED):
                 summary.replayed += 1

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from mlflow_spark_tools.config import Settings
 from mlflow_spark_tools.core.identifiers import validate_database, validate_experiment_id
+from mlflow_spark_tools.core.progress import Progress
 from mlflow_spark_tools.errors import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -129,7 +130,12 @@ def _build_one(builder: ExperimentTableBuilder, exp: ExperimentInfo, position: s
                include_deleted: bool) -> RefreshSummary:
     """One experiment's table; a failure becomes its summary, so the others are still built."""
     try:
-        summary = builder.refresh(exp, full_refresh=full_refresh, include_deleted=include_deleted)
+        with Progress(f"Experiment {position} ({exp.experiment_id}): runs fetched", "runs") as progress:
+            builder.fetcher.on_runs = progress.update
+            try:
+                summary = builder.refresh(exp, full_refresh=full_refresh, include_deleted=include_deleted)
+            finally:
+                builder.fetcher.on_runs = None
     except MlflowSparkToolsError as exc:
         log.debug("Experiment %s (%s) failed", exp.experiment_id, exp.name, exc_info=True)
         log.warning("Experiment %s %s failed: %s", position, exp.experiment_id, exc)

@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -46,10 +47,16 @@ class RunFetcher:
         self.source = source
         self.page_size = page_size
         self.workers = max(1, workers)
+        self.on_runs: Callable[[int], None] | None = None  # told how many runs each page held
+
+    def _counted(self, runs: list[dict[str, Any]]) -> pa.Table:
+        if self.on_runs is not None and runs:
+            self.on_runs(len(runs))
+        return runs_to_table(runs)
 
     def _pages_to_table(self, experiment_id: str, filter_string: str, view: str) -> list[pa.Table]:
         return [
-            runs_to_table(runs)
+            self._counted(runs)
             for runs in self.source.iter_pages(
                 experiment_id, filter_string, view, self.page_size, ORDER_ASC
             )
@@ -61,14 +68,14 @@ class RunFetcher:
         first_runs, token = self.source.search_page(
             experiment_id, "", view, self.page_size, ORDER_ASC
         )
-        first = runs_to_table(first_runs)
+        first = self._counted(first_runs)
         del first_runs
         if not token:
             return first
         if self.workers == 1:
             rest = follow_pages(lambda t: self.source.search_page(experiment_id, "", view, self.page_size,
                                                                   ORDER_ASC, t), start=token)
-            return concat_pages([first, *(runs_to_table(runs) for runs in rest)])
+            return concat_pages([first, *(self._counted(runs) for runs in rest)])
         # Everything that started before the last start time of the first page is in it; runs
         # sharing that last start time may continue on later pages, so the rest of the range
         # starts at that time and runs seen already are dropped. The first page's density
