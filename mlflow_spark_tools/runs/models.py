@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -45,4 +46,22 @@ def save_model_dir(model: Any, path: str, flavor: str | None, save_func: Callabl
         if not flavor:
             raise ValueError("log_model needs flavor= (e.g. 'sklearn') or log_model_func=")
         save_func = flavor_module(flavor).save_model
+        kwargs = flavor_defaults(flavor, save_func, kwargs)
     save_func(model, path, **kwargs)
+
+
+def flavor_defaults(flavor: str | None, func: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` for a flavor's ``save_model``/``log_model`` with this package's defaults.
+
+    scikit-learn models are saved with cloudpickle unless the caller chose a format (or the
+    skops types to trust): MLflow 3's default, skops, refuses estimators holding types it does
+    not trust, such as the trees of a random forest (``sklearn.tree._tree.Tree``), and the
+    package had the model as a pickle already. MLflow 2 saves with cloudpickle by default.
+    """
+    if flavor != "sklearn" or {"serialization_format", "skops_trusted_types"} & set(kwargs):
+        return kwargs
+    try:
+        accepted = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return kwargs
+    return {**kwargs, "serialization_format": "cloudpickle"} if "serialization_format" in accepted else kwargs

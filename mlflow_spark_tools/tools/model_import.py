@@ -23,7 +23,7 @@ import yaml
 
 from mlflow_spark_tools.databricks.paths import is_shared_storage, to_fuse_path
 from mlflow_spark_tools.errors import UsageError
-from mlflow_spark_tools.runs.models import flavor_module
+from mlflow_spark_tools.runs.models import flavor_defaults, flavor_module
 from mlflow_spark_tools.tracking.client import RetryingClient
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,8 @@ def log_model_from_path(
         name_arg = "name" if "name" in inspect.signature(module.log_model).parameters else "artifact_path"
         client.call("start_run", mlflow.start_run, run_id=run_id, log_system_metrics=False)
         try:
-            info = client.call("log_model", module.log_model, model, **{name_arg: artifact_path})
+            options = flavor_defaults(flavor, module.log_model, {name_arg: artifact_path})
+            info = client.call("log_model", module.log_model, model, **options)
         except BaseException:
             client.call("set_terminated", mlflow.end_run, "FAILED")
             raise

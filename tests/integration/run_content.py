@@ -24,9 +24,13 @@ def log_sample_run(collector, experiment_id: str, i: int, with_model: bool = Tru
             run.set_tag("task", f"t{i}")
             run.log_artifact(artifact, "reports")
             if with_model:
+                from sklearn.ensemble import RandomForestRegressor
                 from sklearn.linear_model import LinearRegression
 
-                model = LinearRegression().fit([[0.0], [1.0], [2.0]], [0.0, i, 2.0 * i])
+                # every other one a forest: its trees are types MLflow 3's skops format refuses
+                estimator = (RandomForestRegressor(n_estimators=3, bootstrap=False, random_state=0) if i % 2
+                             else LinearRegression())
+                model = estimator.fit([[0.0], [1.0], [2.0]], [0.0, i, 2.0 * i])
                 # explicit requirements: inferring them starts a Python process per model
                 run.log_model(model, "model", flavor="sklearn", pip_requirements=["scikit-learn"])
     return run.status, run.run_id, run.payload_id

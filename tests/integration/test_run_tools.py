@@ -125,9 +125,11 @@ def test_system_tags_with_and_without_a_run(settings, client, experiment):
 
 @pytest.fixture
 def sk_model():
-    from sklearn.linear_model import LinearRegression
+    # a forest: its trees are types MLflow 3's default (skops) format refuses to save
+    from sklearn.ensemble import RandomForestRegressor
 
-    return LinearRegression().fit([[0.0], [1.0], [2.0]], [1.0, 3.0, 5.0])
+    return RandomForestRegressor(n_estimators=3, bootstrap=False, random_state=0).fit(
+        [[0.0], [1.0], [2.0], [3.0]], [1.0, 3.0, 5.0, 7.0])
 
 
 def test_log_model_from_a_pickle_file_and_from_a_model_directory(settings, tracking_server, sk_model, tmp_path):
@@ -148,7 +150,7 @@ def test_log_model_from_a_pickle_file_and_from_a_model_directory(settings, track
     assert out["model_id"]
 
     saved = tmp_path / "saved"
-    mlflow.sklearn.save_model(sk_model, str(saved))
+    mlflow.sklearn.save_model(sk_model, str(saved), serialization_format="cloudpickle")
     again = invoke(settings, "log-model", "--model-path", str(saved), "--flavor", "sklearn",
                    "--experiment-name", name, "--artifact-path", "reg", "--format", "json")
     assert again.exit_code == 0, again.output
