@@ -74,11 +74,13 @@ def spark_job(url: str, experiment: str, store: Path, runs: int, artifact_bytes:
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, **(env_extra or {}))
     for name in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "SPARK_LOCAL_REMOTE"):
         env.pop(name, None)
-    subprocess.run([sys.executable, str(HERE.parents[1] / "tests" / "support" / "udf_sweep_job.py"),
-                    "--engine", "classic", "--workload", "ridge", "--tracking-uri", url,
-                    "--experiment-id", experiment, "--store", str(store), "--runs", str(runs),
-                    "--out", str(out), "--artifact-bytes", str(artifact_bytes)],
-                   check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = subprocess.run([sys.executable, str(HERE.parents[1] / "tests" / "support" / "udf_sweep_job.py"),
+                           "--engine", "classic", "--workload", "ridge", "--tracking-uri", url,
+                           "--experiment-id", experiment, "--store", str(store), "--runs", str(runs),
+                           "--out", str(out), "--artifact-bytes", str(artifact_bytes)],
+                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode:
+        raise SystemExit(f"The Spark job failed ({done.returncode}):\n{done.stderr[-3000:]}")
     result = json.loads(out.read_text())
     pending = store / "pending"
     result["payloads_in_store"] = len(list(pending.glob("*.json"))) if pending.is_dir() else 0

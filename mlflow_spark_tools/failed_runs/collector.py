@@ -189,6 +189,7 @@ class BufferedRun:
         run = self._run_data(status)
         ops = plan(run, len(self._artifacts), len(self._models))
         done = 0
+        requests: TrackingRequests | None = None
         try:
             requests = collector._requests()
             if run.experiment_id is None:
@@ -210,6 +211,10 @@ class BufferedRun:
                             verdict, error_summary(exc, 200))
                 return
             raise
+        finally:
+            # a run's connections end with it: a long task logs hundreds of runs
+            if requests is not None:
+                requests.close()
 
 
 class _BufferedRunWriter(RunWriter):

@@ -74,6 +74,11 @@ class TrackingRequests:
         self.scope = PacingScope.for_uri(host, limiter=limiter, on_attempt=on_attempt)
         self._direct = _DirectSession.for_host(self._host_creds())
 
+    def close(self) -> None:
+        """Close the connections this object opened (its keep-alive pool); MLflow's own stay."""
+        if self._direct is not None:
+            self._direct.session.close()
+
     # ---- one request -----------------------------------------------------------------
 
     def _attempt(self, api_class: str, endpoint: str, method: str, body: dict[str, Any] | None,

@@ -54,3 +54,18 @@ def test_fail_fast_in_a_storm_raises_the_first_429():
         call_with_retries(fail_fast(5.0, in_storm=True), "log_batch",
                           failing(RateLimitedResponse("/runs/log-batch", 1.0), calls), sleep=t.sleep, clock=t.clock)
     assert calls == [1] and t.sleeps == []
+
+
+
+def test_requests_close_their_connections():
+    # A collector makes a TrackingRequests per run and closes it when the run ends; an open
+    # pool per run left a connection per run open (a 300-run Spark task exhausted a proxy's
+    # 256 connections).
+    from mlflow_spark_tools.tracking.rest_calls import TrackingRequests
+
+    requests = TrackingRequests("http://127.0.0.1:9", fail_fast(1.0))
+    adapter = requests._direct.session.get_adapter("http://127.0.0.1:9")
+    adapter.poolmanager.connection_from_url("http://127.0.0.1:9")
+    assert len(adapter.poolmanager.pools) == 1
+    requests.close()
+    assert len(adapter.poolmanager.pools) == 0
