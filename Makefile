@@ -3,8 +3,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The oldest supported stack (Databricks Runtime 15.4 LTS ML, Python 3.11), in its own venv.
+COMPAT_PYTHON ?= python3.11
+COMPAT_VENV := .venv-compat
+COMPAT_BIN := $(COMPAT_VENV)/bin
+COMPAT_STAMP := $(COMPAT_VENV)/.installed
 
-.PHONY: install demo test unit integration lint bench clean
+.PHONY: install demo test unit integration lint bench compat clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +39,25 @@ unit: $(STAMP)
 integration: $(STAMP)
 	PYSPARK_PYTHON=$(abspath $(BIN)/python) $(BIN)/python -m pytest -q tests/integration
 
+# The oldest supported stack, Databricks Runtime 15.4 LTS ML (constraints-compat.txt): pyspark 3.5.0
+# (classic, and the Spark Connect client of the embedded engine), MLflow 2.13.1 (its `mlflow server`
+# serves the tests), pandas 1.5.3, pyarrow 14.0.1, numpy 1.23.5. Runs the tests marked `compat`;
+# the old stack's own deprecation warnings (distutils in pyspark 3.5) are not shown.
+$(COMPAT_BIN)/python:
+	$(COMPAT_PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_BIN)/python -m pip install --quiet --upgrade pip
+
+$(COMPAT_STAMP): $(COMPAT_BIN)/python setup.py constraints-compat.txt
+	$(COMPAT_BIN)/pip install --quiet --disable-pip-version-check -c constraints-compat.txt -e ".[local]" \
+		mlflow scikit-learn pytest pytest-timeout psutil setuptools wheel
+	touch $(COMPAT_STAMP)
+
+compat: $(COMPAT_STAMP)
+	PYSPARK_PYTHON=$(abspath $(COMPAT_BIN)/python) $(COMPAT_BIN)/python -m pytest -q -m compat \
+		-W ignore::DeprecationWarning tests
+
 bench: $(STAMP)
 	PYSPARK_PYTHON=$(abspath $(BIN)/python) $(BIN)/python bench/bench_tables.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info spark-warehouse .demo
+	rm -rf $(VENV) $(COMPAT_VENV) build dist *.egg-info spark-warehouse .demo

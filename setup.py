@@ -2,6 +2,13 @@
 
 The top-level ``conf/`` directory ships inside the wheel as ``mlflow_spark_tools._conf`` so
 that installed entry points find the same defaults and rate-limit profiles as a checkout.
+
+MLflow is not a hard requirement. A Databricks ML runtime ships the full ``mlflow``
+distribution; requiring ``mlflow-skinny`` would make pip install it beside that one, over the same
+``mlflow`` package files, and leave a broken MLflow of mixed versions. The wheel uses the MLflow it
+finds (``mlflow`` or ``mlflow-skinny``, at least ``MLFLOW_FLOOR``, checked at import) and the
+``mlflow`` extra installs ``mlflow-skinny`` where there is none. The lower bounds are the versions
+``make compat`` tests: Databricks Runtime 15.4 LTS ML (constraints-compat.txt).
 """
 
 from pathlib import Path
@@ -9,6 +16,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
+MLFLOW_FLOOR = "2.13.1"  # keep in step with mlflow_spark_tools/core/dependencies.py
 
 WHEEL_ENTRY_POINTS = ("build-tables", "replay", "best-run", "last-run", "sql", "dump-run",
                       "dump-experiment", "system-tags", "log-model")
@@ -20,7 +28,7 @@ setup(
     "rate-limit-safe run logging from Spark tasks and a throttled replay job.",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=find_packages(include=["mlflow_spark_tools", "mlflow_spark_tools.*"])
     + ["mlflow_spark_tools._conf", "mlflow_spark_tools._conf.rate_limits",
        "mlflow_spark_tools._conf.jobs"],
@@ -28,27 +36,28 @@ setup(
     package_data={"mlflow_spark_tools": ["py.typed"],
                   "mlflow_spark_tools._conf": ["*.yaml", "rate_limits/*.yaml", "jobs/*.yaml"]},
     install_requires=[
-        "mlflow-skinny>=2.16",
         "cloudpickle>=2.2",
         "databricks-sdk>=0.30",
         "click>=8.1",
         "PyYAML>=6.0",
         "tenacity>=8.2",
         "tqdm>=4.60",
-        "pyarrow>=14",
-        "pandas>=1.5",
+        "pyarrow>=14.0.1",
+        "pandas>=1.5.3",
         "requests>=2.28",
     ],
     extras_require={
+        # Off Databricks, or on a runtime without MLflow: never on an ML runtime (see above).
+        "mlflow": [f"mlflow-skinny>={MLFLOW_FLOOR}"],
         # Local engines. Databricks runtimes ship their own pyspark: never a hard requirement.
         "local": [
-            "pyspark[connect]>=3.5",
-            "pysail>=0.7",
+            "pyspark[connect]>=3.5.0",
+            "pysail>=0.7.2",
             "delta-spark>=3.2",
         ],
         "dev": [
-            "mlflow>=2.16",
-            "scikit-learn>=1.3",
+            f"mlflow>={MLFLOW_FLOOR}",
+            "scikit-learn>=1.3.0",
             "deltalake>=0.20",
             "pytest>=8",
             "pytest-timeout>=2.3",

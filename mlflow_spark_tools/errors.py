@@ -48,3 +48,7 @@ class EngineError(MlflowSparkToolsError):
 
 class TableNotFoundError(MlflowSparkToolsError):
     """An experiment table that a query needs does not exist yet."""
+
+
+class MissingDependencyError(MlflowSparkToolsError, ImportError):
+    """A package this one needs is not installed, or older than the oldest supported release."""

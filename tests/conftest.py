@@ -6,11 +6,30 @@ import itertools
 import math
 import os
 import uuid
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+
+UNIT_TESTS = Path(__file__).parent / "unit"
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "compat: part of `make compat`, the run on the oldest supported stack (Databricks Runtime "
+        "15.4 LTS ML: pyspark 3.5.0, MLflow 2.13.1, pandas 1.5.3, pyarrow 14; constraints-compat.txt)",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    # The unit tests take seconds: all of them are in the compat run. Integration tests are
+    # marked one by one, the core paths within a few minutes.
+    for item in items:
+        if UNIT_TESTS in item.path.parents:
+            item.add_marker(pytest.mark.compat)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,9 @@ older release lacks a name, the wrapper answers the way that release behaves.
 
 from __future__ import annotations
 
+import functools
+import inspect
+import urllib.parse
 from typing import Any
 
 
@@ -42,6 +45,55 @@ def request_workspace() -> Any:
     except ImportError:
         return None
     return get_request_workspace()
+
+
+def _repository_takes_tracking_uri() -> bool:
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    return "tracking_uri" in inspect.signature(get_artifact_repository).parameters
+
+
+def artifact_repository(artifact_uri: str, tracking_uri: str) -> Any:
+    """MLflow's artifact repository for ``artifact_uri``, a run's artifact URI on ``tracking_uri``.
+
+    MLflow 3 is told the tracking URI. MLflow 2 resolves ``mlflow-artifacts:/`` URIs (a server
+    that proxies artifacts) against the process's tracking URI instead, whatever server the run
+    is on; here they resolve against ``tracking_uri`` with MLflow 2 too.
+    """
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    if _repository_takes_tracking_uri():
+        return get_artifact_repository(artifact_uri, tracking_uri=tracking_uri)
+    if urllib.parse.urlsplit(artifact_uri).scheme == "mlflow-artifacts":
+        # what MLflow 2's MlflowArtifactsRepository is, with the URI resolved against the run's server
+        from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
+        from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
+
+        return HttpArtifactRepository(MlflowArtifactsRepository.resolve_uri(artifact_uri, tracking_uri))
+    return get_artifact_repository(artifact_uri)
+
+
+def artifacts_on_the_client_server(client: Any) -> None:
+    """Make an ``MlflowClient``'s artifact operations (``log_artifact(s)``, ``list_artifacts``,
+    ``download_artifacts``) go to the client's own tracking server under MLflow 2.
+
+    MLflow 2 builds a run's artifact repository from the process's tracking URI and keeps it in
+    a process-wide cache by run id, so a client of another server uploads to the wrong one (or
+    fails on a ``file:`` tracking URI). MLflow 3 uses the client's: nothing changes there.
+    """
+    if _repository_takes_tracking_uri():
+        return
+    from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
+
+    service = client._tracking_client
+    tracking_uri = service.tracking_uri
+
+    @functools.lru_cache(maxsize=256)
+    def run_repository(run_id: str) -> Any:
+        uri = add_databricks_profile_info_to_artifact_uri(service.get_run(run_id).info.artifact_uri, tracking_uri)
+        return artifact_repository(uri, tracking_uri)
+
+    service._get_artifact_repo = run_repository
 
 
 def escape_workspace_path(path: str) -> str:

@@ -1,33 +1,103 @@
 """Moving Arrow tables into and out of Spark without losing NaN.
 
-``createDataFrame(pandas_df)`` turns NaN into NULL; an Arrow table keeps them apart. Spark 4
-sessions (classic and Connect) accept Arrow tables directly; older sessions get rows.
+``createDataFrame(pandas_df)`` and ``toPandas()`` turn NaN into NULL or NULL into NaN (and
+integer columns with NULLs into floats); an Arrow table keeps them apart. Spark 4 sessions
+(classic and Connect) take and give Arrow tables directly (``createDataFrame(table)``,
+``toArrow()``). Spark 3.5 sessions (Databricks Runtime 15.4 and 16.4 LTS) have neither: there
+the rows go as Python values, which keep NaN and NULL apart as well, only slower.
 """
 
 from __future__ import annotations
 
+import datetime
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from mlflow_spark_tools.core.dependencies import version_tuple
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+
+
+def arrow_native() -> bool:
+    """Whether this pyspark takes and gives Arrow tables (``createDataFrame(pa.Table)``,
+    ``DataFrame.toArrow``): Spark 4 and later."""
+    import pyspark
+
+    return version_tuple(pyspark.__version__) >= (4,)
 
 
 def to_dataframe(spark: SparkSession, table: pa.Table, ddl_schema: str) -> DataFrame:
     """A DataFrame with ``ddl_schema`` holding the rows of ``table`` (NaN preserved)."""
     if table.num_rows == 0:
         return spark.createDataFrame([], ddl_schema)
-    try:
-        return spark.createDataFrame(table, ddl_schema)
-    except (TypeError, ValueError) as exc:
-        if "Table" not in str(exc) and "arrow" not in str(exc).lower():
-            raise
-    return spark.createDataFrame([tuple(r.values()) for r in table.to_pylist()], ddl_schema)
+    if arrow_native():
+        try:
+            return spark.createDataFrame(table, ddl_schema)
+        except (TypeError, ValueError) as exc:  # a fork of Spark 4 without Arrow input
+            if "Table" not in str(exc) and "arrow" not in str(exc).lower():
+                raise
+    # Spark 3.5: rows of Python values (timestamps as aware datetimes, NaN as float('nan')).
+    rows = list(zip(*(column.to_pylist() for column in table.columns)))
+    return spark.createDataFrame(rows, ddl_schema)
 
 
 def to_arrow(df: Any) -> pa.Table:
-    """Collect a DataFrame as an Arrow table."""
+    """Collect a DataFrame as an Arrow table, typed by its Spark schema (NaN kept apart from NULL)."""
     if hasattr(df, "toArrow"):
         return df.toArrow()
-    return pa.Table.from_pandas(df.toPandas(), preserve_index=False)
+    return rows_to_arrow(df.schema, df.collect())
+
+
+def rows_to_arrow(schema: Any, rows: list[Any]) -> pa.Table:
+    """The Arrow table Spark 4's ``toArrow`` gives for collected ``rows`` of ``schema`` (a
+    ``StructType``): the same column types (timestamps in UTC), NULL and NaN kept apart."""
+    columns = list(zip(*rows)) if rows else [() for _ in schema.fields]
+    arrays, fields = [], []
+    for field, values in zip(schema.fields, columns):
+        if _needs_conversion(field.dataType):
+            plain = [_plain(value, field.dataType) for value in values]
+        else:  # numbers, strings, booleans, dates, decimals: as collected
+            plain = list(values)
+        arrow_type = _arrow_type(field.dataType)
+        array = pa.array(plain) if arrow_type is None else pa.array(plain, type=arrow_type)
+        arrays.append(array)
+        fields.append(pa.field(field.name, array.type, nullable=field.nullable))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _arrow_type(data_type: Any) -> pa.DataType | None:
+    """The Arrow type of a Spark type, None where this pyspark has no mapping (inferred then)."""
+    from pyspark.sql.pandas.types import to_arrow_type
+
+    try:
+        return to_arrow_type(data_type)
+    except Exception:  # pyspark raises its own error types for unsupported (nested) types
+        return None
+
+
+def _needs_conversion(data_type: Any) -> bool:
+    from pyspark.sql.types import ArrayType, BinaryType, MapType, StructType, TimestampType
+
+    return isinstance(data_type, (ArrayType, BinaryType, MapType, StructType, TimestampType))
+
+
+def _plain(value: Any, data_type: Any) -> Any:
+    """A collected value as pyarrow takes it for ``data_type``."""
+    from pyspark.sql.types import ArrayType, BinaryType, MapType, StructType, TimestampType
+
+    if value is None:
+        return None
+    if isinstance(data_type, TimestampType):
+        # collect() gives local wall-clock time without a zone; Arrow holds the instant (UTC)
+        return value.astimezone(datetime.timezone.utc)
+    if isinstance(data_type, StructType):
+        return {f.name: _plain(v, f.dataType) for f, v in zip(data_type.fields, value)}
+    if isinstance(data_type, ArrayType):
+        return [_plain(v, data_type.elementType) for v in value]
+    if isinstance(data_type, MapType):
+        return [(_plain(k, data_type.keyType), _plain(v, data_type.valueType)) for k, v in value.items()]
+    if isinstance(data_type, BinaryType):
+        return bytes(value)
+    return value

@@ -20,6 +20,7 @@ import urllib.parse
 from collections import OrderedDict
 from typing import Any
 
+from mlflow_spark_tools.core import private_apis
 from mlflow_spark_tools.tracking.rest_calls import TrackingRequests
 
 ARTIFACTS_API = "/api/2.0/mlflow-artifacts/artifacts"
@@ -96,14 +97,10 @@ def artifact_repository(artifact_uri: str, tracking_uri: str) -> Any:
         if key in _REPOSITORIES:
             _REPOSITORIES.move_to_end(key)
             return _REPOSITORIES[key]
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
     from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
 
     uri = add_databricks_profile_info_to_artifact_uri(artifact_uri, tracking_uri)
-    try:
-        repository = get_artifact_repository(uri, tracking_uri=tracking_uri)
-    except TypeError:  # MLflow 2: no tracking_uri argument
-        repository = get_artifact_repository(uri)
+    repository = private_apis.artifact_repository(uri, tracking_uri)
     with _REPOSITORIES_LOCK:
         _REPOSITORIES[key] = repository
         while len(_REPOSITORIES) > _MAX_REPOSITORIES:

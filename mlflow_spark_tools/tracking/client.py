@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mlflow_spark_tools.config import ClientConfig, RateLimitProfile, Settings, load_settings
-from mlflow_spark_tools.core.private_apis import tracking_store
+from mlflow_spark_tools.core.private_apis import artifacts_on_the_client_server, tracking_store
 from mlflow_spark_tools.errors import ExperimentNotFoundError, RunNotFoundError, UsageError
 from mlflow_spark_tools.runs.run_batches import run_name_of, run_tags
 from mlflow_spark_tools.tracking.pacing import PacingScope, host_port, paced
@@ -141,6 +141,7 @@ class RetryingClient:
         self.limiter = limiter
         self.tracking_uri = tracking_uri if tracking_uri is not None else mlflow.get_tracking_uri()
         self.mlflow = MlflowClient(tracking_uri=self.tracking_uri)
+        artifacts_on_the_client_server(self.mlflow)
         self._sleep = sleep
         self.scope = PacingScope(frozenset({_host_of(self.tracking_uri)}), limiter=limiter)
         self.counts = self.scope.counts

@@ -41,6 +41,7 @@ def _env(tracking_uri):
     return env
 
 
+@pytest.mark.compat
 def test_unknown_experiment_is_named_and_the_others_are_built(settings, engine, client, experiment):
     log_run(client, experiment, metrics={"m": 1.0})
     result = invoke(settings, engine, "build-tables", "--experiment-ids", f"{experiment},987654",
@@ -53,6 +54,7 @@ def test_unknown_experiment_is_named_and_the_others_are_built(settings, engine, 
     assert "987654" in only_unknown.stderr and "Traceback" not in only_unknown.output
 
 
+@pytest.mark.compat
 def test_best_run_from_python_asks_the_configured_server_by_default(tracking_server, client, experiment,
                                                                     monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.url)
@@ -64,6 +66,7 @@ def test_best_run_from_python_asks_the_configured_server_by_default(tracking_ser
     assert last_run(experiment).source == "tracking server"
 
 
+@pytest.mark.compat
 def test_best_and_last_run_of_an_unknown_or_malformed_experiment_are_usage_errors(settings, engine):
     for experiment_id in ("987654", "abc"):
         for args in (["best-run", "--metric", "loss"], ["last-run"]):
@@ -73,6 +76,7 @@ def test_best_and_last_run_of_an_unknown_or_malformed_experiment_are_usage_error
             assert len(lines) == 1 and f"Experiment id '{experiment_id}' does not exist" in lines[0], result.stderr
 
 
+@pytest.mark.compat
 def test_an_experiment_name_with_commas_and_spaces_is_taken_as_it_is(settings, engine, client):
     name = f" sweep, v2 {uuid.uuid4().hex[:6]} "
     experiment = client.create_experiment(name)
@@ -83,6 +87,7 @@ def test_an_experiment_name_with_commas_and_spaces_is_taken_as_it_is(settings, e
     assert (summary["experiment_id"], summary["experiment_name"], summary["row_count"]) == (experiment, name, 1)
 
 
+@pytest.mark.compat
 def test_invalid_database_is_rejected_before_anything_is_written(settings, engine, experiment):
     before = sorted(p.name for p in engine.warehouse.iterdir())
     result = invoke(settings, engine, "build-tables", "--experiment-ids", experiment,
@@ -94,6 +99,7 @@ def test_invalid_database_is_rejected_before_anything_is_written(settings, engin
     assert not any("bad" in s for s in schemas)
 
 
+@pytest.mark.compat
 def test_unreachable_tracking_server_leaves_tables_untouched(settings, engine, client, experiment):
     log_run(client, experiment, metrics={"m": 1.0})
     build(settings, experiment, engine)
@@ -106,6 +112,7 @@ def test_unreachable_tracking_server_leaves_tables_untouched(settings, engine, c
     assert sorted(log_dir.glob("*.json")) == commits
 
 
+@pytest.mark.compat
 def test_sql_prints_table_json_and_csv(settings, engine, client, experiment):
     a = log_run(client, experiment, params={"depth": 3}, metrics={"rmse": 0.5})
     b = log_run(client, experiment, params={"depth": 5}, metrics={"rmse": math.nan})
@@ -136,6 +143,7 @@ def test_sql_prints_table_json_and_csv(settings, engine, client, experiment):
             assert failed.exit_code == 2 and says in failed.stderr, failed.output
 
 
+@pytest.mark.compat
 def test_sql_exports_every_row_and_a_cut_table_says_so(settings, engine):
     query = "SELECT id FROM range(1500)"
     for fmt in ("csv", "json"):
@@ -151,6 +159,7 @@ def test_sql_exports_every_row_and_a_cut_table_says_so(settings, engine):
     assert "(1500 rows)" in whole.stdout and whole.stderr == ""
 
 
+@pytest.mark.compat
 def test_best_and_last_run_agree_between_table_and_server(settings, engine, client, experiment):
     top = log_run(client, experiment, metrics={"rmse": 0.3, "acc": 0.7}, run_name="top")
     log_run(client, experiment, metrics={"rmse": math.nan, "acc": 0.1})
@@ -191,6 +200,7 @@ def test_best_and_last_run_agree_between_table_and_server(settings, engine, clie
     assert "table_refreshed_at" not in from_server.as_dict()
 
 
+@pytest.mark.compat
 def test_python_job_entry_point_and_a_new_process_reading_the_tables(tmp_path, tracking_server, client, experiment):
     log_run(client, experiment, params={"alpha": 0.1}, metrics={"rmse": 0.7})
     env = _env(tracking_server.url)
@@ -254,6 +264,7 @@ def sail_server(tmp_path):
         process.wait(timeout=30)
 
 
+@pytest.mark.compat
 def test_spark_submit_with_remote(tmp_path, tracking_server, client, experiment, sail_server):
     log_run(client, experiment, params={"alpha": 0.2}, metrics={"rmse": 0.4})
     env = {**_env(tracking_server.url), "SPARK_REMOTE": sail_server}

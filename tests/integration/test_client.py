@@ -62,6 +62,7 @@ def _mixed_runs(client, experiment):
     return ids
 
 
+@pytest.mark.compat
 def test_search_into_pandas_matches_mlflow_search_runs(tracking_server, client, experiment):
     _mixed_runs(client, experiment)
     mlflow.set_tracking_uri(tracking_server.url)
@@ -77,6 +78,7 @@ def test_search_into_pandas_matches_mlflow_search_runs(tracking_server, client, 
     assert len(ours_client.search_runs_pandas([experiment], page_size=3)) == 7
 
 
+@pytest.mark.compat
 def test_search_into_spark_keeps_nan_apart_from_null(tracking_server, client, experiment, engine):
     _mixed_runs(client, experiment)
     df = RetryingClient(tracking_server.url, profile=UNLIMITED).search_runs_spark(
@@ -151,6 +153,7 @@ def test_operations_not_safe_to_repeat_retry_only_when_nothing_was_sent(
         broken.stop()
 
 
+@pytest.mark.compat
 def test_every_request_is_paced_by_the_shared_buckets(tracking_server, experiment, make_proxy, tmp_path):
     proxy = make_proxy({"other": 12, "log_batch": 12}, safety_factor=1.0)
     profile = RateLimitProfile("tight", {"experiment_management": 10, "search_runs": 10, "log_batch": 10,

@@ -6,6 +6,7 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from click.testing import CliRunner
 
 from mlflow_spark_tools.cli.main import cli
@@ -23,6 +24,7 @@ def _stats(proxy):
     return proxy.counters.as_dict()
 
 
+@pytest.mark.compat
 def test_a_run_without_artifacts_takes_three_requests(make_proxy, client, experiment, tmp_path):
     proxy = make_proxy()
     collector = FailedRunCollector(tmp_path / "store", tracking_uri=proxy.url)
@@ -45,6 +47,7 @@ def test_a_run_without_artifacts_takes_three_requests(make_proxy, client, experi
     assert FailedRunStore(tmp_path / "store").ids("pending") == []
 
 
+@pytest.mark.compat
 def test_failed_block_is_logged_as_failed_and_the_error_raised(make_proxy, client, experiment, tmp_path):
     collector = FailedRunCollector(tmp_path / "store", tracking_uri=make_proxy().url)
     try:
@@ -58,6 +61,7 @@ def test_failed_block_is_logged_as_failed_and_the_error_raised(make_proxy, clien
     assert client.get_run(run.run_id).info.status == "FAILED"
 
 
+@pytest.mark.compat
 def test_rate_limited_runs_are_deferred_then_replayed_exactly_once(make_proxy, client, experiment,
                                                                    tmp_path, signing_key, tracking_server):
     proxy = make_proxy({"other": 30, "log_batch": 2})
@@ -108,6 +112,7 @@ def test_rate_limited_runs_are_deferred_then_replayed_exactly_once(make_proxy, c
     assert collect_seconds < 600  # sanity: the tasks did not hang
 
 
+@pytest.mark.compat
 def test_replay_command_prints_a_summary_and_writes_the_ledger(make_proxy, client, experiment, tmp_path,
                                                                settings, engine, signing_key):
     proxy = make_proxy({"other": 1000, "log_batch": 1})
@@ -158,6 +163,7 @@ def test_replay_command_prints_a_summary_and_writes_the_ledger(make_proxy, clien
     assert not list((store_path / "done").iterdir()) and not list((store_path / "data").iterdir())
 
 
+@pytest.mark.compat
 def test_replay_usage_errors_exit_2(settings, engine, tmp_path):
     def run(*args):
         return CliRunner().invoke(cli, ["replay", *args], obj={"settings": settings, "engine": engine})
@@ -170,6 +176,7 @@ def test_replay_usage_errors_exit_2(settings, engine, tmp_path):
     assert workers.exit_code == 2
 
 
+@pytest.mark.compat
 def test_replay_job_entry_point_writes_a_ledger_a_new_process_can_read(make_proxy, client, experiment,
                                                                         tmp_path, signing_key):
     import os
@@ -207,6 +214,7 @@ def test_replay_job_entry_point_writes_a_ledger_a_new_process_can_read(make_prox
     assert all(r["status"] == "replayed" and client.get_run(r["run_id"]) for r in rows)
 
 
+@pytest.mark.compat
 def test_loop_mode_prints_one_summary_per_pass(make_proxy, client, experiment, tmp_path, settings, engine,
                                                signing_key):
     from mlflow_spark_tools.failed_runs.replay_job import LOOP, ReplayOptions, run_replay_job

@@ -17,6 +17,7 @@ from .helpers import build, column_map, column_types, log_run, read_table
 DB = "mlflow_exp"
 
 
+@pytest.mark.compat
 def test_typed_param_columns_and_sql_without_backticks(settings, engine, client, experiment):
     log_run(client, experiment, params={"depth": 3, "lr": 0.1, "opt": "adam", "flag": "True"},
             metrics={"rmse": 0.5})
@@ -73,6 +74,7 @@ def test_key_names_unicode_slashes_collisions_and_250_characters(settings, engin
     assert run_id
 
 
+@pytest.mark.compat
 def test_widening_a_typed_column_to_string(settings, engine, client, experiment):
     log_run(client, experiment, params={"batch": "32", "lr": "0.1"})
     build(settings, experiment, engine)
@@ -87,6 +89,7 @@ def test_widening_a_typed_column_to_string(settings, engine, client, experiment)
     assert column_map(engine, DB, experiment)[("param", "batch")] == ("_p_batch", "string")
 
 
+@pytest.mark.compat
 def test_metric_values_are_what_the_server_returns(settings, engine, client, experiment):
     ids = {
         "nan": log_run(client, experiment, metrics={"m": math.nan}),
@@ -106,6 +109,7 @@ def test_metric_values_are_what_the_server_returns(settings, engine, client, exp
     assert rows[ids["inf"]]["_m_m"] > 1e308
 
 
+@pytest.mark.compat
 def test_empty_experiment_gets_a_table_with_info_columns(settings, engine, experiment):
     summary = build(settings, experiment, engine)
     assert summary.row_count == 0 and summary.runs_fetched == 0
@@ -116,6 +120,7 @@ def test_empty_experiment_gets_a_table_with_info_columns(settings, engine, exper
     assert index["run_count"] == 0 and index["table_name"] == f"{DB}.exp_{experiment}"
 
 
+@pytest.mark.compat
 def test_nested_runs_carry_their_parent(settings, engine, client, experiment):
     parent = log_run(client, experiment, metrics={"loss": 0.9}, run_name="parent")
     child = log_run(client, experiment, metrics={"loss": 0.1}, parent_run_id=parent)
@@ -126,6 +131,7 @@ def test_nested_runs_carry_their_parent(settings, engine, client, experiment):
     assert rows[parent]["run_name"] == "parent"
 
 
+@pytest.mark.compat
 def test_deleted_runs_removed_or_kept(settings, engine, client, experiment):
     keep = log_run(client, experiment, metrics={"m": 1.0})
     gone = log_run(client, experiment, metrics={"m": 2.0})
@@ -140,6 +146,7 @@ def test_deleted_runs_removed_or_kept(settings, engine, client, experiment):
     assert rows == {keep: "active", gone: "deleted"}
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize("include_deleted", [False, True])
 def test_incremental_refresh_equals_full_rebuild_cell_by_cell(
     settings, engine, client, experiment, include_deleted
@@ -177,6 +184,7 @@ def test_incremental_refresh_equals_full_rebuild_cell_by_cell(
             assert cells_equal(a[column], b[column]), (column, a[column], b[column])
 
 
+@pytest.mark.compat
 def test_nan_survives_beside_equal_values_after_build_and_merge(settings, engine, client, experiment):
     # Delta statistics ignore NaN: min == max == 0.5 must not turn NaN into 0.5 on read.
     nan_run = log_run(client, experiment, metrics={"m": math.nan})

@@ -35,6 +35,7 @@ def _sweep(engine_kind, proxy, experiment, tmp_path, runs):
     return json.loads(out.read_text())["results"]
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize("engine_kind, runs", [("classic", 200), ("embedded", 60)])
 def test_udf_sweep_under_rate_limits_loses_nothing(engine_kind, runs, make_proxy, client, experiment,
                                                    tmp_path, signing_key, tracking_server):

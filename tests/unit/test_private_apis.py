@@ -26,3 +26,12 @@ def test_traffic_id_and_workspace_are_unset_outside_databricks(monkeypatch):
 
 def test_workspace_paths_are_escaped_segment_by_segment():
     assert private_apis.escape_workspace_path("/Users/me@example.com/my exp") == "/Users/me%40example.com/my%20exp"
+
+
+def test_proxied_artifact_uris_resolve_against_the_run_server_not_the_process_one(monkeypatch):
+    # MLflow 2 would resolve them against MLFLOW_TRACKING_URI
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    repository = private_apis.artifact_repository("mlflow-artifacts:/1/abc/artifacts", "http://127.0.0.1:5999")
+    assert repository.artifact_uri == "http://127.0.0.1:5999/api/2.0/mlflow-artifacts/artifacts/1/abc/artifacts"
+    local = private_apis.artifact_repository("file:///tmp/artifacts/1", "http://127.0.0.1:5999")
+    assert local.artifact_uri == "file:///tmp/artifacts/1"
