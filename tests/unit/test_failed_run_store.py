@@ -1,6 +1,7 @@
 import json
 import os
 import time
+import uuid
 
 import pytest
 
@@ -179,7 +180,9 @@ def test_prune_removes_only_replayed_payloads_past_the_retention_and_follows_no_
     (outside / "keep.txt").write_text("not the store's")
 
     def replayed(age_days, planted_link=False):
-        pid = new_payload_id()
+        # created a little before its replay (an id starts with its creation time in ms)
+        created = int((time.time() - age_days * 86400 - 60) * 1000)
+        pid = f"{created}-testhost-1-{uuid.uuid4().hex[:24]}"
         store.publish(pid, _doc(pid))
         artifacts = tmp_path / "store" / "data" / pid / "artifacts" / "0"
         artifacts.mkdir(parents=True)
