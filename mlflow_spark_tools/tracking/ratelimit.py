@@ -54,14 +54,18 @@ class TokenBucket:
 
     def reserve(self) -> float:
         """Take one token and return how long the caller must wait before using it."""
+        return self._reserve()[0]
+
+    def _reserve(self) -> tuple[float, int]:
+        """:meth:`reserve`, and the epoch the reservation was made in."""
         with self._lock:
             now = self._clock()
             self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
             self._updated = now
             self._tokens -= 1.0
             if self._tokens >= 0:
-                return 0.0
-            return -self._tokens / self.rate
+                return 0.0, self._epoch
+            return -self._tokens / self.rate, self._epoch
 
     def acquire(self) -> float:
         """Take one token, sleeping until it is due; returns the seconds waited.
@@ -70,9 +74,7 @@ class TokenBucket:
         at the new rate and behind the hold, instead of going out at the old pace."""
         waited = 0.0
         while True:
-            with self._lock:
-                epoch = self._epoch
-            wait = self.reserve()
+            wait, epoch = self._reserve()
             if wait <= 0:
                 return waited
             self._sleep(wait)
