@@ -7,6 +7,7 @@ by ``MLFLOW_SPARK_TOOLS_CONF``, environment variables, then explicit overrides f
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -303,7 +304,8 @@ class ReplayConfig:
 
     def __post_init__(self) -> None:
         days = self.retention_days
-        if days is not None and (isinstance(days, bool) or not isinstance(days, (int, float)) or days < 0):
+        if days is not None and (isinstance(days, bool) or not isinstance(days, (int, float))
+                                 or not math.isfinite(days) or days < 0):
             raise InvalidConfigError(f"replay.retention_days must be a number of days >= 0 or null, got {days!r}.")
         limits = self.limits
         if isinstance(limits, Mapping):

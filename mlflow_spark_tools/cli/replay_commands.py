@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
+from pathlib import Path
 
 import click
 
@@ -15,7 +17,7 @@ from mlflow_spark_tools.cli.app import (
     handle_errors,
     profile_override,
 )
-from mlflow_spark_tools.errors import UsageError
+from mlflow_spark_tools.errors import EXIT_PARTIAL, UsageError
 
 PROFILE_HELP = "Rate-limit profile name from conf/rate_limits or a YAML path (default: databricks)."
 
@@ -64,6 +66,8 @@ def replay_command(ctx: Context, replay_dir: str, profile_: str | None, max_work
 
     if until_empty and loop:
         raise UsageError("Use --until-empty or --loop, not both.")
+    if retention_days is not None:
+        _check_days(retention_days, "--retention-days")
     profile_override(ctx, profile_)
     options = ReplayOptions(
         replay_dir=replay_dir, mode=LOOP if loop else UNTIL_EMPTY if until_empty else ONCE,
@@ -91,16 +95,29 @@ def prune_store_command(ctx: Context, replay_dir: str, older_than_days: float | 
     replayed --older-than-days ago; never anything pending, claimed or quarantined. The replay
     job does the same at the end of each run. Prints a JSON count of payloads and bytes.
     """
+    from mlflow_spark_tools.databricks.paths import to_fuse_path
     from mlflow_spark_tools.failed_runs.store import FailedRunStore
 
     days = older_than_days if older_than_days is not None else ctx.settings.replay.retention_days
     if days is None:
         raise UsageError("replay.retention_days is null in the conf: pass --older-than-days.")
-    with FailedRunStore(replay_dir) as store:
+    _check_days(days, "--older-than-days")
+    root = Path(to_fuse_path(replay_dir))
+    if not root.is_dir():  # never create a store here, a dry run least of all
+        what = "is not a directory" if root.exists() else "does not exist"
+        raise UsageError(f"The failed-run store {root} {what}.")
+    with FailedRunStore(root) as store:
         counts = {state: len(store.ids(state)) for state in ("pending", "claimed", "failed")}
         pruned = store.prune_replayed(days * 86400.0, dry_run=dry_run)
     click.echo(json.dumps(pruned.as_dict() | {"dry_run": dry_run, "older_than_days": days,
                                                "untouched": counts}, indent=2))
+    if pruned.errors:
+        sys.exit(EXIT_PARTIAL)
+
+
+def _check_days(days: float, option: str) -> None:
+    if not math.isfinite(days):
+        raise UsageError(f"{option} must be a finite number of days, not {days}.")
 
 
 def _routes(routes: tuple[str, ...]) -> dict[str, str]:

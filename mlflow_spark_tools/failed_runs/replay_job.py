@@ -91,7 +91,8 @@ def run_replay_job(settings: Settings, options: ReplayOptions, engine: Engine | 
         ledger_report = _write_ledger(ledger, summary)
         ledger_report |= _prune(replayer, retention)
         echo(json.dumps(summary.as_dict() | ledger_report, indent=2))
-        partial = summary.failed or summary.pending or "ledger_error" in ledger_report
+        partial = (summary.failed or summary.pending or "ledger_error" in ledger_report
+                   or "prune_error" in ledger_report)
         return EXIT_PARTIAL if partial else EXIT_OK
     finally:
         replayer.close()
@@ -108,7 +109,7 @@ def _loop(replayer: Replayer, options: ReplayOptions, ledger: _Ledger | None,
         summary = replayer.run()
         done += 1
         ledger_report = _write_ledger(ledger, summary) | _prune(replayer, retention)
-        failed += summary.failed + ("ledger_error" in ledger_report)
+        failed += summary.failed + ("ledger_error" in ledger_report) + ("prune_error" in ledger_report)
         echo(json.dumps(summary.as_dict() | ledger_report | {"pass": done}))
         if passes is not None and done >= passes:
             break
@@ -127,7 +128,11 @@ def _prune(replayer: Replayer, retention_days: float | None) -> dict[str, object
         first = error_summary(exc, 500)
         log.error("Could not prune replayed payloads: %s", first)
         return {"prune_error": first}
-    return {"pruned": pruned.payloads, "pruned_bytes": pruned.bytes}
+    report: dict[str, object] = {"pruned": pruned.payloads, "pruned_bytes": pruned.bytes}
+    if pruned.errors:
+        log.error("Could not prune %d replayed payloads, first: %s", len(pruned.errors), pruned.errors[0])
+        report["prune_error"] = f"{len(pruned.errors)} payloads not removed, first: {pruned.errors[0]}"[:500]
+    return report
 
 
 def _write_ledger(ledger: _Ledger | None, summary: ReplaySummary) -> dict[str, object]:

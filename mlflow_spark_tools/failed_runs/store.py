@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import shutil
 import stat
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +76,15 @@ class PruneResult:
     payloads: int = 0
     bytes: int = 0
     kept_recent: int = 0
+    errors: list[str] = field(default_factory=list)  # payloads that could not be removed, and why
 
-    def as_dict(self) -> dict[str, int]:
-        return {"pruned": self.payloads, "pruned_bytes": self.bytes, "kept_recent": self.kept_recent}
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"pruned": self.payloads, "pruned_bytes": self.bytes,
+                               "kept_recent": self.kept_recent}
+        if self.errors:
+            out["prune_errors"] = self.errors[:20]
+            out["prune_error_count"] = len(self.errors)
+        return out
 
 
 @dataclass(frozen=True)
@@ -414,9 +421,16 @@ class FailedRunStore:
         result = PruneResult()
         if not self.exists_at():
             return result
+        if not math.isfinite(older_than_seconds) or older_than_seconds < 0:
+            raise ValueError(f"a retention of {older_than_seconds!r} seconds")
         now = time.time() if now is None else now
         done_fd, data_fd = self._fd("done"), self._fd("data")
+        # a payload also pending, claimed or quarantined (a copy put back, a planted document)
+        # is not only replayed: its data stays
+        elsewhere = {i for state in ("pending", "claimed", "failed") for i in self.ids(state)}
         for payload_id in self.ids("done"):
+            if payload_id in elsewhere:
+                continue
             # An id starts with its creation time (ms), and a payload is replayed after it was
             # created: a young id is kept without a stat (thousands of them on a fuse mount).
             if now - int(payload_id.split("-", 1)[0]) / 1000.0 < older_than_seconds:
@@ -431,13 +445,16 @@ class FailedRunStore:
             if now - info.st_mtime < older_than_seconds:
                 result.kept_recent += 1
                 continue
-            size = info.st_size + _tree_size(payload_id, data_fd)
-            if not dry_run:
-                _remove_entry(payload_id, data_fd)
-                try:
+            try:
+                size = info.st_size + _tree_size(payload_id, data_fd)
+                if not dry_run:
+                    _remove_entry(payload_id, data_fd)
                     os.unlink(f"{payload_id}.json", dir_fd=done_fd)
-                except FileNotFoundError:
-                    continue
+            except FileNotFoundError:
+                continue
+            except OSError as exc:  # one payload that cannot go does not stop the others
+                result.errors.append(f"data/{payload_id}: {exc.strerror or type(exc).__name__}")
+                continue
             result.payloads += 1
             result.bytes += size
         return result

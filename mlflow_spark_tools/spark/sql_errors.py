@@ -22,6 +22,7 @@ _MISSING_TABLE = re.compile(r"TABLE_OR_VIEW_NOT_FOUND\]\s*(?:Table or view not f
 _UNKNOWN_FUNCTION = re.compile(r"(?:unknown function:\s*|UNRESOLVED_ROUTINE\][^`]*`)(?P<name>[\w.]+)")
 _SAIL_SYNTAX = re.compile(r"^invalid argument: (?P<what>found .*)$")
 _TABLES_READ = re.compile(r"\b(?:FROM|JOIN)\s+(?P<name>`[^`]+`(?:\.`[^`]+`)*|[\w.]+)", re.IGNORECASE)
+_KEY_PREFIXES = ("_p_", "_m_", "_t_")
 # the query plan and error context Spark appends after the message
 _SPARK_TAIL = re.compile(r"\s*(?:SQLSTATE: \w+;?|;\s*line \d+ pos \d+).*$", re.DOTALL)
 
@@ -89,6 +90,8 @@ def _suggestions(missing: str, query: str, columns_of: Callable[[str], Iterable[
         except Exception:  # a table that does not exist either: the column message is enough
             continue
     by_lower = {c.lower(): c for c in known}
-    name = missing.rsplit(".", 1)[-1]
-    close = difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.8)
+    name = missing.rsplit(".", 1)[-1].lower()
+    # a key written as it was logged (``acc``) names the column of that key (``_m_acc``)
+    keyed = [c for c in by_lower if c[:3] in _KEY_PREFIXES and c[3:] == name]
+    close = keyed or difflib.get_close_matches(name, list(by_lower), n=3, cutoff=0.8)
     return f" (did you mean {', '.join(by_lower[c] for c in close)}?)" if close else ""

@@ -161,6 +161,13 @@ def test_replay_command_prints_a_summary_and_writes_the_ledger(make_proxy, clien
     assert report["pruned"] == len(payloads) and report["pruned_bytes"] > 0
     assert report["untouched"] == {"pending": 0, "claimed": 0, "failed": 0}
     assert not list((store_path / "done").iterdir()) and not list((store_path / "data").iterdir())
+    # no store is made where there is none, a dry run least of all; days must be finite
+    for args, words in (([str(tmp_path / "nope"), "--dry-run"], "does not exist"),
+                        ([str(store_path / "done" / ".."), "--older-than-days", "nan"], "finite")):
+        refused = CliRunner().invoke(cli, ["prune-store", "--replay-dir", *args],
+                                     obj={"settings": settings, "engine": engine})
+        assert refused.exit_code == 2 and words in refused.output, refused.output
+    assert not (tmp_path / "nope").exists()
 
 
 @pytest.mark.compat

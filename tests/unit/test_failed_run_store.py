@@ -220,3 +220,49 @@ def test_prune_removes_only_replayed_payloads_past_the_retention_and_follows_no_
     assert data == {recent, pending, quarantined}
     assert store.ids("pending") == [pending] and store.ids("failed") == [quarantined]
     assert (outside / "keep.txt").read_text() == "not the store's"  # the link was removed, not followed
+
+
+def test_prune_keeps_data_of_a_payload_also_pending_claimed_or_quarantined_and_goes_on_past_errors(
+        tmp_path, monkeypatch):
+    root = tmp_path / "store"
+    store = FailedRunStore(root).ensure()
+    old = time.time() - 30 * 86400
+    ids = [f"{int(old * 1000)}-testhost-1-{uuid.uuid4().hex[:24]}" for _ in range(5)]
+    for pid in ids:
+        (root / "data" / pid).mkdir()
+        (root / "data" / pid / "model.bin").write_bytes(b"m")
+        (root / "done" / f"{pid}.json").write_text(json.dumps(_doc(pid)))
+        os.utime(root / "done" / f"{pid}.json", (old, old))
+    # a copy of three of them elsewhere: pending, claimed, quarantined
+    (root / "pending" / f"{ids[0]}.json").write_text(json.dumps(_doc(ids[0])))
+    (root / "claimed" / f"{ids[1]}@owner-1.json").write_text(json.dumps(_doc(ids[1])))
+    (root / "failed" / f"{ids[2]}.json").write_text(json.dumps(_doc(ids[2])))
+    # one whose data the file system refuses to remove (an immutable file, a fuse mount's error)
+    from mlflow_spark_tools.failed_runs import store as store_module
+
+    remove = store_module._remove_entry
+
+    def refusing(name, dir_fd):
+        if name == ids[3]:
+            raise PermissionError(1, "Operation not permitted", "f")
+        remove(name, dir_fd)
+
+    monkeypatch.setattr(store_module, "_remove_entry", refusing)
+    pruned = store.prune_replayed(7 * 86400)
+    for pid in ids[:3]:
+        assert (root / "data" / pid / "model.bin").exists()
+    assert pruned.errors == [f"data/{ids[3]}: Operation not permitted"] and pruned.payloads == 1
+    assert (root / "done" / f"{ids[3]}.json").exists()
+    assert not (root / "data" / ids[4]).exists() and not (root / "done" / f"{ids[4]}.json").exists()
+    with pytest.raises(ValueError):
+        store.prune_replayed(float("nan"))
+
+
+def test_retention_days_must_be_a_finite_number():
+    from mlflow_spark_tools.config import ReplayConfig
+    from mlflow_spark_tools.errors import InvalidConfigError
+
+    for bad in (float("nan"), float("inf"), -1, "abc", True):
+        with pytest.raises(InvalidConfigError):
+            ReplayConfig(retention_days=bad)
+    assert ReplayConfig(retention_days=None).retention_days is None

@@ -36,3 +36,9 @@ def test_qualified_columns_tables_functions_and_syntax():
 def test_tables_read_after_from_and_join():
     query = "SELECT * FROM `db`.`exp_1` a JOIN db.exp_1_columns c ON 1=1 WHERE x IN (SELECT y FROM t2)"
     assert tables_read(query) == ["db.exp_1", "db.exp_1_columns", "t2"]
+
+
+def test_a_key_as_logged_names_its_columns():
+    line = describe_sql_error(Exception(SAIL_MISSING.replace("_m_val_los", "val_loss")),
+                              "SELECT val_loss FROM mlflow_exp.exp_1", columns_of)
+    assert line.startswith("column val_loss does not exist (did you mean _m_val_loss?)"), line
