@@ -107,10 +107,8 @@ def prune_store_command(ctx: Context, replay_dir: str, older_than_days: float | 
         what = "is not a directory" if root.exists() else "does not exist"
         raise UsageError(f"The failed-run store {root} {what}.")
     with FailedRunStore(root) as store:
-        counts = {state: len(store.ids(state)) for state in ("pending", "claimed", "failed")}
         pruned = store.prune_replayed(days * 86400.0, dry_run=dry_run)
-    click.echo(json.dumps(pruned.as_dict() | {"dry_run": dry_run, "older_than_days": days,
-                                               "untouched": counts}, indent=2))
+    click.echo(json.dumps(pruned.as_dict() | {"dry_run": dry_run, "older_than_days": days}, indent=2))
     if pruned.errors:
         sys.exit(EXIT_PARTIAL)
 

@@ -77,10 +77,11 @@ class PruneResult:
     bytes: int = 0
     kept_recent: int = 0
     errors: list[str] = field(default_factory=list)  # payloads that could not be removed, and why
+    untouched: dict[str, int] = field(default_factory=dict)  # payloads pending, claimed, quarantined
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"pruned": self.payloads, "pruned_bytes": self.bytes,
-                               "kept_recent": self.kept_recent}
+                               "kept_recent": self.kept_recent, "untouched": self.untouched}
         if self.errors:
             out["prune_errors"] = self.errors[:20]
             out["prune_error_count"] = len(self.errors)
@@ -427,7 +428,9 @@ class FailedRunStore:
         done_fd, data_fd = self._fd("done"), self._fd("data")
         # a payload also pending, claimed or quarantined (a copy put back, a planted document)
         # is not only replayed: its data stays
-        elsewhere = {i for state in ("pending", "claimed", "failed") for i in self.ids(state)}
+        listed = {state: self.ids(state) for state in ("pending", "claimed", "failed")}
+        result.untouched = {state: len(ids) for state, ids in listed.items()}
+        elsewhere = {i for ids in listed.values() for i in ids}
         for payload_id in self.ids("done"):
             if payload_id in elsewhere:
                 continue
