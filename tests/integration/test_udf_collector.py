@@ -45,7 +45,8 @@ def test_udf_sweep_under_rate_limits_loses_nothing(engine_kind, runs, make_proxy
     assert sorted(r[0] for r in results) == list(range(runs))
     deferred = [r for r in results if r[1] == "deferred"]
     logged = [r for r in results if r[1] == "logged"]
-    assert deferred and logged and len(deferred) + len(logged) == runs
+    assert deferred and logged and len(deferred) + len(logged) == runs, (
+        f"{len(deferred)} deferred, {len(logged)} logged, 429s {proxy.counters.as_dict()['rate_limited']}")
     assert proxy.counters.as_dict()["rate_limited"]["log_batch"] > 0
 
     store = FailedRunStore(tmp_path / "store")
