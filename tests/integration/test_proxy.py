@@ -477,7 +477,7 @@ def test_malformed_framing_is_a_400_with_json_and_no_traceback(recorder, proxy_t
 def test_an_unexpected_error_is_one_warning_line_without_traceback(recorder, proxy_to, capfd, caplog):
     proxy = proxy_to(recorder.url)
 
-    def broken(api_class):
+    def broken(api_class, request=""):
         raise ZeroDivisionError("planted failure")
 
     proxy.admit = broken
@@ -563,3 +563,21 @@ def test_command_line_never_prints_upstream_credentials(recorder):
     printed = out + "".join(err_lines)
     assert "Upstream 127.0.0.1" in printed  # the output was captured
     assert SECRET not in printed and token not in printed
+
+
+def test_a_route_with_a_star_segment_serves_the_paths_of_every_id():
+    from mlflow_spark_tools.config import RateLimitProfile
+    from mlflow_spark_tools.tools.proxy import RateLimitProxy
+
+    profile = RateLimitProfile.load("unlimited")
+    routes = {"/api/2.0/mlflow/artifacts/": "http://127.0.0.1:1",
+              "/api/2.0/mlflow/logged-models/*/artifacts/credentials-for-": "http://127.0.0.1:2"}
+    with RateLimitProxy("http://127.0.0.1:3", profile, routes=routes) as proxy:
+        def port(path):
+            return proxy.upstream_for(path).port
+
+        assert port("/api/2.0/mlflow/logged-models/m-1/artifacts/credentials-for-upload") == 2
+        assert port("/api/2.0/mlflow/logged-models/m-1/params") == 3
+        assert port("/api/2.0/mlflow/logged-models/a/b/artifacts/credentials-for-upload") == 3  # one segment
+        assert port("/api/2.0/mlflow/logged-models") == 3
+        assert port("/api/2.0/mlflow/artifacts/credentials-for-write") == 1

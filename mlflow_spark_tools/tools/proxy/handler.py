@@ -126,7 +126,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             return self._send_json(200, {"reset": True})
 
         api_class = api_class_of(path)
-        wait = self.proxy.admit(api_class)
+        wait = self.proxy.admit(api_class, f"{self.command} {path}")
         self.proxy.counters.count(api_class, endpoint_label(path), limited=wait > 0)
         if wait > 0:
             return self._send_json(

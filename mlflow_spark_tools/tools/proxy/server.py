@@ -6,6 +6,7 @@ import base64
 import http.client
 import json
 import logging
+import re
 import socket
 import sys
 import threading
@@ -84,13 +85,15 @@ class RateLimitProxy:
             token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
             self.upstream_authorization = f"Basic {token}"
         # Paths served by another upstream under the same limits, longest prefix first (a
-        # workspace stand-in that answers the endpoints the tracking server has not).
-        self.routes: list[tuple[str, urllib.parse.SplitResult]] = []
+        # workspace stand-in that answers the endpoints the tracking server has not); a ``*``
+        # segment of a prefix stands for any one path segment (``/logged-models/*/artifacts/``).
+        self.routes: list[tuple[re.Pattern[str], urllib.parse.SplitResult]] = []
         for prefix, url in sorted((routes or {}).items(), key=lambda item: -len(item[0])):
             route = urllib.parse.urlsplit(url)
             if route.scheme not in ("http", "https") or not route.hostname or route.username:
                 raise UsageError(f"A route's upstream must be an http(s) URL without credentials, not {redacted_url(url)!r}.")
-            self.routes.append((prefix, route._replace(query="", fragment="")))
+            pattern = re.compile("[^/]+".join(re.escape(part) for part in prefix.split("*")))
+            self.routes.append((pattern, route._replace(query="", fragment="")))
         self.profile = profile
         self.latency = latency_ms / 1000.0
         self.upstream_timeout = upstream_timeout
@@ -130,8 +133,10 @@ class RateLimitProxy:
         self.counters.reset()
         self.buckets = self._new_buckets()
 
-    def admit(self, api_class: str | None) -> float:
-        """0.0 if a request of this class may pass now, else the seconds until it could."""
+    def admit(self, api_class: str | None, request: str = "") -> float:
+        """0.0 if a request of this class may pass now, else the seconds until it could;
+        ``request`` (``"POST /api/2.0/mlflow/runs/create"``) is for subclasses that refuse
+        particular requests."""
         if api_class is None:
             return 0.0
         return self.buckets[api_class].try_take()
@@ -165,8 +170,8 @@ class RateLimitProxy:
 
     def upstream_for(self, path: str) -> urllib.parse.SplitResult:
         """The upstream that serves ``path``: a route's, or the tracking server."""
-        for prefix, route in self.routes:
-            if path.startswith(prefix):
+        for pattern, route in self.routes:
+            if pattern.match(path):
                 return route
         return self.upstream
 
