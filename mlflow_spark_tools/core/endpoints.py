@@ -39,10 +39,17 @@ def endpoint_of(path: str) -> str | None:
 
 
 def endpoint_label(path: str) -> str | None:
-    """The endpoint for counters: artifact transfers share one label (their paths name runs)."""
+    """The endpoint for counters: artifact transfers share one label (their paths name runs),
+    as do the requests of one logged model (``logged-models/{id}/params``)."""
     endpoint = endpoint_of(path)
     if endpoint is not None and "mlflow-artifacts/" in path.split("?", 1)[0]:
         return "mlflow-artifacts/" + endpoint.split("/", 1)[0]
+    if endpoint is not None and endpoint.startswith(("logged-models/", "traces/")):
+        # the paths of one logged model (or trace) name it: one label for all of them
+        kind, _, rest = endpoint.partition("/")
+        item, _, tail = rest.partition("/")
+        if item not in ("search", "batch-get"):
+            return f"{kind}/{{id}}" + (f"/{tail}" if tail else "")
     return endpoint
 
 

@@ -30,7 +30,6 @@ import hashlib
 import logging
 import os
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -165,7 +164,9 @@ class BufferedRun:
 
         Args:
             model: the model object.
-            artifact_path: where in the run's artifacts (e.g. ``model``).
+            artifact_path: the model's name (``model``): with MLflow 3 a logged model of the
+                run by that name, with MLflow 2 (or a name MLflow 3 refuses for a logged
+                model, such as ``models/ridge``) that folder of the run's artifacts.
             flavor: an MLflow flavor (``sklearn``, ``xgboost``, ...), saved with its
                 ``save_model``.
             log_model_func: instead of ``flavor``, a function ``f(model, path, **kwargs)`` that
@@ -190,6 +191,7 @@ class BufferedRun:
         ops = plan(run, len(self._artifacts), len(self._models))
         done = 0
         requests: TrackingRequests | None = None
+        writer: _BufferedRunWriter | None = None
         try:
             requests = collector._requests()
             if run.experiment_id is None:
@@ -205,7 +207,8 @@ class BufferedRun:
             if verdict == RATE_LIMITED:
                 collector._storm_seen()
             if verdict == RATE_LIMITED or (verdict == TRANSIENT and collector.defer_transient):
-                self.payload_id = collector._defer(self, run, ops, done, exc)
+                self.payload_id = collector._defer(self, run, ops, done, exc,
+                                                   writer.logged_model_ids if writer is not None else {})
                 self.status = DEFERRED
                 log.warning("Run %s deferred to %s (%s): %s", self._run_name or "", self.payload_id,
                             verdict, error_summary(exc, 200))
@@ -238,13 +241,10 @@ class _BufferedRunWriter(RunWriter):
         local_path, artifact_path = self.buffered._artifacts[index]
         upload_artifact(self.requests, self.created_run_id, self.artifact_uri, local_path, artifact_path)
 
-    def log_model(self, index: int) -> None:
+    def log_model(self, index: int, uncertain: bool) -> None:
         m = self.buffered._models[index]
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "model")
-            save_model_dir(m["model"], path, m["flavor"], m["save_func"], m["kwargs"])
-            upload_artifact(self.requests, self.created_run_id, self.artifact_uri, path, m["artifact_path"],
-                            contents_only=True)
+        self.write_model(index, m["artifact_path"],
+                         lambda path: save_model_dir(m["model"], path, m["flavor"], m["save_func"], m["kwargs"]))
 
 
 class FailedRunCollector:
@@ -310,12 +310,12 @@ class FailedRunCollector:
         return TrackingRequests(self.tracking_uri, policy, timeout=self.request_timeout)
 
     def _defer(self, run: BufferedRun, data: RunData, ops: list[tuple[str, int]], done: int,
-               exc: BaseException) -> str:
+               exc: BaseException, logged_model_ids: dict[int, str]) -> str:
         with FailedRunStore(self.store_path) as store:
-            return self._write_payload(store, run, data, ops, done, exc)
+            return self._write_payload(store, run, data, ops, done, exc, logged_model_ids)
 
     def _write_payload(self, store: FailedRunStore, run: BufferedRun, data: RunData, ops: list[tuple[str, int]],
-                       done: int, exc: BaseException) -> str:
+                       done: int, exc: BaseException, logged_model_ids: dict[int, str]) -> str:
         payload_id = run._reserved_payload_id
         key: SigningKey | None = load_signing_key(self._signing_key)
         artifact_done = {i for kind, i in ops[:done] if kind == ARTIFACT}
@@ -342,6 +342,8 @@ class FailedRunCollector:
                 if key is None:
                     _warn_unsigned_once()
                 store.write_blob(payload_id, entry["blob"], blob)
+                if i in logged_model_ids:  # created before the refusal: the replay goes on with it
+                    entry["logged_model_id"] = logged_model_ids[i]
             models.append(entry)
         document = {
             "format": FORMAT,

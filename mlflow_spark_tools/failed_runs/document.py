@@ -10,6 +10,8 @@ checked for type, range and shape here, and the replayer works only with the
 - artifact paths in the run are relative, without ``..``, backslashes or empty segments;
 - ``ops_done`` lies within the run's plan, ``status`` is a terminal run status, ids have
   MLflow's shape, and the tag that marks a payload's run cannot be set by the document;
+- a logged model id has MLflow's shape, and the replay uses it only when the server says it
+  is the run's own model of that name (else it creates the model anew);
 - sizes and counts stay within :class:`ReplayLimits`, so one document cannot exhaust the
   replayer's memory.
 """
@@ -27,6 +29,7 @@ from typing import Any
 
 from mlflow_spark_tools.config import ReplayLimits
 from mlflow_spark_tools.runs.run_data import RunData, RunDataError, plan
+from mlflow_spark_tools.tracking.logged_models import MODEL_ID
 
 PAYLOAD_TAG = "mlflow_spark_tools.payload_id"
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
@@ -75,6 +78,8 @@ class ModelEntry:
     blob: str | None
     sha256: str | None
     signature: str | None
+    # the MLflow 3 logged model the collector created for it before the run was deferred
+    logged_model_id: str | None = None
 
 
 @dataclass
@@ -233,7 +238,10 @@ def _model(index: int, raw: Any) -> ModelEntry:
         raise PayloadError(f"{where}: the blob signature is malformed")
     path = check_artifact_path(raw.get("artifact_path"), where, required=True)
     assert path is not None
-    return ModelEntry(path, flavor, blob, sha256, signature)
+    model_id = raw.get("logged_model_id")
+    if model_id is not None and not (isinstance(model_id, str) and MODEL_ID.fullmatch(model_id)):
+        raise PayloadError(f"{where}: logged_model_id {str(model_id)[:60]!r} is not a model id")
+    return ModelEntry(path, flavor, blob, sha256, signature, model_id)
 
 
 def _check_counts(run: Any, limits: ReplayLimits) -> dict[str, Any]:

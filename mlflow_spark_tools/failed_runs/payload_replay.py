@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -126,20 +125,24 @@ class _PayloadWriter(RunWriter):
 
     def _artifact_root(self) -> str | None:
         artifact_uri = self.known_artifact_uri()
+        self.check_destination(artifact_uri)
+        return artifact_uri
+
+    def check_destination(self, artifact_uri: str | None) -> None:
         if is_local_artifact_uri(artifact_uri) and not (self.signed or self.replayer.trust_unsigned):
             raise Quarantine(f"the run's artifacts go to a path on this host ({str(artifact_uri)[:200]}): "
                              "an unsigned document cannot make the replay write local files; collect "
                              "with a signing key, or replay with --trust-unsigned")
-        return artifact_uri
 
     def log_artifact(self, index: int) -> None:
         root = self._artifact_root()
         upload_artifact(self.requests, self.created_run_id, root, str(self.staged[index]),
                         self.payload.artifacts[index].artifact_path)
 
-    def log_model(self, index: int) -> None:
-        root = self._artifact_root()
-        self.replayer._upload_model(self.folder, self.created_run_id, root, self.payload.models[index])
+    def log_model(self, index: int, uncertain: bool) -> None:
+        entry = self.payload.models[index]
+        save_to = self.replayer._model_saver(self.folder, entry)
+        self.write_model(index, entry.artifact_path, save_to, uncertain=uncertain, known_id=entry.logged_model_id)
 
 class PayloadSteps:
     """The steps of replaying one payload, for the :class:`Replayer` that holds the store, the
@@ -381,20 +384,22 @@ class PayloadSteps:
         self._ledger(pid, run_id, run.experiment_id, RESUMED if resumed else REPLAYED, None, attempts)
         return RESUMED if resumed else REPLAYED
 
-    def _upload_model(self, folder: PayloadFolder | None, run_id: str, artifact_uri: str | None,
-                      entry: ModelEntry) -> None:
+    def _model_saver(self, folder: PayloadFolder | None, entry: ModelEntry) -> Callable[[str], None]:
+        """What saves a payload's model as an MLflow model directory; its blob is checked
+        (digest, signature) before anything else happens."""
         import cloudpickle
 
         blob = self._verified_blob(folder, entry)
-        with tempfile.TemporaryDirectory(prefix="mlflow-spark-tools-model-") as tmp:
-            path = os.path.join(tmp, "model")
+
+        def save_to(path: str) -> None:
             try:
                 saved = cloudpickle.loads(blob)
                 save_model_dir(saved["model"], path, saved["flavor"], saved["save_func"], saved["kwargs"])
             except Exception as exc:
                 raise Quarantine(f"model {entry.artifact_path!r} could not be saved on this host: "
                                  f"{type(exc).__name__}: {error_summary(exc, 300)}") from None
-            upload_artifact(self.requests, run_id, artifact_uri, path, entry.artifact_path, contents_only=True)
+
+        return save_to
 
     def _batch_applied(self, run_id: str, metrics: list[tuple[str, float, int, int]]) -> bool:
         """Whether a batch already reached the server (log_batch is atomic: check one point)."""

@@ -9,9 +9,13 @@ overriding the hooks of this class.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
+from mlflow_spark_tools.runs.models import stamp_logged_model
 from mlflow_spark_tools.runs.run_data import (
     ARTIFACT,
     BATCH,
@@ -21,6 +25,13 @@ from mlflow_spark_tools.runs.run_data import (
     RunData,
     batches,
     tags_at_create,
+)
+from mlflow_spark_tools.tracking.artifacts import upload_artifact
+from mlflow_spark_tools.tracking.logged_models import (
+    LoggedModelInfo,
+    LoggedModels,
+    context_tags,
+    write_logged_model,
 )
 from mlflow_spark_tools.tracking.rest_calls import TrackingRequests
 
@@ -42,6 +53,8 @@ class RunWriter:
         self.chunks = batches(run)
         self.run_id = run_id
         self.artifact_uri = artifact_uri
+        # model index -> the id of the logged model created for it (a deferred run keeps them)
+        self.logged_model_ids: dict[int, str] = {}
 
     def send(self, kind: str, index: int, *, uncertain: bool = False) -> None:
         """Send operation ``(kind, index)``; ``uncertain``: it may have reached the server
@@ -53,7 +66,7 @@ class RunWriter:
         elif kind == ARTIFACT:
             self.log_artifact(index)
         elif kind == MODEL:
-            self.log_model(index)
+            self.log_model(index, uncertain)
         elif kind == TERMINATE:
             self.requests.update_run(self.created_run_id, self.run.status,
                                      self.run.end_time or int(time.time() * 1000))
@@ -82,8 +95,43 @@ class RunWriter:
     def log_artifact(self, index: int) -> None:
         raise NotImplementedError
 
-    def log_model(self, index: int) -> None:
+    def log_model(self, index: int, uncertain: bool) -> None:
         raise NotImplementedError
+
+    def write_model(self, index: int, name: str, save_to: Callable[[str], None], *, uncertain: bool = False,
+                    known_id: str | None = None) -> None:
+        """Save model ``index`` with ``save_to(path)`` and upload it: as an MLflow 3 logged
+        model where the client and the server have them (see
+        :mod:`~mlflow_spark_tools.tracking.logged_models`), else into the run's artifacts
+        under ``name``. ``uncertain`` and ``known_id`` say an earlier write of it may have
+        begun (a crash; the id a deferred run recorded)."""
+        with tempfile.TemporaryDirectory(prefix="mlflow-spark-tools-model-") as tmp:
+            path = os.path.join(tmp, "model")
+            save_to(path)  # first: a model that cannot be saved leaves nothing on the server
+            models = LoggedModels(self.requests)
+            if models.available(name):
+                def upload(model: LoggedModelInfo) -> None:
+                    self.check_destination(model.artifact_uri)
+                    stamp_logged_model(path, model.model_id, self.created_run_id, model.artifact_uri)
+                    upload_artifact(self.requests, self.created_run_id, model.artifact_uri, path, None,
+                                    contents_only=True)
+
+                def created(model_id: str) -> None:
+                    self.logged_model_ids[index] = model_id
+
+                model_id = write_logged_model(
+                    models, experiment_id=self._experiment_id(), run_id=self.created_run_id, name=name,
+                    params=self.run.params, tags=context_tags(self.run.tags), upload=upload,
+                    known_id=known_id, look_up=uncertain, on_created=created)
+                if model_id is not None:
+                    self.logged_model_ids[index] = model_id
+                    return
+            root = self.known_artifact_uri()
+            self.check_destination(root)
+            upload_artifact(self.requests, self.created_run_id, root, path, name, contents_only=True)
+
+    def check_destination(self, artifact_uri: str | None) -> None:
+        """A hook: raise if files may not be written to ``artifact_uri``."""
 
     def known_artifact_uri(self) -> str | None:
         """The run's artifact root: the one the create answered with, else the server's."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +49,17 @@ def save_model_dir(model: Any, path: str, flavor: str | None, save_func: Callabl
         save_func = flavor_module(flavor).save_model
         kwargs = flavor_defaults(flavor, save_func, kwargs)
     save_func(model, path, **kwargs)
+
+
+def stamp_logged_model(path: str, model_id: str, run_id: str, artifact_uri: str) -> None:
+    """Write into a saved model directory's ``MLmodel`` the logged model it becomes (what
+    MLflow 3's ``log_model`` writes there): its id, its source run and its artifact location."""
+    from mlflow.models import Model
+
+    mlmodel = os.path.join(path, "MLmodel")
+    model = Model.load(mlmodel)
+    model.model_id, model.model_uuid, model.run_id, model.artifact_path = model_id, model_id, run_id, artifact_uri
+    model.save(mlmodel)
 
 
 def flavor_defaults(flavor: str | None, func: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -86,7 +86,7 @@ class TrackingRequests:
         from mlflow.utils.rest_utils import http_request, verify_rest_response
 
         with paced(self.scope):
-            kwargs: dict[str, Any] = {"json": body} if method == "POST" else {"params": body}
+            kwargs: dict[str, Any] = {"json": body} if method in ("POST", "PATCH") else {"params": body}
             if upload is not None:
                 with open(upload, "rb") as data:
                     if self._direct is not None:

@@ -6,6 +6,12 @@ import os
 import tempfile
 
 T0 = 1_700_000_000_000
+try:  # MLflow 3 logs a model as a logged model of its own, MLflow 2 into the run's artifacts
+    from mlflow.entities import LoggedModelStatus
+
+    MLFLOW_3, READY = True, LoggedModelStatus.READY.to_int()
+except ImportError:
+    MLFLOW_3, READY = False, None
 
 
 def log_sample_run(collector, experiment_id: str, i: int, with_model: bool = True, points: int = 8):
@@ -56,7 +62,34 @@ def assert_run_complete(client, run, i: int, points: int = 8, with_model: bool =
     assert len(nan) == 1 and math.isnan(nan[0].value)
     assert artifact_text(client, run, "reports/report.txt") == f"report of run {i}\n" * 20
     names = {f["path"].rsplit("/", 1)[-1] for f in _artifact_listing(client, run)}
-    assert ("model" in names) == with_model
+    if MLFLOW_3:  # a logged model of its own, linked to the run once; not in the run's artifacts
+        models = logged_models_of(client, run, "model")
+        assert len(models) == int(with_model), [m.model_id for m in models]
+        outputs = client.get_run(run_id).outputs
+        assert [o.model_id for o in (outputs.model_outputs if outputs else [])] == [m.model_id for m in models]
+        assert all(m.status.to_int() == READY for m in models)
+        assert "model" not in names
+    else:
+        assert ("model" in names) == with_model
+
+
+def assert_has_model(client, run_id: str, name: str = "model") -> None:
+    """The run logged one model ``name``: a READY logged model (MLflow 3) or a folder of its
+    artifacts (MLflow 2)."""
+    if MLFLOW_3:
+        (model,) = logged_models_of(client, client.get_run(run_id), name)
+        assert model.status.to_int() == READY
+    else:
+        assert name in {a.path for a in client.list_artifacts(run_id)}
+
+
+def logged_models_of(client, run, name: str) -> list:
+    """The MLflow 3 logged models named ``name`` whose source is the run."""
+    run_id = run.info.run_id
+    found = client.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                        filter_string=f"name = '{name}' AND source_run_id = '{run_id}'")
+    assert not found.token
+    return list(found)
 
 
 def _artifact_url(client, run, path: str = "") -> str:

@@ -21,6 +21,7 @@ import sys
 import urllib.parse
 import urllib.request
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,7 @@ from mlflow_spark_tools.tools.proxy import RateLimitProxy
 from tests.support.databricks_artifacts import DEFAULT_ARTIFACT_ROOT, DatabricksArtifactStore, routes
 from tests.support.local_server import LocalTrackingServer
 
-from .run_content import runs_by_index
+from .run_content import MLFLOW_3, READY, logged_models_of, runs_by_index
 
 SETUPS = ("proxied", "direct", "databricks")
 TIGHT = {"experiment_management": 5, "search_runs": 5, "log_batch": 8, "other": 30}
@@ -53,9 +54,15 @@ class Setup:
                               routes=routes(self.store) if self.store is not None else None).start()
 
     def artifact_bytes(self, run, path: str) -> bytes:
-        uri = run.info.artifact_uri
+        return self.bytes_at(run.info.artifact_uri, run.info.run_id, path)
+
+    def model_bytes(self, model, path: str) -> bytes:
+        """A file of an MLflow 3 logged model, from its own artifact location."""
+        return self.bytes_at(model.artifact_location, model.model_id, path)
+
+    def bytes_at(self, uri: str, owner: str, path: str) -> bytes:
         if self.name == "databricks":
-            return self.store.file(run.info.run_id, path).read_bytes()
+            return self.store.file(owner, path).read_bytes()
         if self.name == "direct":
             return (Path(urllib.parse.urlsplit(uri).path) / path).read_bytes()
         root = uri.split(":", 1)[1].strip("/")
@@ -112,6 +119,7 @@ def test_replay_paces_every_request_and_delivers_the_same_bytes(name, setups, tm
     experiment = client.create_experiment(f"{name}-{uuid.uuid4().hex[:8]}")
     closed = setup.proxy(CLOSED)
     tight = setup.proxy(TIGHT)
+    calls_before = Counter(setup.store.calls) if setup.store is not None else Counter()
     if setup.store is not None:  # MLflow's Databricks repository finds the workspace here
         monkeypatch.setenv("DATABRICKS_HOST", tight.url)
         monkeypatch.setenv("DATABRICKS_TOKEN", setup.token)
@@ -137,7 +145,13 @@ def test_replay_paces_every_request_and_delivers_the_same_bytes(name, setups, tm
     assert ours == theirs, (ours, theirs)
     assert sum(seen["rate_limited"].values()) == 0 and sum(summary.throttled.values()) == 0
     if name == "databricks":
-        assert theirs["artifacts/credentials-for-write"] >= 6 * 3
+        # each file one signed URL (run 0's files went up before its deferral: the first
+        # requests of the closed proxy pass), the replay's through the proxy
+        calls = setup.store.calls - calls_before
+        assert calls["credentials-for-write"] == 6 * 3 and theirs["artifacts/credentials-for-write"] >= 5 * 3
+        if MLFLOW_3:  # two models, each file through the logged-model credentials
+            model_credentials = theirs["logged-models/{id}/artifacts/credentials-for-upload"]
+            assert model_credentials == calls["logged-models/credentials-for-upload"] >= 2 * 4
     else:
         assert "artifacts/credentials-for-write" not in theirs
     runs = runs_by_index(client, experiment)
@@ -149,7 +163,25 @@ def test_replay_paces_every_request_and_delivers_the_same_bytes(name, setups, tm
         for rel, data in files.items():
             assert setup.artifact_bytes(run, rel) == data, (i, rel)
         if i % 3 == 0:
-            assert b"flavors" in setup.artifact_bytes(run, "model/MLmodel")
+            assert_model_logged(setup, client, run, i)
+
+
+def assert_model_logged(setup: Setup, client, run, i: int) -> None:
+    """Run ``i``'s model is where MLflow 3 keeps it (a logged model of its own, READY, linked
+    to the run once, MLmodel naming both) or, under MLflow 2, in the run's artifacts."""
+    import yaml
+
+    if not MLFLOW_3:
+        assert b"flavors" in setup.artifact_bytes(run, "model/MLmodel")
+        return
+    (model,) = logged_models_of(client, run, "model")
+    assert model.status.to_int() == READY and model.params == {"i": str(i)}
+    assert [o.model_id for o in client.get_run(run.info.run_id).outputs.model_outputs] == [model.model_id]
+    mlmodel = yaml.safe_load(setup.model_bytes(model, "MLmodel"))
+    assert mlmodel["model_id"] == model.model_id and mlmodel["run_id"] == run.info.run_id
+    assert "sklearn" in mlmodel["flavors"] and setup.model_bytes(model, "model.pkl")
+    if setup.name == "databricks":
+        assert model.artifact_location.startswith(f"{DEFAULT_ARTIFACT_ROOT}/{run.info.experiment_id}/logged_models/")
 
 
 JOB = Path(__file__).parents[1] / "support" / "udf_sweep_job.py"
@@ -195,7 +227,11 @@ def test_udf_sweep_on_a_databricks_shaped_store_loses_nothing(setups, tmp_path, 
     for i in range(runs):
         run = by_index[i][0]
         assert setup.store.file(run.info.run_id, "reports/report.txt").read_text() == f"report of run {i}\n" * 20
-        assert setup.store.file(run.info.run_id, "model/MLmodel").is_file()
+        if MLFLOW_3:
+            (model,) = logged_models_of(client, run, "model")
+            assert model.status.to_int() == READY and setup.store.file(model.model_id, "MLmodel").is_file()
+        else:
+            assert setup.store.file(run.info.run_id, "model/MLmodel").is_file()
 
 
 def test_a_replay_meeting_429s_slows_down_and_goes_on_with_the_same_payloads(closed_proxy, make_proxy, client,

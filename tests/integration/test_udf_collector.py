@@ -34,14 +34,18 @@ def _sweep(engine_kind, proxy, experiment, tmp_path, runs):
         capture_output=True, text=True, timeout=900, env=env,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    return json.loads(out.read_text())["results"]
+    written = json.loads(out.read_text())
+    print(f"{runs} runs in {written['seconds']:.1f} s")
+    return written["results"]
 
 
 @pytest.mark.compat
-@pytest.mark.parametrize("engine_kind, runs", [("classic", 200), ("embedded", 60)])
+@pytest.mark.parametrize("engine_kind, runs", [("classic", 100), ("embedded", 60)])
 def test_udf_sweep_under_rate_limits_loses_nothing(engine_kind, runs, make_proxy, client, experiment,
                                                    tmp_path, signing_key, tracking_server):
-    limits = {"other": 150, "log_batch": 4}
+    # two Spark workers log about 3 runs a second here (each run one log_batch): half of that
+    # binds on a machine twice as slow too
+    limits = {"other": 150, "log_batch": 1.5}
     proxy = make_proxy(limits)
     results = _sweep(engine_kind, proxy, experiment, tmp_path, runs)
     assert sorted(r[0] for r in results) == list(range(runs))

@@ -7,6 +7,9 @@ rate-limited request) and sending each file to cloud storage with a plain ``PUT`
 (not rate limited). This server answers both: the credential endpoints (behind the rate-limit
 proxy, routed there, so that they take the workspace's limits) and the "cloud storage" the
 signed URLs point at (straight, as S3 is reached). Files land under ``root/<run_id>/<path>``.
+A logged model's files are written the same way, with the credentials of
+``POST /api/2.0/mlflow/logged-models/<id>/artifacts/credentials-for-upload``; they land under
+``root/<model_id>/<path>``.
 
 An ``mlflow server`` started with ``--no-serve-artifacts --default-artifact-root
 dbfs:/databricks/mlflow-tracking`` gives its runs artifact URIs of that shape; with
@@ -26,6 +29,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 CREDENTIALS_PREFIX = "/api/2.0/mlflow/artifacts/"
+LOGGED_MODEL_PREFIX = "/api/2.0/mlflow/logged-models/"
+LOGGED_MODEL_CREDENTIALS = LOGGED_MODEL_PREFIX + "*/artifacts/credentials-for-"
 HOST_METADATA = "/.well-known/databricks-config"
 DEFAULT_ARTIFACT_ROOT = "dbfs:/databricks/mlflow-tracking"
 
@@ -53,7 +58,10 @@ class DatabricksArtifactStore:
                 pass
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                store._credentials(self)
+                if self.path.startswith(LOGGED_MODEL_PREFIX):
+                    store._model_credentials(self)
+                else:
+                    store._credentials(self)
 
             def do_GET(self) -> None:  # noqa: N802
                 if self.path == HOST_METADATA:  # the SDK's discovery probe
@@ -115,6 +123,23 @@ class DatabricksArtifactStore:
                  for path in paths]
         _send(handler, 200, {"credential_infos": infos})
 
+    def _model_credentials(self, handler: BaseHTTPRequestHandler) -> None:
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = json.loads(handler.rfile.read(length)) if length else {}
+        if handler.headers.get("Authorization") != f"Bearer {self.token}":
+            return _send(handler, 401, {"error_code": "UNAUTHENTICATED", "message": "bad token"})
+        model_id, _, endpoint = handler.path.split("?", 1)[0][len(LOGGED_MODEL_PREFIX):].partition("/artifacts/")
+        if endpoint not in ("credentials-for-upload", "credentials-for-download") or "/" in model_id:
+            return _send(handler, 404, {"error_code": "ENDPOINT_NOT_FOUND", "message": endpoint})
+        with self._lock:
+            self.calls[f"logged-models/{endpoint}"] += 1
+        credentials = [{"model_id": model_id, "credential_info": {
+            "path": path, "type": "AWS_PRESIGNED_URL",
+            "signed_uri": f"{self.url}/storage/{urllib.parse.quote(model_id)}/"
+                          f"{urllib.parse.quote(path)}?sig={self._sign(model_id, path)}"}}
+            for path in body.get("paths") or []]
+        _send(handler, 200, {"credentials": credentials})
+
     # ---- the "cloud storage" ---------------------------------------------------------------
 
     def _storage(self, handler: BaseHTTPRequestHandler) -> None:
@@ -153,4 +178,4 @@ def _send(handler: BaseHTTPRequestHandler, status: int, payload: dict) -> None:
 
 def routes(store: DatabricksArtifactStore) -> dict[str, str]:
     """The proxy routes that send the workspace's artifact endpoints to the stand-in."""
-    return {CREDENTIALS_PREFIX: store.url, HOST_METADATA: store.url}
+    return {CREDENTIALS_PREFIX: store.url, LOGGED_MODEL_CREDENTIALS: store.url, HOST_METADATA: store.url}

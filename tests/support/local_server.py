@@ -75,6 +75,11 @@ class LocalTrackingServer:
         # The server's background job runner (GenAI evaluation jobs) is not needed here and
         # would take CPU from the requests being measured.
         env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+        if self.artifact_root and self.artifact_root.startswith("dbfs:/databricks/mlflow-tracking"):
+            # logged models under <experiment>/logged_models/<id>, as a workspace keeps them
+            site = str(Path(__file__).parent / "databricks_site")
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (site, env.get("PYTHONPATH")) if p)
+            env["MLFLOW_SPARK_TOOLS_TEST_LOGGED_MODELS_FOLDER"] = "logged_models"
         self.process = subprocess.Popen(
             [
                 mlflow_cli,

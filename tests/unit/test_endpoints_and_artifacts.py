@@ -29,6 +29,18 @@ def test_artifact_transfers_share_one_counter_label():
     assert endpoint_label("/api/2.0/mlflow/runs/create") == "runs/create"
 
 
+@pytest.mark.parametrize("path, label", [
+    ("/api/2.0/mlflow/logged-models", "logged-models"),
+    ("/api/2.0/mlflow/logged-models/search", "logged-models/search"),
+    ("/api/2.0/mlflow/logged-models/m-0a1b", "logged-models/{id}"),
+    ("/api/2.0/mlflow/logged-models/m-0a1b/params", "logged-models/{id}/params"),
+    ("/api/2.0/mlflow/logged-models/m-9/artifacts/credentials-for-upload",
+     "logged-models/{id}/artifacts/credentials-for-upload"),
+])
+def test_the_requests_of_all_logged_models_share_their_labels(path, label):
+    assert endpoint_label(path) == label and api_class_of(path) == "other"
+
+
 def test_rejecting_bucket_allows_a_second_of_burst_then_says_when():
     now = [0.0]
     bucket = TokenBucket(4.0, 4.0, clock=lambda: now[0])

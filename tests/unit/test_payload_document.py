@@ -72,6 +72,9 @@ def test_a_collector_document_passes_and_its_plan_is_known():
         ({"models": [{"artifact_path": "m", "blob": "models/0.pkl", "sha256": "short"}]}, "sha256"),
         ({"models": [{"artifact_path": "m", "flavor": "os.system('x')", "blob": None}]}, "flavor"),
         ({"models": [{"artifact_path": "../m", "blob": None}]}, "must be relative"),
+        ({"models": [{"artifact_path": "m", "blob": None, "logged_model_id": "m-1/../../runs/x"}]},
+         "is not a model id"),
+        ({"models": [{"artifact_path": "m", "blob": None, "logged_model_id": 7}]}, "is not a model id"),
     ],
 )
 def test_edited_documents_are_refused_with_their_reason(changes, reason):
@@ -179,3 +182,12 @@ def test_ids_are_whole_strings_and_numbers_too_large_are_bad_data():
         check_document(_document(pid, run_secret="not hex"), pid, ReplayLimits())
     with pytest.raises(PayloadError, match="is not a run id"):
         check_document(_document(pid, run_id="abc\n", ops_done=1), pid, ReplayLimits())
+
+
+def test_a_model_keeps_the_logged_model_its_collector_created():
+    pid = new_payload_id()
+    model = {"artifact_path": "model", "flavor": "sklearn", "blob": None, "logged_model_id": "m-0a1b2c"}
+    payload = check_document(_document(pid, models=[model]), pid, ReplayLimits())
+    assert payload.models[0].logged_model_id == "m-0a1b2c"
+    del model["logged_model_id"]
+    assert check_document(_document(pid, models=[model]), pid, ReplayLimits()).models[0].logged_model_id is None
