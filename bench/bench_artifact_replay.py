@@ -21,8 +21,9 @@ safety factor 0.95, 16 workers):
     429s <= 1% of the replay's requests; a payload rate >= 80% of the remaining capacity (the
     smallest over classes of (limit - load) / requests per payload).
 
-Both: every run exactly once, and the replay's own request counts equal what the proxy saw
-from it (no request it did not pace).
+Both: every run exactly once (with MLflow 3 every model a READY logged model of its run,
+once), and the replay's own request counts equal what the proxy saw from it (no request it
+did not pace).
 """
 
 from __future__ import annotations
@@ -146,6 +147,16 @@ def one_replay(setup: str, server, proxy_url: str, closed_url: str, profile_path
     per_payload = {c: (summary.requests[c] - summary.throttled[c]) / max(1, summary.replayed) for c in CLASSES}
     load_seen = {c: load.sent.get(c, 0) for c in CLASSES}
     names = [r.info.run_name for r in client.search_runs([experiment], max_results=5000)]
+    # with MLflow 3 every model a logged model of its own run, READY, once
+    models = []
+    if hasattr(client, "search_logged_models"):
+        token = None
+        while True:
+            page = client.search_logged_models(experiment_ids=[experiment], page_token=token)
+            models += [(m.source_run_id, m.name, m.status.to_int()) for m in page]
+            token = page.token
+            if not token:
+                break
     rate = summary.replayed / seconds
     safety = RateLimitProfile.load(str(profile_path)).safety_factor
     allowed = min(limits[c] * safety / per_payload[c] for c in CLASSES if per_payload[c] > 0)
@@ -163,6 +174,9 @@ def one_replay(setup: str, server, proxy_url: str, closed_url: str, profile_path
         "unpaced_requests": sum(seen["requests"].values()) - replay_requests - sum(load_seen.values()),
         "load_sent": load_seen, "load_429s": dict(load.throttled),
         "exactly_once": len(names) == payloads and len(set(names)) == payloads,
+        "logged_models": len(models), "logged_models_ready_once": not models or (
+            len(models) == len({(run, name) for run, name, _ in models}) == len(range(0, payloads, 20))
+            and all(status == 2 for *_, status in models)),
         "endpoints": summary.endpoints, "rates_at_end": summary.rates,
     }
 
@@ -251,6 +265,7 @@ def main() -> None:
             "contended: >= 80% of the remaining capacity": all(
                 s["contended_share_of_remaining"] >= 0.8 for s in summary.values()),
             "every run exactly once": all(r["exactly_once"] for r in results),
+            "every model a READY logged model, once (MLflow 3)": all(r["logged_models_ready_once"] for r in results),
             "no unpaced request": all(r["unpaced_requests"] == 0 for r in results),
         },
         "all": results,

@@ -141,6 +141,7 @@ class _PayloadWriter(RunWriter):
 
     def log_model(self, index: int, uncertain: bool) -> None:
         entry = self.payload.models[index]
+        self._artifact_root()  # a model's location is as local as the run's: refused before anything is sent
         save_to = self.replayer._model_saver(self.folder, entry)
         self.write_model(index, entry.artifact_path, save_to, uncertain=uncertain, known_id=entry.logged_model_id)
 

@@ -57,6 +57,8 @@ def stamp_logged_model(path: str, model_id: str, run_id: str, artifact_uri: str)
     from mlflow.models import Model
 
     mlmodel = os.path.join(path, "MLmodel")
+    if not os.path.isfile(mlmodel):  # a save function of the caller's that writes none
+        return
     model = Model.load(mlmodel)
     model.model_id, model.model_uuid, model.run_id, model.artifact_path = model_id, model_id, run_id, artifact_uri
     model.save(mlmodel)

@@ -607,19 +607,25 @@ def test_one_bad_payload_cannot_end_the_pass(closed_proxy, tracking_server, clie
     assert len(list((p.store.root / "pending").glob("junk-*"))) == 50  # the next pass takes the rest
 
 
-def test_unsigned_documents_cannot_make_the_replay_write_local_files(closed_proxy, tracking_server, client,
-                                                                     experiment, tmp_path, monkeypatch):
+@pytest.mark.parametrize("model_only", [False, True])
+def test_unsigned_documents_cannot_make_the_replay_write_local_files(model_only, closed_proxy, tracking_server,
+                                                                     client, experiment, tmp_path, monkeypatch):
     monkeypatch.delenv(KEY_ENV, raising=False)
     target = tmp_path / "written-by-replay"
     local = client.create_experiment(f"local-{uuid.uuid4().hex[:8]}", artifact_location=target.as_uri())
     store_path = tmp_path / "store"
-    p = Payloads(store_path, _defer(closed_proxy, store_path, experiment, 1))
+    p = Payloads(store_path, _defer(closed_proxy, store_path, experiment, 1, with_model=model_only))
     d = p.doc(0)
     d["run"]["experiment_id"] = local
+    if model_only:  # refused before the model is saved or a logged model created
+        d["artifacts"] = []
     p.put(0, d)
     summary = Replayer(str(store_path), tracking_server.url, UNLIMITED).run()
-    assert summary.failed == 1 and "go to a path on this host" in p.reason(0)
-    assert not target.exists() or list(target.rglob("*.txt")) == []
+    reason = "model blob models/0.pkl is unsigned" if model_only else "go to a path on this host"
+    assert summary.failed == 1 and reason in p.reason(0)
+    assert not target.exists() or [f for f in target.rglob("*") if f.is_file()] == []
+    if hasattr(client, "search_logged_models"):
+        assert list(client.search_logged_models(experiment_ids=[local])) == []
 
 
 def test_a_hard_linked_document_is_not_read(closed_proxy, tracking_server, experiment, tmp_path, monkeypatch):
