@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -47,11 +48,31 @@ class RunFetcher:
         self.source = source
         self.page_size = page_size
         self.workers = max(1, workers)
-        self.on_runs: Callable[[int], None] | None = None  # told how many runs each page held
+        self._on_runs: Callable[[int], None] | None = None
+        self._counted_ids: set[str] = set()
+        self._count_lock = threading.Lock()
+
+    @property
+    def on_runs(self) -> Callable[[int], None] | None:
+        """Told how many runs each page brought that no page before it did (the searches of an
+        incremental fetch, and the start-time intervals of a full one, overlap); setting it
+        starts the count afresh."""
+        return self._on_runs
+
+    @on_runs.setter
+    def on_runs(self, callback: Callable[[int], None] | None) -> None:
+        with self._count_lock:
+            self._on_runs = callback
+            self._counted_ids = set()
 
     def _counted(self, runs: list[dict[str, Any]]) -> pa.Table:
-        if self.on_runs is not None and runs:
-            self.on_runs(len(runs))
+        if self._on_runs is not None and runs:
+            with self._count_lock:
+                before = len(self._counted_ids)
+                self._counted_ids.update(str(run.get("info", {}).get("run_id")) for run in runs)
+                new = len(self._counted_ids) - before
+            if new:
+                self._on_runs(new)
         return runs_to_table(runs)
 
     def _pages_to_table(self, experiment_id: str, filter_string: str, view: str) -> list[pa.Table]:
