@@ -122,7 +122,8 @@ class RunWriter:
                 model_id = write_logged_model(
                     models, experiment_id=self._experiment_id(), run_id=self.created_run_id, name=name,
                     params=self.run.params, tags=context_tags(self.run.tags), upload=upload,
-                    known_id=known_id, look_up=uncertain, on_created=created)
+                    known_id=known_id, look_up=uncertain, on_created=created,
+                    metrics=[point for point in self.run.metrics if point[3] == 0])
                 if model_id is not None:
                     self.logged_model_ids[index] = model_id
                     return

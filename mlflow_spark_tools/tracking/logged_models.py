@@ -40,6 +40,8 @@ _BAD_NAME_CHARS = frozenset("/:.%\"'")
 MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 # MLflow sends the first 100 params with the create and the rest in batches of 100
 _PARAMS_PER_REQUEST = 100
+# metric points per log_batch (MLflow's limit)
+_POINTS_PER_BATCH = 1000
 # the run tags MLflow's log_model copies to a logged model (its context tags)
 _CONTEXT_TAGS = ("mlflow.user", "mlflow.source.name", "mlflow.source.type", "mlflow.source.git.commit",
                  "mlflow.databricks.notebookID", "mlflow.databricks.notebookPath")
@@ -138,6 +140,13 @@ class LoggedModels:
         self.requests.call("other", "/runs/outputs", "POST",
                            {"run_id": run_id, "models": [{"model_id": model_id, "step": int(step)}]})
 
+    def link_metrics(self, run_id: str, model_id: str, points: list[tuple[str, float, int, int]]) -> None:
+        """Link the run's metric points (key, value, timestamp, step) to the model, as MLflow's
+        ``log_model`` does with the points at the model's step: the run's history keeps them
+        once (the server skips points it has), the model lists them as its metrics."""
+        for start in range(0, len(points), _POINTS_PER_BATCH):
+            self.requests.log_batch(run_id, [], points[start:start + _POINTS_PER_BATCH], [], model_id=model_id)
+
     def finalize(self, model_id: str) -> None:
         """Mark the model READY (its files are all uploaded)."""
         self.requests.call("other", f"/logged-models/{model_id}", "PATCH",
@@ -152,7 +161,8 @@ def context_tags(run_tags: dict[str, str]) -> dict[str, str]:
 def write_logged_model(models: LoggedModels, *, experiment_id: str, run_id: str, name: str,
                        params: dict[str, str], tags: dict[str, str],
                        upload: Callable[[LoggedModelInfo], None], known_id: str | None = None,
-                       look_up: bool = False, on_created: Callable[[str], None] | None = None) -> str | None:
+                       look_up: bool = False, on_created: Callable[[str], None] | None = None,
+                       metrics: list[tuple[str, float, int, int]] | None = None) -> str | None:
     """Log one model of a run as a logged model; returns its id, or None when the server has
     no logged-model API (nothing was sent but the refused create).
 
@@ -167,6 +177,7 @@ def write_logged_model(models: LoggedModels, *, experiment_id: str, run_id: str,
             look for it among the run's outputs first.
         on_created: called with the new model's id right after the create, before anything
             else can fail.
+        metrics: the run's metric points at the model's step (0), linked to the model.
     """
     linked = models.outputs_of(run_id) if (known_id or look_up) else []
     model = None
@@ -190,6 +201,8 @@ def write_logged_model(models: LoggedModels, *, experiment_id: str, run_id: str,
             on_created(model.model_id)
     if model.model_id not in linked:
         models.link(run_id, model.model_id)
+    if metrics:
+        models.link_metrics(run_id, model.model_id, metrics)
     upload(model)
     models.finalize(model.model_id)
     return model.model_id

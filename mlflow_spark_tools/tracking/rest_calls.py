@@ -148,11 +148,15 @@ class TrackingRequests:
         return self.call("other", "/runs/create", "POST", body)["run"]["info"]
 
     def log_batch(self, run_id: str, params: list[tuple[str, str]],
-                  metrics: list[tuple[str, float, int, int]], tags: list[tuple[str, str]]) -> None:
+                  metrics: list[tuple[str, float, int, int]], tags: list[tuple[str, str]],
+                  model_id: str | None = None) -> None:
+        """Log params, metric points and tags; with ``model_id`` the points are linked to
+        that MLflow 3 logged model too."""
+        link = {"model_id": model_id} if model_id else {}
         self.call("log_batch", "/runs/log-batch", "POST", {
             "run_id": run_id,
             "params": [{"key": k, "value": v} for k, v in params],
-            "metrics": [{"key": k, "value": json_float(v), "timestamp": int(ts), "step": int(step)}
+            "metrics": [{"key": k, "value": json_float(v), "timestamp": int(ts), "step": int(step), **link}
                         for k, v, ts, step in metrics],
             "tags": [{"key": k, "value": v} for k, v in tags],
         })

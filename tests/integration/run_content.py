@@ -68,6 +68,9 @@ def assert_run_complete(client, run, i: int, points: int = 8, with_model: bool =
         outputs = client.get_run(run_id).outputs
         assert [o.model_id for o in (outputs.model_outputs if outputs else [])] == [m.model_id for m in models]
         assert all(m.status.to_int() == READY for m in models)
+        # the points at the model's step (0) are linked to it, as MLflow's log_model does
+        assert all(sorted((p.key, p.step) for p in m.metrics) == [("acc", 0), ("loss", 0), ("nan_metric", 0)]
+                   for m in models)
         assert "model" not in names
     else:
         assert ("model" in names) == with_model

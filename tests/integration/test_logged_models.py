@@ -35,31 +35,36 @@ UNLIMITED = RateLimitProfile.load("unlimited")
 
 
 class RefusingProxy(RateLimitProxy):
-    """Answers 429 to the first request that matches the pattern ``refuse`` (``"PATCH /api/..."``),
+    """Answers 429 to the ``nth`` request that matches the pattern ``refuse`` (``"PATCH /api/..."``),
     and lets everything else through."""
 
-    def __init__(self, upstream: str, refuse: str, **kwargs) -> None:
+    def __init__(self, upstream: str, refuse: str, nth: int = 1, **kwargs) -> None:
         super().__init__(upstream, UNLIMITED, **kwargs)
         self.refuse = re.compile(refuse)
+        self.nth = nth
+        self.matched = 0
         self.refused: list[str] = []
         self._lock = threading.Lock()
 
     def admit(self, api_class, request=""):
         with self._lock:
-            if not self.refused and self.refuse.match(request):
-                self.refused.append(request)
-                return 1.0
+            if self.refuse.match(request):
+                self.matched += 1
+                if self.matched == self.nth:
+                    self.refused.append(request)
+                    return 1.0
         return 0.0
 
 
-@pytest.mark.parametrize("refuse", [
-    "POST /api/2.0/mlflow/runs/outputs",          # created, not linked, no files
-    "PUT /api/2.0/mlflow-artifacts/artifacts/.*/models/.*/conda.yaml",  # linked, some files
-    "PATCH /api/2.0/mlflow/logged-models/",       # every file uploaded, not finalized
+@pytest.mark.parametrize("refuse, nth", [
+    ("POST /api/2.0/mlflow/runs/outputs", 1),          # created, not linked, no files
+    ("POST /api/2.0/mlflow/runs/log-batch", 2),        # linked, its metrics not
+    ("PUT /api/2.0/mlflow-artifacts/artifacts/.*/models/.*/conda.yaml", 1),  # some files
+    ("PATCH /api/2.0/mlflow/logged-models/", 1),       # every file uploaded, not finalized
 ])
 def test_a_run_deferred_half_way_through_its_model_is_finished_with_the_same_model(
-        refuse, tracking_server, client, experiment, tmp_path, signing_key):
-    proxy = RefusingProxy(tracking_server.url, refuse).start()
+        refuse, nth, tracking_server, client, experiment, tmp_path, signing_key):
+    proxy = RefusingProxy(tracking_server.url, refuse, nth).start()
     try:
         collector = FailedRunCollector(tmp_path / "store", tracking_uri=proxy.url, fail_fast_seconds=0)
         status, run_id, payload_id = log_sample_run(collector, experiment, 1)
@@ -76,8 +81,11 @@ def test_a_run_deferred_half_way_through_its_model_is_finished_with_the_same_mod
                        signing_key=load_signing_key()).run()
     assert summary.replayed == 1 and summary.failed == 0
     run = client.get_run(run_id)
-    assert_run_complete(client, run, 1)  # one READY model, linked once
-    assert logged_models_of(client, run, "model")[0].model_id == entry["logged_model_id"]
+    assert_run_complete(client, run, 1)  # one READY model, linked once, every metric point once
+    (model,) = logged_models_of(client, run, "model")
+    assert model.model_id == entry["logged_model_id"]
+    # the run's points at the model's step are the model's metrics, as MLflow's log_model links them
+    assert sorted((m.key, m.step) for m in model.metrics) == [("acc", 0), ("loss", 0), ("nan_metric", 0)]
     assert_model_loads(run_id, 1, tracking_server.url)
 
 

@@ -173,7 +173,9 @@ def test_runs_deferred_on_429s_are_replayed_exactly_once_and_the_ledger_shows_th
     assert collected.dbutils.secrets.read == [("ml", "signing")]
     (results,) = collected.displayed
     deferred = results[results["status"] == "deferred"]
-    assert 0 < len(deferred) < 6 and set(results["status"]) == {"logged", "deferred"}
+    # a run needs two log_batch requests with MLflow 3 (its own, and its model's metrics), so
+    # all six may be deferred; those deferred at their model keep the id their task returned
+    assert 0 < len(deferred) and set(results["status"]) <= {"logged", "deferred"}
     assert limited.counters.as_dict()["rate_limited"]["log_batch"] > 0
     assert sorted(FailedRunStore(store).ids("pending")) == sorted(deferred["payload_id"])
     # a damaged document beside them is quarantined, with its reason in the ledger
