@@ -52,6 +52,7 @@ from mlflow_spark_tools.runs.models import save_model_dir
 from mlflow_spark_tools.runs.run_data import (
     ARTIFACT,
     MODEL,
+    TERMINATE,
     RunData,
     check_metric,
     check_param,
@@ -213,11 +214,24 @@ class BufferedRun:
                 log.warning("Run %s deferred to %s (%s): %s", self._run_name or "", self.payload_id,
                             verdict, error_summary(exc, 200))
                 return
+            if requests is not None and writer is not None and writer.run_id is not None \
+                    and done < len(ops) and ops[done][0] != TERMINATE:
+                _end_as_failed(requests, writer.run_id)
             raise
         finally:
             # a run's connections end with it: a long task logs hundreds of runs
             if requests is not None:
                 requests.close()
+
+
+def _end_as_failed(requests: TrackingRequests, run_id: str) -> None:
+    """End a created run as FAILED when writing the rest of it failed for good (a model that
+    cannot be saved, a refused value), as MLflow ends a run whose block raised; the error
+    that stopped the write is what the caller sees, so this one's own failure is only logged."""
+    try:
+        requests.update_run(run_id, "FAILED", int(time.time() * 1000))
+    except Exception as exc:
+        log.debug("Run %s could not be ended as FAILED: %s", run_id, error_summary(exc, 200))
 
 
 class _BufferedRunWriter(RunWriter):

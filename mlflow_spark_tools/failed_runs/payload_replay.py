@@ -143,7 +143,9 @@ class _PayloadWriter(RunWriter):
         entry = self.payload.models[index]
         self._artifact_root()  # a model's location is as local as the run's: refused before anything is sent
         save_to = self.replayer._model_saver(self.folder, entry)
-        self.write_model(index, entry.artifact_path, save_to, uncertain=uncertain, known_id=entry.logged_model_id)
+        earlier = sum(1 for m in self.payload.models[:index] if m.artifact_path == entry.artifact_path)
+        self.write_model(index, entry.artifact_path, save_to, uncertain=uncertain, known_id=entry.logged_model_id,
+                         earlier_same_name=earlier)
 
 class PayloadSteps:
     """The steps of replaying one payload, for the :class:`Replayer` that holds the store, the

@@ -99,12 +99,13 @@ class RunWriter:
         raise NotImplementedError
 
     def write_model(self, index: int, name: str, save_to: Callable[[str], None], *, uncertain: bool = False,
-                    known_id: str | None = None) -> None:
+                    known_id: str | None = None, earlier_same_name: int = 0) -> None:
         """Save model ``index`` with ``save_to(path)`` and upload it: as an MLflow 3 logged
         model where the client and the server have them (see
         :mod:`~mlflow_spark_tools.tracking.logged_models`), else into the run's artifacts
         under ``name``. ``uncertain`` and ``known_id`` say an earlier write of it may have
-        begun (a crash; the id a deferred run recorded)."""
+        begun (a crash; the id a deferred run recorded); ``earlier_same_name`` counts the
+        models of the run written before this one under the same name."""
         with tempfile.TemporaryDirectory(prefix="mlflow-spark-tools-model-") as tmp:
             path = os.path.join(tmp, "model")
             save_to(path)  # first: a model that cannot be saved leaves nothing on the server
@@ -123,7 +124,8 @@ class RunWriter:
                     models, experiment_id=self._experiment_id(), run_id=self.created_run_id, name=name,
                     params=self.run.params, tags=context_tags(self.run.tags), upload=upload,
                     known_id=known_id, look_up=uncertain, on_created=created,
-                    metrics=[point for point in self.run.metrics if point[3] == 0])
+                    metrics=[point for point in self.run.metrics if point[3] == 0],
+                    earlier_same_name=earlier_same_name)
                 if model_id is not None:
                     self.logged_model_ids[index] = model_id
                     return

@@ -74,13 +74,14 @@ class LoggedModelInfo:
     source_run_id: str | None
     artifact_uri: str
     status: str
+    created_ms: int = 0
 
     @classmethod
     def from_json(cls, model: dict[str, Any]) -> LoggedModelInfo:
         info = model.get("info", model)
         return cls(str(info["model_id"]), str(info.get("name", "")), str(info.get("experiment_id", "")),
                    info.get("source_run_id") or None, str(info.get("artifact_uri", "")),
-                   str(info.get("status", "")))
+                   str(info.get("status", "")), int(info.get("creation_timestamp_ms") or 0))
 
 
 class LoggedModels:
@@ -162,7 +163,8 @@ def write_logged_model(models: LoggedModels, *, experiment_id: str, run_id: str,
                        params: dict[str, str], tags: dict[str, str],
                        upload: Callable[[LoggedModelInfo], None], known_id: str | None = None,
                        look_up: bool = False, on_created: Callable[[str], None] | None = None,
-                       metrics: list[tuple[str, float, int, int]] | None = None) -> str | None:
+                       metrics: list[tuple[str, float, int, int]] | None = None,
+                       earlier_same_name: int = 0) -> str | None:
     """Log one model of a run as a logged model; returns its id, or None when the server has
     no logged-model API (nothing was sent but the refused create).
 
@@ -178,19 +180,30 @@ def write_logged_model(models: LoggedModels, *, experiment_id: str, run_id: str,
         on_created: called with the new model's id right after the create, before anything
             else can fail.
         metrics: the run's metric points at the model's step (0), linked to the model.
+        earlier_same_name: how many models the run logged under the same name before this one
+            (written before it, in order): a look-up skips theirs.
     """
     linked = models.outputs_of(run_id) if (known_id or look_up) else []
+
+    def own(found: LoggedModelInfo | None) -> bool:
+        return found is not None and found.source_run_id == run_id and found.name == name \
+            and found.experiment_id == str(experiment_id)
+
     model = None
-    candidates = ([known_id] if known_id else []) + (linked if look_up else [])
-    for model_id in candidates:
-        found = models.get(model_id)
-        if found is not None and found.source_run_id == run_id and found.name == name \
-                and found.experiment_id == str(experiment_id):
+    if known_id:
+        found = models.get(known_id)
+        if own(found):
             model = found
-            break
-        if model_id == known_id:
+        else:
             log.warning("The payload names logged model %s, which is not model %r of run %s: a new one "
-                        "is created", model_id[:128], name, run_id)
+                        "is created", known_id[:128], name, run_id)
+    if model is None and look_up:
+        # the run's models of this name in the order they were created: the earlier ones
+        # belong to the models logged before this one under the same name
+        same = sorted((m for m in map(models.get, dict.fromkeys(linked)) if m is not None and own(m)),
+                      key=lambda m: (m.created_ms, m.model_id))
+        if len(same) > earlier_same_name:
+            model = same[earlier_same_name]
     if model is not None and model.status == READY:
         return model.model_id
     if model is None:

@@ -240,3 +240,22 @@ def test_loop_mode_prints_one_summary_per_pass(make_proxy, client, experiment, t
     assert (first["pass"], first["replayed"], first["ledger_rows"]) == (1, len(deferred), len(deferred))
     assert (second["pass"], second["replayed"], second["ledger_rows"]) == (2, 0, 0)
     assert engine.spark.sql("SELECT count(*) AS n FROM loop_db.replay_log").collect()[0]["n"] == len(deferred)
+
+
+def _unsavable(model, path, **kwargs):
+    raise ValueError("this model cannot be saved here")
+
+
+@pytest.mark.compat
+def test_a_run_whose_model_cannot_be_saved_ends_failed_and_the_error_reaches_the_task(
+        tracking_server, client, experiment, tmp_path):
+    collector = FailedRunCollector(tmp_path / "store", tracking_uri=tracking_server.url)
+    with pytest.raises(ValueError, match="cannot be saved here"):
+        with collector.start_run(experiment_id=experiment, run_name="unsavable") as run:
+            run.log_params({"a": 1})
+            run.log_model(object(), "model", log_model_func=_unsavable)
+    server_run = client.get_run(run.run_id)
+    assert server_run.info.status == "FAILED" and server_run.data.params == {"a": "1"}
+    if hasattr(client, "search_logged_models"):  # nothing created for the model
+        assert list(client.search_logged_models(experiment_ids=[experiment])) == []
+    assert not (tmp_path / "store" / "pending").exists() or not list((tmp_path / "store" / "pending").iterdir())

@@ -177,3 +177,27 @@ def test_a_server_without_logged_models_gets_the_model_in_the_runs_artifacts(tra
         assert logged_models_of(client, run, "model") == []
         assert "model/MLmodel" in {a.path for a in client.list_artifacts(run_id, "model")}
         assert_model_loads(run_id, i, tracking_server.url)
+
+
+def test_a_resumed_write_of_a_second_model_of_the_same_name_is_not_taken_for_the_first(
+        tracking_server, client, experiment):
+    """MLflow lets a run log two models named ``model``; a replay resuming at the second must
+    write the second, not stop at the first (READY under the same name)."""
+    models = LoggedModels(TrackingRequests(tracking_server.url, fail_fast(5)))
+    run_id = client.create_run(experiment, run_name="two-models").info.run_id
+    uploads = []
+
+    def write(earlier):
+        return write_logged_model(models, experiment_id=experiment, run_id=run_id, name="model", params={},
+                                  tags={}, upload=uploads.append, look_up=True, earlier_same_name=earlier)
+
+    first = write(0)
+    second = write(1)  # nothing of it on the server yet: created, not the first one
+    assert second != first and [m.model_id for m in uploads] == [first, second]
+    assert write(1) == second and write(0) == first and len(uploads) == 2  # both READY: left alone
+    third_pending = models.create(experiment, "model", run_id, {}, {})
+    models.link(run_id, third_pending.model_id)
+    assert write(2) == third_pending.model_id  # the interrupted third is finished
+    assert [m.model_id for m in uploads] == [first, second, third_pending.model_id]
+    outputs = [o.model_id for o in client.get_run(run_id).outputs.model_outputs]
+    assert sorted(outputs) == sorted([first, second, third_pending.model_id])
