@@ -222,9 +222,14 @@ def write_logged_model(models: LoggedModels, *, experiment_id: str, run_id: str,
 
 
 def _endpoint_missing(exc: BaseException) -> bool:
-    """Whether the server answered that it has no such endpoint (an MLflow 2 server)."""
-    if getattr(exc, "error_code", None) == "ENDPOINT_NOT_FOUND":
+    """Whether the server answered that it has no such endpoint (an MLflow 2 server): a 404 or
+    405 without an MLflow error of its own (``RESOURCE_DOES_NOT_EXIST`` names a missing
+    experiment, not a missing API)."""
+    code = getattr(exc, "error_code", None)
+    if code == "ENDPOINT_NOT_FOUND":
         return True
+    if code not in (None, "", "INTERNAL_ERROR"):  # MLflow wraps a non-JSON answer as INTERNAL_ERROR
+        return False
     status = getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
     text = str(exc)
     return status in (404, 405) or "error code 404" in text or "error code 405" in text

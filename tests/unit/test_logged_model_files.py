@@ -28,3 +28,15 @@ def test_a_directory_without_mlmodel_is_left_as_it_is(tmp_path):
                                       ("model.v2", False), ("a:b", False), ("", False), ("50%", False)])
 def test_names_mlflow_takes_for_a_logged_model(name, ok):
     assert valid_name(name) is ok
+
+
+def test_only_a_missing_endpoint_means_a_server_without_logged_models():
+    from mlflow.exceptions import MlflowException, RestException
+
+    from mlflow_spark_tools.tracking.logged_models import _endpoint_missing
+
+    assert _endpoint_missing(MlflowException("failed with error code 404 != 200", error_code="ENDPOINT_NOT_FOUND"))
+    assert not _endpoint_missing(RestException({"error_code": "RESOURCE_DOES_NOT_EXIST",
+                                                "message": "No Experiment with id=7 exists"}))
+    assert not _endpoint_missing(RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "bad name"}))
+    assert not _endpoint_missing(ConnectionError("refused"))
