@@ -97,9 +97,19 @@ class TablesConfig:
     page_size: int = 1000
     fetch_workers: int = 4
     watermark_margin_seconds: int = 600
+    # Metric keys whose every point goes to exp_<id>_metrics: null (none), "all", or keys.
+    metric_history: str | list[str] | None = None
+    # The most points kept per run and metric key (Databricks allows 1,000,000 steps per run).
+    max_history_points: int = 1_000_000
+    # Parallel metric history requests; the `other` qps limit still bounds their rate.
+    history_workers: int = 4
 
     def __post_init__(self) -> None:
         validate_database(self.database)
+        if self.metric_history is not None and not isinstance(self.metric_history, (str, list)):
+            raise InvalidConfigError("tables.metric_history must be null, \"all\" or a list of metric keys.")
+        _positive_int("tables", "max_history_points", self.max_history_points)
+        _positive_int("tables", "history_workers", self.history_workers)
         _positive_int("tables", "page_size", self.page_size)
         if self.page_size > 50000:
             raise InvalidConfigError("tables.page_size must be <= 50000 (MLflow's maximum page).")

@@ -34,6 +34,10 @@ TABLE_MAX_ROWS = 1000
 @click.option("--all", "all_experiments", is_flag=True, help="Every active experiment.")
 @click.option("--full-refresh", is_flag=True, help="Rebuild the tables instead of refreshing.")
 @click.option("--include-deleted", is_flag=True, help="Keep deleted runs in the tables.")
+@click.option("--metric-history", default=None, metavar="all|KEY[,KEY...]|none",
+              help="Also build exp_<id>_metrics with every logged point of these metrics (all: every "
+                   "metric) and the _mmin_/_mmax_ summaries in exp_<id>. Default: tables.metric_history "
+                   "of the configuration (off).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               show_default=True, help="Summary format.")
 @common_options(*TABLE_OPTIONS)
@@ -41,7 +45,7 @@ TABLE_MAX_ROWS = 1000
 @handle_errors
 def build_tables_command(ctx: Context, experiment_ids: tuple[str, ...], experiment_names: tuple[str, ...],
                          exact_names: tuple[str, ...], all_experiments: bool, full_refresh: bool,
-                         include_deleted: bool, fmt: str) -> None:
+                         include_deleted: bool, metric_history: str | None, fmt: str) -> None:
     """Build or refresh the flattened Delta tables exp_<experiment_id>.
 
     The first build of a table reads every run; later ones read what changed since (see
@@ -55,7 +59,8 @@ def build_tables_command(ctx: Context, experiment_ids: tuple[str, ...], experime
         raise UsageError("Say which experiments: --experiment-ids, --experiment-names, --experiment-name or --all.")
     result = build_experiment_tables(
         ctx.settings, experiment_ids=ids, experiment_names=names, all_experiments=all_experiments,
-        full_refresh=full_refresh, include_deleted=include_deleted, engine=ctx.given_engine,
+        full_refresh=full_refresh, include_deleted=include_deleted, metric_history=metric_history,
+        engine=ctx.given_engine,
     )
     _print_summaries(result.summaries, fmt)
     for s in result.summaries:
@@ -80,6 +85,7 @@ def _print_summaries(summaries: Any, fmt: str) -> None:
             str(s.row_count),
             str(len(s.columns_added)),
             ", ".join(s.columns_widened) or "-",
+            f"{s.history_points}/{s.history_requests}" if s.metrics_table else "-",
             f"{s.seconds:.2f}",
         ]
         for s in summaries
@@ -87,7 +93,7 @@ def _print_summaries(summaries: Any, fmt: str) -> None:
     click.echo(
         render_table(
             ["experiment", "name", "table", "mode", "fetched", "ins/upd/del", "rows",
-             "cols added", "widened to string", "seconds"],
+             "cols added", "widened to string", "history pts/req", "seconds"],
             rows,
         )
     )
@@ -108,17 +114,20 @@ def _choice_output(choice: Any, fmt: str, what: str, *, with_metric: bool = True
 @click.option("--ascending/--descending", default=True, show_default=True,
               help="Lowest value is best (default) or highest.")
 @click.option("--ignore-nested", is_flag=True, help="Skip child runs.")
+@click.option("--aggregate", type=click.Choice(["latest", "min", "max"]), default="latest", show_default=True,
+              help="Which value of each run counts: its latest (MLflow's meaning) or its lowest or highest "
+                   "at any step (the answer names that step).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @common_options(*TABLE_OPTIONS)
 @click.pass_obj
 @handle_errors
 def best_run_command(ctx: Context, experiment_id: str, metric: str, ascending: bool, ignore_nested: bool,
-                     fmt: str) -> None:
+                     aggregate: str, fmt: str) -> None:
     """The best run for a metric: from the experiment's table if built, else the server."""
     from mlflow_spark_tools.tables.queries import best_run
 
     choice = best_run(
-        experiment_id, metric, ascending=ascending, ignore_nested=ignore_nested,
+        experiment_id, metric, ascending=ascending, ignore_nested=ignore_nested, aggregate=aggregate,
         engine=query_engine(ctx), database=ctx.settings.tables.database, source=tracking_source(ctx),
     )
     _choice_output(choice, fmt, f"best run for {metric!r}")

@@ -8,6 +8,10 @@ can be used in SQL without backticks and is found whatever case a query writes:
   ``[a-z0-9_]`` that is not ASCII becomes ``u<code point in hex>`` (``λ`` -> ``u3bb``,
   ``学习率`` -> ``u5b66u4e60u7387``), so keys in other scripts stay apart and readable as
   codes; ASCII punctuation becomes ``_`` (``val.loss`` -> ``val_loss``).
+- The history summaries of a metric take its column's name with another prefix:
+  ``_m_val_loss`` has ``_mmin_val_loss`` / ``_mmax_val_loss`` (lowest and highest value ever
+  logged) and ``_mminstep_val_loss`` / ``_mmaxstep_val_loss`` (the step where each was first
+  reached). No prefix is the start of another, so these never meet a param, metric or tag name.
 - Keys that map to the same name (Spark SQL resolves names case-insensitively) are told apart
   by a numeric suffix (``_2``, ``_3``, ...); the key logged by the most runs gets the name
   without a suffix (``val.loss`` in 195 runs is ``_m_val_loss``, ``Val_Loss`` in 20 is
@@ -26,8 +30,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 PARAM, METRIC, TAG, INFO = "param", "metric", "tag", "info"
-KIND_ORDER = {INFO: 0, PARAM: 1, METRIC: 2, TAG: 3}
-PREFIXES = {PARAM: "_p_", METRIC: "_m_", TAG: "_t_"}
+# Per-metric summaries of the metric history, beside the latest value ``_m_<key>``.
+METRIC_MIN, METRIC_MIN_STEP = "metric_min", "metric_min_step"
+METRIC_MAX, METRIC_MAX_STEP = "metric_max", "metric_max_step"
+SUMMARY_KINDS = (METRIC_MIN, METRIC_MIN_STEP, METRIC_MAX, METRIC_MAX_STEP)
+KIND_ORDER = {INFO: 0, PARAM: 1, METRIC: 2, METRIC_MIN: 2, METRIC_MIN_STEP: 2, METRIC_MAX: 2,
+              METRIC_MAX_STEP: 2, TAG: 3}
+PREFIXES = {PARAM: "_p_", METRIC: "_m_", TAG: "_t_", METRIC_MIN: "_mmin_", METRIC_MIN_STEP: "_mminstep_",
+            METRIC_MAX: "_mmax_", METRIC_MAX_STEP: "_mmaxstep_"}
+# The SQL type of each kind's columns (params are typed by their values instead).
+KIND_TYPES = {METRIC: "double", TAG: "string", METRIC_MIN: "double", METRIC_MAX: "double",
+              METRIC_MIN_STEP: "bigint", METRIC_MAX_STEP: "bigint"}
 MAX_COLUMN_NAME = 255
 
 # (column name, Spark SQL type) of the run info columns, in table order.
@@ -120,8 +133,22 @@ class ColumnNamer:
             key=lambda k: (KIND_ORDER[k[0]], -counts.get(k, 0), k[1]),
         )
         added = []
+        summaries = [k for k in new if k[0] in SUMMARY_KINDS]
+        new = [k for k in new if k[0] not in SUMMARY_KINDS]
+        missing_metrics = {(METRIC, key) for _, key in summaries} - set(self._by_key) - set(new)
+        if missing_metrics:  # a summary's metric is named first, as the latest value's column
+            added += self.assign(missing_metrics, runs)
         for kind, key in new:
             base = safe_base_name(kind, key)
+            n = 1
+            while _with_suffix(base, n).lower() in self._taken:
+                n += 1
+            name = _with_suffix(base, n)
+            self._by_key[(kind, key)] = name
+            self._taken.add(name.lower())
+            added.append((kind, key, name))
+        for kind, key in summaries:
+            base = PREFIXES[kind] + self._by_key[(METRIC, key)][len(PREFIXES[METRIC]):]
             n = 1
             while _with_suffix(base, n).lower() in self._taken:
                 n += 1

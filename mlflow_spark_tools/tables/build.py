@@ -23,9 +23,12 @@ from mlflow_spark_tools.errors import (
     MlflowSparkToolsError,
     UsageError,
 )
+from mlflow_spark_tools.spark.catalog import Database
 from mlflow_spark_tools.spark.engine import Engine, EngineHandle
 from mlflow_spark_tools.tables.builder import ExperimentTableBuilder, RefreshSummary
 from mlflow_spark_tools.tables.fetch import RunFetcher
+from mlflow_spark_tools.tables.metric_history import HistorySelection, MetricHistoryWriter
+from mlflow_spark_tools.tracking.metric_history import MetricHistoryReader
 from mlflow_spark_tools.tracking.source import ExperimentInfo, TrackingSource
 
 if TYPE_CHECKING:
@@ -87,6 +90,7 @@ def build_experiment_tables(
     all_experiments: bool = False,
     full_refresh: bool = False,
     include_deleted: bool = False,
+    metric_history: str | list[str] | None = None,
     engine: Engine | None = None,
     spark: SparkSession | None = None,
 ) -> BuildResult:
@@ -99,6 +103,9 @@ def build_experiment_tables(
         all_experiments: every active experiment.
         full_refresh: rebuild instead of refreshing incrementally.
         include_deleted: keep deleted runs (``lifecycle_stage = 'deleted'``).
+        metric_history: ``all`` or metric keys whose every point goes to
+            ``exp_<id>_metrics``; None takes ``tables.metric_history`` of the settings, and
+            ``none`` builds no history.
         engine: an engine to use; else one is obtained from ``spark`` or the settings.
         spark: a Spark session to use.
 
@@ -109,6 +116,8 @@ def build_experiment_tables(
     if not (experiment_ids or experiment_names or all_experiments):
         raise UsageError("Say which experiments: --experiment-ids, --experiment-names or --all.")
     validate_database(settings.tables.database)
+    selection = HistorySelection.parse(
+        settings.tables.metric_history if metric_history is None else metric_history)
     source = TrackingSource.from_settings(settings)
     result = BuildResult()
     experiments = _resolve(source, experiment_ids, experiment_names, all_experiments, result)
@@ -117,8 +126,14 @@ def build_experiment_tables(
     with EngineHandle(engine, spark) as handle:
         run_on = handle.get(settings.engine.remote, settings.engine.warehouse)
         fetcher = RunFetcher(source, settings.tables.page_size, settings.tables.fetch_workers)
+        history = None
+        if selection is not None:
+            reader = MetricHistoryReader(source.client, settings.tables.max_history_points)
+            history = MetricHistoryWriter(Database(run_on, settings.tables.database), reader,
+                                          settings.tables.history_workers)
         builder = ExperimentTableBuilder(
-            run_on, fetcher, settings.tables.database, settings.tables.watermark_margin_seconds
+            run_on, fetcher, settings.tables.database, settings.tables.watermark_margin_seconds,
+            history=history, selection=selection,
         )
         for number, exp in enumerate(experiments, 1):
             result.summaries.append(_build_one(builder, exp, f"{number}/{len(experiments)}",
@@ -143,4 +158,12 @@ def _build_one(builder: ExperimentTableBuilder, exp: ExperimentInfo, position: s
     log.info("Experiment %s %s: %s refresh of %s, %d runs fetched, %d rows, %.1f s",
              position, exp.experiment_id, summary.mode, summary.table,
              summary.runs_fetched, summary.row_count, summary.seconds)
+    if summary.metrics_table:
+        log.info("Experiment %s %s: metric history of %d runs, %d points in %d requests into %s",
+                 position, exp.experiment_id, summary.history_runs, summary.history_points,
+                 summary.history_requests, summary.metrics_table)
+    if summary.history_truncated:
+        log.warning("Experiment %s %s: %d metric histories were longer than tables.max_history_points "
+                    "and were cut there: %s", position, exp.experiment_id, len(summary.history_truncated),
+                    ", ".join(summary.history_truncated[:10]))
     return summary

@@ -28,8 +28,9 @@ from mlflow_spark_tools.errors import EXIT_FAILURE, MlflowSparkToolsError
 from mlflow_spark_tools.runs.columns import (
     INFO,
     INFO_COLUMNS,
-    METRIC,
+    KIND_TYPES,
     PARAM,
+    SUMMARY_KINDS,
     ColumnNamer,
     ColumnSpec,
     info_specs,
@@ -41,6 +42,12 @@ from mlflow_spark_tools.spark.catalog import Database
 from mlflow_spark_tools.spark.engine import Engine
 from mlflow_spark_tools.tables import param_types
 from mlflow_spark_tools.tables.fetch import RunFetcher, merge_changes, missing_ids
+from mlflow_spark_tools.tables.metric_history import (
+    HistorySelection,
+    MetricHistoryWriter,
+    history_table_name,
+    with_summaries,
+)
 from mlflow_spark_tools.tracking.source import ExperimentInfo
 
 log = logging.getLogger(__name__)
@@ -58,6 +65,8 @@ INDEX_COLUMNS: tuple[tuple[str, str], ...] = (
     ("watermark_ms", "bigint"),
     ("last_refresh_mode", "string"),
     ("last_refreshed_at", "timestamp"),
+    ("metric_history", "string"),
+    ("metrics_table", "string"),
 )
 COLUMNS_TABLE_SCHEMA = "`column_name` string, `kind` string, `key` string, `data_type` string"
 UNFINISHED = ("RUNNING", "SCHEDULED")
@@ -82,6 +91,11 @@ class RefreshSummary:
     row_count: int = 0
     columns_added: list[str] = field(default_factory=list)
     columns_widened: list[str] = field(default_factory=list)
+    metrics_table: str | None = None
+    history_runs: int = 0
+    history_points: int = 0
+    history_requests: int = 0
+    history_truncated: list[str] = field(default_factory=list)
     seconds: float = 0.0
     error: str | None = None
     error_exit_code: int | None = None
@@ -125,6 +139,8 @@ class ExperimentTableBuilder:
         watermark_margin_seconds: how far before the previous refresh an incremental refresh
             looks again.
         clock: wall clock in seconds (injectable for tests).
+        history: writes the metric history tables; None builds none.
+        selection: the metric keys whose history is kept (with ``history``).
     """
 
     def __init__(
@@ -134,6 +150,8 @@ class ExperimentTableBuilder:
         database: str,
         watermark_margin_seconds: int = 600,
         clock: Callable[[], float] = time.time,
+        history: MetricHistoryWriter | None = None,
+        selection: HistorySelection | None = None,
     ) -> None:
         self.engine = engine
         self.spark = engine.spark
@@ -141,6 +159,8 @@ class ExperimentTableBuilder:
         self.db = Database(engine, database)
         self.margin_ms = int(watermark_margin_seconds * 1000)
         self.clock = clock
+        self.selection = selection if history is not None else None
+        self.history = history if selection is not None else None
         self._db_ready = False
 
     # ---- state -----------------------------------------------------------------------
@@ -199,7 +219,7 @@ class ExperimentTableBuilder:
                     data_type = param_types.STRING
                 values = param_types.cast(values, data_type)
             else:
-                data_type = "double" if kind == METRIC else "string"
+                data_type = KIND_TYPES[kind]
             columns[name] = values
             specs.append(ColumnSpec(name, kind, key, data_type))
         specs = sort_specs(specs)
@@ -224,12 +244,18 @@ class ExperimentTableBuilder:
             self._db_ready = True
         exists = self.db.exists(table)
         index = self._index_row(experiment.experiment_id) if exists else None
+        label = self.selection.label if self.selection is not None else None
         incremental = (
             not full_refresh
             and index is not None
             and index.get("watermark_ms") is not None
             and bool(index.get("include_deleted")) == include_deleted
+            and index.get("metric_history") == label
+            and (label is None or self.db.exists(history_table_name(table)))
         )
+        if index is not None and not full_refresh and index.get("metric_history") != label:
+            log.info("Metric history of %s changes from %s to %s: full refresh", table,
+                     index.get("metric_history") or "none", label or "none")
         refreshed = incremental and self._refresh_incremental(experiment, table, index, include_deleted, summary)
         if not refreshed:
             state = self._state(table, exists, index)
@@ -244,6 +270,7 @@ class ExperimentTableBuilder:
         # A full rebuild keeps existing names but infers every type afresh.
         namer = ColumnNamer(state.specs)
         data, specs, _ = self._shape(raw, namer, {})
+        data, specs = self._with_history(table, raw, data, specs, namer, [], summary, replace_all=True)
         if state.exists:
             old_ids = to_arrow(self.spark.sql(f"SELECT run_id FROM {self.db.name(table)}"))["run_id"]
             kept = pc.is_in(data["run_id"], value_set=old_ids)
@@ -268,6 +295,26 @@ class ExperimentTableBuilder:
         summary.mode = FULL
         summary.row_count = data.num_rows
         self._write_index(experiment, table, summary.row_count, len(specs), include_deleted, watermark, FULL)
+
+    def _with_history(self, table: str, runs: pa.Table, data: pa.Table, specs: list[ColumnSpec],
+                      namer: ColumnNamer, removed: list[str], summary: RefreshSummary, *,
+                      replace_all: bool) -> tuple[pa.Table, list[ColumnSpec]]:
+        """Write the metric history of ``runs`` (when asked for) and add the per-metric
+        summaries it gives to ``data``; the history table is committed before the run table."""
+        if self.history is None or self.selection is None:
+            return data, specs
+        result = self.history.write(table, runs, namer, self.selection, replace_all=replace_all,
+                                    removed_run_ids=removed)
+        summary.metrics_table = result.table
+        summary.history_runs = result.runs_read
+        summary.history_points = result.points
+        summary.history_requests = result.requests
+        summary.history_truncated = result.truncated
+        keys = sorted(set(result.summaries["key"].to_pylist()))
+        namer.assign([(kind, key) for key in keys for kind in SUMMARY_KINDS])
+        data, added = with_summaries(data, result.summaries, namer.name)
+        specs = sort_specs(specs + [ColumnSpec(*column) for column in added])
+        return data.select([s.column_name for s in specs]), specs
 
     def _refresh_incremental(self, experiment, table, index, include_deleted, summary) -> bool:
         """Merge what changed since the watermark; False when the table needs a full rebuild
@@ -297,6 +344,12 @@ class ExperimentTableBuilder:
             log.info("Columns %s no longer fit their type; rebuilding %s", broken, table)
             summary.columns_widened = sorted(broken)
             return False
+        if self.history is not None:
+            deleted = pc.equal(raw["lifecycle_stage"], "deleted")
+            kept = raw if include_deleted else raw.filter(pc.invert(pc.fill_null(deleted, False)))
+            removed = [] if include_deleted else raw.filter(pc.fill_null(deleted, False))["run_id"].to_pylist()
+            data, specs = self._with_history(table, kept, data, specs, namer, removed, summary,
+                                             replace_all=False)
         new_specs = [s for s in specs if s.column_name not in state.types]
         all_specs = sort_specs(
             [ColumnSpec(n, *self._kind_key(n, state.specs), t) for n, t in state.types.items()]
@@ -379,6 +432,9 @@ class ExperimentTableBuilder:
                 "watermark_ms": pa.array([watermark], pa.int64()),
                 "last_refresh_mode": [mode],
                 "last_refreshed_at": pa.array([int(self.clock() * 1000)], ARROW_TYPES["timestamp"]),
+                "metric_history": pa.array([self.selection.label if self.selection else None], pa.string()),
+                "metrics_table": pa.array(
+                    [f"{self.db.database}.{history_table_name(table)}" if self.selection else None], pa.string()),
             }
         )
         schema = ", ".join(f"{quote(n)} {t}" for n, t in INDEX_COLUMNS)
@@ -386,6 +442,8 @@ class ExperimentTableBuilder:
         if not self.db.exists(INDEX_TABLE):
             self.db.overwrite(df, INDEX_TABLE, ["experiment_id"])
             return
+        missing = [(n, t) for n, t in INDEX_COLUMNS if n not in self.db.columns(INDEX_TABLE)]
+        self.db.add_columns(INDEX_TABLE, missing)  # an index table written by an older version
         view = "__mst_index_row"
         df.createOrReplaceTempView(view)
         self.db.merge(view, INDEX_TABLE, [n for n, _ in INDEX_COLUMNS], key="experiment_id")

@@ -3,6 +3,11 @@
 From the table it is one SQL query. From the tracking server the runs are paged in the order
 asked for until the first one that qualifies. NaN metric values never make a run "best", and
 only active runs count.
+
+The best run by a metric's history (``aggregate`` ``min`` or ``max``: each run's lowest or
+highest value at any step) comes from the ``_mmin_`` / ``_mmax_`` columns of a table built with
+its metric history; without them, from the histories read from the server (every run that
+logged the metric, many runs per request where the server allows).
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from mlflow_spark_tools.core.identifiers import (
     sql_string,
     validate_experiment_id,
 )
-from mlflow_spark_tools.runs.columns import METRIC
+from mlflow_spark_tools.errors import UsageError
+from mlflow_spark_tools.runs.columns import METRIC, METRIC_MAX, METRIC_MAX_STEP, METRIC_MIN, METRIC_MIN_STEP
 from mlflow_spark_tools.runs.run_batches import PARENT_RUN_TAG, run_name_of, run_tags
 from mlflow_spark_tools.spark.catalog import Database
 from mlflow_spark_tools.spark.engine import Engine
@@ -30,6 +36,9 @@ from mlflow_spark_tools.tracking.pages import ACTIVE_ONLY
 from mlflow_spark_tools.tracking.source import TrackingSource
 
 TABLE, TRACKING_SERVER = "table", "tracking server"
+LATEST, MIN, MAX = "latest", "min", "max"
+AGGREGATES = (LATEST, MIN, MAX)
+_AGGREGATE_KINDS = {LATEST: (METRIC, None), MIN: (METRIC_MIN, METRIC_MIN_STEP), MAX: (METRIC_MAX, METRIC_MAX_STEP)}
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +55,13 @@ class RunChoice:
     value: float | None
     source: str
     table_refreshed_at: datetime | None = None
+    aggregate: str = LATEST
+    step: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        if self.metric is None:
+            del data["aggregate"], data["step"]
         for key in ("start_time", "table_refreshed_at"):
             data[key] = data[key].isoformat() if data[key] else None
         if self.source != TABLE:
@@ -78,12 +91,16 @@ def _refreshed_at(db: Database, experiment_id: str) -> datetime | None:
     return _from_millis(rows[0]["at"]) if rows else None
 
 
-def _metric_column(db: Database, experiment_id: str, metric: str) -> str | None:
+def _metric_column(db: Database, experiment_id: str, metric: str, kind: str = METRIC) -> str | None:
     rows = db.spark.sql(
         f"SELECT column_name FROM {db.name(experiment_table_name(experiment_id) + '_columns')} "
-        f"WHERE kind = '{METRIC}' AND key = {sql_string(metric)}"
+        f"WHERE kind = {sql_string(kind)} AND key = {sql_string(metric)}"
     ).collect()
-    return rows[0]["column_name"] if rows else None
+    if not rows:
+        return None
+    column = rows[0]["column_name"]
+    # a name reserved in the mapping for a key no run has any more is not in the table
+    return column if column in db.columns(experiment_table_name(experiment_id)) else None
 
 
 def best_run(
@@ -92,6 +109,7 @@ def best_run(
     *,
     ascending: bool = True,
     ignore_nested: bool = False,
+    aggregate: str = LATEST,
     engine: Engine | None = None,
     database: str = "mlflow_exp",
     source: TrackingSource | None = None,
@@ -102,15 +120,25 @@ def best_run(
     tracking ``source`` (default: the configured server, ``MLFLOW_TRACKING_URI``). Runs whose
     value is missing or NaN do not count; with ``ignore_nested`` neither do child runs. Returns
     None when no run qualifies; an unknown experiment is an ``ExperimentNotFoundError``.
+
+    Args:
+        aggregate: which value of each run counts: ``latest`` (MLflow's meaning of a run's
+            metric), ``min`` or ``max`` (its lowest or highest value at any step; the choice
+            names the step where the run first reached it).
     """
+    if aggregate not in AGGREGATES:
+        raise UsageError(f"Unknown aggregate {aggregate!r}: use one of {', '.join(AGGREGATES)}.")
+    value_kind, step_kind = _AGGREGATE_KINDS[aggregate]
     db = _table_if_built(engine, database, experiment_id)
-    column = None if db is None else _metric_column(db, experiment_id, metric)
+    column = None if db is None else _metric_column(db, experiment_id, metric, value_kind)
+    step_column = None if db is None or step_kind is None else _metric_column(db, experiment_id, metric, step_kind)
     if db is not None and column is not None:
         nested = " AND parent_run_id IS NULL" if ignore_nested else ""
         order = "ASC" if ascending else "DESC"
+        step = f"{quote(step_column)}" if step_column else "CAST(NULL AS BIGINT)"
         rows = db.spark.sql(
-            f"SELECT run_id, run_name, unix_millis(start_time) AS start_ms, {quote(column)} AS value "
-            f"FROM {db.name(experiment_table_name(experiment_id))} "
+            f"SELECT run_id, run_name, unix_millis(start_time) AS start_ms, {quote(column)} AS value, "
+            f"{step} AS step FROM {db.name(experiment_table_name(experiment_id))} "
             f"WHERE lifecycle_stage = 'active' AND {quote(column)} IS NOT NULL "
             f"AND NOT isnan({quote(column)}){nested} "
             f"ORDER BY value {order}, start_time DESC, run_id LIMIT 1"
@@ -118,13 +146,19 @@ def best_run(
         if rows:
             r = rows[0]
             return RunChoice(r["run_id"], r["run_name"], _from_millis(r["start_ms"]), metric, r["value"], TABLE,
-                             _refreshed_at(db, experiment_id))
-    if db is not None and log.isEnabledFor(logging.INFO):
+                             _refreshed_at(db, experiment_id), aggregate, r["step"])
+    if db is not None and column is None and aggregate != LATEST:
+        log.info("The table %s has no metric history of %r (build-tables --metric-history); reading "
+                 "the runs' histories from the tracking server.", db.name(experiment_table_name(experiment_id)),
+                 metric)
+    elif db is not None and log.isEnabledFor(logging.INFO):
         # logged after the table's last refresh, or by no run at all: the server knows
         log.info("No run of the table %s has a value for %r (refreshed %s); asking the tracking server. "
                  "Refresh it with build-tables.", db.name(experiment_table_name(experiment_id)), metric,
                  _refreshed_at(db, experiment_id))
     source = source if source is not None else _default_source()
+    if aggregate != LATEST:
+        return _best_by_history(source, experiment_id, metric, ascending, ignore_nested, aggregate)
     order = "ASC" if ascending else "DESC"
     for runs in _server_pages(source, experiment_id,
                               [f"metrics.{_quote_key(metric)} {order}", "attributes.start_time DESC"]):
@@ -133,6 +167,42 @@ def best_run(
             if choice is not None:
                 return choice
     return None
+
+
+def _best_by_history(source: TrackingSource, experiment_id: str, metric: str, ascending: bool,
+                     ignore_nested: bool, aggregate: str) -> RunChoice | None:
+    """The best run by each run's lowest or highest value, from histories read from the server."""
+    from mlflow_spark_tools.tables.metric_history import points_table, summarize
+    from mlflow_spark_tools.tracking.metric_history import MetricHistoryReader
+
+    candidates: dict[str, RunChoice] = {}
+    for runs in _server_pages(source, experiment_id, ["attributes.start_time DESC"]):
+        for run in runs:
+            if any(m["key"] == metric for m in run.get("data", {}).get("metrics", ())):
+                choice = _choice_from_json(run, None, ignore_nested)
+                if choice is not None:
+                    candidates[choice.run_id] = choice
+    if not candidates:
+        return None
+    reader = MetricHistoryReader(source.client)
+    best: tuple[Any, ...] | None = None
+    for points in reader.read(metric, list(candidates)):
+        if not points:
+            continue
+        found = summarize(points_table(points, metric, ""))
+        for row in found.to_pylist():
+            value, step = (row["min"], row["min_step"]) if aggregate == MIN else (row["max"], row["max_step"])
+            choice = candidates[row["run_id"]]
+            start = choice.start_time.timestamp() if choice.start_time else float("-inf")
+            # the same order as the table query: value, then the later start, then run id
+            rank = (value if ascending else -value, -start, choice.run_id)
+            if best is None or rank < best[0]:
+                best = (rank, choice, value, step)
+    if best is None:
+        return None
+    _, choice, value, step = best
+    return RunChoice(choice.run_id, choice.run_name, choice.start_time, metric, value, TRACKING_SERVER,
+                     aggregate=aggregate, step=step)
 
 
 def last_run(

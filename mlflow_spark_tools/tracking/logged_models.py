@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mlflow_spark_tools.tracking.rate_limit_errors import error_summary
+from mlflow_spark_tools.tracking.rate_limit_errors import endpoint_missing, error_summary
 from mlflow_spark_tools.tracking.rest_calls import TrackingRequests
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class LoggedModels:
         try:
             answer = self.requests.call("other", "/logged-models", "POST", body)
         except Exception as exc:
-            if not _endpoint_missing(exc):
+            if not endpoint_missing(exc):
                 raise
             log.info("The tracking server has no logged-model API (%s): models are logged to the "
                      "runs' artifacts", error_summary(exc, 200))
@@ -219,17 +219,3 @@ def write_logged_model(models: LoggedModels, *, experiment_id: str, run_id: str,
     upload(model)
     models.finalize(model.model_id)
     return model.model_id
-
-
-def _endpoint_missing(exc: BaseException) -> bool:
-    """Whether the server answered that it has no such endpoint (an MLflow 2 server): a 404 or
-    405 without an MLflow error of its own (``RESOURCE_DOES_NOT_EXIST`` names a missing
-    experiment, not a missing API)."""
-    code = getattr(exc, "error_code", None)
-    if code == "ENDPOINT_NOT_FOUND":
-        return True
-    if code not in (None, "", "INTERNAL_ERROR"):  # MLflow wraps a non-JSON answer as INTERNAL_ERROR
-        return False
-    status = getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
-    text = str(exc)
-    return status in (404, 405) or "error code 404" in text or "error code 405" in text

@@ -196,3 +196,17 @@ def not_found(kind: type[NotFound], what: str, tracking_uri: str | None) -> NotF
     """Our error for what the tracking server does not have: ``<what> does not exist on
     <server>`` (credentials in the server's URI masked)."""
     return kind(f"{what} does not exist on {redact_uri(tracking_uri)}.")
+
+
+def endpoint_missing(exc: BaseException) -> bool:
+    """Whether the server answered that it has no such endpoint (an older server): a 404 or
+    405 without an MLflow error of its own (``RESOURCE_DOES_NOT_EXIST`` names a missing
+    experiment or run, not a missing API)."""
+    code = getattr(exc, "error_code", None)
+    if code == "ENDPOINT_NOT_FOUND":
+        return True
+    if code not in (None, "", "INTERNAL_ERROR"):  # MLflow wraps a non-JSON answer as INTERNAL_ERROR
+        return False
+    status = getattr(exc, "status_code", None) or getattr(getattr(exc, "response", None), "status_code", None)
+    text = str(exc)
+    return status in (404, 405) or "error code 404" in text or "error code 405" in text

@@ -33,7 +33,7 @@ def test_names_mlflow_takes_for_a_logged_model(name, ok):
 def test_only_a_missing_endpoint_means_a_server_without_logged_models():
     from mlflow.exceptions import MlflowException, RestException
 
-    from mlflow_spark_tools.tracking.logged_models import _endpoint_missing
+    from mlflow_spark_tools.tracking.rate_limit_errors import endpoint_missing as _endpoint_missing
 
     assert _endpoint_missing(MlflowException("failed with error code 404 != 200", error_code="ENDPOINT_NOT_FOUND"))
     assert not _endpoint_missing(RestException({"error_code": "RESOURCE_DOES_NOT_EXIST",

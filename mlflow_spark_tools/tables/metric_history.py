@@ -1,0 +1,334 @@
+"""The metric history table ``<database>.exp_<id>_metrics``: one row per logged metric point.
+
+Columns: ``run_id``, ``key`` (the MLflow key), ``column_name`` (the ``_m_`` column of that key
+in ``exp_<id>``), ``step``, ``timestamp`` (UTC), ``value`` (NaN and infinities as the server
+returns them) and, where the server sends them (MLflow 3), ``model_id``, ``dataset_name`` and
+``dataset_digest``.
+
+Which keys are kept is a :class:`HistorySelection` (``all`` or a list of keys). The points are
+read with :class:`~mlflow_spark_tools.tracking.metric_history.MetricHistoryReader` in parallel
+requests and written in chunks of bounded size to a staging table, so that the driver never
+holds more than a few chunks however long the histories are; the table itself then changes in
+one Delta commit: an overwrite from the staging table for a full build, one MERGE for an
+incremental refresh (every row of each re-read run is replaced by its points as read now, and
+the rows of runs that left the table are deleted). While reading, the lowest and highest value
+of each run's metric and the step where each was first reached are computed for ``exp_<id>``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mlflow_spark_tools.core.identifiers import quote
+from mlflow_spark_tools.errors import UsageError
+from mlflow_spark_tools.runs.columns import (
+    METRIC,
+    METRIC_MAX,
+    METRIC_MAX_STEP,
+    METRIC_MIN,
+    METRIC_MIN_STEP,
+    ColumnNamer,
+)
+from mlflow_spark_tools.runs.run_batches import split_raw_name
+from mlflow_spark_tools.spark.arrow import to_dataframe
+from mlflow_spark_tools.spark.catalog import Database
+from mlflow_spark_tools.tracking.metric_history import MAX_RUNS_PER_BULK, MetricHistoryReader, Points
+
+log = logging.getLogger(__name__)
+
+HISTORY_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("run_id", "string"),
+    ("key", "string"),
+    ("column_name", "string"),
+    ("step", "bigint"),
+    ("timestamp", "timestamp"),
+    ("value", "double"),
+    ("model_id", "string"),
+    ("dataset_name", "string"),
+    ("dataset_digest", "string"),
+)
+HISTORY_DDL = ", ".join(f"{quote(n)} {t}" for n, t in HISTORY_COLUMNS)
+HISTORY_SCHEMA = pa.schema([
+    ("run_id", pa.string()),
+    ("key", pa.string()),
+    ("column_name", pa.string()),
+    ("step", pa.int64()),
+    ("timestamp", pa.timestamp("ms", tz="UTC")),
+    ("value", pa.float64()),
+    ("model_id", pa.string()),
+    ("dataset_name", pa.string()),
+    ("dataset_digest", pa.string()),
+])
+# Min/max statistics of `value` would turn NaN into numbers on readers that trust them.
+HISTORY_STATS_COLUMNS = ("run_id", "key", "step", "timestamp")
+SUMMARY_SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("key", pa.string()),
+    ("min", pa.float64()), ("min_step", pa.int64()), ("max", pa.float64()), ("max_step", pa.int64()),
+])
+CHUNK_ROWS = 250_000
+ALL = "all"
+
+
+def history_table_name(table: str) -> str:
+    return table + "_metrics"
+
+
+@dataclass(frozen=True)
+class HistorySelection:
+    """The metric keys whose history is kept: every key (``keys`` None) or the keys listed."""
+
+    keys: frozenset[str] | None = None
+
+    @classmethod
+    def parse(cls, text: str | Iterable[str] | None) -> HistorySelection | None:
+        """``all``, ``key1,key2`` or a list of keys; None, ``""``, ``none`` or ``off`` for no
+        history."""
+        if text is None:
+            return None
+        items = [text] if isinstance(text, str) else list(text)
+        keys = [k.strip() for item in items for k in str(item).split(",") if k.strip()]
+        if not keys or (len(keys) == 1 and keys[0].lower() in ("none", "off", "false")):
+            return None
+        if any(k.lower() == ALL for k in keys):
+            if len(keys) > 1:
+                raise UsageError("--metric-history takes `all` or a list of metric keys, not both.")
+            return cls(None)
+        return cls(frozenset(keys))
+
+    @property
+    def label(self) -> str:
+        """How the selection is recorded in the index table: ``all`` or the sorted keys."""
+        return ALL if self.keys is None else ",".join(sorted(self.keys))
+
+    def wants(self, key: str) -> bool:
+        return self.keys is None or key in self.keys
+
+
+@dataclass
+class HistoryResult:
+    """What one history write did, and the per-run summaries it computed."""
+
+    table: str
+    points: int = 0
+    runs_read: int = 0
+    requests: int = 0
+    truncated: list[str] = field(default_factory=list)
+    summaries: pa.Table = field(default_factory=SUMMARY_SCHEMA.empty_table)
+
+
+class MetricHistoryWriter:
+    """Reads histories and writes them into the history table of an experiment table.
+
+    Args:
+        db: the database of the tables.
+        reader: reads points from the tracking server.
+        workers: requests in flight at once (the rate limiter still paces them).
+        chunk_rows: points per write to the staging table (bounds the driver's memory).
+    """
+
+    def __init__(self, db: Database, reader: MetricHistoryReader, workers: int = 4,
+                 chunk_rows: int = CHUNK_ROWS) -> None:
+        self.db = db
+        self.spark = db.spark
+        self.reader = reader
+        self.workers = max(1, workers)
+        self.chunk_rows = chunk_rows
+
+    def write(self, table: str, runs: pa.Table, namer: ColumnNamer, selection: HistorySelection, *,
+              replace_all: bool, removed_run_ids: Iterable[str] = ()) -> HistoryResult:
+        """Write the histories of ``runs`` (raw run columns, as fetched) into ``<table>_metrics``.
+
+        Args:
+            runs: the runs to read (their ``_m_`` raw columns say which keys each has).
+            namer: names the metric columns (every key of ``runs`` is named already).
+            replace_all: the table becomes exactly these runs' points (a full build); else
+                these runs' rows are replaced and the other runs' rows kept.
+            removed_run_ids: runs whose rows are deleted (incremental refresh only).
+        """
+        target = history_table_name(table)
+        staging = target + "__staging"
+        result = HistoryResult(self.db.name(target))
+        before = (self.reader.counts.requests, self.reader.counts.points, len(self.reader.counts.truncated))
+        tasks = list(_tasks(runs, selection))
+        result.runs_read = len({r for _, ids in tasks for r in ids})
+        summaries: list[pa.Table] = []
+        staged = 0
+        pending: list[pa.Table] = []
+        pending_rows = 0
+        try:
+            for key, points in self._read_all(tasks):
+                if not points:
+                    continue
+                part = points_table(points, key, namer.name(METRIC, key))
+                summaries.append(summarize(part))
+                pending.append(part)
+                pending_rows += part.num_rows
+                if pending_rows >= self.chunk_rows:
+                    staged += self._stage(staging, pending, first=staged == 0)
+                    pending, pending_rows = [], 0
+            if pending or staged == 0:
+                staged += self._stage(staging, pending, first=staged == 0)
+            source = self.spark.table(self.db.name(staging))
+            if replace_all or not self.db.exists(target):
+                self.db.overwrite(source, target, HISTORY_STATS_COLUMNS)
+            else:
+                replaced = sorted(set(runs["run_id"].to_pylist()) | set(removed_run_ids))
+                self._replace_runs(staging, target, replaced)
+        finally:
+            self._drop(staging)
+        counts = self.reader.counts
+        result.requests = counts.requests - before[0]
+        result.points = staged
+        result.truncated = [f"{run_id}/{key}" for run_id, key, _ in counts.truncated[before[2]:]]
+        if summaries:
+            result.summaries = pa.concat_tables(summaries)
+        return result
+
+    # ---- reading -----------------------------------------------------------------------
+
+    def _read_all(self, tasks: list[tuple[str, list[str]]]) -> Iterator[tuple[str, Points]]:
+        """Every answer of every task, with at most a few tasks' answers held at once."""
+        def run(task: tuple[str, list[str]]) -> tuple[str, list[Points]]:
+            key, ids = task
+            return key, list(self.reader.read(key, ids))
+
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            window: list[Future[tuple[str, list[Points]]]] = []
+            queue = iter(tasks)
+            for task in queue:
+                window.append(pool.submit(run, task))
+                if len(window) >= self.workers * 2:
+                    break
+            while window:
+                key, answers = window.pop(0).result()
+                nxt = next(queue, None)
+                if nxt is not None:
+                    window.append(pool.submit(run, nxt))
+                for points in answers:
+                    yield key, points
+
+    # ---- writing -----------------------------------------------------------------------
+
+    def _stage(self, staging: str, parts: list[pa.Table], *, first: bool) -> int:
+        data = pa.concat_tables(parts).combine_chunks() if parts else HISTORY_SCHEMA.empty_table()
+        df = to_dataframe(self.spark, data, HISTORY_DDL)
+        if first:
+            self.db.overwrite(df, staging, HISTORY_STATS_COLUMNS)
+        else:
+            self.db.append(df, staging)
+        return data.num_rows
+
+    def _replace_runs(self, staging: str, target: str, run_ids: list[str]) -> None:
+        """One MERGE: the rows of ``run_ids`` in ``target`` are deleted and the staged points
+        inserted (a marker row per run matches that run's rows; a point row matches none)."""
+        markers = "__mst_history_runs"
+        self.spark.createDataFrame([(r,) for r in run_ids], "run_id string").createOrReplaceTempView(markers)
+        cols = ", ".join(quote(n) for n, _ in HISTORY_COLUMNS)
+        nulls = ", ".join(f"CAST(NULL AS {t}) AS {quote(n)}" for n, t in HISTORY_COLUMNS if n != "run_id")
+        source = (f"SELECT {cols}, false AS __marker FROM {self.db.name(staging)} "
+                  f"UNION ALL SELECT run_id, {nulls}, true AS __marker FROM {quote(markers)}")
+        values = ", ".join(f"s.{quote(n)}" for n, _ in HISTORY_COLUMNS)
+        try:
+            self.spark.sql(
+                f"MERGE INTO {self.db.name(target)} t USING ({source}) s "
+                f"ON s.__marker AND t.run_id = s.run_id "
+                f"WHEN MATCHED THEN DELETE "
+                f"WHEN NOT MATCHED AND NOT s.__marker THEN INSERT ({cols}) VALUES ({values})"
+            ).collect()
+        finally:
+            self.spark.catalog.dropTempView(markers)
+
+    def _drop(self, staging: str) -> None:
+        """Remove the staging table and, on the embedded engine, its files."""
+        try:
+            if self.db.exists(staging):
+                self.spark.sql(f"DROP TABLE IF EXISTS {self.db.name(staging)}").collect()
+        except Exception:  # the staging table is rewritten in full by the next build anyway
+            log.debug("Could not drop %s", staging, exc_info=True)
+        location = self.db.engine.table_location(self.db.database, staging)
+        if location is not None and Path(location).is_dir():
+            shutil.rmtree(location, ignore_errors=True)
+
+
+def _tasks(runs: pa.Table, selection: HistorySelection) -> Iterator[tuple[str, list[str]]]:
+    """(key, up to 100 run ids) for every selected key: the runs whose latest metrics have it."""
+    run_ids = runs["run_id"]
+    for name in runs.column_names:
+        kind_key = split_raw_name(name)
+        if kind_key is None or kind_key[0] != METRIC or not selection.wants(kind_key[1]):
+            continue
+        having = sorted(r for r in run_ids.filter(pc.is_valid(runs[name])).to_pylist() if r)
+        for start in range(0, len(having), MAX_RUNS_PER_BULK):
+            yield kind_key[1], having[start:start + MAX_RUNS_PER_BULK]
+
+
+def points_table(points: Points, key: str, column_name: str) -> pa.Table:
+    n = len(points)
+    return pa.table({
+        "run_id": pa.array([p["run_id"] for p in points], pa.string()),
+        "key": pa.array([key] * n, pa.string()),
+        "column_name": pa.array([column_name] * n, pa.string()),
+        "step": pa.array([p["step"] for p in points], pa.int64()),
+        "timestamp": pa.array([p["timestamp"] for p in points], pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+        "value": pa.array([p["value"] for p in points], pa.float64()),
+        "model_id": pa.array([p.get("model_id") for p in points], pa.string()),
+        "dataset_name": pa.array([p.get("dataset_name") for p in points], pa.string()),
+        "dataset_digest": pa.array([p.get("dataset_digest") for p in points], pa.string()),
+    }, schema=HISTORY_SCHEMA)
+
+
+def summarize(points: pa.Table) -> pa.Table:
+    """Per run and key: the lowest and highest value (NaN ignored; infinities count) and the
+    first step where each was reached (the lowest such step)."""
+    numbers = points.filter(pc.invert(pc.fill_null(pc.is_nan(points["value"]), True)))
+    if numbers.num_rows == 0:
+        return SUMMARY_SCHEMA.empty_table()
+    lowest = _first_per_group(numbers.sort_by([("run_id", "ascending"), ("key", "ascending"),
+                                               ("value", "ascending"), ("step", "ascending")]))
+    highest = _first_per_group(numbers.sort_by([("run_id", "ascending"), ("key", "ascending"),
+                                                ("value", "descending"), ("step", "ascending")]))
+    return pa.table({
+        "run_id": lowest["run_id"], "key": lowest["key"],
+        "min": lowest["value"], "min_step": lowest["step"],
+        "max": highest["value"], "max_step": highest["step"],
+    }, schema=SUMMARY_SCHEMA)
+
+
+def _first_per_group(ordered: pa.Table) -> pa.Table:
+    """The first row of each (run_id, key) group of a table sorted by them."""
+    if ordered.num_rows == 0:
+        return ordered
+    run_ids, keys = ordered["run_id"].combine_chunks(), ordered["key"].combine_chunks()
+    changed = pc.or_(pc.not_equal(run_ids[1:], run_ids[:-1]), pc.not_equal(keys[1:], keys[:-1]))
+    return ordered.filter(pa.concat_arrays([pa.array([True]), changed]))
+
+
+def with_summaries(data: pa.Table, summaries: pa.Table,
+                   name_of: Callable[[str, str], str]) -> tuple[pa.Table, list[tuple[str, str, str, str]]]:
+    """``data`` (one row per run, with ``run_id``) with summary columns appended for every key
+    in ``summaries``; returns the table and (column name, kind, key, type) of the new columns.
+
+    Args:
+        name_of: the column name of (kind, key).
+    """
+    added: list[tuple[str, str, str, str]] = []
+    if summaries.num_rows == 0 or data.num_rows == 0:
+        return data, added
+    order = pa.table({"run_id": data["run_id"], "__row": pa.array(range(data.num_rows), pa.int64())})
+    for key in sorted(set(summaries["key"].to_pylist())):
+        of_key = summaries.filter(pc.equal(summaries["key"], key)).drop_columns(["key"])
+        joined = order.join(of_key, "run_id", join_type="left outer").sort_by("__row")
+        for kind, column, data_type in ((METRIC_MIN, "min", "double"), (METRIC_MIN_STEP, "min_step", "bigint"),
+                                        (METRIC_MAX, "max", "double"), (METRIC_MAX_STEP, "max_step", "bigint")):
+            name = name_of(kind, key)
+            data = data.append_column(name, joined[column])
+            added.append((name, kind, key, data_type))
+    return data, added
