@@ -25,6 +25,7 @@ dbutils.widgets.dropdown("best", "lowest", ["lowest", "highest"], "Best value of
 dbutils.widgets.text("top_n", "10", "Top N")  # noqa: F821
 dbutils.widgets.text("days", "7", "Last N days")  # noqa: F821
 dbutils.widgets.text("param", "", "Param to compare the metric by")  # noqa: F821
+dbutils.widgets.text("steps", "10", "Last N steps (metric history)")  # noqa: F821
 experiment_id = dbutils.widgets.get("experiment_id")  # noqa: F821
 database = dbutils.widgets.get("database")  # noqa: F821
 metric = dbutils.widgets.get("metric")  # noqa: F821
@@ -32,8 +33,9 @@ order = {"lowest": "ASC", "highest": "DESC"}[dbutils.widgets.get("best")]  # noq
 top_n = int(dbutils.widgets.get("top_n"))  # noqa: F821
 days = int(dbutils.widgets.get("days"))  # noqa: F821
 param = dbutils.widgets.get("param")  # noqa: F821
-if top_n < 1 or days < 1:
-    raise ValueError("top_n and days must be at least 1.")
+steps = int(dbutils.widgets.get("steps"))  # noqa: F821
+if top_n < 1 or days < 1 or steps < 1:
+    raise ValueError("top_n, days and steps must be at least 1.")
 
 # COMMAND ----------
 
@@ -161,3 +163,72 @@ if param:
     )
 else:
     print("Give the param widget a param key to compare the metric by.")
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## Over the metric history
+# MAGIC
+# MAGIC With `build-tables --metric-history all` (or a list of keys) the experiment also has
+# MAGIC `exp_<experiment_id>_metrics`, one row per logged point (`run_id`, `key`, `column_name`,
+# MAGIC `step`, `timestamp`, `value`), and its table gains per metric `_mmin_<key>` / `_mmax_<key>`
+# MAGIC (the lowest / highest value at any step) with `_mminstep_<key>` / `_mmaxstep_<key>` (the
+# MAGIC first step that reached it). The recipes: the best value any step reached, the curves of the
+# MAGIC top runs, and the runs whose metric got worse over their last N steps.
+
+# COMMAND ----------
+
+history = qualified_name(database, experiment_table_name(experiment_id) + "_metrics")
+has_history = spark.sql(  # noqa: F821
+    f"SELECT 1 FROM {columns_table} WHERE kind = 'metric_min' AND key = {sql_string(metric)}"
+).first() is not None
+if has_history:
+    best_at, best_step = (column("metric_min", metric), column("metric_min_step", metric)) if order == "ASC" \
+        else (column("metric_max", metric), column("metric_max_step", metric))
+    # The best value each run reached at any step, and the step where it first got there.
+    show(
+        f"SELECT run_id, run_name, {best_at} AS best_value, {best_step} AS best_step, {m} AS latest_value\n"
+        f"FROM {table}\n"
+        f"WHERE lifecycle_stage = 'active' AND {best_at} IS NOT NULL\n"
+        f"ORDER BY best_value {order}, start_time DESC, run_id\n"
+        f"LIMIT {top_n}"
+    )
+else:
+    print(f"No metric history of {metric!r}: build the table with --metric-history {metric} (or all).")
+
+# COMMAND ----------
+
+if has_history:
+    # The whole curve of each of the top runs (by their best value at any step): one row per
+    # point, ready for a line chart of value by step per run.
+    show(
+        f"WITH top AS (\n"
+        f"  SELECT run_id, {best_at} AS best_value FROM {table}\n"
+        f"  WHERE lifecycle_stage = 'active' AND {best_at} IS NOT NULL\n"
+        f"  ORDER BY best_value {order}, start_time DESC, run_id LIMIT {top_n})\n"
+        f"SELECT h.run_id, h.step, h.value\n"
+        f"FROM {history} h JOIN top ON h.run_id = top.run_id\n"
+        f"WHERE h.key = {sql_string(metric)}\n"
+        f"ORDER BY top.best_value {order}, h.run_id, h.step, h.timestamp"
+    )
+
+# COMMAND ----------
+
+if has_history:
+    # Runs whose metric got worse over their last N steps: the value at the last step against
+    # the value at the first step of the window (NaN points left out).
+    worse = ">" if order == "ASC" else "<"
+    show(
+        f"WITH points AS (\n"
+        f"  SELECT run_id, step, value, max(step) OVER (PARTITION BY run_id) AS last_step\n"
+        f"  FROM {history} WHERE key = {sql_string(metric)} AND NOT isnan(value)),\n"
+        f"window_ends AS (\n"
+        f"  SELECT run_id, min_by(value, step) AS window_start_value, max_by(value, step) AS last_value,\n"
+        f"         min(step) AS window_start_step, max(step) AS last_step\n"
+        f"  FROM points WHERE step >= last_step - {steps} GROUP BY run_id)\n"
+        f"SELECT run_id, window_start_step, window_start_value, last_step, last_value,\n"
+        f"       last_value - window_start_value AS change\n"
+        f"FROM window_ends\n"
+        f"WHERE last_value {worse} window_start_value\n"
+        f"ORDER BY abs(last_value - window_start_value) DESC, run_id"
+    )

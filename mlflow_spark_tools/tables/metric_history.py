@@ -27,7 +27,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mlflow_spark_tools.core.identifiers import quote
+from mlflow_spark_tools.core.identifiers import quote, sql_string
 from mlflow_spark_tools.errors import UsageError
 from mlflow_spark_tools.runs.columns import (
     METRIC,
@@ -74,6 +74,12 @@ SUMMARY_SCHEMA = pa.schema([
     ("min", pa.float64()), ("min_step", pa.int64()), ("max", pa.float64()), ("max_step", pa.int64()),
 ])
 CHUNK_ROWS = 250_000
+# A full build writes the points ordered by run into files of about this many rows, so that the
+# MERGE of an incremental refresh rewrites only the files that hold the re-read runs (their
+# run_id statistics rule the others out) instead of the whole table.
+ROWS_PER_FILE = 50_000
+# Up to this many re-read runs are named in the MERGE condition (for that file skipping).
+MAX_RUNS_NAMED = 2000
 ALL = "all"
 
 
@@ -176,8 +182,10 @@ class MetricHistoryWriter:
                     pending, pending_rows = [], 0
             if pending or staged == 0:
                 staged += self._stage(staging, pending, first=staged == 0)
-            source = self.spark.table(self.db.name(staging))
             if replace_all or not self.db.exists(target):
+                files = max(1, -(-staged // ROWS_PER_FILE))
+                source = (self.spark.table(self.db.name(staging)).repartitionByRange(files, "run_id")
+                          .sortWithinPartitions("run_id", "key", "step", "timestamp"))
                 self.db.overwrite(source, target, HISTORY_STATS_COLUMNS)
             else:
                 replaced = sorted(set(runs["run_id"].to_pylist()) | set(removed_run_ids))
@@ -236,10 +244,13 @@ class MetricHistoryWriter:
         source = (f"SELECT {cols}, false AS __marker FROM {self.db.name(staging)} "
                   f"UNION ALL SELECT run_id, {nulls}, true AS __marker FROM {quote(markers)}")
         values = ", ".join(f"s.{quote(n)}" for n, _ in HISTORY_COLUMNS)
+        # Naming the runs lets the engine skip the files that hold none of them.
+        named = (f"t.run_id IN ({', '.join(sql_string(r) for r in run_ids)}) AND "
+                 if 0 < len(run_ids) <= MAX_RUNS_NAMED else "")
         try:
             self.spark.sql(
                 f"MERGE INTO {self.db.name(target)} t USING ({source}) s "
-                f"ON s.__marker AND t.run_id = s.run_id "
+                f"ON s.__marker AND {named}t.run_id = s.run_id "
                 f"WHEN MATCHED THEN DELETE "
                 f"WHEN NOT MATCHED AND NOT s.__marker THEN INSERT ({cols}) VALUES ({values})"
             ).collect()

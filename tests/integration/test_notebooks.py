@@ -41,7 +41,7 @@ WIDGETS = {
                             "secret_key"},
     "replay_and_ledger.py": {"replay_dir", "database", "profile", "secret_scope", "secret_key",
                              "trust_unsigned"},
-    "sql_recipes.py": {"experiment_id", "database", "metric", "best", "top_n", "days", "param"},
+    "sql_recipes.py": {"experiment_id", "database", "metric", "best", "top_n", "days", "param", "steps"},
 }
 
 
@@ -261,7 +261,7 @@ def test_sql_recipes_show_the_expected_runs(env, engine, client, experiment, dat
 
     nb = notebook("sql_recipes.py", engine, {
         "experiment_id": experiment, "database": database, "metric": "rmse", "best": "lowest",
-        "top_n": "3", "days": "7", "param": "depth",
+        "top_n": "3", "days": "7", "param": "depth", "steps": "5",
     }).run()
     columns, best, top, recent, compare, failed, by_depth = nb.displayed
     assert {("param", "alpha"), ("param", "depth"), ("metric", "rmse")} <= set(zip(columns["kind"], columns["key"]))
@@ -279,14 +279,53 @@ def test_sql_recipes_show_the_expected_runs(env, engine, client, experiment, dat
     assert by_depth["avg_value"][0] == pytest.approx(0.4)
     out = capsys.readouterr().out
     assert out.count("SELECT ") == 7 and f"`{database}`.`exp_{experiment}`" in out
+    assert "No metric history of 'rmse': build the table with --metric-history rmse" in out
 
     highest = notebook("sql_recipes.py", engine, {
         "experiment_id": experiment, "database": database, "metric": "rmse", "best": "highest",
-        "top_n": "1", "days": "365", "param": "",
+        "top_n": "1", "days": "365", "param": "", "steps": "5",
     }).run()
     assert list(highest.displayed[1]["run_id"]) == [ids["failed"]]
     assert ids["old"] in set(highest.displayed[3]["run_id"])
     assert len(highest.displayed) == 6  # no param given: no comparison by param
+
+
+def test_sql_recipes_over_the_metric_history(env, engine, client, experiment, database, settings):
+    curves = {
+        "steady": [(1.0, 0), (0.6, 1), (0.4, 2), (0.3, 3), (0.25, 4), (0.2, 5)],
+        "diverged": [(1.0, 0), (0.3, 1), (0.1, 2), (0.2, 3), (0.5, 4), (0.9, 5)],  # best at step 2
+        "nan_end": [(0.8, 0), (0.7, 1), (0.65, 2), (0.6, 3), (math.nan, 4)],
+        "flat": [(0.5, 0), (0.5, 1)],
+    }
+    ids = {name: log_run(client, experiment, run_name=name, metrics={"val.loss": points})
+           for name, points in curves.items()}
+    build(settings.with_overrides(tables__database=database), experiment, engine, metric_history="all")
+    nb = notebook("sql_recipes.py", engine, {
+        "experiment_id": experiment, "database": database, "metric": "val.loss", "best": "lowest",
+        "top_n": "2", "days": "7", "param": "", "steps": "3",
+    }).run()
+    best_steps, top_curves, got_worse = nb.displayed[-3:]
+    # the best value any step reached: "diverged" reached 0.1 at step 2, though it ends at 0.9
+    assert list(best_steps["run_id"]) == [ids["diverged"], ids["steady"]]
+    assert list(best_steps["best_value"]) == [0.1, 0.2] and list(best_steps["best_step"]) == [2, 5]
+    assert list(best_steps["latest_value"]) == [0.9, 0.2]
+    # whole curves of the top 2, best first, in step order
+    assert list(top_curves["run_id"]) == [ids["diverged"]] * 6 + [ids["steady"]] * 6
+    assert list(top_curves["value"])[:6] == [v for v, _ in curves["diverged"]]
+    # over the last 3 steps (2..5) only "diverged" got worse; NaN points are left out
+    assert list(got_worse["run_id"]) == [ids["diverged"]]
+    assert (got_worse["window_start_step"][0], got_worse["last_step"][0]) == (2, 5)
+    assert got_worse["change"][0] == pytest.approx(0.8)
+
+    highest = notebook("sql_recipes.py", engine, {
+        "experiment_id": experiment, "database": database, "metric": "val.loss", "best": "highest",
+        "top_n": "1", "days": "7", "param": "", "steps": "10",
+    }).run()
+    best_steps, top_curves, got_worse = highest.displayed[-3:]
+    # a tie at 1.0 (step 0): the run that started later first, as everywhere
+    assert (list(best_steps["run_id"]), list(best_steps["best_step"])) == ([ids["diverged"]], [0])
+    # with highest best, "worse" is lower: over all steps every run but "flat" ended lower
+    assert set(got_worse["run_id"]) == {ids["steady"], ids["diverged"], ids["nan_end"]}
 
 
 @pytest.mark.parametrize("widget, value, error, shown", [
@@ -299,7 +338,7 @@ def test_sql_recipes_take_widget_values_as_literals_only(env, engine, client, ex
     log_run(client, experiment, params={"depth": 3}, metrics={"rmse": 0.3})
     build(settings.with_overrides(tables__database=database), experiment, engine)
     widgets = {"experiment_id": experiment, "database": database, "metric": "rmse", "best": "lowest",
-               "top_n": "3", "days": "7", "param": "depth"}
+               "top_n": "3", "days": "7", "param": "depth", "steps": "5"}
     nb = notebook("sql_recipes.py", engine, {**widgets, widget: value})
     with pytest.raises((ValueError, InvalidIdentifierError), match=error):
         nb.run()

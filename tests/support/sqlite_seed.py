@@ -26,6 +26,7 @@ class SeedSpec:
     tags: int = 20
     running_fraction: float = 0.0
     seed: int = 0
+    steps: int = 1  # points per metric: steps 0 .. steps-1, one second apart; the last is the latest
 
 
 def param_value(rng: random.Random, i: int) -> str:
@@ -73,8 +74,13 @@ def seed_runs(
         for i in range(spec.metrics):
             value = rng.random()
             ts = start + 500
-            metrics.append((f"metric_{i}", value, ts, run_id, 0, 0))
-            latest.append((f"metric_{i}", value, ts, 0, 0, run_id))
+            if spec.steps > 1:
+                metrics.append((run_id, i, start, value))  # expanded into points when inserted
+                last = spec.steps - 1
+                latest.append((f"metric_{i}", _curve(value, last), start + last * 1000, last, 0, run_id))
+            else:
+                metrics.append((f"metric_{i}", value, ts, run_id, 0, 0))
+                latest.append((f"metric_{i}", value, ts, 0, 0, run_id))
         tags.append(("mlflow.runName", name, run_id))
         tags.append(("mlflow.user", "seed", run_id))
         for i in range(max(0, spec.tags - 2)):
@@ -87,10 +93,14 @@ def seed_runs(
             runs,
         )
         conn.executemany('INSERT INTO params ("key", value, run_uuid) VALUES (?,?,?)', params)
+        points = metrics if spec.steps <= 1 else (
+            (f"metric_{i}", _curve(value, step), start + step * 1000, run_id, step, 0)
+            for run_id, i, start, value in metrics for step in range(spec.steps)
+        )
         conn.executemany(
             'INSERT INTO metrics ("key", value, timestamp, run_uuid, step, is_nan) '
             "VALUES (?,?,?,?,?,?)",
-            metrics,
+            points,
         )
         conn.executemany(
             'INSERT INTO latest_metrics ("key", value, timestamp, step, is_nan, run_uuid) '
@@ -99,3 +109,8 @@ def seed_runs(
         )
         conn.executemany('INSERT INTO tags ("key", value, run_uuid) VALUES (?,?,?)', tags)
     return run_ids
+
+
+def _curve(start: float, step: int) -> float:
+    """A loss-like curve: falls from ``start`` + 1 towards ``start``."""
+    return start + 1.0 / (1 + step)

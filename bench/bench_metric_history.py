@@ -1,0 +1,217 @@
+"""Benchmark: the metric history table against reading the same points from the server's database.
+
+    .venv/bin/python bench/bench_metric_history.py [--runs 2000] [--metrics 10] [--steps 100]
+        [--repetitions 3] [--memory-runs 10000]
+
+Seeds ``--runs`` runs with ``--metrics`` metrics of ``--steps`` points each (2,000 x 10 x 100 =
+2M points by default) straight into a local MLflow server's sqlite store, then per repetition
+measures, each in a fresh process (peak memory is that of the measured work alone, the embedded
+Spark engine included):
+
+(b) baseline: every point of the experiment read straight from the server's sqlite database
+    into Arrow columns (no HTTP, no server);
+(a) full build: ``build-tables --full-refresh --metric-history all`` (the run table too);
+(c) incremental refresh after 1% of the runs (left RUNNING at the build) logged 10 more steps
+    of every metric and finished.
+
+Targets: (a) <= 2 x (b); (c) <= 0.05 x (a); the requests per run of (a) (the bulk endpoint:
+one request per 100 runs and key). With ``--memory-runs N`` a second experiment of N runs of
+the same shape is built once, to compare peak memory (bounded: it should not grow with points).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_support import peak_rss_mb, write_report
+
+HERE = Path(__file__).resolve()
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+os.environ.setdefault("RUST_LOG", "error")
+
+
+def measure_baseline(db_path: str, experiment_id: str) -> dict:
+    import pyarrow as pa
+
+    started = time.perf_counter()
+    with sqlite3.connect(db_path) as conn:
+        rows = conn.execute(
+            "SELECT m.run_uuid, m.key, m.step, m.timestamp, m.value FROM metrics m "
+            "JOIN runs r ON r.run_uuid = m.run_uuid WHERE r.experiment_id = ?", (int(experiment_id),)
+        ).fetchall()
+    columns = list(zip(*rows))
+    table = pa.table({
+        "run_id": pa.array(columns[0], pa.string()), "key": pa.array(columns[1], pa.string()),
+        "step": pa.array(columns[2], pa.int64()), "timestamp": pa.array(columns[3], pa.int64()),
+        "value": pa.array(columns[4], pa.float64()),
+    })
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "points": table.num_rows, "peak_rss_mb": peak_rss_mb()}
+
+
+def measure_build(url: str, experiment_id: str, warehouse: str, full: bool) -> dict:
+    import mlflow  # noqa: F401 - imported before the clock starts
+
+    from mlflow_spark_tools.config import load_settings
+    from mlflow_spark_tools.spark.engine import start_embedded
+    from mlflow_spark_tools.tables.build import build_experiment_tables
+
+    engine = start_embedded(warehouse)
+    settings = load_settings().with_overrides(
+        tracking_uri=url, rate_limit_profile="databricks", tables__watermark_margin_seconds=60
+    )
+    started = time.perf_counter()
+    result = build_experiment_tables(settings, experiment_ids=[experiment_id], full_refresh=full,
+                                     metric_history="all", engine=engine)
+    seconds = time.perf_counter() - started
+    summary = result.summaries[0]
+    points = engine.spark.sql(f"SELECT count(*) AS n FROM mlflow_exp.exp_{experiment_id}_metrics").collect()[0]["n"]
+    engine.stop()
+    if not summary.ok:
+        raise SystemExit(summary.error)
+    return {
+        "seconds": seconds,
+        "mode": summary.mode,
+        "runs_fetched": summary.runs_fetched,
+        "history_runs": summary.history_runs,
+        "history_points": summary.history_points,
+        "history_requests": summary.history_requests,
+        "requests_per_run": summary.history_requests / max(1, summary.history_runs),
+        "table_points": points,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def run_worker(kind: str, url: str, experiment_id: str, warehouse: str, db_path: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, str(HERE), "--worker", kind, "--url", url, "--experiment-id", experiment_id,
+         "--warehouse", warehouse, "--db-path", db_path],
+        check=True, capture_output=True, text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def mark_running(db_path: Path, run_ids: list[str]) -> None:
+    with sqlite3.connect(str(db_path)) as conn:
+        conn.executemany("UPDATE runs SET status = 'RUNNING', end_time = NULL WHERE run_uuid = ?",
+                         [(r,) for r in run_ids])
+
+
+def log_more_steps(url: str, run_ids: list[str], metrics: int, first_step: int, steps: int) -> int:
+    """The change: each run logs ``steps`` more points of every metric and finishes (REST)."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient(url)
+    now = int(time.time() * 1000)
+    for run_id in run_ids:
+        points = [Metric(f"metric_{i}", 0.001 * step, now + step, step)
+                  for i in range(metrics) for step in range(first_step, first_step + steps)]
+        client.log_batch(run_id, metrics=points)
+        client.set_terminated(run_id)
+    return len(run_ids) * metrics * steps
+
+
+def seed(server, name: str, runs: int, metrics: int, steps: int) -> tuple[str, list[str]]:
+    from mlflow import MlflowClient
+
+    from tests.support.sqlite_seed import SeedSpec, seed_runs
+
+    experiment_id = MlflowClient(server.url).create_experiment(name)
+    started = time.perf_counter()
+    # Runs ended hours ago: the incremental refresh's look-back margin sees none of them.
+    run_ids = seed_runs(server.db_path, experiment_id, SeedSpec(runs, 5, metrics, 5, steps=steps),
+                        start_ms=int(time.time() * 1000) - 7_200_000 - runs * 1000)
+    print(f"seeded {runs} runs x {metrics} metrics x {steps} steps in {time.perf_counter() - started:.1f}s",
+          flush=True)
+    return experiment_id, run_ids
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=2000)
+    parser.add_argument("--metrics", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--memory-runs", type=int, default=0)
+    parser.add_argument("--worker", choices=["baseline", "full", "incremental"])
+    parser.add_argument("--url")
+    parser.add_argument("--experiment-id")
+    parser.add_argument("--warehouse")
+    parser.add_argument("--db-path")
+    parser.add_argument("--out", default=str(HERE.parent / "results" / "metric_history.json"))
+    args = parser.parse_args()
+    if args.worker:
+        if args.worker == "baseline":
+            result = measure_baseline(args.db_path, args.experiment_id)
+        else:
+            result = measure_build(args.url, args.experiment_id, args.warehouse, args.worker == "full")
+        print(json.dumps(result))
+        return
+
+    from tests.support.local_server import LocalTrackingServer
+
+    root = Path(tempfile.mkdtemp(prefix="bench-history-"))
+    warehouse = str(root / "warehouse")
+    results: dict[str, list[dict]] = {"baseline": [], "full": [], "incremental": []}
+    memory: dict = {}
+    with LocalTrackingServer(root / "mlflow", workers=4) as server:
+        db = str(server.db_path)
+        experiment_id, run_ids = seed(server, "bench-history", args.runs, args.metrics, args.steps)
+        changed_per_rep = max(1, args.runs // 100)
+        next_step = args.steps
+        for rep in range(args.repetitions):
+            changed = run_ids[rep * changed_per_rep:(rep + 1) * changed_per_rep]
+            mark_running(server.db_path, changed)
+            for kind in ("baseline", "full"):
+                r = run_worker(kind, server.url, experiment_id, warehouse, db)
+                results[kind].append(r)
+                print(f"rep {rep} {kind}: {r}", flush=True)
+            added = log_more_steps(server.url, changed, args.metrics, next_step, 10)
+            next_step += 10
+            r = run_worker("incremental", server.url, experiment_id, warehouse, db)
+            full_points = results["full"][-1]["table_points"]
+            if r["mode"] != "incremental" or r["table_points"] != full_points + added:
+                raise SystemExit(f"incremental refresh did not keep every point: {r}, expected "
+                                 f"{full_points + added}")
+            results["incremental"].append(r)
+            print(f"rep {rep} incremental: {r}", flush=True)
+        if args.memory_runs:
+            big_id, _ = seed(server, "bench-history-memory", args.memory_runs, args.metrics, args.steps)
+            memory = {"runs": args.memory_runs,
+                      "points": args.memory_runs * args.metrics * args.steps,
+                      "full": run_worker("full", server.url, big_id, warehouse, db),
+                      "baseline": run_worker("baseline", server.url, big_id, warehouse, db)}
+            print(f"memory: {memory}", flush=True)
+
+    def med(kind: str, key: str) -> float:
+        return statistics.median(r[key] for r in results[kind])
+
+    a, b, c = med("full", "seconds"), med("baseline", "seconds"), med("incremental", "seconds")
+    report = {
+        "runs": args.runs, "metrics": args.metrics, "steps": args.steps,
+        "points": args.runs * args.metrics * args.steps,
+        "repetitions": args.repetitions,
+        "median_seconds": {"full_build_a": a, "baseline_b": b, "incremental_c": c},
+        "median_peak_rss_mb": {k: med(k, "peak_rss_mb") for k in results},
+        "requests_per_run": {"full": med("full", "requests_per_run"),
+                             "incremental": med("incremental", "requests_per_run")},
+        "ratios": {"a_over_b": a / b, "c_over_a": c / a},
+        "targets_met": {"a <= 2 b": a <= 2 * b, "c <= 0.05 a": c <= 0.05 * a},
+        "memory": memory,
+        "all": results,
+    }
+    write_report(report, args.out)
+
+
+if __name__ == "__main__":
+    main()
