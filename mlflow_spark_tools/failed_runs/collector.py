@@ -8,12 +8,15 @@
         with collector.start_run(experiment_id=exp_id, run_name=f"svc-{degree}") as run:
             run.log_params({"degree": degree})
             run.log_metric("loss", 0.3, step=1)
+            run.log_input(mlflow.data.from_pandas(train_df, name="train"), context="training")
             run.log_artifact("plot.png")
             run.log_model(model, "model", flavor="sklearn")
+            run.log_metric("test_acc", 0.91, model="model", dataset=test_ds)  # linked (MLflow 3)
         return run.run_id or run.payload_id                   # run.status: logged / deferred
 
 A run is buffered and written when the ``with`` block ends, in the fewest requests: create
-(with its tags), ``log_batch`` chunks within MLflow's limits, artifacts, models, terminate.
+(with its tags), ``log_batch`` chunks within MLflow's limits, dataset inputs, metric links,
+artifacts, models, terminate.
 Each request gives up within ``fail_fast_seconds`` when the server answers 429 (MLflow's own
 client would retry for minutes); then the whole run (run info, params, every metric point with
 its step and timestamp, tags, copies of the artifacts, signed model blobs) is written to the
@@ -51,9 +54,13 @@ from mlflow_spark_tools.failed_runs.store_entries import FORMAT, VERSION, new_pa
 from mlflow_spark_tools.runs.models import save_model_dir
 from mlflow_spark_tools.runs.run_data import (
     ARTIFACT,
+    DATASET_CONTEXT_TAG,
     MODEL,
     TERMINATE,
+    LinkedPoint,
     RunData,
+    check_dataset_input,
+    check_link,
     check_metric,
     check_param,
     check_tag,
@@ -111,6 +118,8 @@ class BufferedRun:
         self._tags: dict[str, str] = {}
         self._artifacts: list[tuple[str, str | None]] = []
         self._models: list[dict[str, Any]] = []
+        self._inputs: list[dict[str, Any]] = []
+        self._links: list[LinkedPoint] = []
         self.run_id: str | None = None
         self._artifact_uri: str | None = None
         # Chosen up front and set as the run's tag at create: a replay finds a run created by a
@@ -134,14 +143,44 @@ class BufferedRun:
         for key, value in params.items():
             self.log_param(key, value)
 
-    def log_metric(self, key: str, value: float, step: int | None = None, timestamp: int | None = None) -> None:
-        ts = int(time.time() * 1000) if timestamp is None else timestamp
-        self._metrics.append(check_metric(key, value, ts, 0 if step is None else step))
+    def log_metric(self, key: str, value: float, step: int | None = None, timestamp: int | None = None, *,
+                   model: str | None = None, model_id: str | None = None, dataset: Any = None) -> None:
+        """Log a metric point; as with MLflow 3's ``log_metric``, it may be linked to a logged
+        model and to the dataset it was computed on.
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        Args:
+            model: the name of a model this run logs (``log_model``'s ``artifact_path``): the
+                point becomes one of that model's metrics (the run's first model of the name).
+            model_id: instead, an existing logged model's id.
+            dataset: an ``mlflow.data`` dataset (or a mapping with ``name`` and ``digest``).
+        """
+        ts = int(time.time() * 1000) if timestamp is None else timestamp
+        point = check_metric(key, value, ts, 0 if step is None else step)
+        self._metrics.append(point)
+        if model is not None or model_id is not None or dataset is not None:
+            name, digest = _dataset_name_digest(dataset) if dataset is not None else (None, None)
+            self._links.append(check_link((*point, model, model_id, name, digest)))
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None, *, model: str | None = None,
+                    model_id: str | None = None, dataset: Any = None) -> None:
         ts = int(time.time() * 1000)
         for key, value in metrics.items():
-            self.log_metric(key, value, step, ts)
+            self.log_metric(key, value, step, ts, model=model, model_id=model_id, dataset=dataset)
+
+    def log_input(self, dataset: Any, context: str | None = None, tags: dict[str, str] | None = None) -> None:
+        """Record a dataset input of the run, as ``mlflow.log_input`` does.
+
+        Args:
+            dataset: an ``mlflow.data`` dataset (``mlflow.data.from_pandas(...)`` ...), or a
+                mapping with ``name``, ``digest``, ``source_type``, ``source`` and optional
+                ``schema`` and ``profile`` strings.
+            context: what the dataset was used for (``training``, ``eval``): the input's
+                ``mlflow.data.context`` tag.
+            tags: more input tags.
+        """
+        entry = _dataset_fields(dataset)
+        entry["tags"] = {**(tags or {}), **({DATASET_CONTEXT_TAG: context} if context else {})}
+        self._inputs.append(check_dataset_input(entry))
 
     def set_tag(self, key: str, value: Any) -> None:
         key, text = check_tag(key, value)
@@ -184,10 +223,16 @@ class BufferedRun:
 
     def _run_data(self, status: str) -> RunData:
         return RunData(self._experiment_id, self._run_name, self._start_time, self._params,
-                       self._metrics, self._tags, status, int(time.time() * 1000))
+                       self._metrics, self._tags, status, int(time.time() * 1000),
+                       inputs=list(self._inputs), links=list(self._links))
 
     def _write(self, status: str) -> None:
         collector = self._collector
+        named = {p[4] for p in self._links if p[4] is not None}
+        unknown = sorted(named - {m["artifact_path"] for m in self._models})
+        if unknown:
+            raise ValueError(f"Metric points are linked to model {unknown[0]!r}, which the run does not log "
+                             "(log_model with that artifact_path, or link with model_id=)")
         run = self._run_data(status)
         ops = plan(run, len(self._artifacts), len(self._models))
         done = 0
@@ -222,6 +267,24 @@ class BufferedRun:
             # a run's connections end with it: a long task logs hundreds of runs
             if requests is not None:
                 requests.close()
+
+
+def _dataset_fields(dataset: Any) -> dict[str, Any]:
+    """The fields of a dataset input from an ``mlflow.data`` dataset or a mapping."""
+    if isinstance(dataset, dict):
+        return dict(dataset)
+    to_entity = getattr(dataset, "_to_mlflow_entity", None)
+    if to_entity is None:
+        raise TypeError(f"log_input takes an mlflow.data dataset or a mapping, not {type(dataset).__name__}")
+    entity = to_entity()
+    return {"name": entity.name, "digest": entity.digest, "source_type": entity.source_type,
+            "source": entity.source, "schema": entity.schema, "profile": entity.profile}
+
+
+def _dataset_name_digest(dataset: Any) -> tuple[str, str]:
+    if isinstance(dataset, dict):
+        return str(dataset.get("name")), str(dataset.get("digest"))
+    return str(dataset.name), str(dataset.digest)
 
 
 def _end_as_failed(requests: TrackingRequests, run_id: str) -> None:

@@ -11,7 +11,10 @@ checked for type, range and shape here, and the replayer works only with the
 - ``ops_done`` lies within the run's plan, ``status`` is a terminal run status, ids have
   MLflow's shape, and the tag that marks a payload's run cannot be set by the document;
 - a logged model id has MLflow's shape, and the replay uses it only when the server says it
-  is the run's own model of that name (else it creates the model anew);
+  is the run's own model of that name (else it creates the model anew); metric points of an
+  unsigned document are linked by id only to logged models of the run's own experiment;
+- dataset inputs and metric links are within MLflow's limits and link only to the run's own
+  models by name;
 - sizes and counts stay within :class:`ReplayLimits`, so one document cannot exhaust the
   replayer's memory.
 """
@@ -249,12 +252,18 @@ def _check_counts(run: Any, limits: ReplayLimits) -> dict[str, Any]:
     if not isinstance(run, dict):
         raise PayloadError("run must be an object")
     params, tags, metrics = run.get("params") or {}, run.get("tags") or {}, run.get("metrics") or []
+    inputs, links = run.get("inputs") or [], run.get("links") or []
     if not isinstance(params, dict) or not isinstance(tags, dict) or not isinstance(metrics, list):
         raise PayloadError("run params and tags must be objects, metrics a list")
+    if not isinstance(inputs, list) or not isinstance(links, list):
+        raise PayloadError("run inputs and links must be lists")
     for what, count, limit, key in (("params", len(params), limits.max_params, "max_params"),
                                     ("tags", len(tags), limits.max_tags, "max_tags"),
                                     ("metric points", len(metrics), limits.max_metric_points,
-                                     "max_metric_points")):
+                                     "max_metric_points"),
+                                    ("linked metric points", len(links), limits.max_metric_points,
+                                     "max_metric_points"),
+                                    ("dataset inputs", len(inputs), limits.max_artifacts, "max_artifacts")):
         if count > limit:
             raise PayloadError(f"over the limits: {count} {what}, the limit is {limit} "
                                f"(replay.limits.{key})")
@@ -293,6 +302,12 @@ def check_document(document: dict[str, Any], payload_id: str, limits: ReplayLimi
         raise PayloadError(f"values MLflow would reject: {exc}") from None
     artifacts = [_artifact(i, raw, limits) for i, raw in enumerate(artifacts_raw)]
     models = [_model(i, raw) for i, raw in enumerate(models_raw)]
+    names = {m.artifact_path for m in models}
+    for key, _, _, _, model_name, model_id, _, _ in run.links:
+        if model_name is not None and model_name not in names:
+            raise PayloadError(f"metric {key[:80]!r} is linked to model {model_name[:80]!r}, which the run does not log")
+        if model_id is not None and not MODEL_ID.fullmatch(model_id):
+            raise PayloadError(f"metric {key[:80]!r} is linked to {model_id[:60]!r}, which is not a model id")
     run_id = check_run_id(document.get("run_id"), "document")
     ops_count = len(plan(run, len(artifacts), len(models)))
     ops_done = _int(document.get("ops_done") or 0, "ops_done", 0, ops_count - 1)

@@ -40,6 +40,7 @@ from mlflow_spark_tools.runs.run_data import (
     TERMINATE,
 )
 from mlflow_spark_tools.tracking.artifacts import upload_artifact
+from mlflow_spark_tools.tracking.logged_models import LoggedModels
 from mlflow_spark_tools.tracking.rate_limit_errors import (
     PERMANENT,
     RATE_LIMITED,
@@ -127,6 +128,19 @@ class _PayloadWriter(RunWriter):
         artifact_uri = self.known_artifact_uri()
         self.check_destination(artifact_uri)
         return artifact_uri
+
+    def linked_model_allowed(self, model_id: str) -> bool:
+        """Points of a signed document are linked as the collector was told; an unsigned one
+        may link only to a logged model of its own run's experiment (else anyone who can write
+        the store could add metrics to any model the replay job can reach)."""
+        if self.signed:
+            return True
+        model = LoggedModels(self.requests).get(model_id)
+        if model is not None and model.experiment_id == str(self.run.experiment_id):
+            return True
+        log.warning("Payload %s links metric points to logged model %s, which is not in the run's experiment: "
+                    "the points are logged without that link", self.payload.payload_id, model_id[:128])
+        return False
 
     def check_destination(self, artifact_uri: str | None) -> None:
         if is_local_artifact_uri(artifact_uri) and not (self.signed or self.replayer.trust_unsigned):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mlflow_spark_tools.core.json_values import json_float
@@ -27,6 +27,20 @@ MAX_TAGS_AT_CREATE = 99  # one place left for the payload tag
 _KEY = re.compile(r"^[/\w.\- :]*$")
 
 CREATE, BATCH, ARTIFACT, MODEL, TERMINATE = "create", "batch", "artifact", "model", "terminate"
+INPUTS, LINKS = "inputs", "links"
+# mlflow/utils/validation.py (MLflow 3.17): dataset inputs
+MAX_DATASET_NAME = 500
+MAX_DATASET_DIGEST = 36
+MAX_DATASET_SOURCE = 65535
+MAX_DATASET_SCHEMA = 1048575
+MAX_DATASET_PROFILE = 16777215
+MAX_INPUT_TAG_KEY = 255
+MAX_INPUT_TAG_VALUE = 500
+MAX_INPUTS = 1000
+DATASET_CONTEXT_TAG = "mlflow.data.context"
+# a metric point and what it is linked to (MLflow 3): a model of the run by its name, or a
+# logged model by id; the dataset it was computed on
+LinkedPoint = tuple[str, float, int, int, str | None, str | None, str | None, str | None]
 
 
 class RunDataError(ValueError):
@@ -75,9 +89,67 @@ def check_metric(key: Any, value: Any, timestamp: Any, step: Any) -> tuple[str, 
     return key, number, timestamp, step
 
 
+def check_dataset_input(dataset: dict[str, Any]) -> dict[str, Any]:
+    """A dataset input (``name``, ``digest``, ``source_type``, ``source``, optional ``schema``
+    and ``profile``, and input ``tags``) within MLflow's limits, as plain strings."""
+    if not isinstance(dataset, dict):
+        raise RunDataError("a dataset input must be a mapping")
+    out: dict[str, Any] = {}
+    for name, limit, required in (("name", MAX_DATASET_NAME, True), ("digest", MAX_DATASET_DIGEST, True),
+                                   ("source_type", MAX_DATASET_NAME, True), ("source", MAX_DATASET_SOURCE, True),
+                                   ("schema", MAX_DATASET_SCHEMA, False), ("profile", MAX_DATASET_PROFILE, False)):
+        value = dataset.get(name)
+        if value is None and not required:
+            out[name] = None
+            continue
+        if not isinstance(value, str) or (required and not value):
+            raise RunDataError(f"dataset input {name} must be a non-empty string")
+        if len(value) > limit:
+            raise RunDataError(f"dataset input {name} is {len(value)} characters (MLflow's maximum is {limit})")
+        out[name] = value
+    tags = dataset.get("tags") or {}
+    if not isinstance(tags, dict):
+        raise RunDataError("dataset input tags must be a mapping")
+    for key, value in tags.items():
+        if not isinstance(key, str) or not key or len(key) > MAX_INPUT_TAG_KEY:
+            raise RunDataError(f"dataset input tag key {str(key)[:40]!r} is not valid")
+        if not isinstance(value, str) or len(value) > MAX_INPUT_TAG_VALUE:
+            raise RunDataError(f"dataset input tag {key!r} value must be a string of at most "
+                               f"{MAX_INPUT_TAG_VALUE} characters")
+    out["tags"] = dict(tags)
+    return out
+
+
+def check_link(point: Any) -> LinkedPoint:
+    """A linked metric point: (key, value, timestamp, step, model name, model id, dataset name,
+    dataset digest), with a model or a dataset (or both)."""
+    try:
+        key, value, ts, step, model_name, model_id, dataset_name, dataset_digest = point
+    except (TypeError, ValueError):
+        raise RunDataError("a linked metric point must have 8 fields") from None
+    key, number, ts, step = check_metric(key, value, ts, step)
+    for what, text, limit in (("model name", model_name, MAX_KEY), ("model id", model_id, 64),
+                              ("dataset name", dataset_name, MAX_DATASET_NAME),
+                              ("dataset digest", dataset_digest, MAX_DATASET_DIGEST)):
+        if text is not None and (not isinstance(text, str) or not text or len(text) > limit):
+            raise RunDataError(f"metric {key!r} {what} must be a non-empty string of at most {limit} characters")
+    if model_name is None and model_id is None and dataset_name is None:
+        raise RunDataError(f"metric {key!r} is linked to neither a model nor a dataset")
+    if model_name is not None and model_id is not None:
+        raise RunDataError(f"metric {key!r} names a model both by name and by id")
+    if (dataset_name is None) != (dataset_digest is None):
+        raise RunDataError(f"metric {key!r} needs both the dataset's name and digest")
+    return key, number, ts, step, model_name, model_id, dataset_name, dataset_digest
+
+
 @dataclass
 class RunData:
-    """Everything a run logs, in the order it was logged."""
+    """Everything a run logs, in the order it was logged.
+
+    ``metrics`` is the run's metric history. ``links`` are points of it (or points logged only
+    with a link) that MLflow 3 also links to a logged model or a dataset; ``inputs`` are the
+    run's dataset inputs.
+    """
 
     experiment_id: str | None
     run_name: str | None
@@ -87,6 +159,8 @@ class RunData:
     tags: dict[str, str]
     status: str = "FINISHED"
     end_time: int | None = None
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    links: list[LinkedPoint] = field(default_factory=list)
 
     def validate(self) -> None:
         """Raise :class:`RunDataError` if MLflow would reject any key or value."""
@@ -96,6 +170,18 @@ class RunData:
             check_tag(key, text)
         for key, value, ts, step in self.metrics:
             check_metric(key, value, ts, step)
+        if len(self.inputs) > MAX_INPUTS:
+            raise RunDataError(f"{len(self.inputs)} dataset inputs (at most {MAX_INPUTS})")
+        for dataset in self.inputs:
+            check_dataset_input(dataset)
+        for point in self.links:
+            check_link(point)
+
+    @property
+    def direct_links(self) -> list[LinkedPoint]:
+        """The links sent on their own: to a dataset or to a logged model by id (a link to a
+        model of this run by name goes with that model)."""
+        return [p for p in self.links if p[4] is None]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -107,6 +193,8 @@ class RunData:
             "params": self.params,
             "tags": self.tags,
             "metrics": [[k, json_float(v), ts, step] for k, v, ts, step in self.metrics],
+            "inputs": self.inputs,
+            "links": [[k, json_float(v), *rest] for k, v, *rest in self.links],
         }
 
     @classmethod
@@ -116,6 +204,8 @@ class RunData:
             params = {str(k): str(v) for k, v in dict(data.get("params") or {}).items()}
             tags = {str(k): str(v) for k, v in dict(data.get("tags") or {}).items()}
             metrics = [(str(k), float(v), int(ts), int(step)) for k, v, ts, step in data.get("metrics") or []]
+            inputs = [check_dataset_input(d) for d in data.get("inputs") or []]
+            links = [check_link(point) for point in data.get("links") or []]
             run = cls(
                 experiment_id=None if data.get("experiment_id") is None else str(data["experiment_id"]),
                 run_name=data.get("run_name"),
@@ -125,6 +215,8 @@ class RunData:
                 tags=tags,
                 status=str(data.get("status") or "FINISHED"),
                 end_time=None if data.get("end_time") is None else int(data["end_time"]),
+                inputs=inputs,
+                links=links,
             )
         except (TypeError, ValueError, KeyError, OverflowError) as exc:
             raise RunDataError(f"malformed run data: {str(exc)[:200]}") from None
@@ -187,10 +279,19 @@ def batches(run: RunData) -> list[Batch]:
     return out
 
 
+def link_batches(points: list[LinkedPoint]) -> list[list[LinkedPoint]]:
+    """Linked points in ``log_batch``-sized groups (each carries its link)."""
+    return [points[i:i + MAX_METRICS_PER_BATCH // 2] for i in range(0, len(points), MAX_METRICS_PER_BATCH // 2)]
+
+
 def plan(run: RunData, n_artifacts: int, n_models: int) -> list[tuple[str, int]]:
-    """The requests that log a run, in order: create, batches, artifacts, models, terminate."""
+    """The requests that log a run, in order: create, batches, dataset inputs, linked points,
+    artifacts, models, terminate (a run without inputs or links plans neither, as before)."""
     ops = [(CREATE, 0)]
     ops += [(BATCH, i) for i in range(len(batches(run)))]
+    if run.inputs:
+        ops.append((INPUTS, 0))
+    ops += [(LINKS, i) for i in range(len(link_batches(run.direct_links)))]
     ops += [(ARTIFACT, i) for i in range(n_artifacts)]
     ops += [(MODEL, i) for i in range(n_models)]
     ops.append((TERMINATE, 0))

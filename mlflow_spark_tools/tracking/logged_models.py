@@ -141,10 +141,11 @@ class LoggedModels:
         self.requests.call("other", "/runs/outputs", "POST",
                            {"run_id": run_id, "models": [{"model_id": model_id, "step": int(step)}]})
 
-    def link_metrics(self, run_id: str, model_id: str, points: list[tuple[str, float, int, int]]) -> None:
-        """Link the run's metric points (key, value, timestamp, step) to the model, as MLflow's
-        ``log_model`` does with the points at the model's step: the run's history keeps them
-        once (the server skips points it has), the model lists them as its metrics."""
+    def link_metrics(self, run_id: str, model_id: str, points: list[tuple[Any, ...]]) -> None:
+        """Link the run's metric points (key, value, timestamp, step[, None, dataset name,
+        dataset digest]) to the model, as MLflow's ``log_model`` does with the points at the
+        model's step: the run's history keeps them once (the server skips points it has), the
+        model lists them as its metrics."""
         for start in range(0, len(points), _POINTS_PER_BATCH):
             self.requests.log_batch(run_id, [], points[start:start + _POINTS_PER_BATCH], [], model_id=model_id)
 
@@ -163,7 +164,7 @@ def write_logged_model(models: LoggedModels, *, experiment_id: str, run_id: str,
                        params: dict[str, str], tags: dict[str, str],
                        upload: Callable[[LoggedModelInfo], None], known_id: str | None = None,
                        look_up: bool = False, on_created: Callable[[str], None] | None = None,
-                       metrics: list[tuple[str, float, int, int]] | None = None,
+                       metrics: list[tuple[Any, ...]] | None = None,
                        earlier_same_name: int = 0) -> str | None:
     """Log one model of a run as a logged model; returns its id, or None when the server has
     no logged-model API (nothing was sent but the refused create).
@@ -179,7 +180,8 @@ def write_logged_model(models: LoggedModels, *, experiment_id: str, run_id: str,
             look for it among the run's outputs first.
         on_created: called with the new model's id right after the create, before anything
             else can fail.
-        metrics: the run's metric points at the model's step (0), linked to the model.
+        metrics: the run's metric points at the model's step (0) and the points linked to the
+            model, linked to it.
         earlier_same_name: how many models the run logged under the same name before this one
             (written before it, in order): a look-up skips theirs.
     """

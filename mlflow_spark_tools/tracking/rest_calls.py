@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from mlflow_spark_tools.core.json_values import json_float
@@ -148,17 +148,28 @@ class TrackingRequests:
         return self.call("other", "/runs/create", "POST", body)["run"]["info"]
 
     def log_batch(self, run_id: str, params: list[tuple[str, str]],
-                  metrics: list[tuple[str, float, int, int]], tags: list[tuple[str, str]],
+                  metrics: Sequence[tuple[Any, ...]], tags: list[tuple[str, str]],
                   model_id: str | None = None) -> None:
         """Log params, metric points and tags; with ``model_id`` the points are linked to
-        that MLflow 3 logged model too."""
-        link = {"model_id": model_id} if model_id else {}
+        that MLflow 3 logged model too. A point is (key, value, timestamp, step) or, linked
+        one by one, (key, value, timestamp, step, model id, dataset name, dataset digest)."""
         self.call("log_batch", "/runs/log-batch", "POST", {
             "run_id": run_id,
             "params": [{"key": k, "value": v} for k, v in params],
-            "metrics": [{"key": k, "value": json_float(v), "timestamp": int(ts), "step": int(step), **link}
-                        for k, v, ts, step in metrics],
+            "metrics": [_metric_json(point, model_id) for point in metrics],
             "tags": [{"key": k, "value": v} for k, v in tags],
+        })
+
+    def log_inputs(self, run_id: str, datasets: list[dict[str, Any]]) -> None:
+        """Record dataset inputs of a run (``runs/log-inputs``; the server keeps a dataset input
+        of a run once, so repeating the request changes nothing)."""
+        self.call("other", "/runs/log-inputs", "POST", {
+            "run_id": run_id,
+            "datasets": [{
+                "tags": [{"key": k, "value": v} for k, v in d.get("tags", {}).items()],
+                "dataset": {k: d[k] for k in ("name", "digest", "source_type", "source", "schema", "profile")
+                            if d.get(k) is not None},
+            } for d in datasets],
         })
 
     def update_run(self, run_id: str, status: str, end_time: int) -> None:
@@ -200,6 +211,17 @@ class TrackingRequests:
             return page.get("metrics", []), page.get("next_page_token")
 
         return [point for page in follow_pages(fetch) for point in page]
+
+
+def _metric_json(point: tuple[Any, ...], model_id: str | None) -> dict[str, Any]:
+    key, value, ts, step = point[:4]
+    entry: dict[str, Any] = {"key": key, "value": json_float(value), "timestamp": int(ts), "step": int(step)}
+    own_model, dataset_name, dataset_digest = point[4:7] if len(point) > 4 else (None, None, None)
+    if model_id or own_model:
+        entry["model_id"] = model_id or own_model
+    if dataset_name:
+        entry["dataset_name"], entry["dataset_digest"] = dataset_name, dataset_digest
+    return entry
 
 
 class _DirectSession:

@@ -54,6 +54,9 @@ def test_one_task_per_experiment_group_and_per_replay_dir_one_after_another():
         named = task["python_wheel_task"]["named_parameters"]
         assert named["experiment-ids"] == group["experiment_ids"]
         assert named["profile"] == environment.variables["rate_limit_profile"]
+        params = check_arguments("build-tables", wheel_task_argv(task["python_wheel_task"]))
+        assert params["metric_history"] == group["metric_history"]
+    assert [g["metric_history"] for g in groups] == ["val_loss,val_mape", "none"]
     dirs = environment.variables["replay_dirs"]
     tasks = replay.settings["tasks"]
     assert len(tasks) == len(dirs) == 2

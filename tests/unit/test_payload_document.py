@@ -95,6 +95,17 @@ def test_edited_documents_are_refused_with_their_reason(changes, reason):
         ({"run_name": ["x"]}, "run_name"),
         ({"params": ["a"]}, "must be objects"),
         ({"metrics": [["m", 1.0, 1]]}, "malformed run data"),
+        ({"inputs": {"name": "x"}}, "inputs and links must be lists"),
+        ({"inputs": [{"name": "d", "digest": "x" * 37, "source_type": "local", "source": "/d"}]},
+         "digest is 37 characters"),
+        ({"inputs": [{"name": "d", "digest": "1", "source_type": "local", "source": "/d",
+                      "tags": {"mlflow.data.context": "x" * 501}}]}, "at most 500 characters"),
+        ({"inputs": [{"name": "d", "digest": "1", "source_type": "local"}]}, "source must be a non-empty string"),
+        ({"links": [["m", 0.5, 1, 0, None, None, None, None]]}, "neither a model nor a dataset"),
+        ({"links": [["m", 0.5, 1, 0, "model"]]}, "must have 8 fields"),
+        ({"links": [["m", 0.5, 1, 0, "model", None, None, None]]}, "which the run does not log"),
+        ({"links": [["m", 0.5, 1, 0, None, "../../x", None, None]]}, "is not a model id"),
+        ({"links": [["m", 0.5, 1, 0, None, None, "d", None]]}, "both the dataset's name and digest"),
     ],
 )
 def test_run_fields_are_range_checked(run_changes, reason):
@@ -103,6 +114,20 @@ def test_run_fields_are_range_checked(run_changes, reason):
     document["run"].update(run_changes)
     with pytest.raises(PayloadError, match=reason):
         check_document(document, pid, ReplayLimits())
+
+
+def test_inputs_and_links_add_their_requests_to_the_plan():
+    pid = new_payload_id()
+    document = _document(pid)
+    document["run"]["inputs"] = [{"name": "train", "digest": "abc", "source_type": "local", "source": "/d",
+                                  "schema": None, "profile": "{}", "tags": {"mlflow.data.context": "training"}}]
+    document["run"]["links"] = [["m", 0.5, 1, 0, None, None, "train", "abc"]]
+    payload = check_document(document, pid, ReplayLimits())
+    assert [kind for kind, _ in payload.ops] == ["create", "batch", "inputs", "links", "artifact", "terminate"]
+    assert payload.run.inputs[0]["tags"] == {"mlflow.data.context": "training"}
+    document["run"]["links"] = [["m", 0.5, 1, 0, None, None, "train", "abc"]] * 11
+    with pytest.raises(PayloadError, match="11 linked metric points, the limit is 10"):
+        check_document(document, pid, ReplayLimits(max_metric_points=10))
 
 
 def test_counts_over_the_limits_are_refused_before_anything_is_built():
