@@ -10,6 +10,8 @@ Spark engine included):
 
 (b) baseline: every point of the experiment read straight from the server's sqlite database
     into Arrow columns (no HTTP, no server);
+(f) REST floor: the same points through the bulk endpoint with the package's reader alone (4
+    threads, no Arrow, no Spark): what the server itself takes to answer;
 (a) full build: ``build-tables --full-refresh --metric-history all`` (the run table too);
 (c) incremental refresh after 1% of the runs (left RUNNING at the build) logged 10 more steps
     of every metric and finished.
@@ -17,6 +19,8 @@ Spark engine included):
 Targets: (a) <= 2 x (b); (c) <= 0.05 x (a); the requests per run of (a) (the bulk endpoint:
 one request per 100 runs and key). With ``--memory-runs N`` a second experiment of N runs of
 the same shape is built once, to compare peak memory (bounded: it should not grow with points).
+With ``--no-bulk`` the builds read run by run and key by key, as on Databricks (which has no
+bulk endpoint), paced by the ``databricks`` profile (127 qps x 0.95 for ``other``).
 """
 
 from __future__ import annotations
@@ -58,12 +62,39 @@ def measure_baseline(db_path: str, experiment_id: str) -> dict:
     return {"seconds": seconds, "points": table.num_rows, "peak_rss_mb": peak_rss_mb()}
 
 
-def measure_build(url: str, experiment_id: str, warehouse: str, full: bool) -> dict:
+def measure_rest_floor(url: str, db_path: str, experiment_id: str) -> dict:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mlflow_spark_tools.config import load_settings
+    from mlflow_spark_tools.tracking.client import RetryingClient
+    from mlflow_spark_tools.tracking.metric_history import MetricHistoryReader
+
+    with sqlite3.connect(db_path) as conn:
+        run_ids = [r[0] for r in conn.execute("SELECT run_uuid FROM runs WHERE experiment_id = ?",
+                                              (int(experiment_id),))]
+        keys = [r[0] for r in conn.execute(
+            "SELECT DISTINCT l.key FROM latest_metrics l JOIN runs r ON r.run_uuid = l.run_uuid "
+            "WHERE r.experiment_id = ?", (int(experiment_id),))]
+    settings = load_settings().with_overrides(tracking_uri=url, rate_limit_profile="databricks")
+    reader = MetricHistoryReader(RetryingClient.from_settings(settings))
+    tasks = [(key, run_ids[i:i + 100]) for key in keys for i in range(0, len(run_ids), 100)]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(4) as pool:
+        points = sum(pool.map(lambda t: sum(len(p) for p in reader.read(*t)), tasks))
+    return {"seconds": time.perf_counter() - started, "points": points, "requests": reader.counts.requests,
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def measure_build(url: str, experiment_id: str, warehouse: str, full: bool, no_bulk: bool = False) -> dict:
     import mlflow  # noqa: F401 - imported before the clock starts
 
     from mlflow_spark_tools.config import load_settings
     from mlflow_spark_tools.spark.engine import start_embedded
     from mlflow_spark_tools.tables.build import build_experiment_tables
+    from mlflow_spark_tools.tracking import metric_history
+
+    if no_bulk:  # a server without the bulk endpoint (Databricks), as the first answer would say
+        metric_history._HOSTS_WITHOUT_BULK.add(url)
 
     engine = start_embedded(warehouse)
     settings = load_settings().with_overrides(
@@ -91,10 +122,11 @@ def measure_build(url: str, experiment_id: str, warehouse: str, full: bool) -> d
     }
 
 
-def run_worker(kind: str, url: str, experiment_id: str, warehouse: str, db_path: str) -> dict:
+def run_worker(kind: str, url: str, experiment_id: str, warehouse: str, db_path: str,
+               no_bulk: bool = False) -> dict:
     out = subprocess.run(
         [sys.executable, str(HERE), "--worker", kind, "--url", url, "--experiment-id", experiment_id,
-         "--warehouse", warehouse, "--db-path", db_path],
+         "--warehouse", warehouse, "--db-path", db_path, *(["--no-bulk"] if no_bulk else [])],
         check=True, capture_output=True, text=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -143,7 +175,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--memory-runs", type=int, default=0)
-    parser.add_argument("--worker", choices=["baseline", "full", "incremental"])
+    parser.add_argument("--no-bulk", action="store_true")
+    parser.add_argument("--worker", choices=["baseline", "floor", "full", "incremental"])
     parser.add_argument("--url")
     parser.add_argument("--experiment-id")
     parser.add_argument("--warehouse")
@@ -153,8 +186,11 @@ def main() -> None:
     if args.worker:
         if args.worker == "baseline":
             result = measure_baseline(args.db_path, args.experiment_id)
+        elif args.worker == "floor":
+            result = measure_rest_floor(args.url, args.db_path, args.experiment_id)
         else:
-            result = measure_build(args.url, args.experiment_id, args.warehouse, args.worker == "full")
+            result = measure_build(args.url, args.experiment_id, args.warehouse, args.worker == "full",
+                                   args.no_bulk)
         print(json.dumps(result))
         return
 
@@ -162,7 +198,8 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="bench-history-"))
     warehouse = str(root / "warehouse")
-    results: dict[str, list[dict]] = {"baseline": [], "full": [], "incremental": []}
+    results: dict[str, list[dict]] = {"baseline": [], "floor": [], "full": [], "incremental": []}
+    kinds = ("baseline", "full") if args.no_bulk else ("baseline", "floor", "full")
     memory: dict = {}
     with LocalTrackingServer(root / "mlflow", workers=4) as server:
         db = str(server.db_path)
@@ -172,13 +209,13 @@ def main() -> None:
         for rep in range(args.repetitions):
             changed = run_ids[rep * changed_per_rep:(rep + 1) * changed_per_rep]
             mark_running(server.db_path, changed)
-            for kind in ("baseline", "full"):
-                r = run_worker(kind, server.url, experiment_id, warehouse, db)
+            for kind in kinds:
+                r = run_worker(kind, server.url, experiment_id, warehouse, db, args.no_bulk)
                 results[kind].append(r)
                 print(f"rep {rep} {kind}: {r}", flush=True)
             added = log_more_steps(server.url, changed, args.metrics, next_step, 10)
             next_step += 10
-            r = run_worker("incremental", server.url, experiment_id, warehouse, db)
+            r = run_worker("incremental", server.url, experiment_id, warehouse, db, args.no_bulk)
             full_points = results["full"][-1]["table_points"]
             if r["mode"] != "incremental" or r["table_points"] != full_points + added:
                 raise SystemExit(f"incremental refresh did not keep every point: {r}, expected "
@@ -197,15 +234,16 @@ def main() -> None:
         return statistics.median(r[key] for r in results[kind])
 
     a, b, c = med("full", "seconds"), med("baseline", "seconds"), med("incremental", "seconds")
+    f = med("floor", "seconds") if results["floor"] else None
     report = {
         "runs": args.runs, "metrics": args.metrics, "steps": args.steps,
         "points": args.runs * args.metrics * args.steps,
-        "repetitions": args.repetitions,
-        "median_seconds": {"full_build_a": a, "baseline_b": b, "incremental_c": c},
-        "median_peak_rss_mb": {k: med(k, "peak_rss_mb") for k in results},
+        "repetitions": args.repetitions, "no_bulk": args.no_bulk,
+        "median_seconds": {"full_build_a": a, "baseline_b": b, "incremental_c": c, "rest_floor_f": f},
+        "median_peak_rss_mb": {k: med(k, "peak_rss_mb") for k in results if results[k]},
         "requests_per_run": {"full": med("full", "requests_per_run"),
                              "incremental": med("incremental", "requests_per_run")},
-        "ratios": {"a_over_b": a / b, "c_over_a": c / a},
+        "ratios": {"a_over_b": a / b, "c_over_a": c / a, "a_over_f": a / f if f else None},
         "targets_met": {"a <= 2 b": a <= 2 * b, "c <= 0.05 a": c <= 0.05 * a},
         "memory": memory,
         "all": results,

@@ -170,25 +170,37 @@ class MetricHistoryReader:
             with _HOSTS_LOCK:
                 if self._host in _HOSTS_WITHOUT_BULK:
                     return None
-            points = self._bulk_request(key, run_ids)
+            points = self._bulk_request(key, run_ids, probing=True)
             if points is not None:
                 with _HOSTS_LOCK:
                     _HOSTS_WITH_BULK.add(self._host or "")
             return points
 
-    def _bulk_request(self, key: str, run_ids: list[str]) -> Points | None:
+    def _bulk_request(self, key: str, run_ids: list[str], probing: bool = False) -> Points | None:
+        """One bulk request. The first one to a server (``probing``) also takes an answer that
+        is not the endpoint's (401/403 of a path the credentials do not open, as a workspace's
+        UI paths may answer, or a page that is not JSON) as "no bulk endpoint"."""
         from mlflow.utils.rest_utils import http_request, verify_rest_response
 
         def send() -> Points:
             response = http_request(self._creds(), BULK_ENDPOINT, "GET",  # type: ignore[misc]
                                     params={"run_id": run_ids, "metric_key": key,
                                             "max_results": BULK_MAX_POINTS})
-            return verify_rest_response(response, BULK_ENDPOINT).json().get("metrics", [])
+            if probing and response.status_code in (401, 403):
+                raise _NotThisEndpoint(f"{response.status_code} for {BULK_ENDPOINT}")
+            verify_rest_response(response, BULK_ENDPOINT)
+            try:
+                answer = response.json()
+            except ValueError:
+                raise _NotThisEndpoint(f"an answer that is not JSON from {BULK_ENDPOINT}") from None
+            if not isinstance(answer, dict) or not isinstance(answer.get("metrics", []), list):
+                raise _NotThisEndpoint(f"an answer without metrics from {BULK_ENDPOINT}")
+            return answer.get("metrics", [])
 
         try:
             points = self.client.call(OPERATION, send)
         except Exception as exc:
-            if endpoint_missing(exc):
+            if endpoint_missing(exc) or isinstance(exc, _NotThisEndpoint):
                 log.info("The tracking server %s has no bulk metric history endpoint (%s); reading "
                          "histories run by run", redact_uri(self.client.tracking_uri), error_summary(exc, 200))
                 with _HOSTS_LOCK:
@@ -265,6 +277,10 @@ class MetricHistoryReader:
             f"Tracking server {redact_uri(self.client.tracking_uri)} failed to read metric history: "
             f"{error_summary(exc, 500)}"
         )
+
+
+class _NotThisEndpoint(Exception):
+    """The server answered the bulk path with something that is not the bulk endpoint."""
 
 
 def _point(raw: dict[str, Any], key: str) -> dict[str, Any]:

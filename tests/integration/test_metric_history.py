@@ -187,27 +187,34 @@ def test_max_history_points_cuts_and_says_so(settings, engine, client, experimen
     assert counts == {long_run: 4, short: 1}
 
 
-class _NoBulkEndpoint(BaseHTTPRequestHandler):
-    """A server without the bulk history endpoint (as Databricks documents none)."""
+def _no_bulk_endpoint(status, content_type, body):
+    """A server whose bulk history path is not the endpoint (Databricks documents none)."""
 
-    def log_message(self, *args):
-        pass
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
 
-    def do_GET(self):  # noqa: N802
-        body = b'{"error_code": "ENDPOINT_NOT_FOUND", "message": "No API found"}'
-        self.send_response(404)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        def do_GET(self):  # noqa: N802
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    return Handler
 
 
 @pytest.mark.compat
+@pytest.mark.parametrize("status, content_type, body", [
+    (404, "application/json", b'{"error_code": "ENDPOINT_NOT_FOUND", "message": "No API found"}'),
+    (403, "application/json", b'{"error_code": "PERMISSION_DENIED", "message": "Invalid access token"}'),
+    (200, "text/html", b"<!doctype html><title>Workspace</title>"),
+])
 def test_a_server_without_the_bulk_endpoint_is_read_run_by_run_paced(settings, engine, client, experiment,
-                                                                      tmp_path):
+                                                                      tmp_path, status, content_type, body):
     run_ids = [log_run(client, experiment, metrics={"loss": [(float(s), s) for s in range(3)],
                                                     "acc": [(0.5, 0)]}) for _ in range(6)]
-    old = ThreadingHTTPServer(("127.0.0.1", 0), _NoBulkEndpoint)
+    old = ThreadingHTTPServer(("127.0.0.1", 0), _no_bulk_endpoint(status, content_type, body))
     threading.Thread(target=old.serve_forever, daemon=True).start()
     limits = {"experiment_management": 1000, "search_runs": 1000, "log_batch": 1000, "other": 5}
     proxy = RateLimitProxy(
@@ -264,3 +271,20 @@ def test_best_run_by_history_from_table_and_server_agree(settings, engine, clien
     printed = json.loads(result.stdout)
     assert (printed["run_id"], printed["value"], printed["step"], printed["aggregate"], printed["source"]) == (
         run_ids["c"], 1.0, 1, "min", "table")
+
+
+def test_an_index_table_of_an_older_version_gains_the_history_columns(settings, engine, client, experiment):
+    import uuid
+
+    from mlflow_spark_tools.spark.catalog import Database
+    from mlflow_spark_tools.tables.builder import INDEX_COLUMNS
+
+    database = f"old_{uuid.uuid4().hex[:8]}"
+    db = Database(engine, database)
+    db.ensure()
+    old = ", ".join(f"`{n}` {t}" for n, t in INDEX_COLUMNS if n not in ("metric_history", "metrics_table"))
+    db.overwrite(engine.spark.createDataFrame([], old), "experiments", ["experiment_id"])
+    log_run(client, experiment, metrics={"loss": [(1.0, 0), (0.5, 1)]})
+    build(settings.with_overrides(tables__database=database), experiment, engine, metric_history="loss")
+    row = engine.spark.sql(f"SELECT metric_history, metrics_table FROM {database}.experiments").collect()[0]
+    assert (row["metric_history"], row["metrics_table"]) == ("loss", f"{database}.exp_{experiment}_metrics")
