@@ -7,10 +7,10 @@ returns them) and, where the server sends them (MLflow 3), ``model_id``, ``datas
 
 Which keys are kept is a :class:`HistorySelection` (``all`` or a list of keys). The points are
 read with :class:`~mlflow_spark_tools.tracking.metric_history.MetricHistoryReader` in parallel
-requests and written in chunks of bounded size to a staging table, so that the driver never
-holds more than a few chunks however long the histories are; the table itself then changes in
-one Delta commit: an overwrite from the staging table for a full build, one MERGE for an
-incremental refresh (every row of each re-read run is replaced by its points as read now, and
+requests and written in chunks of bounded size to a staging table (when there is more than one
+chunk), so that the driver never holds more than a few chunks however long the histories are;
+the table itself then changes in one Delta commit: an overwrite for a full build, one MERGE for
+an incremental refresh (every row of each re-read run is replaced by its points as read now, and
 the rows of runs that left the table are deleted). While reading, the lowest and highest value
 of each run's metric and the step where each was first reached are computed for ``exp_<id>``.
 """
@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mlflow_spark_tools.core.identifiers import quote, sql_string
+from mlflow_spark_tools.core.progress import Progress
 from mlflow_spark_tools.errors import UsageError
 from mlflow_spark_tools.runs.columns import (
     METRIC,
@@ -74,6 +75,7 @@ SUMMARY_SCHEMA = pa.schema([
     ("min", pa.float64()), ("min_step", pa.int64()), ("max", pa.float64()), ("max_step", pa.int64()),
 ])
 CHUNK_ROWS = 250_000
+_POINTS_VIEW = "__mst_history_points"
 # A full build writes the points ordered by run into files of about this many rows, so that the
 # MERGE of an incremental refresh rewrites only the files that hold the re-read runs (their
 # run_id statistics rule the others out) instead of the whole table.
@@ -141,12 +143,12 @@ class MetricHistoryWriter:
     """
 
     def __init__(self, db: Database, reader: MetricHistoryReader, workers: int = 4,
-                 chunk_rows: int = CHUNK_ROWS) -> None:
+                 chunk_rows: int | None = None) -> None:
         self.db = db
         self.spark = db.spark
         self.reader = reader
         self.workers = max(1, workers)
-        self.chunk_rows = chunk_rows
+        self.chunk_rows = chunk_rows or CHUNK_ROWS
 
     def write(self, table: str, runs: pa.Table, namer: ColumnNamer, selection: HistorySelection, *,
               replace_all: bool, removed_run_ids: Iterable[str] = ()) -> HistoryResult:
@@ -169,28 +171,42 @@ class MetricHistoryWriter:
         staged = 0
         pending: list[pa.Table] = []
         pending_rows = 0
+        pairs = sum(len(ids) for _, ids in tasks)
+        in_memory = False
         try:
-            for key, points in self._read_all(tasks):
-                if not points:
-                    continue
-                part = points_table(points, key, namer.name(METRIC, key))
-                summaries.append(summarize(part))
-                pending.append(part)
-                pending_rows += part.num_rows
-                if pending_rows >= self.chunk_rows:
-                    staged += self._stage(staging, pending, first=staged == 0)
-                    pending, pending_rows = [], 0
-            if pending or staged == 0:
-                staged += self._stage(staging, pending, first=staged == 0)
+            with Progress(f"{table}: metric histories read", "run-keys", total=pairs) as progress:
+                for key, points in self._read_all(tasks):
+                    progress.update(len({p["run_id"] for p in points}))
+                    if not points:
+                        continue
+                    part = points_table(points, key, namer.name(METRIC, key))
+                    summaries.append(summarize(part))
+                    pending.append(part)
+                    pending_rows += part.num_rows
+                    if pending_rows >= self.chunk_rows:
+                        staged += self._stage(staging, pending, first=staged == 0)
+                        pending, pending_rows = [], 0
+            if staged:  # more than one chunk: the rest joins the others in the staging table
+                if pending:
+                    staged += self._stage(staging, pending, first=False)
+                source_name = self.db.name(staging)
+            else:  # one chunk at most: straight from memory, no staging table
+                data = pa.concat_tables(pending).combine_chunks() if pending else HISTORY_SCHEMA.empty_table()
+                staged = data.num_rows
+                to_dataframe(self.spark, data, HISTORY_DDL).createOrReplaceTempView(_POINTS_VIEW)
+                in_memory = True
+                source_name = quote(_POINTS_VIEW)
             if replace_all or not self.db.exists(target):
                 files = max(1, -(-staged // ROWS_PER_FILE))
-                source = (self.spark.table(self.db.name(staging)).repartitionByRange(files, "run_id")
+                source = (self.spark.sql(f"SELECT * FROM {source_name}").repartitionByRange(files, "run_id")
                           .sortWithinPartitions("run_id", "key", "step", "timestamp"))
                 self.db.overwrite(source, target, HISTORY_STATS_COLUMNS)
             else:
                 replaced = sorted(set(runs["run_id"].to_pylist()) | set(removed_run_ids))
-                self._replace_runs(staging, target, replaced)
+                self._replace_runs(source_name, target, replaced)
         finally:
+            if in_memory:
+                self.spark.catalog.dropTempView(_POINTS_VIEW)
             self._drop(staging)
         counts = self.reader.counts
         result.requests = counts.requests - before[0]
@@ -234,14 +250,15 @@ class MetricHistoryWriter:
             self.db.append(df, staging)
         return data.num_rows
 
-    def _replace_runs(self, staging: str, target: str, run_ids: list[str]) -> None:
-        """One MERGE: the rows of ``run_ids`` in ``target`` are deleted and the staged points
-        inserted (a marker row per run matches that run's rows; a point row matches none)."""
+    def _replace_runs(self, source_name: str, target: str, run_ids: list[str]) -> None:
+        """One MERGE: the rows of ``run_ids`` in ``target`` are deleted and the points of
+        ``source_name`` (a quoted table or view) inserted (a marker row per run matches that
+        run's rows; a point row matches none)."""
         markers = "__mst_history_runs"
         self.spark.createDataFrame([(r,) for r in run_ids], "run_id string").createOrReplaceTempView(markers)
         cols = ", ".join(quote(n) for n, _ in HISTORY_COLUMNS)
         nulls = ", ".join(f"CAST(NULL AS {t}) AS {quote(n)}" for n, t in HISTORY_COLUMNS if n != "run_id")
-        source = (f"SELECT {cols}, false AS __marker FROM {self.db.name(staging)} "
+        source = (f"SELECT {cols}, false AS __marker FROM {source_name} "
                   f"UNION ALL SELECT run_id, {nulls}, true AS __marker FROM {quote(markers)}")
         values = ", ".join(f"s.{quote(n)}" for n, _ in HISTORY_COLUMNS)
         # Naming the runs lets the engine skip the files that hold none of them.

@@ -16,6 +16,7 @@ from mlflow.entities import Metric
 from mlflow_spark_tools.cli import cli
 from mlflow_spark_tools.config import RateLimitProfile
 from mlflow_spark_tools.spark.arrow import to_arrow
+from mlflow_spark_tools.tables import metric_history as history_table
 from mlflow_spark_tools.tables.queries import best_run
 from mlflow_spark_tools.tools.proxy import RateLimitProxy
 from mlflow_spark_tools.tracking import metric_history
@@ -166,6 +167,8 @@ def test_cut_bulk_answers_and_runs_longer_than_an_answer_lose_no_point(settings,
     # answers here are cut mid-run, and a run of 95 points needs per-run pages of 30.
     monkeypatch.setattr(metric_history, "BULK_MAX_POINTS", 40)
     monkeypatch.setattr(metric_history, "PAGE_POINTS", 30)
+    # and chunks of 50 points: the points go through the staging table in several writes
+    monkeypatch.setattr(history_table, "CHUNK_ROWS", 50)
     lengths = [12, 95, 3, 17, 40, 1, 22]
     run_ids = [log_run(client, experiment, metrics={"loss": [(float(i * 100 + s), s) for s in range(n)]})
                for i, n in enumerate(lengths)]
@@ -173,6 +176,15 @@ def test_cut_bulk_answers_and_runs_longer_than_an_answer_lose_no_point(settings,
     assert summary.history_points == sum(lengths)
     assert_history_equals_client(engine, client, experiment, run_ids)
     assert_summaries_match(engine, client, experiment, ["loss"])
+    staging = f"exp_{experiment}_metrics__staging"
+    assert not engine.spark.catalog.tableExists(f"{DB}.{staging}")
+    assert not (engine.warehouse / DB / staging).exists()
+    # an incremental refresh through the staging table too
+    client.set_terminated(run_ids[0])
+    more = log_run(client, experiment, metrics={"loss": [(float(s), s) for s in range(70)]})
+    again = build(settings, experiment, engine, metric_history="all")
+    assert again.mode == "incremental" and again.history_points >= 70
+    assert_history_equals_client(engine, client, experiment, [*run_ids, more])
 
 
 def test_max_history_points_cuts_and_says_so(settings, engine, client, experiment):
