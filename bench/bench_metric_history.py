@@ -153,7 +153,7 @@ def log_more_steps(url: str, run_ids: list[str], metrics: int, first_step: int, 
     return len(run_ids) * metrics * steps
 
 
-def seed(server, name: str, runs: int, metrics: int, steps: int) -> tuple[str, list[str]]:
+def seed(server, name: str, runs: int, metrics: int, steps: int, rng_seed: int = 0) -> tuple[str, list[str]]:
     from mlflow import MlflowClient
 
     from tests.support.sqlite_seed import SeedSpec, seed_runs
@@ -161,7 +161,7 @@ def seed(server, name: str, runs: int, metrics: int, steps: int) -> tuple[str, l
     experiment_id = MlflowClient(server.url).create_experiment(name)
     started = time.perf_counter()
     # Runs ended hours ago: the incremental refresh's look-back margin sees none of them.
-    run_ids = seed_runs(server.db_path, experiment_id, SeedSpec(runs, 5, metrics, 5, steps=steps),
+    run_ids = seed_runs(server.db_path, experiment_id, SeedSpec(runs, 5, metrics, 5, steps=steps, seed=rng_seed),
                         start_ms=int(time.time() * 1000) - 7_200_000 - runs * 1000)
     print(f"seeded {runs} runs x {metrics} metrics x {steps} steps in {time.perf_counter() - started:.1f}s",
           flush=True)
@@ -223,7 +223,7 @@ def main() -> None:
             results["incremental"].append(r)
             print(f"rep {rep} incremental: {r}", flush=True)
         if args.memory_runs:
-            big_id, _ = seed(server, "bench-history-memory", args.memory_runs, args.metrics, args.steps)
+            big_id, _ = seed(server, "bench-history-memory", args.memory_runs, args.metrics, args.steps, 1)
             memory = {"runs": args.memory_runs,
                       "points": args.memory_runs * args.metrics * args.steps,
                       "full": run_worker("full", server.url, big_id, warehouse, db),
@@ -232,6 +232,10 @@ def main() -> None:
 
     def med(kind: str, key: str) -> float:
         return statistics.median(r[key] for r in results[kind])
+
+    if not args.repetitions:
+        write_report({"memory": memory}, args.out)
+        return
 
     a, b, c = med("full", "seconds"), med("baseline", "seconds"), med("incremental", "seconds")
     f = med("floor", "seconds") if results["floor"] else None
