@@ -103,9 +103,16 @@ class TablesConfig:
     max_history_points: int = 1_000_000
     # Parallel metric history requests; the `other` qps limit still bounds their rate.
     history_workers: int = 4
+    # Model registry of the registered_models / model_versions tables (build-tables --registry):
+    # null means MLflow's resolution (MLFLOW_REGISTRY_URI, else the tracking server's registry).
+    # Not in the repr: a URI may carry credentials (the summaries show it redacted).
+    registry_uri: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         validate_database(self.database)
+        if self.registry_uri is not None and (not isinstance(self.registry_uri, str) or not self.registry_uri.strip()):
+            raise InvalidConfigError(
+                f"tables.registry_uri must be a registry URI (e.g. databricks-uc) or null, got {self.registry_uri!r}.")
         if self.metric_history is not None and not isinstance(self.metric_history, (str, list)):
             raise InvalidConfigError("tables.metric_history must be null, \"all\" or a list of metric keys.")
         _positive_int("tables", "max_history_points", self.max_history_points)

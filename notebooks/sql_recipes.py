@@ -232,3 +232,81 @@ if has_history:
         f"WHERE last_value {worse} window_start_value\n"
         f"ORDER BY abs(last_value - window_start_value) DESC, run_id"
     )
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## Datasets, logged models and the registry
+# MAGIC
+# MAGIC Every build also writes `exp_<experiment_id>_inputs`, one row per dataset input of a run
+# MAGIC (`run_id`, `name`, `digest`, `source_type`, `source`, `context`, `schema`, `profile`,
+# MAGIC `tags`), and, on tracking servers with MLflow 3 logged models, `exp_<experiment_id>_models`
+# MAGIC (`model_id`, `name`, `source_run_id`, `status`, `params`, `metrics` per dataset, `tags`, ...).
+# MAGIC `build-tables --registry` writes `registered_models` and `model_versions` (`name`,
+# MAGIC `version`, `aliases`, `current_stage`, `source_run_id`, `model_id`, ...). The recipes: the
+# MAGIC datasets of the top runs, the metrics of their models per dataset, and which runs are in
+# MAGIC production.
+
+# COMMAND ----------
+
+
+def built(name, hint):
+    """The quoted name of a table of the database, or None after printing ``hint`` when the
+    table has not been built."""
+    qualified = qualified_name(database, name)  # checks both names before they reach the catalog
+    if spark.catalog.tableExists(f"{database}.{name}"):  # noqa: F821
+        return qualified
+    print(hint)
+    return None
+
+
+# The top runs by the metric, for the joins below.
+top_runs = (
+    f"top AS (\n"
+    f"  SELECT run_id, run_name, start_time, {m} FROM {table}\n"
+    f"  WHERE {counts}\n"
+    f"  ORDER BY {m} {order}, start_time DESC, run_id LIMIT {top_n})"
+)
+inputs = built(experiment_table_name(experiment_id) + "_inputs",
+               f"No dataset inputs table for experiment {experiment_id}: build its tables again.")
+if inputs is not None:
+    # The datasets each of the top runs logged (training, validation, ...), best run first.
+    show(
+        f"WITH {top_runs}\n"
+        f"SELECT top.run_id, top.run_name, top.{m}, i.context, i.name AS dataset, i.digest, i.source\n"
+        f"FROM top JOIN {inputs} i ON i.run_id = top.run_id\n"
+        f"ORDER BY top.{m} {order}, top.start_time DESC, top.run_id, i.context, i.name"
+    )
+
+# COMMAND ----------
+
+models = built(experiment_table_name(experiment_id) + "_models",
+               f"No logged models table for experiment {experiment_id}: the tracking server has no MLflow 3 "
+               "logged models.")
+if models is not None:
+    # The logged models of the top runs, with each of their metrics per dataset (a model
+    # without metrics has one row with NULL metric columns).
+    show(
+        f"WITH {top_runs},\n"
+        f"model_metrics AS (\n"
+        f"  SELECT m.model_id, m.name, m.source_run_id, m.status, x.key, x.value, x.step, x.dataset_name\n"
+        f"  FROM {models} m LATERAL VIEW OUTER explode(m.metrics) e AS x)\n"
+        f"SELECT top.run_id, top.run_name, mm.model_id, mm.name AS model, mm.status, mm.key, mm.value, mm.step,\n"
+        f"       mm.dataset_name\n"
+        f"FROM top JOIN model_metrics mm ON mm.source_run_id = top.run_id\n"
+        f"ORDER BY top.{m} {order}, top.start_time DESC, top.run_id, mm.model_id, mm.key, mm.dataset_name, mm.step"
+    )
+
+# COMMAND ----------
+
+versions = built("model_versions", f"No model_versions table in {database}: run build-tables --registry to see "
+                                   "which runs are in production.")
+if versions is not None:
+    # Which runs of this experiment are in production: the versions with the alias `champion`
+    # or in the stage `Production` (workspace registry), with their source runs.
+    show(
+        f"SELECT v.name AS model, v.version, v.aliases, v.current_stage, r.run_id, r.run_name, r.start_time, r.{m}\n"
+        f"FROM {versions} v JOIN {table} r ON r.run_id = v.source_run_id\n"
+        "WHERE array_contains(v.aliases, 'champion') OR v.current_stage = 'Production'\n"
+        "ORDER BY v.name, v.version DESC"
+    )

@@ -38,42 +38,64 @@ TABLE_MAX_ROWS = 1000
               help="Also build exp_<id>_metrics with every logged point of these metrics (all: every "
                    "metric) and the _mmin_/_mmax_ summaries in exp_<id>. Default: tables.metric_history "
                    "of the configuration (off).")
+@click.option("--registry", is_flag=True,
+              help="Also refresh registered_models and model_versions from the model registry "
+                   "(tables.registry_uri, else MLflow's registry URI); alone, only those.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              show_default=True, help="Summary format.")
+              show_default=True, help="Summary format. JSON: a list of the experiments' summaries; with "
+                                      "--registry an object {\"experiments\": [...], \"registry\": {...}}.")
 @common_options(*TABLE_OPTIONS)
 @click.pass_obj
 @handle_errors
 def build_tables_command(ctx: Context, experiment_ids: tuple[str, ...], experiment_names: tuple[str, ...],
                          exact_names: tuple[str, ...], all_experiments: bool, full_refresh: bool,
-                         include_deleted: bool, metric_history: str | None, fmt: str) -> None:
+                         include_deleted: bool, metric_history: str | None, registry: bool, fmt: str) -> None:
     """Build or refresh the flattened Delta tables exp_<experiment_id>.
 
     The first build of a table reads every run; later ones read what changed since (see
-    docs/TABLES.md). Exit code 0 when every experiment was built, 3 when some failed, 2 for
-    usage errors such as an unknown experiment.
+    docs/TABLES.md). With --registry, the registry tables too. Exit code 0 when everything was
+    built, 3 when some of it failed, 2 for usage errors such as an unknown experiment.
     """
     from mlflow_spark_tools.tables.build import build_experiment_tables
 
     ids, names = split_values(experiment_ids), [*split_values(experiment_names), *exact_names]
-    if not (ids or names or all_experiments):
-        raise UsageError("Say which experiments: --experiment-ids, --experiment-names, --experiment-name or --all.")
+    if not (ids or names or all_experiments or registry):
+        raise UsageError("Say which experiments: --experiment-ids, --experiment-names, --experiment-name or --all "
+                         "(or --registry for the registry tables).")
     result = build_experiment_tables(
         ctx.settings, experiment_ids=ids, experiment_names=names, all_experiments=all_experiments,
         full_refresh=full_refresh, include_deleted=include_deleted, metric_history=metric_history,
-        engine=ctx.given_engine,
+        registry=registry, engine=ctx.given_engine,
     )
-    _print_summaries(result.summaries, fmt)
+    _print_summaries(result.summaries, result.registry, fmt)
     for s in result.summaries:
         if s.error is not None:
             click.echo(f"Error: {s.error}", err=True)
+    if result.registry is not None and result.registry.error is not None:
+        click.echo(f"Error: {result.registry.error}", err=True)
     if result.exit_code:
         sys.exit(result.exit_code)
 
 
-def _print_summaries(summaries: Any, fmt: str) -> None:
+def _print_summaries(summaries: Any, registry: Any, fmt: str) -> None:
     if fmt == "json":
-        click.echo(to_json([s.as_dict() for s in summaries]))
+        experiments = [s.as_dict() for s in summaries]
+        click.echo(to_json(experiments if registry is None else {"experiments": experiments,
+                                                                  "registry": registry.as_dict()}))
         return
+    if summaries:
+        _print_experiment_table(summaries)
+    if registry is not None:
+        click.echo(render_table(
+            ["registry", "registered_models", "models", "model_versions", "versions", "seconds"],
+            [[registry.registry_uri or "", registry.registered_models_table or "-",
+              str(registry.registered_models) if registry.ok else "failed",
+              registry.model_versions_table or "-", str(registry.model_versions) if registry.ok else "failed",
+              f"{registry.seconds:.2f}"]],
+        ))
+
+
+def _print_experiment_table(summaries: Any) -> None:
     rows = [
         [
             s.experiment_id,
@@ -86,6 +108,7 @@ def _print_summaries(summaries: Any, fmt: str) -> None:
             str(len(s.columns_added)),
             ", ".join(s.columns_widened) or "-",
             f"{s.history_points}/{s.history_requests}" if s.metrics_table else "-",
+            f"{s.models if s.models_table else '-'}/{s.inputs}" if s.ok else "-",
             f"{s.seconds:.2f}",
         ]
         for s in summaries
@@ -93,7 +116,7 @@ def _print_summaries(summaries: Any, fmt: str) -> None:
     click.echo(
         render_table(
             ["experiment", "name", "table", "mode", "fetched", "ins/upd/del", "rows",
-             "cols added", "widened to string", "history pts/req", "seconds"],
+             "cols added", "widened to string", "history pts/req", "models/inputs", "seconds"],
             rows,
         )
     )

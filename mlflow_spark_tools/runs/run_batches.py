@@ -3,7 +3,9 @@
 A page of runs (in the REST API's JSON shape) becomes one Arrow table right away, so that the
 driver holds runs as compact columns and never as a long list of Python objects. Param, metric
 and tag columns carry raw names (:func:`raw_name`) until the table's final column names are
-known.
+known. The dataset inputs of each run (MLflow 2.4+) travel in one more column,
+:data:`INPUTS_COLUMN`, so that they come from the pages a build fetches anyway;
+:func:`dataset_inputs` turns them into a table of their own.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from mlflow_spark_tools.runs.columns import INFO_COLUMNS, METRIC, PARAM, TAG
 
 PARENT_RUN_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
+CONTEXT_TAG = "mlflow.data.context"
 _SEP = "\x1f"  # cannot occur in an MLflow key
 
 INFO_ARROW_TYPES = {
@@ -26,6 +29,15 @@ INFO_ARROW_TYPES = {
     "double": pa.float64(),
 }
 INFO_SCHEMA = pa.schema([(name, INFO_ARROW_TYPES[t]) for name, t in INFO_COLUMNS])
+
+# The dataset inputs of a run: a list column of a page table (not a run table column: the name
+# has no key separator, so the table builder and the search layout leave it out).
+INPUTS_COLUMN = "__dataset_inputs"
+KEY_VALUE = pa.struct([("key", pa.string()), ("value", pa.string())])
+DATASET_FIELDS = ("name", "digest", "source_type", "source", "context", "schema", "profile")
+DATASET_INPUT = pa.struct([*((name, pa.string()) for name in DATASET_FIELDS), ("tags", pa.list_(KEY_VALUE))])
+INPUTS_SCHEMA = pa.schema([("run_id", pa.string()), *((name, pa.string()) for name in DATASET_FIELDS),
+                           ("tags", pa.list_(KEY_VALUE))])
 
 
 def run_tags(run: Mapping[str, Any]) -> dict[str, str]:
@@ -63,13 +75,27 @@ def _metric_value(value: Any) -> float:
     return float(value)
 
 
+def _dataset_inputs_of(run: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A run's ``inputs.dataset_inputs`` as :data:`DATASET_INPUT` values (the context is the
+    input's ``mlflow.data.context`` tag)."""
+    found = []
+    for entry in (run.get("inputs") or {}).get("dataset_inputs") or ():
+        dataset = entry.get("dataset") or {}
+        tags = [{"key": t["key"], "value": t.get("value", "")} for t in entry.get("tags") or ()]
+        context = next((t["value"] for t in tags if t["key"] == CONTEXT_TAG), None)
+        found.append({**{name: dataset.get(name) for name in DATASET_FIELDS}, "context": context, "tags": tags})
+    return found
+
+
 def runs_to_table(runs: Iterable[Mapping[str, Any]]) -> pa.Table:
     """Convert runs in the REST API's JSON shape into one Arrow table.
 
     Metric columns hold the latest value the server returns, exactly (NaN stays NaN); params
-    and tags are strings; a key a run did not log is null.
+    and tags are strings; a key a run did not log is null. The last column,
+    :data:`INPUTS_COLUMN`, lists each run's dataset inputs (empty for none).
     """
     info: dict[str, list[Any]] = {name: [] for name, _ in INFO_COLUMNS}
+    inputs: list[list[dict[str, Any]]] = []
     data: dict[str, list[Any]] = {}
     metric_columns: set[str] = set()
     n = 0
@@ -91,6 +117,7 @@ def runs_to_table(runs: Iterable[Mapping[str, Any]]) -> pa.Table:
         )
         info["artifact_uri"].append(run_info.get("artifact_uri"))
         info["parent_run_id"].append(tags.get(PARENT_RUN_TAG))
+        inputs.append(_dataset_inputs_of(run))
         for kind, entries in (
             (PARAM, run_data.get("params", ())),
             (METRIC, run_data.get("metrics", ())),
@@ -119,7 +146,25 @@ def runs_to_table(runs: Iterable[Mapping[str, Any]]) -> pa.Table:
     for name in sorted(data):
         arrays.append(pa.array(data[name], type=pa.float64() if name in metric_columns else pa.string()))
         names.append(name)
+    arrays.append(pa.array(inputs, type=pa.list_(DATASET_INPUT)))
+    names.append(INPUTS_COLUMN)
     return pa.Table.from_arrays(arrays, names=names)
+
+
+def dataset_inputs(runs: pa.Table) -> pa.Table:
+    """One row per dataset input of the runs of a page table (:data:`INPUTS_SCHEMA`): the run's
+    id, the dataset's name, digest, source type, source, schema and profile as the server
+    sends them, the input's context and its tags; in run order, each run's inputs in the
+    server's order."""
+    if INPUTS_COLUMN not in runs.column_names or runs.num_rows == 0:
+        return INPUTS_SCHEMA.empty_table()
+    lists = runs[INPUTS_COLUMN].combine_chunks()
+    if pa.types.is_null(lists.type):  # every page lacked the column (an empty fetch)
+        return INPUTS_SCHEMA.empty_table()
+    flat = pc.list_flatten(lists)
+    run_ids = runs["run_id"].combine_chunks().take(pc.list_parent_indices(lists))
+    columns = [run_ids, *(flat.field(name) for name in DATASET_FIELDS), flat.field("tags")]
+    return pa.Table.from_arrays(columns, schema=INPUTS_SCHEMA)
 
 
 def empty_table() -> pa.Table:

@@ -10,11 +10,13 @@ the rows go as Python values, which keep NaN and NULL apart as well, only slower
 from __future__ import annotations
 
 import datetime
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from mlflow_spark_tools.core.dependencies import version_tuple
+from mlflow_spark_tools.core.identifiers import quote
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -101,3 +103,35 @@ def _plain(value: Any, data_type: Any) -> Any:
     if isinstance(data_type, BinaryType):
         return bytes(value)
     return value
+
+
+def _is_map(data_type: str) -> bool:
+    return data_type.replace(" ", "").lower().startswith("map<")
+
+
+def _entries_type(map_type: str) -> str:
+    """``array<struct<key:K,value:V>>`` for ``map<K,V>``."""
+    inner = map_type.strip()[len("map<"):-1]
+    depth = 0
+    for i, char in enumerate(inner):
+        depth += char == "<"
+        depth -= char == ">"
+        if char == "," and depth == 0:
+            return f"array<struct<key:{inner[:i].strip()},value:{inner[i + 1:].strip()}>>"
+    raise ValueError(f"Not a map type: {map_type!r}")
+
+
+def frame_with_maps(spark: SparkSession, data: pa.Table, columns: Sequence[tuple[str, str]]) -> DataFrame:
+    """A DataFrame of ``data`` with the columns (name, SQL type) ``columns`` (NaN preserved).
+
+    A ``map<K,V>`` column comes in ``data`` as a list of ``key`` / ``value`` structs (empty
+    for none) and becomes a map in Spark (``map_from_entries``): Spark 3.5 sessions take Arrow
+    data as rows of Python values, where a map must be a dict and an Arrow map is a list of
+    pairs, while lists of structs travel alike on every version.
+    """
+    staged = ", ".join(f"{quote(n)} {_entries_type(t) if _is_map(t) else t}" for n, t in columns)
+    df = to_dataframe(spark, data, staged)
+    if not any(_is_map(t) for _, t in columns):
+        return df
+    return df.selectExpr(*(f"map_from_entries({quote(n)}) AS {quote(n)}" if _is_map(t) else quote(n)
+                           for n, t in columns))

@@ -1,4 +1,5 @@
-"""Delta tables of one database on an engine: existence, schema, writes and MERGE.
+"""Delta tables of one database on an engine: existence, schema, writes and MERGE (an upsert
+by key, and the replacement of every row of given keys).
 
 On the embedded engine every table lives at ``<warehouse>/<database>/<table>`` so that a new
 process can register it again; on other engines the catalog (Unity Catalog, Hive metastore,
@@ -11,11 +12,14 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from mlflow_spark_tools.core.identifiers import qualified_name, quote, validate_database
+from mlflow_spark_tools.core.identifiers import qualified_name, quote, sql_string, validate_database
 from mlflow_spark_tools.errors import EngineError
 from mlflow_spark_tools.spark.engine import Engine
 
 log = logging.getLogger(__name__)
+
+# Up to this many keys of a row replacement are named in the MERGE condition.
+MAX_KEYS_NAMED = 2000
 
 
 class Database:
@@ -135,3 +139,53 @@ class Database:
             f"MERGE INTO {self.name(table)} t USING {quote(source_view)} s "
             f"ON t.{quote(key)} = s.{quote(key)} " + " ".join(clauses)
         ).collect()
+
+    def replace_rows(
+        self,
+        source_view: str,
+        table: str,
+        columns: Sequence[tuple[str, str]],
+        key: str,
+        keys: Sequence[str],
+    ) -> None:
+        """Replace every row of ``table`` whose ``key`` is one of ``keys`` by the rows of
+        ``source_view``, in one MERGE (one Delta commit).
+
+        For tables with several rows per key (a run's dataset inputs), which an upsert by key
+        cannot replace: the MERGE's source is the new rows plus one marker row per key; a
+        marker matches every row of its key, which is deleted, and a new row matches nothing
+        and is inserted. A key with no new rows loses its rows; rows of other keys stay.
+
+        Args:
+            source_view: temporary view with every column of ``columns``; its rows' keys
+                should all be in ``keys``.
+            columns: the table's (name, SQL type), every column.
+            key: the string column naming the group of rows (``run_id``).
+            keys: the groups to replace; nothing happens when there are none.
+        """
+        target = self.name(table)  # validates
+        if not keys:
+            return
+        if key not in dict(columns):
+            raise ValueError(f"replace_rows: {key!r} is not one of the columns of {table!r}.")
+        markers = f"__mst_markers_{table}"
+        self.spark.createDataFrame([(k,) for k in sorted(set(keys))], f"{quote(key)} string") \
+            .createOrReplaceTempView(markers)
+        names = ", ".join(quote(n) for n, _ in columns)
+        marker_row = ", ".join(quote(n) if n == key else f"CAST(NULL AS {t}) AS {quote(n)}" for n, t in columns)
+        source = (f"SELECT {names}, false AS __marker FROM {quote(source_view)} "
+                  f"UNION ALL SELECT {marker_row}, true AS __marker FROM {quote(markers)}")
+        values = ", ".join(f"s.{quote(n)}" for n, _ in columns)
+        # Naming the keys lets the engine skip the files that hold none of them (their
+        # statistics of the key column rule them out) instead of rewriting the whole table.
+        named = (f"t.{quote(key)} IN ({', '.join(sql_string(k) for k in sorted(set(keys)))}) AND "
+                 if len(set(keys)) <= MAX_KEYS_NAMED else "")
+        try:
+            self.spark.sql(
+                f"MERGE INTO {target} t USING ({source}) s "
+                f"ON s.__marker AND {named}t.{quote(key)} = s.{quote(key)} "
+                f"WHEN MATCHED THEN DELETE "
+                f"WHEN NOT MATCHED AND NOT s.__marker THEN INSERT ({names}) VALUES ({values})"
+            ).collect()
+        finally:
+            self.spark.catalog.dropTempView(markers)

@@ -1,7 +1,9 @@
-"""The table build job: resolve the experiments asked for, then build or refresh each table.
+"""The table build job: resolve the experiments asked for, then build or refresh each table,
+and the registry tables when asked for.
 
 An experiment that cannot be built (unknown id or name, a tracking server error) is reported
-and the others are still built; the exit code says whether everything succeeded.
+and the others are still built; a registry that cannot be read is reported likewise. The exit
+code says whether everything succeeded.
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ from mlflow_spark_tools.spark.engine import Engine, EngineHandle
 from mlflow_spark_tools.tables.builder import ExperimentTableBuilder, RefreshSummary
 from mlflow_spark_tools.tables.fetch import RunFetcher
 from mlflow_spark_tools.tables.metric_history import HistorySelection, MetricHistoryWriter
+from mlflow_spark_tools.tables.models_table import ModelsWriter
+from mlflow_spark_tools.tables.registry_tables import RegistrySummary, refresh_registry_tables
 from mlflow_spark_tools.tracking.metric_history import MetricHistoryReader
+from mlflow_spark_tools.tracking.model_search import LoggedModelSearch, RegistryReader
 from mlflow_spark_tools.tracking.source import ExperimentInfo, TrackingSource
 
 if TYPE_CHECKING:
@@ -40,16 +45,21 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class BuildResult:
-    """Summaries of every experiment asked for, and the exit code they add up to."""
+    """Summaries of every experiment asked for and of the registry tables (when asked for),
+    and the exit code they add up to."""
 
     summaries: list[RefreshSummary] = field(default_factory=list)
+    registry: RegistrySummary | None = None
 
     @property
     def exit_code(self) -> int:
-        failed = [s for s in self.summaries if not s.ok]
+        outcomes: list[RefreshSummary | RegistrySummary] = list(self.summaries)
+        if self.registry is not None:
+            outcomes.append(self.registry)
+        failed = [s for s in outcomes if not s.ok]
         if not failed:
             return EXIT_OK
-        if len(failed) < len(self.summaries):
+        if len(failed) < len(outcomes):
             return EXIT_PARTIAL
         if all(s.error_exit_code == EXIT_USAGE for s in failed):
             return EXIT_USAGE
@@ -91,10 +101,11 @@ def build_experiment_tables(
     full_refresh: bool = False,
     include_deleted: bool = False,
     metric_history: str | list[str] | None = None,
+    registry: bool = False,
     engine: Engine | None = None,
     spark: SparkSession | None = None,
 ) -> BuildResult:
-    """Build or refresh the tables of the experiments asked for.
+    """Build or refresh the tables of the experiments asked for, and the registry tables.
 
     Args:
         settings: configuration (tracking URI, database, page size, rate limits, engine).
@@ -106,6 +117,9 @@ def build_experiment_tables(
         metric_history: ``all`` or metric keys whose every point goes to
             ``exp_<id>_metrics``; None takes ``tables.metric_history`` of the settings, and
             ``none`` builds no history.
+        registry: also refresh ``registered_models`` and ``model_versions`` from the model
+            registry (``tables.registry_uri``, else MLflow's registry URI); with no experiment
+            asked for, only those.
         engine: an engine to use; else one is obtained from ``spark`` or the settings.
         spark: a Spark session to use.
 
@@ -113,32 +127,48 @@ def build_experiment_tables(
         UsageError: when nothing was asked for or the database name is invalid (before
             anything is written).
     """
-    if not (experiment_ids or experiment_names or all_experiments):
-        raise UsageError("Say which experiments: --experiment-ids, --experiment-names or --all.")
+    if not (experiment_ids or experiment_names or all_experiments or registry):
+        raise UsageError("Say which experiments: --experiment-ids, --experiment-names or --all "
+                         "(or --registry for the registry tables).")
     validate_database(settings.tables.database)
     selection = HistorySelection.parse(
         settings.tables.metric_history if metric_history is None else metric_history)
     source = TrackingSource.from_settings(settings)
     result = BuildResult()
     experiments = _resolve(source, experiment_ids, experiment_names, all_experiments, result)
-    if not experiments:
+    if not experiments and not registry:
         return result
     with EngineHandle(engine, spark) as handle:
         run_on = handle.get(settings.engine.remote, settings.engine.warehouse)
-        fetcher = RunFetcher(source, settings.tables.page_size, settings.tables.fetch_workers)
-        history = None
-        if selection is not None:
-            reader = MetricHistoryReader(source.client, settings.tables.max_history_points)
-            history = MetricHistoryWriter(Database(run_on, settings.tables.database), reader,
-                                          settings.tables.history_workers)
-        builder = ExperimentTableBuilder(
-            run_on, fetcher, settings.tables.database, settings.tables.watermark_margin_seconds,
-            history=history, selection=selection,
-        )
-        for number, exp in enumerate(experiments, 1):
-            result.summaries.append(_build_one(builder, exp, f"{number}/{len(experiments)}",
-                                               full_refresh=full_refresh, include_deleted=include_deleted))
+        db = Database(run_on, settings.tables.database)
+        if experiments:
+            fetcher = RunFetcher(source, settings.tables.page_size, settings.tables.fetch_workers)
+            history = None
+            if selection is not None:
+                reader = MetricHistoryReader(source.client, settings.tables.max_history_points)
+                history = MetricHistoryWriter(db, reader, settings.tables.history_workers)
+            builder = ExperimentTableBuilder(
+                run_on, fetcher, settings.tables.database, settings.tables.watermark_margin_seconds,
+                history=history, selection=selection, models=ModelsWriter(db, LoggedModelSearch(source.client)),
+            )
+            for number, exp in enumerate(experiments, 1):
+                result.summaries.append(_build_one(builder, exp, f"{number}/{len(experiments)}",
+                                                   full_refresh=full_refresh, include_deleted=include_deleted))
+        if registry:
+            result.registry = _build_registry(db, source, settings.tables.registry_uri)
     return result
+
+
+def _build_registry(db: Database, source: TrackingSource, registry_uri: str | None) -> RegistrySummary:
+    """The registry tables; a registry that cannot be read becomes the summary's error."""
+    summary = refresh_registry_tables(db, RegistryReader(source.client, registry_uri))
+    if summary.ok:
+        log.info("Registry %s: %d registered models into %s, %d versions into %s, %.1f s",
+                 summary.registry_uri, summary.registered_models, summary.registered_models_table,
+                 summary.model_versions, summary.model_versions_table, summary.seconds)
+    else:
+        log.warning("Registry %s failed: %s", summary.registry_uri, summary.error)
+    return summary
 
 
 def _build_one(builder: ExperimentTableBuilder, exp: ExperimentInfo, position: str, *, full_refresh: bool,
@@ -162,6 +192,9 @@ def _build_one(builder: ExperimentTableBuilder, exp: ExperimentInfo, position: s
         log.info("Experiment %s %s: metric history of %d runs, %d points in %d requests into %s",
                  position, exp.experiment_id, summary.history_runs, summary.history_points,
                  summary.history_requests, summary.metrics_table)
+    log.info("Experiment %s %s: %d dataset inputs into %s; %s", position, exp.experiment_id, summary.inputs,
+             summary.inputs_table, f"{summary.models} logged models into {summary.models_table}"
+             if summary.models_table else "no logged models on this server")
     if summary.history_truncated:
         log.warning("Experiment %s %s: %d metric histories were longer than tables.max_history_points "
                     "and were cut there: %s", position, exp.experiment_id, len(summary.history_truncated),

@@ -2,8 +2,10 @@
 
 One row per run, keyed by ``run_id``: run info columns, params as ``_p_<key>`` (typed), the
 latest metric values as ``_m_<key>`` and tags as ``_t_<key>``. Beside each table,
-``exp_<id>_columns`` maps every column to its kind, original key and type, and the index table
-``experiments`` lists the tables with their run counts and refresh state.
+``exp_<id>_columns`` maps every column to its kind, original key and type,
+``exp_<id>_inputs`` lists the runs' dataset inputs, ``exp_<id>_models`` the experiment's MLflow 3
+logged models (on servers that have them), and the index table ``experiments`` lists the tables
+with their run counts and refresh state.
 
 A table is built in full the first time (and with ``full_refresh``) and refreshed
 incrementally afterwards; each refresh of a table's rows is one Delta commit (an overwrite or
@@ -42,12 +44,14 @@ from mlflow_spark_tools.spark.catalog import Database
 from mlflow_spark_tools.spark.engine import Engine
 from mlflow_spark_tools.tables import param_types
 from mlflow_spark_tools.tables.fetch import RunFetcher, merge_changes, missing_ids
+from mlflow_spark_tools.tables.inputs_table import InputsWriter, inputs_table_name
 from mlflow_spark_tools.tables.metric_history import (
     HistorySelection,
     MetricHistoryWriter,
     history_table_name,
     with_summaries,
 )
+from mlflow_spark_tools.tables.models_table import ModelsWriter, models_table_name
 from mlflow_spark_tools.tracking.source import ExperimentInfo
 
 log = logging.getLogger(__name__)
@@ -67,6 +71,8 @@ INDEX_COLUMNS: tuple[tuple[str, str], ...] = (
     ("last_refreshed_at", "timestamp"),
     ("metric_history", "string"),
     ("metrics_table", "string"),
+    ("inputs_table", "string"),
+    ("models_table", "string"),
 )
 COLUMNS_TABLE_SCHEMA = "`column_name` string, `kind` string, `key` string, `data_type` string"
 UNFINISHED = ("RUNNING", "SCHEDULED")
@@ -78,7 +84,11 @@ ARROW_TYPES = {**param_types.ARROW_TYPES, "timestamp": pa.timestamp("ms", tz="UT
 
 @dataclass
 class RefreshSummary:
-    """What one refresh of one experiment table did."""
+    """What one refresh of one experiment table did.
+
+    ``inputs`` counts the dataset inputs written (of the runs fetched), ``models`` the rows of
+    the models table; ``models_table`` is None when the server has no logged models.
+    """
 
     experiment_id: str
     experiment_name: str | None = None
@@ -96,6 +106,10 @@ class RefreshSummary:
     history_points: int = 0
     history_requests: int = 0
     history_truncated: list[str] = field(default_factory=list)
+    inputs_table: str | None = None
+    inputs: int = 0
+    models_table: str | None = None
+    models: int = 0
     seconds: float = 0.0
     error: str | None = None
     error_exit_code: int | None = None
@@ -141,6 +155,7 @@ class ExperimentTableBuilder:
         clock: wall clock in seconds (injectable for tests).
         history: writes the metric history tables; None builds none.
         selection: the metric keys whose history is kept (with ``history``).
+        models: writes the logged models tables; None builds none.
     """
 
     def __init__(
@@ -152,6 +167,7 @@ class ExperimentTableBuilder:
         clock: Callable[[], float] = time.time,
         history: MetricHistoryWriter | None = None,
         selection: HistorySelection | None = None,
+        models: ModelsWriter | None = None,
     ) -> None:
         self.engine = engine
         self.spark = engine.spark
@@ -161,6 +177,9 @@ class ExperimentTableBuilder:
         self.clock = clock
         self.selection = selection if history is not None else None
         self.history = history if selection is not None else None
+        self.inputs = InputsWriter(self.db)
+        self.models = models
+        self._models_written = False
         self._db_ready = False
 
     # ---- state -----------------------------------------------------------------------
@@ -252,6 +271,7 @@ class ExperimentTableBuilder:
             and bool(index.get("include_deleted")) == include_deleted
             and index.get("metric_history") == label
             and (label is None or self.db.exists(history_table_name(table)))
+            and self.db.exists(inputs_table_name(table))
         )
         if index is not None and not full_refresh and index.get("metric_history") != label:
             log.info("Metric history of %s changes from %s to %s: full refresh", table,
@@ -292,6 +312,8 @@ class ExperimentTableBuilder:
         )
         self._write_columns(table, specs, state.specs)
         self.db.overwrite(to_dataframe(self.spark, data, ddl(specs)), table, STATS_COLUMNS)
+        summary.inputs_table, summary.inputs = self.inputs.write(table, raw, replace_all=True)
+        self._write_models(experiment, table, summary)
         summary.mode = FULL
         summary.row_count = data.num_rows
         self._write_index(experiment, table, summary.row_count, len(specs), include_deleted, watermark, FULL)
@@ -344,10 +366,10 @@ class ExperimentTableBuilder:
             log.info("Columns %s no longer fit their type; rebuilding %s", broken, table)
             summary.columns_widened = sorted(broken)
             return False
+        deleted = pc.equal(raw["lifecycle_stage"], "deleted")
+        kept = raw if include_deleted else raw.filter(pc.invert(pc.fill_null(deleted, False)))
+        removed = [] if include_deleted else raw.filter(pc.fill_null(deleted, False))["run_id"].to_pylist()
         if self.history is not None:
-            deleted = pc.equal(raw["lifecycle_stage"], "deleted")
-            kept = raw if include_deleted else raw.filter(pc.invert(pc.fill_null(deleted, False)))
-            removed = [] if include_deleted else raw.filter(pc.fill_null(deleted, False))["run_id"].to_pylist()
             data, specs = self._with_history(table, kept, data, specs, namer, removed, summary,
                                              replace_all=False)
         new_specs = [s for s in specs if s.column_name not in state.types]
@@ -372,6 +394,9 @@ class ExperimentTableBuilder:
                 insert_condition=None if include_deleted else "s.lifecycle_stage <> 'deleted'",
             )
             self.spark.catalog.dropTempView(view)
+        summary.inputs_table, summary.inputs = self.inputs.write(
+            table, kept, replace_all=False, replaced_run_ids=raw["run_id"].to_pylist())
+        self._write_models(experiment, table, summary)
         previous = index.get("run_count") or 0
         summary.row_count = previous + summary.rows_inserted - summary.rows_deleted
         summary.mode = INCREMENTAL
@@ -379,6 +404,13 @@ class ExperimentTableBuilder:
             experiment, table, summary.row_count, len(all_specs), include_deleted, watermark, INCREMENTAL
         )
         return True
+
+    def _write_models(self, experiment: ExperimentInfo, table: str, summary: RefreshSummary) -> None:
+        """Rewrite the logged models table (when the server has logged models)."""
+        self._models_written = False
+        if self.models is not None:
+            summary.models_table, summary.models = self.models.write(table, experiment.experiment_id)
+            self._models_written = summary.models_table is not None
 
     @staticmethod
     def _kind_key(column: str, specs: list[ColumnSpec]) -> tuple[str, str]:
@@ -435,6 +467,10 @@ class ExperimentTableBuilder:
                 "metric_history": pa.array([self.selection.label if self.selection else None], pa.string()),
                 "metrics_table": pa.array(
                     [f"{self.db.database}.{history_table_name(table)}" if self.selection else None], pa.string()),
+                "inputs_table": [f"{self.db.database}.{inputs_table_name(table)}"],
+                "models_table": pa.array(
+                    [f"{self.db.database}.{models_table_name(table)}" if self._models_written else None],
+                    pa.string()),
             }
         )
         schema = ", ".join(f"{quote(n)} {t}" for n, t in INDEX_COLUMNS)

@@ -27,7 +27,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mlflow_spark_tools.core.identifiers import quote, sql_string
+from mlflow_spark_tools.core.identifiers import quote
 from mlflow_spark_tools.core.progress import Progress
 from mlflow_spark_tools.errors import UsageError
 from mlflow_spark_tools.runs.columns import (
@@ -80,8 +80,6 @@ _POINTS_VIEW = "__mst_history_points"
 # MERGE of an incremental refresh rewrites only the files that hold the re-read runs (their
 # run_id statistics rule the others out) instead of the whole table.
 ROWS_PER_FILE = 50_000
-# Up to this many re-read runs are named in the MERGE condition (for that file skipping).
-MAX_RUNS_NAMED = 2000
 ALL = "all"
 
 
@@ -172,7 +170,7 @@ class MetricHistoryWriter:
         pending: list[pa.Table] = []
         pending_rows = 0
         pairs = sum(len(ids) for _, ids in tasks)
-        in_memory = False
+        in_view = False
         try:
             with Progress(f"{table}: metric histories read", "run-keys", total=pairs) as progress:
                 for key, points in self._read_all(tasks):
@@ -189,23 +187,23 @@ class MetricHistoryWriter:
             if staged:  # more than one chunk: the rest joins the others in the staging table
                 if pending:
                     staged += self._stage(staging, pending, first=False)
-                source_name = self.db.name(staging)
+                source = self.spark.table(self.db.name(staging))
             else:  # one chunk at most: straight from memory, no staging table
                 data = pa.concat_tables(pending).combine_chunks() if pending else HISTORY_SCHEMA.empty_table()
                 staged = data.num_rows
-                to_dataframe(self.spark, data, HISTORY_DDL).createOrReplaceTempView(_POINTS_VIEW)
-                in_memory = True
-                source_name = quote(_POINTS_VIEW)
+                source = to_dataframe(self.spark, data, HISTORY_DDL)
             if replace_all or not self.db.exists(target):
                 files = max(1, -(-staged // ROWS_PER_FILE))
-                source = (self.spark.sql(f"SELECT * FROM {source_name}").repartitionByRange(files, "run_id")
-                          .sortWithinPartitions("run_id", "key", "step", "timestamp"))
-                self.db.overwrite(source, target, HISTORY_STATS_COLUMNS)
+                ordered = (source.repartitionByRange(files, "run_id")
+                           .sortWithinPartitions("run_id", "key", "step", "timestamp"))
+                self.db.overwrite(ordered, target, HISTORY_STATS_COLUMNS)
             else:
+                source.createOrReplaceTempView(_POINTS_VIEW)
+                in_view = True
                 replaced = sorted(set(runs["run_id"].to_pylist()) | set(removed_run_ids))
-                self._replace_runs(source_name, target, replaced)
+                self.db.replace_rows(_POINTS_VIEW, target, HISTORY_COLUMNS, "run_id", replaced)
         finally:
-            if in_memory:
+            if in_view:
                 self.spark.catalog.dropTempView(_POINTS_VIEW)
             self._drop(staging)
         counts = self.reader.counts
@@ -249,30 +247,6 @@ class MetricHistoryWriter:
         else:
             self.db.append(df, staging)
         return data.num_rows
-
-    def _replace_runs(self, source_name: str, target: str, run_ids: list[str]) -> None:
-        """One MERGE: the rows of ``run_ids`` in ``target`` are deleted and the points of
-        ``source_name`` (a quoted table or view) inserted (a marker row per run matches that
-        run's rows; a point row matches none)."""
-        markers = "__mst_history_runs"
-        self.spark.createDataFrame([(r,) for r in run_ids], "run_id string").createOrReplaceTempView(markers)
-        cols = ", ".join(quote(n) for n, _ in HISTORY_COLUMNS)
-        nulls = ", ".join(f"CAST(NULL AS {t}) AS {quote(n)}" for n, t in HISTORY_COLUMNS if n != "run_id")
-        source = (f"SELECT {cols}, false AS __marker FROM {source_name} "
-                  f"UNION ALL SELECT run_id, {nulls}, true AS __marker FROM {quote(markers)}")
-        values = ", ".join(f"s.{quote(n)}" for n, _ in HISTORY_COLUMNS)
-        # Naming the runs lets the engine skip the files that hold none of them.
-        named = (f"t.run_id IN ({', '.join(sql_string(r) for r in run_ids)}) AND "
-                 if 0 < len(run_ids) <= MAX_RUNS_NAMED else "")
-        try:
-            self.spark.sql(
-                f"MERGE INTO {self.db.name(target)} t USING ({source}) s "
-                f"ON s.__marker AND {named}t.run_id = s.run_id "
-                f"WHEN MATCHED THEN DELETE "
-                f"WHEN NOT MATCHED AND NOT s.__marker THEN INSERT ({cols}) VALUES ({values})"
-            ).collect()
-        finally:
-            self.spark.catalog.dropTempView(markers)
 
     def _drop(self, staging: str) -> None:
         """Remove the staging table and, on the embedded engine, its files."""

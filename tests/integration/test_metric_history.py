@@ -23,6 +23,7 @@ from mlflow_spark_tools.tracking import metric_history
 from mlflow_spark_tools.tracking.source import TrackingSource
 from tests.conftest import cells_equal
 from tests.integration.helpers import build, column_map, log_run, read_table
+from tests.integration.run_content import MLFLOW_3
 
 DB = "mlflow_exp"
 UNLIMITED = RateLimitProfile("unlimited", {"experiment_management": 1e6, "search_runs": 1e6,
@@ -294,9 +295,12 @@ def test_an_index_table_of_an_older_version_gains_the_history_columns(settings, 
     database = f"old_{uuid.uuid4().hex[:8]}"
     db = Database(engine, database)
     db.ensure()
-    old = ", ".join(f"`{n}` {t}" for n, t in INDEX_COLUMNS if n not in ("metric_history", "metrics_table"))
+    newer = ("metric_history", "metrics_table", "inputs_table", "models_table")
+    old = ", ".join(f"`{n}` {t}" for n, t in INDEX_COLUMNS if n not in newer)
     db.overwrite(engine.spark.createDataFrame([], old), "experiments", ["experiment_id"])
     log_run(client, experiment, metrics={"loss": [(1.0, 0), (0.5, 1)]})
     build(settings.with_overrides(tables__database=database), experiment, engine, metric_history="loss")
-    row = engine.spark.sql(f"SELECT metric_history, metrics_table FROM {database}.experiments").collect()[0]
+    row = engine.spark.sql(f"SELECT * FROM {database}.experiments").collect()[0]
     assert (row["metric_history"], row["metrics_table"]) == ("loss", f"{database}.exp_{experiment}_metrics")
+    assert row["inputs_table"] == f"{database}.exp_{experiment}_inputs"
+    assert row["models_table"] == (f"{database}.exp_{experiment}_models" if MLFLOW_3 else None)

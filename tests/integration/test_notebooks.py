@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -263,7 +264,7 @@ def test_sql_recipes_show_the_expected_runs(env, engine, client, experiment, dat
         "experiment_id": experiment, "database": database, "metric": "rmse", "best": "lowest",
         "top_n": "3", "days": "7", "param": "depth", "steps": "5",
     }).run()
-    columns, best, top, recent, compare, failed, by_depth = nb.displayed
+    columns, best, top, recent, compare, failed, by_depth, datasets, model_metrics = nb.displayed
     assert {("param", "alpha"), ("param", "depth"), ("metric", "rmse")} <= set(zip(columns["kind"], columns["key"]))
     assert list(best["run_id"]) == [ids["r2"]]
     assert list(top["run_id"]) == [ids["r2"], ids["r1"], ids["old"]]
@@ -277,9 +278,14 @@ def test_sql_recipes_show_the_expected_runs(env, engine, client, experiment, dat
     assert list(by_depth["min_value"]) == [0.3, 0.2, 0.9]
     assert list(by_depth["max_value"]) == [0.5, 0.2, 0.9]
     assert by_depth["avg_value"][0] == pytest.approx(0.4)
+    # no run logged a dataset or a model: the tables exist, empty; no registry tables were built
+    assert datasets.empty and list(datasets.columns) == ["run_id", "run_name", "_m_rmse", "context", "dataset",
+                                                         "digest", "source"]
+    assert model_metrics.empty
     out = capsys.readouterr().out
-    assert out.count("SELECT ") == 7 and f"`{database}`.`exp_{experiment}`" in out
+    assert out.count("SELECT ") == 12 and f"`{database}`.`exp_{experiment}`" in out
     assert "No metric history of 'rmse': build the table with --metric-history rmse" in out
+    assert f"No model_versions table in {database}: run build-tables --registry" in out
 
     highest = notebook("sql_recipes.py", engine, {
         "experiment_id": experiment, "database": database, "metric": "rmse", "best": "highest",
@@ -287,7 +293,7 @@ def test_sql_recipes_show_the_expected_runs(env, engine, client, experiment, dat
     }).run()
     assert list(highest.displayed[1]["run_id"]) == [ids["failed"]]
     assert ids["old"] in set(highest.displayed[3]["run_id"])
-    assert len(highest.displayed) == 6  # no param given: no comparison by param
+    assert len(highest.displayed) == 8  # no param given: no comparison by param
 
 
 def test_sql_recipes_over_the_metric_history(env, engine, client, experiment, database, settings):
@@ -304,7 +310,7 @@ def test_sql_recipes_over_the_metric_history(env, engine, client, experiment, da
         "experiment_id": experiment, "database": database, "metric": "val.loss", "best": "lowest",
         "top_n": "2", "days": "7", "param": "", "steps": "3",
     }).run()
-    best_steps, top_curves, got_worse = nb.displayed[-3:]
+    best_steps, top_curves, got_worse = nb.displayed[6:9]  # after the six recipes before them
     # the best value any step reached: "diverged" reached 0.1 at step 2, though it ends at 0.9
     assert list(best_steps["run_id"]) == [ids["diverged"], ids["steady"]]
     assert list(best_steps["best_value"]) == [0.1, 0.2] and list(best_steps["best_step"]) == [2, 5]
@@ -321,11 +327,62 @@ def test_sql_recipes_over_the_metric_history(env, engine, client, experiment, da
         "experiment_id": experiment, "database": database, "metric": "val.loss", "best": "highest",
         "top_n": "1", "days": "7", "param": "", "steps": "10",
     }).run()
-    best_steps, top_curves, got_worse = highest.displayed[-3:]
+    best_steps, top_curves, got_worse = highest.displayed[6:9]
     # a tie at 1.0 (step 0): the run that started later first, as everywhere
     assert (list(best_steps["run_id"]), list(best_steps["best_step"])) == ([ids["diverged"]], [0])
     # with highest best, "worse" is lower: over all steps every run but "flat" ended lower
     assert set(got_worse["run_id"]) == {ids["steady"], ids["diverged"], ids["nan_end"]}
+
+
+def test_sql_recipes_join_datasets_models_and_the_registry(env, engine, client, experiment, database, settings):
+    import mlflow
+
+    from .run_content import MLFLOW_3
+
+    train = mlflow.data.from_pandas(pd.DataFrame({"x": [1.0, 2.0]}), source="s3://b/train.csv", name="train")
+    test = mlflow.data.from_pandas(pd.DataFrame({"x": [3.0]}), source="s3://b/test.csv", name="test")
+    ids, model_ids = {}, {}
+    for name, rmse in (("good", 0.2), ("bad", 0.6)):
+        with mlflow.start_run(experiment_id=experiment, run_name=name) as run:
+            mlflow.log_input(train, context="training")
+            mlflow.log_input(test, context="evaluation")
+            mlflow.log_metric("rmse", rmse)
+            if MLFLOW_3:
+                model = mlflow.initialize_logged_model(name=f"{name}-model", source_run_id=run.info.run_id,
+                                                       experiment_id=experiment)
+                mlflow.log_metric("rmse", rmse, model_id=model.model_id, dataset=test)
+                model_ids[name] = model.model_id
+        ids[name] = run.info.run_id
+    suffix = uuid.uuid4().hex[:8]
+    champion, legacy = f"nb-a-{suffix}", f"nb-b-{suffix}"
+    client.create_registered_model(champion)
+    client.create_registered_model(legacy)
+    for registered, role in ((champion, "bad"), (champion, "good"), (legacy, "bad")):
+        client.create_model_version(registered, f"runs:/{ids[role]}/model", run_id=ids[role])
+    client.set_registered_model_alias(champion, "champion", "2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # stages are deprecated in MLflow 3, still served
+        client.transition_model_version_stage(legacy, "1", "Production")
+    build(settings.with_overrides(tables__database=database), experiment, engine, registry=True)
+
+    nb = notebook("sql_recipes.py", engine, {
+        "experiment_id": experiment, "database": database, "metric": "rmse", "best": "lowest",
+        "top_n": "2", "days": "7", "param": "", "steps": "5",
+    }).run()
+    datasets, model_metrics, production = nb.displayed[-3:]
+    assert list(zip(datasets["run_id"], datasets["context"], datasets["dataset"])) == [
+        (ids["good"], "evaluation", "test"), (ids["good"], "training", "train"),
+        (ids["bad"], "evaluation", "test"), (ids["bad"], "training", "train")]
+    assert list(datasets["digest"])[:2] == [test.digest, train.digest]
+    if MLFLOW_3:
+        assert list(zip(model_metrics["run_id"], model_metrics["model_id"], model_metrics["key"],
+                        model_metrics["value"], model_metrics["dataset_name"])) == [
+            (ids["good"], model_ids["good"], "rmse", 0.2, "test"), (ids["bad"], model_ids["bad"], "rmse", 0.6, "test")]
+    # the champion alias and the Production stage, each with its source run
+    assert list(zip(production["model"], production["version"], production["run_id"])) == [
+        (champion, 2, ids["good"]), (legacy, 1, ids["bad"])]
+    assert list(production["current_stage"]) == ["None", "Production"]
+    assert list(production["_m_rmse"]) == [0.2, 0.6]
 
 
 @pytest.mark.parametrize("widget, value, error, shown", [

@@ -1,0 +1,73 @@
+"""The dataset inputs table ``<database>.exp_<id>_inputs``: one row per dataset input of a run.
+
+Columns: ``run_id``, the dataset's ``name``, ``digest``, ``source_type``, ``source`` (the JSON
+MLflow records, e.g. ``{"uri": "s3://..."}``), ``context`` (the input's ``mlflow.data.context``
+tag: ``training``, ``validation``, ...), ``schema`` and ``profile`` (JSON strings, as MLflow
+records them) and ``tags`` (every tag of the input, ``map<string,string>``).
+
+The inputs come with the runs in the run search pages a build fetches anyway (no request of
+their own). A full build overwrites the table; an incremental refresh replaces, in one MERGE,
+every row of the runs it re-read and removes the rows of the runs that left the run table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pyarrow as pa
+
+from mlflow_spark_tools.runs.run_batches import dataset_inputs
+from mlflow_spark_tools.spark.arrow import frame_with_maps
+from mlflow_spark_tools.spark.catalog import Database
+
+INPUT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("run_id", "string"),
+    ("name", "string"),
+    ("digest", "string"),
+    ("source_type", "string"),
+    ("source", "string"),
+    ("context", "string"),
+    ("schema", "string"),
+    ("profile", "string"),
+    ("tags", "map<string,string>"),
+)
+INPUT_STATS_COLUMNS = ("run_id", "name", "digest")
+
+
+def inputs_table_name(table: str) -> str:
+    return table + "_inputs"
+
+
+class InputsWriter:
+    """Writes the dataset inputs of fetched runs into ``<table>_inputs``."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.spark = db.spark
+
+    def write(self, table: str, runs: pa.Table, *, replace_all: bool,
+              replaced_run_ids: Iterable[str] = ()) -> tuple[str, int]:
+        """Write the inputs of ``runs`` (a fetched page table); returns the table's quoted name
+        and the number of rows written.
+
+        Args:
+            runs: the runs whose inputs the table holds after this write.
+            replace_all: the table becomes exactly these inputs (a full build); else the rows
+                of ``replaced_run_ids`` are replaced by them and the others kept.
+            replaced_run_ids: every run re-read (those of ``runs`` and those that left the run
+                table, such as deleted runs).
+        """
+        target = inputs_table_name(table)
+        data = dataset_inputs(runs)
+        if replace_all or not self.db.exists(target):
+            self.db.overwrite(frame_with_maps(self.spark, data, INPUT_COLUMNS), target, INPUT_STATS_COLUMNS)
+            return self.db.name(target), data.num_rows
+        replaced = sorted(set(replaced_run_ids) | set(data["run_id"].to_pylist()))
+        if replaced:  # else nothing changed: no commit
+            view = f"__mst_inputs_{table}"
+            frame_with_maps(self.spark, data, INPUT_COLUMNS).createOrReplaceTempView(view)
+            try:
+                self.db.replace_rows(view, target, INPUT_COLUMNS, "run_id", replaced)
+            finally:
+                self.spark.catalog.dropTempView(view)
+        return self.db.name(target), data.num_rows

@@ -1,0 +1,132 @@
+"""The logged models table ``<database>.exp_<id>_models``: one row per MLflow 3 logged model.
+
+Columns: ``model_id``, ``name``, ``source_run_id`` (the run that logged it, joins
+``exp_<id>.run_id``), ``status`` (``READY``, ``PENDING``, ``FAILED``), ``model_type``,
+``creation_time`` and ``last_updated_time`` (UTC), ``artifact_location``, ``params``
+(``map<string,string>``), ``metrics`` (the model's metrics, one element per key, dataset and
+step: ``array<struct<key, value, step, timestamp, dataset_name, dataset_digest, run_id>>``) and
+``tags`` (``map<string,string>``). Empty strings the server sends for absent values are NULL.
+
+Every build rewrites the table in one overwrite (an experiment holds few models, and a model's
+status, metrics and tags change without its run changing). A server without logged models (an
+MLflow 2 server) or an MLflow 2 client means no table, and no error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pyarrow as pa
+
+from mlflow_spark_tools.spark.arrow import frame_with_maps
+from mlflow_spark_tools.spark.catalog import Database
+from mlflow_spark_tools.tracking.model_search import LoggedModelSearch
+
+METRICS_TYPE = ("array<struct<key:string,value:double,step:bigint,timestamp:timestamp,"
+                "dataset_name:string,dataset_digest:string,run_id:string>>")
+MODEL_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("model_id", "string"),
+    ("name", "string"),
+    ("source_run_id", "string"),
+    ("status", "string"),
+    ("model_type", "string"),
+    ("creation_time", "timestamp"),
+    ("last_updated_time", "timestamp"),
+    ("artifact_location", "string"),
+    ("params", "map<string,string>"),
+    ("metrics", METRICS_TYPE),
+    ("tags", "map<string,string>"),
+)
+MODEL_STATS_COLUMNS = ("model_id", "source_run_id", "creation_time")
+STATUS_PREFIX = "LOGGED_MODEL_"
+
+_TIMESTAMP = pa.timestamp("ms", tz="UTC")
+_KEY_VALUES = pa.list_(pa.struct([("key", pa.string()), ("value", pa.string())]))
+_METRIC = pa.struct([
+    ("key", pa.string()), ("value", pa.float64()), ("step", pa.int64()), ("timestamp", _TIMESTAMP),
+    ("dataset_name", pa.string()), ("dataset_digest", pa.string()), ("run_id", pa.string()),
+])
+MODELS_SCHEMA = pa.schema([
+    ("model_id", pa.string()), ("name", pa.string()), ("source_run_id", pa.string()), ("status", pa.string()),
+    ("model_type", pa.string()), ("creation_time", _TIMESTAMP), ("last_updated_time", _TIMESTAMP),
+    ("artifact_location", pa.string()), ("params", _KEY_VALUES), ("metrics", pa.list_(_METRIC)),
+    ("tags", _KEY_VALUES),
+])
+
+
+def models_table_name(table: str) -> str:
+    return table + "_models"
+
+
+def _text(value: Any) -> str | None:
+    return str(value) if value not in (None, "") else None
+
+
+def _millis(value: Any) -> int | None:
+    return int(value) if value not in (None, "") else None
+
+
+def _key_values(entries: Iterable[Mapping[str, Any]] | None) -> list[dict[str, str]]:
+    return [{"key": e["key"], "value": e.get("value", "")} for e in entries or ()]
+
+
+def _metric(entry: Mapping[str, Any]) -> dict[str, Any]:
+    value = entry.get("value")
+    return {
+        "key": entry.get("key"),
+        # the REST API writes NaN and infinities as "NaN", "Infinity", "-Infinity"
+        "value": float(value) if value is not None else None,
+        "step": int(entry.get("step") or 0),
+        "timestamp": _millis(entry.get("timestamp")),
+        "dataset_name": _text(entry.get("dataset_name")),
+        "dataset_digest": _text(entry.get("dataset_digest")),
+        "run_id": _text(entry.get("run_id")),
+    }
+
+
+def models_arrow(models: Iterable[Mapping[str, Any]]) -> pa.Table:
+    """Logged models in the REST API's JSON shape as an Arrow table of :data:`MODELS_SCHEMA`
+    (maps as lists of key/value structs)."""
+    rows = []
+    for model in models:
+        info, data = model.get("info") or {}, model.get("data") or {}
+        status = _text(info.get("status"))
+        rows.append({
+            "model_id": _text(info.get("model_id")),
+            "name": _text(info.get("name")),
+            "source_run_id": _text(info.get("source_run_id")),
+            "status": status[len(STATUS_PREFIX):] if status and status.startswith(STATUS_PREFIX) else status,
+            "model_type": _text(info.get("model_type")),
+            "creation_time": _millis(info.get("creation_timestamp_ms")),
+            "last_updated_time": _millis(info.get("last_updated_timestamp_ms")),
+            "artifact_location": _text(info.get("artifact_uri")),
+            "params": _key_values(data.get("params")),
+            "metrics": [_metric(m) for m in data.get("metrics") or ()],
+            "tags": _key_values(info.get("tags")),
+        })
+    return pa.Table.from_pylist(rows, schema=MODELS_SCHEMA)
+
+
+class ModelsWriter:
+    """Writes the logged models of an experiment into ``<table>_models``.
+
+    Args:
+        db: the database of the tables.
+        search: reads the logged models from the tracking server.
+    """
+
+    def __init__(self, db: Database, search: LoggedModelSearch) -> None:
+        self.db = db
+        self.search = search
+
+    def write(self, table: str, experiment_id: str) -> tuple[str | None, int]:
+        """Rewrite the table from the server's logged models; returns its quoted name and its
+        row count, or (None, 0) when the server has no logged models (nothing is written)."""
+        models = self.search.search(experiment_id)
+        if models is None:
+            return None, 0
+        data = models_arrow(models)
+        target = models_table_name(table)
+        self.db.overwrite(frame_with_maps(self.db.spark, data, MODEL_COLUMNS), target, MODEL_STATS_COLUMNS)
+        return self.db.name(target), data.num_rows
