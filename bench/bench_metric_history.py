@@ -21,6 +21,11 @@ one request per 100 runs and key). With ``--memory-runs N`` a second experiment 
 the same shape is built once, to compare peak memory (bounded: it should not grow with points).
 With ``--no-bulk`` the builds read run by run and key by key, as on Databricks (which has no
 bulk endpoint), paced by the ``databricks`` profile (127 qps x 0.95 for ``other``).
+
+The Spark engine (Sail) runs in a process of its own for each build, reached over Spark Connect
+as a cluster would be, so that the build's peak RSS is the driver's alone (the fetching, the
+Arrow chunks); the engine's peak RSS is reported beside it (``engine_peak_rss_mb``: the Delta
+writes, the sort of a full build and the MERGE of an incremental one).
 """
 
 from __future__ import annotations
@@ -85,18 +90,43 @@ def measure_rest_floor(url: str, db_path: str, experiment_id: str) -> dict:
             "peak_rss_mb": peak_rss_mb()}
 
 
-def measure_build(url: str, experiment_id: str, warehouse: str, full: bool, no_bulk: bool = False) -> dict:
+def serve_engine() -> None:
+    """The engine's process: a Sail Spark Connect server until killed."""
+    from pysail.spark import SparkConnectServer
+
+    server = SparkConnectServer(ip="127.0.0.1", port=0)
+    server.start(background=True)
+    print(server.listening_address[1], flush=True)
+    while True:
+        time.sleep(3600)
+
+
+def start_engine() -> tuple[subprocess.Popen, str]:
+    process = subprocess.Popen([sys.executable, str(HERE), "--serve-engine"], stdout=subprocess.PIPE, text=True)
+    port = process.stdout.readline().strip()  # type: ignore[union-attr]
+    return process, f"sc://127.0.0.1:{port}"
+
+
+def peak_rss_of(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def measure_build(url: str, experiment_id: str, warehouse: str, full: bool, no_bulk: bool = False,
+                  remote: str | None = None) -> dict:
     import mlflow  # noqa: F401 - imported before the clock starts
 
     from mlflow_spark_tools.config import load_settings
-    from mlflow_spark_tools.spark.engine import start_embedded
+    from mlflow_spark_tools.spark.engine import get_engine
     from mlflow_spark_tools.tables.build import build_experiment_tables
     from mlflow_spark_tools.tracking import metric_history
 
     if no_bulk:  # a server without the bulk endpoint (Databricks), as the first answer would say
         metric_history._HOSTS_WITHOUT_BULK.add(url)
 
-    engine = start_embedded(warehouse)
+    engine = get_engine(remote=remote, warehouse=warehouse)
     settings = load_settings().with_overrides(
         tracking_uri=url, rate_limit_profile="databricks", tables__watermark_margin_seconds=60
     )
@@ -106,7 +136,8 @@ def measure_build(url: str, experiment_id: str, warehouse: str, full: bool, no_b
     seconds = time.perf_counter() - started
     summary = result.summaries[0]
     points = engine.spark.sql(f"SELECT count(*) AS n FROM mlflow_exp.exp_{experiment_id}_metrics").collect()[0]["n"]
-    engine.stop()
+    if remote is None:
+        engine.stop()
     if not summary.ok:
         raise SystemExit(summary.error)
     return {
@@ -124,12 +155,22 @@ def measure_build(url: str, experiment_id: str, warehouse: str, full: bool, no_b
 
 def run_worker(kind: str, url: str, experiment_id: str, warehouse: str, db_path: str,
                no_bulk: bool = False) -> dict:
-    out = subprocess.run(
-        [sys.executable, str(HERE), "--worker", kind, "--url", url, "--experiment-id", experiment_id,
-         "--warehouse", warehouse, "--db-path", db_path, *(["--no-bulk"] if no_bulk else [])],
-        check=True, capture_output=True, text=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    engine, remote = start_engine() if kind in ("full", "incremental") else (None, None)
+    try:
+        out = subprocess.run(
+            [sys.executable, str(HERE), "--worker", kind, "--url", url, "--experiment-id", experiment_id,
+             "--warehouse", warehouse, "--db-path", db_path, *(["--no-bulk"] if no_bulk else []),
+             *(["--remote", remote] if remote else [])],
+            check=True, capture_output=True, text=True,
+        )
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        if engine is not None:
+            result["engine_peak_rss_mb"] = peak_rss_of(engine.pid)
+        return result
+    finally:
+        if engine is not None:
+            engine.kill()
+            engine.wait()
 
 
 def mark_running(db_path: Path, run_ids: list[str]) -> None:
@@ -176,6 +217,8 @@ def main() -> None:
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--memory-runs", type=int, default=0)
     parser.add_argument("--no-bulk", action="store_true")
+    parser.add_argument("--serve-engine", action="store_true")
+    parser.add_argument("--remote")
     parser.add_argument("--worker", choices=["baseline", "floor", "full", "incremental"])
     parser.add_argument("--url")
     parser.add_argument("--experiment-id")
@@ -183,6 +226,8 @@ def main() -> None:
     parser.add_argument("--db-path")
     parser.add_argument("--out", default=str(HERE.parent / "results" / "metric_history.json"))
     args = parser.parse_args()
+    if args.serve_engine:
+        serve_engine()
     if args.worker:
         if args.worker == "baseline":
             result = measure_baseline(args.db_path, args.experiment_id)
@@ -190,7 +235,7 @@ def main() -> None:
             result = measure_rest_floor(args.url, args.db_path, args.experiment_id)
         else:
             result = measure_build(args.url, args.experiment_id, args.warehouse, args.worker == "full",
-                                   args.no_bulk)
+                                   args.no_bulk, args.remote)
         print(json.dumps(result))
         return
 
@@ -245,6 +290,7 @@ def main() -> None:
         "repetitions": args.repetitions, "no_bulk": args.no_bulk,
         "median_seconds": {"full_build_a": a, "baseline_b": b, "incremental_c": c, "rest_floor_f": f},
         "median_peak_rss_mb": {k: med(k, "peak_rss_mb") for k in results if results[k]},
+        "median_engine_peak_rss_mb": {k: med(k, "engine_peak_rss_mb") for k in ("full", "incremental")},
         "requests_per_run": {"full": med("full", "requests_per_run"),
                              "incremental": med("incremental", "requests_per_run")},
         "ratios": {"a_over_b": a / b, "c_over_a": c / a, "a_over_f": a / f if f else None},
