@@ -131,14 +131,16 @@ class _PayloadWriter(RunWriter):
 
     def linked_model_allowed(self, model_id: str) -> bool:
         """Points of a signed document are linked as the collector was told; an unsigned one
-        may link only to a logged model of its own run's experiment (else anyone who can write
-        the store could add metrics to any model the replay job can reach)."""
+        may link only to a logged model its own run logged (the document names the experiment
+        too, so anyone who can write the store could otherwise add metrics to any model the
+        replay job can reach). Link an evaluation run's points to another run's model by id
+        with a signed store."""
         if self.signed:
             return True
         model = LoggedModels(self.requests).get(model_id)
-        if model is not None and model.experiment_id == str(self.run.experiment_id):
+        if model is not None and self.run_id is not None and model.source_run_id == self.run_id:
             return True
-        log.warning("Payload %s links metric points to logged model %s, which is not in the run's experiment: "
+        log.warning("Payload %s (unsigned) links metric points to logged model %s, which its run did not log: "
                     "the points are logged without that link", self.payload.payload_id, model_id[:128])
         return False
 

@@ -116,7 +116,6 @@ class RunWriter:
         points = [(k, v, ts, step, model_id if model_id is None or allowed[model_id] else None,
                    dataset_name, dataset_digest)
                   for k, v, ts, step, _, model_id, dataset_name, dataset_digest in chunk]
-        points = [p for p in points if p[4] is not None or p[5] is not None]
         if not points:
             return
         if not client_has_logged_models():

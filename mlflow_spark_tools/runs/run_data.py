@@ -25,6 +25,7 @@ MAX_TAG_VALUE = 8000
 MAX_KEY = 250
 MAX_TAGS_AT_CREATE = 99  # one place left for the payload tag
 _KEY = re.compile(r"^[/\w.\- :]*$")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 CREATE, BATCH, ARTIFACT, MODEL, TERMINATE = "create", "batch", "artifact", "model", "terminate"
 INPUTS, LINKS = "inputs", "links"
@@ -86,6 +87,8 @@ def check_metric(key: Any, value: Any, timestamp: Any, step: Any) -> tuple[str, 
         raise RunDataError(f"Metric {key!r} value {value!r} is a boolean, not a number")
     if not isinstance(timestamp, int) or not isinstance(step, int) or isinstance(step, bool):
         raise RunDataError(f"Metric {key!r} timestamp and step must be integers")
+    if not (_INT64_MIN <= step <= _INT64_MAX and _INT64_MIN <= timestamp <= _INT64_MAX):
+        raise RunDataError(f"Metric {key!r} step and timestamp must fit in 64 bits")
     return key, number, timestamp, step
 
 

@@ -274,8 +274,12 @@ class ExperimentTableBuilder:
             and self.db.exists(inputs_table_name(table))
         )
         if index is not None and not full_refresh and index.get("metric_history") != label:
-            log.info("Metric history of %s changes from %s to %s: full refresh", table,
-                     index.get("metric_history") or "none", label or "none")
+            # a scheduled build without --metric-history undoes a build with it: say so
+            log.log(logging.WARNING if label is None else logging.INFO,
+                    "The metric history of %s changes from %s to %s (--metric-history, tables.metric_history): "
+                    "full refresh%s", table, index.get("metric_history") or "none", label or "none",
+                    "; its summary columns are dropped and its history table is no longer refreshed"
+                    if label is None else "")
         refreshed = incremental and self._refresh_incremental(experiment, table, index, include_deleted, summary)
         if not refreshed:
             state = self._state(table, exists, index)
@@ -441,9 +445,11 @@ class ExperimentTableBuilder:
     # ---- companion tables ------------------------------------------------------------
 
     def _write_columns(self, table: str, specs: list[ColumnSpec], previous: list[ColumnSpec]) -> None:
-        """Store the column mapping; names of keys no longer present stay reserved."""
+        """Store the column mapping; names of keys no longer present stay reserved (not those
+        of history summaries: they follow their metric's name, which stays reserved)."""
         current = {s.column_name for s in specs}
-        kept = [s for s in previous if s.column_name not in current and s.kind != INFO]
+        kept = [s for s in previous if s.column_name not in current and s.kind != INFO
+                and s.kind not in SUMMARY_KINDS]
         rows = [(s.column_name, s.kind, s.key, s.data_type) for s in sort_specs(specs + kept)]
         data = pa.table(list(zip(*rows)), names=["column_name", "kind", "key", "data_type"])
         self.db.overwrite(

@@ -103,9 +103,9 @@ class HistorySelection:
         keys = [k.strip() for item in items for k in str(item).split(",") if k.strip()]
         if not keys or (len(keys) == 1 and keys[0].lower() in ("none", "off", "false")):
             return None
-        if any(k.lower() == ALL for k in keys):
+        if any(k.lower() in (ALL, "none", "off") for k in keys):
             if len(keys) > 1:
-                raise UsageError("--metric-history takes `all` or a list of metric keys, not both.")
+                raise UsageError("--metric-history takes `all`, `none` or a list of metric keys, not a mix.")
             return cls(None)
         return cls(frozenset(keys))
 

@@ -42,6 +42,13 @@ def to_json(value: Any) -> str:
     return json.dumps(json_value(value), indent=2, ensure_ascii=False, allow_nan=False)
 
 
+def _cell(value: Any) -> str:
+    """A cell's text: JSON for maps, lists and structs."""
+    if _nested(value):
+        return json.dumps(json_value(value), ensure_ascii=False, allow_nan=False)
+    return _text(value)
+
+
 def _text(value: Any) -> str:
     if value is None:
         return "NULL"
@@ -52,10 +59,33 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _maps_as_dicts(value: Any, arrow_type: pa.DataType) -> Any:
+    """A cell with its map values as dicts (Arrow gives a map as a list of (key, value) pairs),
+    inside lists and structs too."""
+    if value is None:
+        return None
+    if pa.types.is_map(arrow_type):
+        return {k: _maps_as_dicts(v, arrow_type.item_type) for k, v in value}
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        return [_maps_as_dicts(v, arrow_type.value_type) for v in value]
+    if pa.types.is_struct(arrow_type):
+        return {f.name: _maps_as_dicts(value[f.name], f.type) for f in arrow_type}
+    return value
+
+
+def _nested(value: Any) -> bool:
+    return isinstance(value, (dict, list))
+
+
 def format_rows(table: pa.Table, fmt: str = "table", max_width: int = 60) -> str:
-    """Render an Arrow table in one of :data:`FORMATS`."""
-    rows = table.to_pylist()
+    """Render an Arrow table in one of :data:`FORMATS`: maps, lists and structs as JSON objects
+    and arrays (in a table or CSV cell, as their JSON text)."""
     names = table.column_names
+    nested = [n for n in names if pa.types.is_nested(table.schema.field(n).type)]
+    rows = table.to_pylist()
+    for r in rows:
+        for n in nested:
+            r[n] = _maps_as_dicts(r[n], table.schema.field(n).type)
     if fmt == "json":
         return to_json([{k: r[k] for k in names} for r in rows])
     if fmt == "csv":
@@ -63,11 +93,11 @@ def format_rows(table: pa.Table, fmt: str = "table", max_width: int = 60) -> str
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(names)
         for r in rows:
-            writer.writerow(["" if r[k] is None else _text(r[k]) for k in names])
+            writer.writerow(["" if r[k] is None else _cell(r[k]) for k in names])
         return buffer.getvalue().rstrip("\n")
     if fmt != "table":
         raise ValueError(f"unknown format {fmt!r}")
-    return render_table(names, [[_text(r[k]) for k in names] for r in rows], max_width) + (
+    return render_table(names, [[_cell(r[k]) for k in names] for r in rows], max_width) + (
         f"\n({len(rows)} row{'s' if len(rows) != 1 else ''})"
     )
 

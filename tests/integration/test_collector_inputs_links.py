@@ -140,23 +140,25 @@ def test_a_run_deferred_at_its_inputs_or_links_is_finished_once(refuse, nth, tra
 
 
 @pytest.mark.skipif(not MLFLOW_3, reason="metric links are MLflow 3's")
-def test_a_payload_cannot_link_points_to_a_model_of_another_experiment(tracking_server, client, experiment, tmp_path,
-                                                                       closed_proxy, monkeypatch):
-    """An attacker who can write the store edits an unsigned payload to link its points to a
-    victim's logged model elsewhere: the points are logged, the victim's model gains nothing;
-    a link to a model the run does not log is quarantined."""
+def test_a_payload_cannot_link_points_to_another_runs_model(tracking_server, client, experiment, tmp_path,
+                                                             closed_proxy, monkeypatch):
+    """An attacker who can write the store edits unsigned payloads to link their points to a
+    victim's logged model, from the payload's own experiment or from the victim's (the document
+    names it): the points are logged, the victim's model gains nothing; a link to a model name
+    the run does not log is quarantined."""
     import mlflow
     from sklearn.linear_model import LinearRegression
 
     monkeypatch.delenv("MLFLOW_SPARK_TOOLS_SIGNING_KEY", raising=False)
     mlflow.set_tracking_uri(tracking_server.url)
-    mlflow.set_experiment(experiment_id=client.create_experiment(f"victim-{experiment}"))
+    victim_experiment = client.create_experiment(f"victim-{experiment}")
+    mlflow.set_experiment(experiment_id=victim_experiment)
     with mlflow.start_run():
         victim = mlflow.sklearn.log_model(LinearRegression().fit([[0.0], [1.0]], [0.0, 1.0]), name="model",
                                           pip_requirements=["scikit-learn"], serialization_format="cloudpickle")
     collector = FailedRunCollector(tmp_path / "store", tracking_uri=closed_proxy.url, fail_fast_seconds=0)
     ids = []
-    for _ in range(2):
+    for _ in range(3):
         with collector.start_run(experiment_id=experiment, run_name="hostile") as run:
             run.log_metric("score", 0.5, step=0, timestamp=T0, model_id="m-0000000000000000000000000000000a")
         ids.append(run.payload_id)
@@ -168,10 +170,19 @@ def test_a_payload_cannot_link_points_to_a_model_of_another_experiment(tracking_
     second["run"]["links"][0][4:6] = ["not-a-model-of-the-run", None]
     (pending / f"{ids[1]}.json").write_text(json.dumps(second))
 
+    third = json.loads((pending / f"{ids[2]}.json").read_text())
+    third["run"]["experiment_id"] = victim_experiment
+    third["run"]["links"][0][5] = victim.model_id
+    third["run"]["links"].append(["only_linked", 9.0, T0, 0, None, victim.model_id, None, None])
+    (pending / f"{ids[2]}.json").write_text(json.dumps(third))
+
     summary = Replayer(str(tmp_path / "store"), tracking_server.url, UNLIMITED, trust_unsigned=True).run()
-    assert (summary.replayed, summary.failed) == (1, 1)
-    run_id = FailedRunStore(tmp_path / "store").result(ids[0])["run_id"]
-    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "score")] == [(0, 0.5)]
+    assert (summary.replayed, summary.failed) == (2, 1)
+    for payload_id in (ids[0], ids[2]):
+        run_id = FailedRunStore(tmp_path / "store").result(payload_id)["run_id"]
+        assert [(m.step, m.value) for m in client.get_metric_history(run_id, "score")] == [(0, 0.5)]
+    # a point the document had only as a link is logged without it, as the warning says
+    assert [m.value for m in client.get_metric_history(run_id, "only_linked")] == [9.0]
     assert [m.key for m in client.get_logged_model(victim.model_id).metrics or []] == []
     reason = json.loads((tmp_path / "store" / "failed" / f"{ids[1]}.reason.json").read_text())["reason"]
     assert "not-a-model-of-the-run" in reason and "does not log" in reason

@@ -160,6 +160,8 @@ def test_a_key_selection_and_changing_it(settings, engine, client, experiment):
     off = build(settings, experiment, engine, metric_history="none")
     assert off.mode == "full" and off.metrics_table is None
     assert "_mmin_loss" not in engine.spark.table(f"{DB}.exp_{experiment}").columns
+    # the mapping lists no summary column the table no longer has
+    assert [k for k in column_map(engine, DB, experiment) if k[0].startswith("metric_m")] == []
 
 
 def test_cut_bulk_answers_and_runs_longer_than_an_answer_lose_no_point(settings, engine, client, experiment,

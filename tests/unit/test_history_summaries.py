@@ -22,8 +22,9 @@ def test_selection_parsing():
     assert chosen.keys == frozenset({"loss", "val.loss"}) and chosen.label == "loss,val.loss"
     assert HistorySelection.parse(["b", "a"]).label == "a,b"
     assert chosen.wants("loss") and not chosen.wants("acc")
-    with pytest.raises(UsageError, match="not both"):
-        HistorySelection.parse("all,loss")
+    for mixed in ("all,loss", "none,loss", "loss,OFF"):
+        with pytest.raises(UsageError, match="not a mix"):
+            HistorySelection.parse(mixed)
 
 
 def test_history_settings_are_checked():

@@ -40,3 +40,24 @@ def test_table_is_aligned_and_counts_rows():
 def test_json_keeps_non_ascii_text_as_it_is():
     text = format_rows(pa.table({"name": ["précision", "学习率"]}), "json")
     assert "précision" in text and "学习率" in text and "\\u" not in text
+
+
+def test_maps_lists_and_structs_print_as_json():
+    import json
+
+    import pyarrow as pa
+
+    from mlflow_spark_tools.tools.output import format_rows
+
+    table = pa.table({
+        "tags": pa.array([[("team", "ranking"), ("ü", "ö")], None], pa.map_(pa.string(), pa.string())),
+        "aliases": pa.array([["champion"], []]),
+        "metrics": pa.array([[{"key": "rmse", "value": float("nan")}], []]),
+    })
+    rows = json.loads(format_rows(table, "json"))
+    assert rows[0] == {"tags": {"team": "ranking", "ü": "ö"}, "aliases": ["champion"],
+                       "metrics": [{"key": "rmse", "value": "NaN"}]}
+    assert rows[1] == {"tags": None, "aliases": [], "metrics": []}
+    csv_text = format_rows(table, "csv").splitlines()
+    assert csv_text[1] == '"{""team"": ""ranking"", ""ü"": ""ö""}","[""champion""]","[{""key"": ""rmse"", ""value"": ""NaN""}]"'
+    assert '{"team": "ranking", "ü": "ö"}' in format_rows(table)
