@@ -306,3 +306,25 @@ def test_an_index_table_of_an_older_version_gains_the_history_columns(settings, 
     assert (row["metric_history"], row["metrics_table"]) == ("loss", f"{database}.exp_{experiment}_metrics")
     assert row["inputs_table"] == f"{database}.exp_{experiment}_inputs"
     assert row["models_table"] == (f"{database}.exp_{experiment}_models" if MLFLOW_3 else None)
+
+
+def test_the_readme_history_recipes_answer_on_a_built_table(settings, engine, client, experiment):
+    """The SQL of README's "Metric history" section, run on this experiment's tables."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Metric history"):readme.index("### Datasets, logged models")]
+    queries = [q.replace("exp_1", f"exp_{experiment}") for q in re.findall(r"```sql\n(.*?)```", section, re.S)]
+    assert len(queries) == 3
+    curves = {f"r{i}": [(1.0 / (s + 1) + i / 10 + (0.5 if i == 3 and s > 15 else 0.0), s) for s in range(20)]
+              for i in range(7)}
+    ids = {name: log_run(client, experiment, run_name=name, metrics={"val_loss": points})
+           for name, points in curves.items()}
+    build(settings, experiment, engine, metric_history="all")
+    best, top_curves, got_worse = (engine.spark.sql(q).collect() for q in queries)
+    # by the lowest value at any step: r3 got there (step 15) before it got worse
+    assert [r["run_id"] for r in best] == [ids[f"r{i}"] for i in range(5)]
+    assert (best[3]["_mminstep_val_loss"], best[3]["latest"]) == (15, curves["r3"][-1][0])
+    assert len(top_curves) == 5 * 20 and top_curves[0]["run_id"] == ids["r0"]
+    assert [r["run_id"] for r in got_worse] == [ids["r3"]]
