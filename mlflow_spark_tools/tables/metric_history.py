@@ -27,7 +27,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mlflow_spark_tools.core.identifiers import quote
+from mlflow_spark_tools.core.identifiers import quote, sql_string
 from mlflow_spark_tools.core.progress import Progress
 from mlflow_spark_tools.errors import UsageError
 from mlflow_spark_tools.runs.columns import (
@@ -39,8 +39,8 @@ from mlflow_spark_tools.runs.columns import (
     ColumnNamer,
 )
 from mlflow_spark_tools.runs.run_batches import split_raw_name
-from mlflow_spark_tools.spark.arrow import to_dataframe
-from mlflow_spark_tools.spark.catalog import Database
+from mlflow_spark_tools.spark.arrow import to_arrow, to_dataframe
+from mlflow_spark_tools.spark.catalog import MAX_KEYS_NAMED, Database
 from mlflow_spark_tools.tracking.metric_history import MAX_RUNS_PER_BULK, MetricHistoryReader, Points
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,11 @@ class MetricHistoryWriter:
         pending_rows = 0
         pairs = sum(len(ids) for _, ids in tasks)
         in_view = False
+        incremental = not replace_all and self.db.exists(target)
+        read_ids = sorted({r for _, ids in tasks for r in ids})
+        # MLflow never changes a logged point: an incremental refresh appends the points the
+        # table does not hold yet (when it can name the re-read runs), instead of rewriting them
+        known = self._known_points(target, read_ids) if incremental and len(read_ids) <= MAX_KEYS_NAMED else None
         try:
             with Progress(f"{table}: metric histories read", "run-keys", total=pairs) as progress:
                 for key, points in self._read_all(tasks):
@@ -179,6 +184,8 @@ class MetricHistoryWriter:
                         continue
                     part = points_table(points, key, namer.name(METRIC, key))
                     summaries.append(summarize(part))
+                    if known is not None:
+                        part = _new_points(part, known)
                     pending.append(part)
                     pending_rows += part.num_rows
                     if pending_rows >= self.chunk_rows:
@@ -192,11 +199,19 @@ class MetricHistoryWriter:
                 data = pa.concat_tables(pending).combine_chunks() if pending else HISTORY_SCHEMA.empty_table()
                 staged = data.num_rows
                 source = to_dataframe(self.spark, data, HISTORY_DDL)
-            if replace_all or not self.db.exists(target):
+            if not incremental:
                 files = max(1, -(-staged // ROWS_PER_FILE))
                 ordered = (source.repartitionByRange(files, "run_id")
                            .sortWithinPartitions("run_id", "key", "step", "timestamp"))
                 self.db.overwrite(ordered, target, HISTORY_STATS_COLUMNS)
+            elif known is not None:
+                gone = self._runs_with_rows(target, sorted(set(removed_run_ids)))
+                if gone:  # deleted runs' rows go and the new points come in one MERGE
+                    source.createOrReplaceTempView(_POINTS_VIEW)
+                    in_view = True
+                    self.db.replace_rows(_POINTS_VIEW, target, HISTORY_COLUMNS, "run_id", gone)
+                elif staged:  # new points only: one append, nothing rewritten
+                    self.db.append(source, target)
             else:
                 source.createOrReplaceTempView(_POINTS_VIEW)
                 in_view = True
@@ -213,6 +228,28 @@ class MetricHistoryWriter:
         if summaries:
             result.summaries = pa.concat_tables(summaries)
         return result
+
+    # ---- what the table holds ------------------------------------------------------------
+
+    def _known_points(self, target: str, run_ids: list[str]) -> pa.Table:
+        """The points the table holds of these runs, as (run_id, key, step, ts, bits)."""
+        if not run_ids:
+            return _identity(HISTORY_SCHEMA.empty_table())
+        rows = to_arrow(self.spark.sql(
+            f"SELECT run_id, key, step, unix_millis(timestamp) AS ts, value FROM {self.db.name(target)} "
+            f"WHERE run_id IN ({', '.join(sql_string(r) for r in run_ids)})"))
+        return _identity(rows)
+
+    def _runs_with_rows(self, target: str, run_ids: list[str]) -> list[str]:
+        """Those of ``run_ids`` the table holds rows of (all of them when too many to name)."""
+        if not run_ids:
+            return []
+        if len(run_ids) > MAX_KEYS_NAMED:
+            return run_ids
+        found = self.spark.sql(
+            f"SELECT DISTINCT run_id FROM {self.db.name(target)} "
+            f"WHERE run_id IN ({', '.join(sql_string(r) for r in run_ids)})").collect()
+        return sorted(r["run_id"] for r in found)
 
     # ---- reading -----------------------------------------------------------------------
 
@@ -285,6 +322,33 @@ def points_table(points: Points, key: str, column_name: str) -> pa.Table:
         "dataset_name": pa.array([p.get("dataset_name") for p in points], pa.string()),
         "dataset_digest": pa.array([p.get("dataset_digest") for p in points], pa.string()),
     }, schema=HISTORY_SCHEMA)
+
+
+def _identity(points: pa.Table) -> pa.Table:
+    """What tells points apart: run, key, step, time in ms and the value's bits (NaN equal to
+    NaN, 0.0 apart from -0.0), as plain columns an Arrow join takes."""
+    values = points["value"].combine_chunks().cast(pa.float64())
+    if values.null_count:
+        values = pc.fill_null(values, 0.0)
+    if "ts" in points.column_names:  # epoch milliseconds, as read back from the table
+        timestamps = points["ts"].combine_chunks().cast(pa.int64())
+    else:
+        timestamps = points["timestamp"].combine_chunks().cast(pa.timestamp("ms", tz="UTC")).cast(pa.int64())
+    timestamps = pc.fill_null(timestamps, -1)
+    return pa.table({"run_id": points["run_id"].combine_chunks().cast(pa.string()),
+                     "key": points["key"].combine_chunks().cast(pa.string()),
+                     "step": pc.fill_null(points["step"].combine_chunks().cast(pa.int64()), 0),
+                     "ts": timestamps, "bits": values.view(pa.int64())})
+
+
+def _new_points(points: pa.Table, known: pa.Table) -> pa.Table:
+    """The rows of ``points`` whose identity is not among ``known``."""
+    if known.num_rows == 0 or points.num_rows == 0:
+        return points
+    ids = _identity(points).append_column("__row", pa.array(range(points.num_rows), pa.int64()))
+    new = ids.join(known, keys=["run_id", "key", "step", "ts", "bits"], join_type="left anti")
+    rows = new["__row"].combine_chunks()
+    return points.take(rows.take(pc.sort_indices(rows)))
 
 
 def summarize(points: pa.Table) -> pa.Table:

@@ -142,6 +142,20 @@ def test_incremental_history_reads_only_runs_that_may_have_new_points(settings, 
     assert rows[open_run]["_mmin_loss"] == 0.25 and rows[open_run]["_mminstep_loss"] == 1
     assert doomed not in rows
 
+    # new points only (the deleted run's rows are gone already): appended, nothing rewritten,
+    # NaN points and points read again not doubled
+    time.sleep(0.05)
+    later = log_run(client, experiment, metrics={"loss": [(float("nan"), 0), (2.0, 1)]}, finish=False)
+    third = build(settings, experiment, engine, metric_history="all")
+    assert third.mode == "incremental" and third.history_runs == 1  # `later` only
+    log_dir = engine.warehouse / DB / f"exp_{experiment}_metrics" / "_delta_log"
+    last = [json.loads(line) for line in sorted(log_dir.glob("*.json"))[-1].read_text().splitlines()]
+    assert not [a for a in last if "remove" in a] and len([a for a in last if "add" in a]) >= 1
+    assert_history_equals_client(engine, client, experiment, [*done, open_run, new, later])
+    fourth = build(settings, experiment, engine, metric_history="all")  # `later` (unfinished) read again
+    assert fourth.history_runs == 1 and fourth.history_points == 0  # nothing new: no commit
+    assert_history_equals_client(engine, client, experiment, [*done, open_run, new, later])
+
 
 @pytest.mark.compat
 def test_a_key_selection_and_changing_it(settings, engine, client, experiment):

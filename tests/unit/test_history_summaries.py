@@ -75,3 +75,14 @@ def test_summaries_join_the_run_rows_in_their_order():
     assert joined["_mmin_loss"].to_pylist() == [4.0, 1.0, None]
     assert joined["_mminstep_loss"].to_pylist() == [0, 1, None]
     assert [a[0] for a in added] == ["_mmin_loss", "_mminstep_loss", "_mmax_loss", "_mmaxstep_loss"]
+
+
+def test_new_points_are_those_the_table_lacks_nan_and_signed_zero_included():
+    from mlflow_spark_tools.tables.metric_history import _identity, _new_points
+
+    known = points_table(_points("r1", [(0, float("nan")), (1, 0.0), (2, 1.5)]), "loss", "_m_loss")
+    fetched = points_table(_points("r1", [(0, float("nan")), (1, -0.0), (2, 1.5), (3, 2.0)])
+                           + _points("r2", [(0, 1.5)]), "loss", "_m_loss")
+    new = _new_points(fetched, _identity(known))
+    assert [(r["run_id"], r["step"]) for r in new.to_pylist()] == [("r1", 1), ("r1", 3), ("r2", 0)]
+    assert new.schema == fetched.schema
