@@ -152,8 +152,9 @@ def test_a_payload_cannot_link_points_to_another_runs_model(tracking_server, cli
     monkeypatch.delenv("MLFLOW_SPARK_TOOLS_SIGNING_KEY", raising=False)
     mlflow.set_tracking_uri(tracking_server.url)
     victim_experiment = client.create_experiment(f"victim-{experiment}")
-    mlflow.set_experiment(experiment_id=victim_experiment)
-    with mlflow.start_run():
+    # start_run(experiment_id=...), not set_experiment: the active experiment is process-wide
+    # and would make later tests' start_run(run_id=...) of other experiments fail
+    with mlflow.start_run(experiment_id=victim_experiment):
         victim = mlflow.sklearn.log_model(LinearRegression().fit([[0.0], [1.0]], [0.0, 1.0]), name="model",
                                           pip_requirements=["scikit-learn"], serialization_format="cloudpickle")
     collector = FailedRunCollector(tmp_path / "store", tracking_uri=closed_proxy.url, fail_fast_seconds=0)
