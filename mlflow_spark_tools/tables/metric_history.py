@@ -9,10 +9,12 @@ Which keys are kept is a :class:`HistorySelection` (``all`` or a list of keys). 
 read with :class:`~mlflow_spark_tools.tracking.metric_history.MetricHistoryReader` in parallel
 requests and written in chunks of bounded size to a staging table (when there is more than one
 chunk), so that the driver never holds more than a few chunks however long the histories are;
-the table itself then changes in one Delta commit: an overwrite for a full build, one MERGE for
-an incremental refresh (every row of each re-read run is replaced by its points as read now, and
-the rows of runs that left the table are deleted). While reading, the lowest and highest value
-of each run's metric and the step where each was first reached are computed for ``exp_<id>``.
+the table itself then changes in one Delta commit: an overwrite for a full build; for an
+incremental refresh an append of the points the table does not hold yet (MLflow never changes a
+logged point), or one MERGE when deleted runs still have rows (deleted, with the new points
+inserted) or when more than 2,000 runs were re-read (their rows replaced by their points as
+read now). While reading, the lowest and highest value of each run's metric and the step where
+each was first reached are computed for ``exp_<id>``.
 """
 
 from __future__ import annotations
@@ -156,7 +158,7 @@ class MetricHistoryWriter:
             runs: the runs to read (their ``_m_`` raw columns say which keys each has).
             namer: names the metric columns (every key of ``runs`` is named already).
             replace_all: the table becomes exactly these runs' points (a full build); else
-                these runs' rows are replaced and the other runs' rows kept.
+                the points of these runs the table lacks are added and the other rows kept.
             removed_run_ids: runs whose rows are deleted (incremental refresh only).
         """
         target = history_table_name(table)
