@@ -139,24 +139,21 @@ class ColumnNamer:
         if missing_metrics:  # a summary's metric is named first, as the latest value's column
             added += self.assign(missing_metrics, runs)
         for kind, key in new:
-            base = safe_base_name(kind, key)
-            n = 1
-            while _with_suffix(base, n).lower() in self._taken:
-                n += 1
-            name = _with_suffix(base, n)
-            self._by_key[(kind, key)] = name
-            self._taken.add(name.lower())
-            added.append((kind, key, name))
+            added.append((kind, key, self._name_from(kind, key, safe_base_name(kind, key))))
         for kind, key in summaries:
             base = PREFIXES[kind] + self._by_key[(METRIC, key)][len(PREFIXES[METRIC]):]
-            n = 1
-            while _with_suffix(base, n).lower() in self._taken:
-                n += 1
-            name = _with_suffix(base, n)
-            self._by_key[(kind, key)] = name
-            self._taken.add(name.lower())
-            added.append((kind, key, name))
+            added.append((kind, key, self._name_from(kind, key, base)))
         return added
+
+    def _name_from(self, kind: str, key: str, base: str) -> str:
+        """Give (kind, key) ``base``, or ``base`` with the first suffix no column has yet."""
+        n = 1
+        while _with_suffix(base, n).lower() in self._taken:
+            n += 1
+        name = _with_suffix(base, n)
+        self._by_key[(kind, key)] = name
+        self._taken.add(name.lower())
+        return name
 
 
 def info_specs() -> list[ColumnSpec]:
