@@ -7,6 +7,7 @@ a name from a flag, a config file or the tracking server can never change the st
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from mlflow_spark_tools.errors import InvalidIdentifierError
 
@@ -77,3 +78,8 @@ def experiment_table_name(experiment_id: str) -> str:
 def sql_string(value: str) -> str:
     """A SQL string literal for a value (single quotes doubled, backslashes escaped)."""
     return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def sql_strings(values: Iterable[str]) -> str:
+    """The SQL string literals of ``values``, comma-separated (the inside of an ``IN (...)``)."""
+    return ", ".join(sql_string(v) for v in values)

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from mlflow_spark_tools.core.identifiers import qualified_name, quote, sql_string, validate_database
+from mlflow_spark_tools.core.identifiers import qualified_name, quote, sql_strings, validate_database
 from mlflow_spark_tools.errors import EngineError
 from mlflow_spark_tools.spark.engine import Engine
 
@@ -178,7 +178,7 @@ class Database:
         values = ", ".join(f"s.{quote(n)}" for n, _ in columns)
         # Naming the keys lets the engine skip the files that hold none of them (their
         # statistics of the key column rule them out) instead of rewriting the whole table.
-        named = (f"t.{quote(key)} IN ({', '.join(sql_string(k) for k in sorted(set(keys)))}) AND "
+        named = (f"t.{quote(key)} IN ({sql_strings(sorted(set(keys)))}) AND "
                  if len(set(keys)) <= MAX_KEYS_NAMED else "")
         try:
             self.spark.sql(

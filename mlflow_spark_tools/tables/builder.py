@@ -25,7 +25,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mlflow_spark_tools.core.identifiers import experiment_table_name, quote, sql_string
+from mlflow_spark_tools.core.identifiers import experiment_table_name, quote, sql_string, sql_strings
 from mlflow_spark_tools.errors import EXIT_FAILURE, MlflowSparkToolsError
 from mlflow_spark_tools.runs.columns import (
     INFO,
@@ -356,7 +356,7 @@ class ExperimentTableBuilder:
                 r["run_id"]
                 for r in self.spark.sql(
                     f"SELECT run_id FROM {self.db.name(table)} WHERE status IN "
-                    f"({', '.join(sql_string(s) for s in UNFINISHED)})"
+                    f"({sql_strings(UNFINISHED)})"
                 ).collect()
             ]
             recent = recent_future.result()

@@ -29,7 +29,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mlflow_spark_tools.core.identifiers import quote, sql_string
+from mlflow_spark_tools.core.identifiers import quote, sql_strings
 from mlflow_spark_tools.core.progress import Progress
 from mlflow_spark_tools.errors import UsageError
 from mlflow_spark_tools.runs.columns import (
@@ -239,7 +239,7 @@ class MetricHistoryWriter:
             return _identity(HISTORY_SCHEMA.empty_table())
         rows = to_arrow(self.spark.sql(
             f"SELECT run_id, key, step, unix_millis(timestamp) AS ts, value FROM {self.db.name(target)} "
-            f"WHERE run_id IN ({', '.join(sql_string(r) for r in run_ids)})"))
+            f"WHERE run_id IN ({sql_strings(run_ids)})"))
         return _identity(rows)
 
     def _runs_with_rows(self, target: str, run_ids: list[str]) -> list[str]:
@@ -250,7 +250,7 @@ class MetricHistoryWriter:
             return run_ids
         found = self.spark.sql(
             f"SELECT DISTINCT run_id FROM {self.db.name(target)} "
-            f"WHERE run_id IN ({', '.join(sql_string(r) for r in run_ids)})").collect()
+            f"WHERE run_id IN ({sql_strings(run_ids)})").collect()
         return sorted(r["run_id"] for r in found)
 
     # ---- reading -----------------------------------------------------------------------
