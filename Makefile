@@ -16,7 +16,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python setup.py constraints.txt
-	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[local,dev]"
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[local,dev,database]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -48,7 +48,7 @@ $(COMPAT_BIN)/python:
 	$(COMPAT_BIN)/python -m pip install --quiet --upgrade pip
 
 $(COMPAT_STAMP): $(COMPAT_BIN)/python setup.py constraints-compat.txt
-	$(COMPAT_BIN)/pip install --quiet --disable-pip-version-check -c constraints-compat.txt -e ".[local]" \
+	$(COMPAT_BIN)/pip install --quiet --disable-pip-version-check -c constraints-compat.txt -e ".[local,database]" \
 		mlflow scikit-learn pytest pytest-timeout psutil setuptools wheel
 	touch $(COMPAT_STAMP)
 

@@ -55,6 +55,12 @@ setup(
             "pysail>=0.7.2",
             "delta-spark>=3.2",
         ],
+        # build-tables --source database: Arrow-native readers of sqlite and PostgreSQL backend
+        # stores (other databases are read through SQLAlchemy and their own driver).
+        "database": [
+            "adbc-driver-sqlite>=1.0",
+            "adbc-driver-postgresql>=1.0",
+        ],
         "dev": [
             f"mlflow>={MLFLOW_FLOOR}",
             "scikit-learn>=1.3.0",
@@ -65,6 +71,8 @@ setup(
             "ruff>=0.6",
             "mypy>=1.10",
             "import-linter>=2.1",
+            # the tests' mlflow server on a PostgreSQL backend store
+            "psycopg2-binary>=2.9",
             "types-PyYAML",
             "types-requests",
             # builds the wheel without an isolated build environment (no download in tests)

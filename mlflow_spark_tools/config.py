@@ -29,7 +29,10 @@ ENV_OVERRIDES = {
     "MLFLOW_SPARK_TOOLS_PROFILE": ("rate_limit_profile",),
     "SPARK_REMOTE": ("engine", "remote"),
     "MLFLOW_TRACKING_URI": ("tracking_uri",),
+    "MLFLOW_SPARK_TOOLS_BACKEND_STORE_URI": ("tables", "backend_store_uri"),
 }
+# Where a table build reads runs: the tracking server's REST API or its backend database.
+TABLE_SOURCES = ("rest", "database")
 
 API_CLASSES = ENDPOINT_API_CLASSES
 MiB = 1 << 20
@@ -107,9 +110,20 @@ class TablesConfig:
     # null means MLflow's resolution (MLFLOW_REGISTRY_URI, else the tracking server's registry).
     # Not in the repr: a URI may carry credentials (the summaries show it redacted).
     registry_uri: str | None = field(default=None, repr=False)
+    # rest (the tracking server's API), database (its backend database, read-only).
+    source: str = "rest"
+    # SQLAlchemy URI of the backend database for source `database`; it holds the database
+    # password, so it is not in the repr and is never printed.
+    backend_store_uri: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         validate_database(self.database)
+        if self.source not in TABLE_SOURCES:
+            raise InvalidConfigError(
+                f"tables.source must be one of {', '.join(TABLE_SOURCES)}, got {self.source!r}.")
+        if self.backend_store_uri is not None and (
+                not isinstance(self.backend_store_uri, str) or not self.backend_store_uri.strip()):
+            raise InvalidConfigError("tables.backend_store_uri must be a SQLAlchemy database URI or null.")
         if self.registry_uri is not None and (not isinstance(self.registry_uri, str) or not self.registry_uri.strip()):
             raise InvalidConfigError(
                 f"tables.registry_uri must be a registry URI (e.g. databricks-uc) or null, got {self.registry_uri!r}.")

@@ -41,6 +41,12 @@ TABLE_MAX_ROWS = 1000
 @click.option("--registry", is_flag=True,
               help="Also refresh registered_models and model_versions from the model registry "
                    "(tables.registry_uri, else MLflow's registry URI); alone, only those.")
+@click.option("--source", type=click.Choice(["rest", "database"]), default=None,
+              help="Where runs are read: rest (the tracking server's API) or database (its backend "
+                   "database, read-only, no API requests). Default: tables.source (rest).")
+@click.option("--backend-store-uri", default=None, metavar="URI",
+              help="SQLAlchemy URI of the backend database for --source database, as mlflow server "
+                   "takes it (default: MLFLOW_SPARK_TOOLS_BACKEND_STORE_URI, tables.backend_store_uri).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               show_default=True, help="Summary format. JSON: a list of the experiments' summaries; with "
                                       "--registry an object {\"experiments\": [...], \"registry\": {...}}.")
@@ -49,7 +55,8 @@ TABLE_MAX_ROWS = 1000
 @handle_errors
 def build_tables_command(ctx: Context, experiment_ids: tuple[str, ...], experiment_names: tuple[str, ...],
                          exact_names: tuple[str, ...], all_experiments: bool, full_refresh: bool,
-                         include_deleted: bool, metric_history: str | None, registry: bool, fmt: str) -> None:
+                         include_deleted: bool, metric_history: str | None, registry: bool, source: str | None,
+                         backend_store_uri: str | None, fmt: str) -> None:
     """Build or refresh the flattened Delta tables exp_<experiment_id>.
 
     The first build of a table reads every run; later ones read what changed since (see
@@ -59,6 +66,7 @@ def build_tables_command(ctx: Context, experiment_ids: tuple[str, ...], experime
     from mlflow_spark_tools.tables.build import build_experiment_tables
 
     ids, names = split_values(experiment_ids), [*split_values(experiment_names), *exact_names]
+    ctx.settings = ctx.settings.with_overrides(tables__source=source, tables__backend_store_uri=backend_store_uri)
     if not (ids or names or all_experiments or registry):
         raise UsageError("Say which experiments: --experiment-ids, --experiment-names, --experiment-name or --all "
                          "(or --registry for the registry tables).")

@@ -30,8 +30,13 @@ SECRET_ENV = (
     "ARM_CLIENT_SECRET",
     "AZURE_CLIENT_SECRET",
     "MLFLOW_SPARK_TOOLS_SIGNING_KEY",
+    "MLFLOW_SPARK_TOOLS_BACKEND_STORE_URI",
+    "PGPASSWORD",
 )
 _MIN_SECRET = 4  # shorter values would mask ordinary words
+# Secrets this process learned from its settings (a database password in a backend store URI):
+# quoted anywhere, in any form a driver may echo, they are masked like the environment's.
+_KNOWN_SECRETS: set[str] = set()
 
 _URL_USERINFO = re.compile(r"(?<=//)[^/@\s'\"]+@")
 _AUTH_HEADER = re.compile(r"(?i)\b(authorization['\"]?\s*[:=]\s*['\"]?)(bearer|basic|token)?(\s*)[^\s'\",}]+")
@@ -43,8 +48,15 @@ _KEY_VALUE = re.compile(
 )
 
 
+def register_secret(value: str | None) -> None:
+    """Mask ``value`` (and its URL-quoted form) in every text :func:`redact` sees from now on."""
+    if value and len(value) >= _MIN_SECRET:
+        _KNOWN_SECRETS.add(value)
+        _KNOWN_SECRETS.add(urllib.parse.quote(value, safe=""))
+
+
 def _env_secrets() -> list[str]:
-    values = {os.environ.get(name, "") for name in SECRET_ENV}
+    values = {os.environ.get(name, "") for name in SECRET_ENV} | _KNOWN_SECRETS
     return sorted((v for v in values if len(v) >= _MIN_SECRET), key=len, reverse=True)
 
 

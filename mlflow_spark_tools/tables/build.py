@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
+from mlflow_spark_tools.backend_store.connection import BackendDatabase
+from mlflow_spark_tools.backend_store.history_reader import DatabaseHistoryReader
+from mlflow_spark_tools.backend_store.model_reader import DatabaseModelSearch
+from mlflow_spark_tools.backend_store.run_reader import DatabaseRunReader
 from mlflow_spark_tools.config import Settings
 from mlflow_spark_tools.core.identifiers import validate_database, validate_experiment_id
 from mlflow_spark_tools.core.progress import Progress
@@ -66,8 +71,20 @@ class BuildResult:
         return EXIT_FAILURE
 
 
+class _ExperimentLookup(Protocol):
+    """Where experiments are looked up: the tracking server, or its backend database."""
+
+    def experiment_by_id(self, experiment_id: str) -> Any: ...
+    def experiment_by_name(self, name: str) -> Any: ...
+    def all_experiments(self) -> list[Any]: ...
+
+
+def _experiment_info(found: Any) -> ExperimentInfo:
+    return ExperimentInfo(str(found.experiment_id), found.name, found.lifecycle_stage, found.artifact_location)
+
+
 def _resolve(
-    source: TrackingSource,
+    source: _ExperimentLookup,
     experiment_ids: Sequence[str],
     experiment_names: Sequence[str],
     all_experiments: bool,
@@ -75,15 +92,15 @@ def _resolve(
 ) -> list[ExperimentInfo]:
     found: list[ExperimentInfo] = []
     if all_experiments:
-        found.extend(source.all_experiments())
+        found.extend(_experiment_info(e) for e in source.all_experiments())
     for experiment_id in experiment_ids:
         try:
-            found.append(source.experiment_by_id(validate_experiment_id(experiment_id)))
+            found.append(_experiment_info(source.experiment_by_id(validate_experiment_id(experiment_id))))
         except (ExperimentNotFoundError, UsageError) as exc:
             result.summaries.append(RefreshSummary.failed(str(experiment_id), None, exc))
     for name in experiment_names:
         try:
-            found.append(source.experiment_by_name(name))
+            found.append(_experiment_info(source.experiment_by_name(name)))
         except ExperimentNotFoundError as exc:
             result.summaries.append(RefreshSummary.failed("?", name, exc))
     unique: dict[str, ExperimentInfo] = {}
@@ -133,30 +150,62 @@ def build_experiment_tables(
     validate_database(settings.tables.database)
     selection = HistorySelection.parse(
         settings.tables.metric_history if metric_history is None else metric_history)
-    source = TrackingSource.from_settings(settings)
     result = BuildResult()
-    experiments = _resolve(source, experiment_ids, experiment_names, all_experiments, result)
-    if not experiments and not registry:
-        return result
-    with EngineHandle(engine, spark) as handle:
+    with ExitStack() as stack:
+        backend = _backend_database(settings, stack)
+        run_reader = DatabaseRunReader(backend) if backend is not None else None
+        source = TrackingSource.from_settings(settings) if backend is None or registry else None
+        lookup: _ExperimentLookup = run_reader if run_reader is not None else source  # type: ignore[assignment]
+        experiments = _resolve(lookup, experiment_ids, experiment_names, all_experiments, result)
+        if not experiments and not registry:
+            return result
+        handle = stack.enter_context(EngineHandle(engine, spark))
         run_on = handle.get(settings.engine.remote, settings.engine.warehouse)
         db = Database(run_on, settings.tables.database)
         if experiments:
-            fetcher = RunFetcher(source, settings.tables.page_size, settings.tables.fetch_workers)
-            history = None
-            if selection is not None:
-                reader = MetricHistoryReader(source.client, settings.tables.max_history_points)
-                history = MetricHistoryWriter(db, reader, settings.tables.history_workers)
-            builder = ExperimentTableBuilder(
-                run_on, fetcher, settings.tables.database, settings.tables.watermark_margin_seconds,
-                history=history, selection=selection, models=ModelsWriter(db, LoggedModelSearch(source.client)),
-            )
+            builder = _builder(settings, run_on, db, selection, source, backend, run_reader)
             for number, exp in enumerate(experiments, 1):
                 result.summaries.append(_build_one(builder, exp, f"{number}/{len(experiments)}",
                                                    full_refresh=full_refresh, include_deleted=include_deleted))
         if registry:
+            assert source is not None
             result.registry = _build_registry(db, source, settings.tables.registry_uri)
     return result
+
+
+def _backend_database(settings: Settings, stack: ExitStack) -> BackendDatabase | None:
+    """The backend database of source ``database`` (closed with ``stack``), else None."""
+    if settings.tables.source != "database":
+        return None
+    if not settings.tables.backend_store_uri:
+        raise UsageError("--source database needs --backend-store-uri (or MLFLOW_SPARK_TOOLS_BACKEND_STORE_URI, "
+                         "tables.backend_store_uri): the SQLAlchemy URI of the tracking server's database.")
+    backend = stack.enter_context(BackendDatabase(settings.tables.backend_store_uri))
+    log.info("Reading runs from backend store %s (%s reader)", backend.description, backend.reader)
+    return backend
+
+
+def _builder(settings: Settings, run_on: Engine, db: Database, selection: HistorySelection | None,
+             source: TrackingSource | None, backend: BackendDatabase | None,
+             run_reader: DatabaseRunReader | None) -> ExperimentTableBuilder:
+    """The table builder of the configured source: the tracking server's API, or its backend
+    database for runs, histories and logged models alike."""
+    tables = settings.tables
+    fetcher: RunFetcher | DatabaseRunReader
+    history_reader: MetricHistoryReader | DatabaseHistoryReader
+    models: LoggedModelSearch | DatabaseModelSearch
+    if backend is not None and run_reader is not None:
+        fetcher = run_reader
+        history_reader = DatabaseHistoryReader(backend, tables.max_history_points)
+        models = DatabaseModelSearch(backend)
+    else:
+        assert source is not None
+        fetcher = RunFetcher(source, tables.page_size, tables.fetch_workers)
+        history_reader = MetricHistoryReader(source.client, tables.max_history_points)
+        models = LoggedModelSearch(source.client)
+    history = MetricHistoryWriter(db, history_reader, tables.history_workers) if selection is not None else None
+    return ExperimentTableBuilder(run_on, fetcher, tables.database, tables.watermark_margin_seconds,
+                                  history=history, selection=selection, models=ModelsWriter(db, models))
 
 
 def _build_registry(db: Database, source: TrackingSource, registry_uri: str | None) -> RegistrySummary:

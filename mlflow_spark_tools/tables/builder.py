@@ -25,6 +25,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mlflow_spark_tools.backend_store.run_reader import DatabaseRunReader
 from mlflow_spark_tools.core.identifiers import experiment_table_name, quote, sql_string, sql_strings
 from mlflow_spark_tools.errors import EXIT_FAILURE, MlflowSparkToolsError
 from mlflow_spark_tools.runs.columns import (
@@ -148,7 +149,7 @@ class ExperimentTableBuilder:
 
     Args:
         engine: the Spark engine.
-        fetcher: reads runs from the tracking server.
+        fetcher: reads runs from the tracking server, or from its backend database.
         database: ``schema`` or ``catalog.schema``.
         watermark_margin_seconds: how far before the previous refresh an incremental refresh
             looks again.
@@ -161,7 +162,7 @@ class ExperimentTableBuilder:
     def __init__(
         self,
         engine: Engine,
-        fetcher: RunFetcher,
+        fetcher: RunFetcher | DatabaseRunReader,
         database: str,
         watermark_margin_seconds: int = 600,
         clock: Callable[[], float] = time.time,

@@ -29,6 +29,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mlflow_spark_tools.backend_store.history_reader import DatabaseHistoryReader
 from mlflow_spark_tools.core.identifiers import quote, sql_strings
 from mlflow_spark_tools.core.progress import Progress
 from mlflow_spark_tools.errors import UsageError
@@ -137,12 +138,12 @@ class MetricHistoryWriter:
 
     Args:
         db: the database of the tables.
-        reader: reads points from the tracking server.
+        reader: reads points from the tracking server, or from its backend database.
         workers: requests in flight at once (the rate limiter still paces them).
         chunk_rows: points per write to the staging table (bounds the driver's memory).
     """
 
-    def __init__(self, db: Database, reader: MetricHistoryReader, workers: int = 4,
+    def __init__(self, db: Database, reader: MetricHistoryReader | DatabaseHistoryReader, workers: int = 4,
                  chunk_rows: int | None = None) -> None:
         self.db = db
         self.spark = db.spark
@@ -180,11 +181,10 @@ class MetricHistoryWriter:
         known = self._known_points(target, read_ids) if incremental and len(read_ids) <= MAX_KEYS_NAMED else None
         try:
             with Progress(f"{table}: metric histories read", "run-keys", total=pairs) as progress:
-                for key, points in self._read_all(tasks):
-                    progress.update(len({p["run_id"] for p in points}))
-                    if not points:
+                for done, part in self._parts(tasks, selection, namer):
+                    progress.update(done)
+                    if part.num_rows == 0:
                         continue
-                    part = points_table(points, key, namer.name(METRIC, key))
                     summaries.append(summarize(part))
                     if known is not None:
                         part = _new_points(part, known)
@@ -255,11 +255,35 @@ class MetricHistoryWriter:
 
     # ---- reading -----------------------------------------------------------------------
 
-    def _read_all(self, tasks: list[tuple[str, list[str]]]) -> Iterator[tuple[str, Points]]:
+    def _parts(self, tasks: list[tuple[str, list[str]]], selection: HistorySelection,
+               namer: ColumnNamer) -> Iterator[tuple[int, pa.Table]]:
+        """(run-keys finished, points with their column names) for every task: from a reader
+        that answers Arrow tables (the backend database) many runs and keys per query, else
+        from the REST reader's answers."""
+        reader = self.reader
+        if not isinstance(reader, DatabaseHistoryReader):
+            for key, points in self._read_all(reader, tasks):
+                yield len({p["run_id"] for p in points}), points_table(points, key, namer.name(METRIC, key))
+            return
+        pairs_of: dict[str, int] = {}
+        for _, ids in tasks:
+            for run_id in ids:
+                pairs_of[run_id] = pairs_of.get(run_id, 0) + 1
+        run_ids = sorted(pairs_of)
+        keys = None if selection.keys is None else sorted(selection.keys)
+        step = reader.runs_per_query
+        for start in range(0, len(run_ids), step):
+            chunk = run_ids[start:start + step]
+            for part in reader.read_tables(chunk, keys):
+                yield 0, with_column_names(part, namer)
+            yield sum(pairs_of[r] for r in chunk), HISTORY_SCHEMA.empty_table()
+
+    def _read_all(self, reader: MetricHistoryReader,
+                  tasks: list[tuple[str, list[str]]]) -> Iterator[tuple[str, Points]]:
         """Every answer of every task, with at most a few tasks' answers held at once."""
         def run(task: tuple[str, list[str]]) -> tuple[str, list[Points]]:
             key, ids = task
-            return key, list(self.reader.read(key, ids))
+            return key, list(reader.read(key, ids))
 
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             window: list[Future[tuple[str, list[Points]]]] = []
@@ -323,6 +347,21 @@ def points_table(points: Points, key: str, column_name: str) -> pa.Table:
         "model_id": pa.array([p.get("model_id") for p in points], pa.string()),
         "dataset_name": pa.array([p.get("dataset_name") for p in points], pa.string()),
         "dataset_digest": pa.array([p.get("dataset_digest") for p in points], pa.string()),
+    }, schema=HISTORY_SCHEMA)
+
+
+def with_column_names(points: pa.Table, namer: ColumnNamer) -> pa.Table:
+    """Points of several keys (``run_id``, ``key``, ``step``, ``timestamp``, ``value``) as
+    :data:`HISTORY_SCHEMA` rows: each key's ``_m_`` column name, no link fields."""
+    keys = pc.unique(points["key"])
+    names = pa.array([namer.name(METRIC, k) for k in keys.to_pylist()], pa.string())
+    column_names = names.take(pc.index_in(points["key"], value_set=keys))
+    n = points.num_rows
+    return pa.table({
+        "run_id": points["run_id"], "key": points["key"], "column_name": column_names,
+        "step": points["step"], "timestamp": points["timestamp"], "value": points["value"],
+        "model_id": pa.nulls(n, pa.string()), "dataset_name": pa.nulls(n, pa.string()),
+        "dataset_digest": pa.nulls(n, pa.string()),
     }, schema=HISTORY_SCHEMA)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from mlflow_spark_tools.backend_store.model_reader import DatabaseModelSearch
 from mlflow_spark_tools.spark.arrow import frame_with_maps
 from mlflow_spark_tools.spark.catalog import Database
 from mlflow_spark_tools.tracking.model_search import LoggedModelSearch
@@ -113,10 +114,10 @@ class ModelsWriter:
 
     Args:
         db: the database of the tables.
-        search: reads the logged models from the tracking server.
+        search: reads the logged models from the tracking server, or from its backend database.
     """
 
-    def __init__(self, db: Database, search: LoggedModelSearch) -> None:
+    def __init__(self, db: Database, search: LoggedModelSearch | DatabaseModelSearch) -> None:
         self.db = db
         self.search = search
 

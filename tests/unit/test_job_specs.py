@@ -56,6 +56,7 @@ def test_one_task_per_experiment_group_and_per_replay_dir_one_after_another():
         assert named["profile"] == environment.variables["rate_limit_profile"]
         params = check_arguments("build-tables", wheel_task_argv(task["python_wheel_task"]))
         assert params["metric_history"] == group["metric_history"]
+        assert params["source"] == environment.variables["table_source"] == "rest"
     assert [g["metric_history"] for g in groups] == ["val_loss,val_mape", "none"]
     dirs = environment.variables["replay_dirs"]
     tasks = replay.settings["tasks"]

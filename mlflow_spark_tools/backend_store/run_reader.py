@@ -1,0 +1,299 @@
+"""Runs of an experiment read from the backend database, as the same Arrow tables REST pages give.
+
+:class:`DatabaseRunReader` answers what the table builder asks a run fetcher
+(:class:`~mlflow_spark_tools.tables.fetch.RunFetcher`): every run, the runs changed since a
+watermark, runs by id. Its tables have the columns of
+:func:`~mlflow_spark_tools.runs.run_batches.runs_to_table`, with the values the REST API would
+give for the same runs: the run name from ``runs.name``, else the ``mlflow.runName`` tag; the
+parent from ``mlflow.parentRunId``; the latest metric values from ``latest_metrics`` (NaN where
+``is_nan``; MLflow stores infinities as +-1.797e308 and so returns them); a user id or tag
+value that is empty or NULL as the API sends it.
+
+Each query streams in record batches: run info first (one row per run), then params, latest
+metrics and tags in long form (run, key, value), which are pivoted into one column per key
+with Arrow and numpy (one pass per key over the run count, whatever the number of keys).
+Dataset inputs come from ``inputs``, ``datasets`` and ``input_tags``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mlflow_spark_tools.backend_store.connection import BackendDatabase
+from mlflow_spark_tools.backend_store.schema import schema_revision
+from mlflow_spark_tools.errors import ExperimentNotFoundError
+from mlflow_spark_tools.runs.columns import METRIC, PARAM, TAG
+from mlflow_spark_tools.runs.run_batches import (
+    CONTEXT_TAG,
+    DATASET_FIELDS,
+    DATASET_INPUT,
+    INFO_SCHEMA,
+    INPUTS_COLUMN,
+    PARENT_RUN_TAG,
+    RUN_NAME_TAG,
+    concat_pages,
+    raw_name,
+)
+
+log = logging.getLogger(__name__)
+
+IDS_PER_QUERY = 500
+_RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_EXPERIMENT_ID = re.compile(r"^[0-9]{1,18}$")
+
+RUN_ROW = pa.schema([
+    ("run_id", pa.string()), ("experiment_id", pa.int64()), ("name", pa.string()), ("status", pa.string()),
+    ("lifecycle_stage", pa.string()), ("user_id", pa.string()), ("start_time", pa.int64()),
+    ("end_time", pa.int64()), ("artifact_uri", pa.string()),
+])
+TEXT_ENTRY = pa.schema([("run_id", pa.string()), ("key", pa.string()), ("value", pa.string())])
+METRIC_ENTRY = pa.schema([("run_id", pa.string()), ("key", pa.string()), ("value", pa.float64()),
+                          ("is_nan", pa.bool_())])
+INPUT_ROW = pa.schema([
+    ("run_id", pa.string()), ("input_uuid", pa.string()), ("name", pa.string()), ("digest", pa.string()),
+    ("source_type", pa.string()), ("source", pa.string()), ("schema", pa.string()), ("profile", pa.string()),
+])
+INPUT_TAG = pa.schema([("input_uuid", pa.string()), ("key", pa.string()), ("value", pa.string())])
+EXPERIMENT_ROW = pa.schema([("experiment_id", pa.int64()), ("name", pa.string()),
+                            ("lifecycle_stage", pa.string()), ("artifact_location", pa.string())])
+
+ACTIVE = "r.lifecycle_stage = 'active'"
+ANY_STAGE = "r.lifecycle_stage IN ('active', 'deleted')"
+
+
+@dataclass(frozen=True)
+class ExperimentRow:
+    experiment_id: str
+    name: str
+    lifecycle_stage: str
+    artifact_location: str | None
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """Which runs of an experiment a read takes: a WHERE clause over ``runs r`` and its
+    parameters."""
+
+    where: str
+    params: tuple[object, ...]
+
+
+class DatabaseRunReader:
+    """Reads runs of experiments from an MLflow backend database.
+
+    Args:
+        db: the read-only connection (its schema revision is checked here).
+    """
+
+    def __init__(self, db: BackendDatabase) -> None:
+        self.db = db
+        self.revision = schema_revision(db)
+        self._on_runs: Callable[[int], None] | None = None
+
+    @property
+    def on_runs(self) -> Callable[[int], None] | None:
+        """Told how many runs each read brought (the build's progress)."""
+        return self._on_runs
+
+    @on_runs.setter
+    def on_runs(self, callback: Callable[[int], None] | None) -> None:
+        self._on_runs = callback
+
+    # ---- experiments -----------------------------------------------------------------------
+
+    def _experiments(self, where: str, params: tuple[object, ...]) -> list[ExperimentRow]:
+        table = self.db.table(
+            "SELECT e.experiment_id, e.name, e.lifecycle_stage, e.artifact_location FROM experiments e "
+            f"WHERE {where} ORDER BY e.experiment_id", params, EXPERIMENT_ROW)
+        return [ExperimentRow(str(row["experiment_id"]), row["name"], row["lifecycle_stage"],
+                              row["artifact_location"]) for row in table.to_pylist()]
+
+    def experiment_by_id(self, experiment_id: str) -> ExperimentRow:
+        if not _EXPERIMENT_ID.match(str(experiment_id)):
+            raise ExperimentNotFoundError(
+                f"Experiment id {experiment_id!r} is not in backend store {self.db.description} "
+                f"(MLflow's experiment ids there are integers).")
+        found = self._experiments("e.experiment_id = ?", (int(experiment_id),))
+        if not found:
+            raise ExperimentNotFoundError(f"Experiment id {experiment_id!r} is not in backend store "
+                                          f"{self.db.description}.")
+        return found[0]
+
+    def experiment_by_name(self, name: str) -> ExperimentRow:
+        found = self._experiments("e.name = ?", (name,))
+        if not found:
+            raise ExperimentNotFoundError(f"Experiment {name!r} is not in backend store {self.db.description}.")
+        return found[0]
+
+    def all_experiments(self) -> list[ExperimentRow]:
+        """Every active experiment."""
+        return self._experiments("e.lifecycle_stage = 'active'", ())
+
+    # ---- runs ------------------------------------------------------------------------------
+
+    def fetch_all(self, experiment_id: str, *, include_deleted: bool = False) -> pa.Table:
+        """Every run of the experiment (deleted ones too when asked)."""
+        return self._read(_Selection(f"r.experiment_id = ? AND {ANY_STAGE if include_deleted else ACTIVE}",
+                                     (int(experiment_id),)))
+
+    def fetch_recent(self, experiment_id: str, since_ms: int, *, include_deleted: bool = False) -> pa.Table:
+        """Runs that ended or started at or after ``since_ms``, and every deleted run: the runs
+        the REST source's three searches return."""
+        stage = ANY_STAGE if include_deleted else ACTIVE
+        return self._read(_Selection(
+            f"r.experiment_id = ? AND (({stage} AND (r.end_time >= ? OR r.start_time >= ?)) "
+            "OR r.lifecycle_stage = 'deleted')",
+            (int(experiment_id), int(since_ms), int(since_ms))))
+
+    def fetch_by_ids(self, experiment_id: str, run_ids: Iterable[str]) -> pa.Table:
+        """The current state of the given runs (deleted ones included)."""
+        ids = sorted({r for r in run_ids if _RUN_ID.match(r)})
+        parts = []
+        for start in range(0, len(ids), IDS_PER_QUERY):
+            chunk = ids[start:start + IDS_PER_QUERY]
+            marks = ", ".join("?" * len(chunk))
+            parts.append(self._read(_Selection(f"r.experiment_id = ? AND {ANY_STAGE} AND r.run_uuid IN ({marks})",
+                                               (int(experiment_id), *chunk))))
+        return concat_pages(parts)
+
+    def fetch_changes(self, experiment_id: str, since_ms: int, unfinished_run_ids: Iterable[str], *,
+                      include_deleted: bool = False) -> pa.Table:
+        """Runs changed since a watermark, as :meth:`RunFetcher.fetch_changes` defines them."""
+        from mlflow_spark_tools.runs.run_batches import dedupe_latest
+
+        recent = self.fetch_recent(experiment_id, since_ms, include_deleted=include_deleted)
+        seen = set(recent["run_id"].to_pylist())
+        by_id = self.fetch_by_ids(experiment_id, [r for r in unfinished_run_ids if r not in seen])
+        return dedupe_latest(concat_pages([by_id, recent]))
+
+    # ---- one read ----------------------------------------------------------------------------
+
+    def _read(self, selection: _Selection) -> pa.Table:
+        runs = self.db.table(
+            "SELECT r.run_uuid, r.experiment_id, r.name, r.status, r.lifecycle_stage, r.user_id, r.start_time, "
+            f"r.end_time, r.artifact_uri FROM runs r WHERE {selection.where} ORDER BY r.start_time, r.run_uuid",
+            selection.params, RUN_ROW)
+        if runs.num_rows == 0:
+            return concat_pages([])
+        run_ids = runs["run_id"].combine_chunks()
+        joined = f"JOIN runs r ON r.run_uuid = x.run_uuid WHERE {selection.where}"
+        params = self._long("SELECT x.run_uuid, x.key, x.value FROM params x " + joined, selection, TEXT_ENTRY)
+        metrics = self._long("SELECT x.run_uuid, x.key, x.value, x.is_nan FROM latest_metrics x " + joined,
+                             selection, METRIC_ENTRY)
+        tags = self._long("SELECT x.run_uuid, x.key, x.value FROM tags x " + joined, selection, TEXT_ENTRY)
+        metric_values = pc.if_else(pc.fill_null(metrics["is_nan"], False), math.nan, metrics["value"])
+        metrics = pa.table({"run_id": metrics["run_id"], "key": metrics["key"], "value": metric_values})
+        # the API sends a tag stored with a NULL value as ""
+        tags = tags.set_column(2, "value", pc.fill_null(tags["value"], ""))
+        columns: dict[str, pa.Array] = {}
+        for kind, entries in ((PARAM, params), (METRIC, metrics), (TAG, tags)):
+            columns.update(pivot(run_ids, entries, kind))
+        table = _info(runs, columns)
+        for name in sorted(columns):
+            table = table.append_column(name, columns[name])
+        table = table.append_column(INPUTS_COLUMN, self._inputs(run_ids, selection))
+        if self._on_runs is not None:
+            self._on_runs(table.num_rows)
+        return table
+
+    def _long(self, sql: str, selection: _Selection, schema: pa.Schema) -> pa.Table:
+        return self.db.table(sql, selection.params, schema)
+
+    def _inputs(self, run_ids: pa.Array, selection: _Selection) -> pa.Array:
+        """Each run's dataset inputs (a list per run, in ``run_ids`` order), ordered by dataset
+        name, digest and context; each input's tags by key."""
+        rows = self.db.table(
+            "SELECT i.destination_id, i.input_uuid, d.name, d.digest, d.dataset_source_type, d.dataset_source, "
+            "d.dataset_schema, d.dataset_profile FROM inputs i "
+            "JOIN datasets d ON d.dataset_uuid = i.source_id "
+            "JOIN runs r ON r.run_uuid = i.destination_id "
+            f"WHERE i.source_type = 'DATASET' AND i.destination_type = 'RUN' AND {selection.where}",
+            selection.params, INPUT_ROW)
+        per_run: dict[str, list[dict[str, object]]] = {}
+        if rows.num_rows:
+            tag_rows = self.db.table(
+                "SELECT t.input_uuid, t.name, t.value FROM input_tags t "
+                "JOIN inputs i ON i.input_uuid = t.input_uuid "
+                "JOIN runs r ON r.run_uuid = i.destination_id "
+                f"WHERE i.source_type = 'DATASET' AND i.destination_type = 'RUN' AND {selection.where}",
+                selection.params, INPUT_TAG)
+            tags: dict[str, list[dict[str, str]]] = {}
+            for tag in sorted(tag_rows.to_pylist(), key=lambda t: (t["input_uuid"], t["key"])):
+                tags.setdefault(tag["input_uuid"], []).append({"key": tag["key"], "value": tag["value"] or ""})
+            for row in rows.to_pylist():
+                input_tags = tags.get(row["input_uuid"], [])
+                context = next((t["value"] for t in input_tags if t["key"] == CONTEXT_TAG), None)
+                entry = {**{name: row.get(name) for name in DATASET_FIELDS}, "context": context, "tags": input_tags}
+                per_run.setdefault(row["run_id"], []).append(entry)
+            for entries in per_run.values():
+                entries.sort(key=lambda e: (str(e["name"]), str(e["digest"]), str(e["context"])))
+        return pa.array([per_run.get(run_id, []) for run_id in run_ids.to_pylist()], pa.list_(DATASET_INPUT))
+
+
+def _info(runs: pa.Table, columns: dict[str, pa.Array]) -> pa.Table:
+    """The run info columns (:data:`INFO_SCHEMA`) of run rows and their pivoted tags."""
+    n = runs.num_rows
+
+    def tag(key: str) -> pa.Array:
+        return columns.get(raw_name(TAG, key), pa.nulls(n, pa.string()))
+
+    names = runs["name"].combine_chunks()
+    run_name = pc.if_else(pc.fill_null(pc.not_equal(names, ""), False), names, tag(RUN_NAME_TAG))
+    start, end = runs["start_time"].combine_chunks(), runs["end_time"].combine_chunks()
+    user = runs["user_id"].combine_chunks()
+    milliseconds = pa.timestamp("ms", tz="UTC")
+    values = {
+        "run_id": runs["run_id"],
+        "experiment_id": runs["experiment_id"].cast(pa.string()),
+        "run_name": run_name,
+        "status": runs["status"],
+        "lifecycle_stage": runs["lifecycle_stage"],
+        "user_id": pc.if_else(pc.fill_null(pc.not_equal(user, ""), False), user, pa.scalar(None, pa.string())),
+        "start_time": start.cast(milliseconds),
+        "end_time": end.cast(milliseconds),
+        "duration_seconds": pc.divide(pc.subtract(end, start).cast(pa.float64()), 1000.0),
+        "artifact_uri": runs["artifact_uri"],
+        "parent_run_id": tag(PARENT_RUN_TAG),
+    }
+    return pa.table([values[name] for name in INFO_SCHEMA.names], schema=INFO_SCHEMA)
+
+
+def pivot(run_ids: pa.Array, entries: pa.Table, kind: str) -> dict[str, pa.Array]:
+    """One array per key of long-form ``entries`` (``run_id``, ``key``, ``value``), aligned with
+    ``run_ids`` (null where a run has no value), named :func:`raw_name` (kind, key).
+
+    Entries of runs not in ``run_ids`` are ignored; a (run, key) pair occurs at most once (the
+    store's primary keys)."""
+    if entries.num_rows == 0:
+        return {}
+    entries = entries.combine_chunks()
+    position = pc.index_in(entries["run_id"].chunk(0), value_set=run_ids)
+    keep = pc.is_valid(position)
+    entries = entries.filter(keep)
+    position = position.filter(keep)
+    encoded = entries["key"].combine_chunks().dictionary_encode()
+    order = pc.sort_indices(encoded.indices)
+    key_index = encoded.indices.take(order).to_numpy(zero_copy_only=False)
+    rows = np.asarray(position.take(order).to_numpy(zero_copy_only=False), dtype=np.int64)
+    values = entries["value"].combine_chunks().take(order)
+    bounds = np.flatnonzero(np.diff(key_index)) + 1
+    starts = np.concatenate(([0], bounds))
+    ends = np.concatenate((bounds, [len(key_index)]))
+    n = len(run_ids)
+    out: dict[str, pa.Array] = {}
+    slot = np.empty(n, dtype=np.int64)
+    for start, end in zip(starts.tolist(), ends.tolist()):
+        key = encoded.dictionary[int(key_index[start])].as_py()
+        slot.fill(-1)
+        slot[rows[start:end]] = np.arange(end - start, dtype=np.int64)
+        take = pa.array(slot, mask=slot < 0)
+        out[raw_name(kind, key)] = values.slice(start, end - start).take(take)
+    return out

@@ -1,0 +1,260 @@
+"""build-tables --source database: the same tables as through the REST API, cell by cell.
+
+The experiments are logged through a real ``mlflow server`` (sqlite store here, PostgreSQL in
+test_database_source_postgres.py); the same experiment is built once through REST into one
+database and once from the server's backend database into another, and every table (runs,
+column mapping, metric history, dataset inputs, logged models) is compared cell by cell, after
+a full build and after incremental refreshes that see new, finished, deleted and changed runs.
+The database builds run with a tracking URI nobody answers: they send no API request.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import mlflow
+import pytest
+from mlflow.entities import Metric
+
+from mlflow_spark_tools.backend_store.connection import BackendDatabase
+from mlflow_spark_tools.backend_store.schema import UnknownSchemaError, schema_revision
+from mlflow_spark_tools.spark.arrow import to_arrow
+from mlflow_spark_tools.tables.build import build_experiment_tables
+from tests.conftest import cells_equal
+from tests.support.local_server import free_port
+
+from .helpers import log_run
+from .run_content import MLFLOW_3
+from .test_model_tables import dataset, log_inputs
+
+REST_DB, DIRECT_DB = "via_rest", "via_database"
+# the tables of one experiment and the columns that order their rows
+TABLES = {"": ("run_id",), "_columns": ("column_name",), "_metrics": ("run_id", "key", "step", "timestamp"),
+          "_inputs": ("run_id", "name", "digest", "context"), "_models": ("model_id",)}
+
+
+def nobody_listens() -> str:
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def build_both(settings, backend_uri, experiment_id, engine, **kwargs):
+    """Build through REST into REST_DB and from the backend database into DIRECT_DB."""
+    rest = build_experiment_tables(settings.with_overrides(tables__database=REST_DB),
+                                   experiment_ids=[experiment_id], engine=engine, **kwargs)
+    direct = build_experiment_tables(
+        settings.with_overrides(tables__database=DIRECT_DB, tables__source="database",
+                                tables__backend_store_uri=backend_uri, tracking_uri=nobody_listens()),
+        experiment_ids=[experiment_id], engine=engine, **kwargs)
+    assert rest.exit_code == 0 and direct.exit_code == 0, [s.error for s in rest.summaries + direct.summaries]
+    return rest.summaries[0], direct.summaries[0]
+
+
+def table_rows(engine, database, table, order):
+    if not engine.spark.catalog.tableExists(f"{database}.{table}"):
+        return None
+    columns = ", ".join(f"`{c}`" for c in order)
+    return to_arrow(engine.spark.sql(f"SELECT * FROM {database}.{table} ORDER BY {columns}")).to_pylist()
+
+
+def normalized(value):
+    """Map columns collect as lists of pairs in an order of their own: compare them as dicts;
+    lists of structs (model metrics) in a stable order."""
+    if isinstance(value, list) and value and isinstance(value[0], tuple) and len(value[0]) == 2:
+        return dict(value)
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return sorted(value, key=repr)
+    return value
+
+
+def assert_same_tables(engine, experiment_id):
+    for suffix, order in TABLES.items():
+        table = f"exp_{experiment_id}{suffix}"
+        via_rest, direct = (table_rows(engine, db, table, order) for db in (REST_DB, DIRECT_DB))
+        assert (via_rest is None) == (direct is None), table
+        if via_rest is None:
+            continue
+        assert len(via_rest) == len(direct), table
+        assert list(via_rest[0]) == list(direct[0]) if via_rest else True, table  # same columns, same order
+        for a, b in zip(via_rest, direct):
+            for column in a:
+                x, y = normalized(a[column]), normalized(b[column])
+                assert cells_equal(x, y) or x == y, (table, column, a.get("run_id"), x, y)
+
+
+def same_summary(rest, direct):
+    fields = ("mode", "runs_fetched", "rows_inserted", "rows_updated", "rows_deleted", "row_count",
+              "columns_added", "columns_widened", "history_points", "inputs", "models")
+    return {f: getattr(rest, f) for f in fields} == {f: getattr(direct, f) for f in fields}
+
+
+def log_rich_runs(client, tracking_uri, experiment_id):
+    """Runs with what tables must carry: typed params, NaN and infinite metrics, histories,
+    unicode and colliding keys, nested runs, a running and a deleted run, dataset inputs and
+    (MLflow 3) logged models with params, tags and metrics per dataset. Returns their ids."""
+    parent = log_run(client, experiment_id, params={"lr": 0.1, "depth": 3, "opt": "adam"},
+                     metrics={"loss": [(1.0, 0), (0.5, 1), (0.25, 2)], "acc": float("nan")},
+                     tags={"team": "vision", "a b": "spaced"}, run_name="parent")
+    child = log_run(client, experiment_id, params={"lr": 0.01, "depth": 5, "opt": "sgd", "a b": "1"},
+                    metrics={"loss": [(2.0, 0), (float("inf"), 1)], "acc": 0.9, "a_b": -0.0},
+                    tags={"a_b": "collides", "ключ": "значение"}, parent_run_id=parent)
+    running = log_run(client, experiment_id, params={"lr": 1e-4}, metrics={"loss": 3.0}, finish=False)
+    deleted = log_run(client, experiment_id, params={"lr": 0.5}, metrics={"loss": 9.0})
+    client.delete_run(deleted)
+    empty = client.create_run(experiment_id).info.run_id  # nothing logged, still running
+    client.set_tag(empty, "note", "")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        inputs = log_inputs(tracking_uri, experiment_id, [
+            (dataset("train", [1.0, 2.0]), "training", {"split": "a"}),
+            (dataset("eval", [3.0]), "evaluation", None)])
+        models = []
+        if MLFLOW_3:
+            from sklearn.linear_model import LinearRegression
+
+            mlflow.set_tracking_uri(tracking_uri)
+            with mlflow.start_run(experiment_id=experiment_id) as run:
+                mlflow.log_param("alpha", "0.5")
+                train = dataset("train", [1.0, 2.0])
+                model = mlflow.sklearn.log_model(LinearRegression().fit([[1.0], [2.0]], [1.0, 2.0]), name="ridge",
+                                                 serialization_format="cloudpickle", params={"k": "v"},
+                                                 tags={"team": "ml"}, model_type="regressor")
+                mlflow.log_metric("rmse", 0.25, step=3, model_id=model.model_id, dataset=train)
+                mlflow.log_metric("mae", float("inf"), model_id=model.model_id)
+            models = [run.info.run_id]
+            mlflow.initialize_logged_model(name="draft", experiment_id=experiment_id, tags={"stage": "draft"})
+    return {"parent": parent, "child": child, "running": running, "deleted": deleted, "empty": empty,
+            "inputs": inputs, "models": models}
+
+
+@pytest.mark.compat
+def test_database_source_builds_the_same_tables_as_rest_and_refreshes_them_alike(
+        settings, engine, client, tracking_server, experiment):
+    backend = f"sqlite:///{tracking_server.db_path}"
+    runs = log_rich_runs(client, tracking_server.url, experiment)
+
+    rest, direct = build_both(settings, backend, experiment, engine, metric_history="all")
+    assert direct.mode == "full" and same_summary(rest, direct), (rest, direct)
+    assert direct.runs_fetched == (6 if MLFLOW_3 else 5) and direct.history_points > 0
+    assert direct.inputs == (3 if MLFLOW_3 else 2)  # the model run logs its metric's dataset as an input
+    assert direct.models == (2 if MLFLOW_3 else 0) or direct.models_table is None
+    assert_same_tables(engine, experiment)
+
+    # changes an incremental refresh sees: a run finishes with a new point and a new param
+    # type, a new run, a run deleted, one restored
+    client.log_batch(runs["running"], metrics=[Metric("loss", 2.5, 1_900_000_000_000, 1)])
+    client.set_terminated(runs["running"])
+    log_run(client, experiment, params={"lr": "warmup", "new key": "x"}, metrics={"loss": [(4.0, 0), (3.5, 7)]})
+    client.delete_run(runs["child"])
+    client.restore_run(runs["deleted"])
+    rest, direct = build_both(settings, backend, experiment, engine, metric_history="all")
+    assert same_summary(rest, direct), (rest, direct)
+    assert_same_tables(engine, experiment)
+
+    # nothing changed: both refreshes find the same nothing
+    rest, direct = build_both(settings, backend, experiment, engine, metric_history="all")
+    assert direct.mode == "incremental" and same_summary(rest, direct)
+    assert direct.rows_inserted == direct.rows_deleted == 0
+
+    # and with deleted runs kept, a full rebuild of both
+    rest, direct = build_both(settings, backend, experiment, engine, metric_history="loss",
+                              include_deleted=True, full_refresh=True)
+    assert same_summary(rest, direct) and direct.row_count == (8 if MLFLOW_3 else 7)
+    assert_same_tables(engine, experiment)
+
+
+def test_values_as_the_api_returns_them(settings, engine, client, tracking_server, experiment):
+    backend = f"sqlite:///{tracking_server.db_path}"
+    run_id = log_run(client, experiment, metrics={"m": [(float("nan"), 0), (float("-inf"), 1), (5e-324, 2)]})
+    _, direct = build_both(settings, backend, experiment, engine, metric_history="all")
+    row = to_arrow(engine.spark.sql(f"SELECT * FROM {DIRECT_DB}.exp_{experiment}")).to_pylist()[0]
+    assert row["run_id"] == run_id and row["_m_m"] == 5e-324 and row["_mmin_m"] == -1.7976931348623157e308
+    points = to_arrow(engine.spark.sql(f"SELECT step, value FROM {DIRECT_DB}.exp_{experiment}_metrics "
+                                       "ORDER BY step")).to_pylist()
+    assert math.isnan(points[0]["value"]) and points[1]["value"] == -1.7976931348623157e308
+    assert_same_tables(engine, experiment)
+
+
+def test_experiments_by_name_and_all_come_from_the_database(settings, engine, client, tracking_server,
+                                                             experiment):
+    backend = f"sqlite:///{tracking_server.db_path}"
+    log_run(client, experiment, params={"p": 1})
+    name = client.get_experiment(experiment).name
+    direct = settings.with_overrides(tables__database=DIRECT_DB, tables__source="database",
+                                     tables__backend_store_uri=backend, tracking_uri=nobody_listens())
+    result = build_experiment_tables(direct, experiment_names=[name, "no such experiment"], engine=engine)
+    assert result.exit_code == 3
+    assert [s.experiment_id for s in result.summaries if s.ok] == [experiment]
+    assert "no such experiment" in [s.error for s in result.summaries if not s.ok][0]
+    assert result.summaries[0].error.count("\n") == 0
+    with BackendDatabase(backend) as db:
+        from mlflow_spark_tools.backend_store.run_reader import DatabaseRunReader
+
+        ids = [e.experiment_id for e in DatabaseRunReader(db).all_experiments()]
+    assert experiment in ids and ids == sorted(ids, key=int)
+
+
+def test_a_database_at_an_unknown_schema_revision_is_refused_before_anything_is_read(tmp_path, settings, engine):
+    import sqlite3
+
+    path = tmp_path / "future mlflow.db"  # a space in the path, as users have them
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        conn.execute("INSERT INTO alembic_version VALUES ('ffffffffffff')")
+    with BackendDatabase(f"sqlite:///{path}") as db:
+        with pytest.raises(UnknownSchemaError, match="ffffffffffff.*Upgrade mlflow-spark-tools"):
+            schema_revision(db)
+    # the refusal is a usage error raised before any table is touched
+    warehouse_tables = engine.spark.catalog.listTables(DIRECT_DB) if engine.spark.catalog.databaseExists(
+        DIRECT_DB) else []
+    with pytest.raises(UnknownSchemaError):
+        build_experiment_tables(
+            settings.with_overrides(tables__database=DIRECT_DB, tables__source="database",
+                                    tables__backend_store_uri=f"sqlite:///{path}"),
+            experiment_ids=["1"], engine=engine)
+    assert len(engine.spark.catalog.listTables(DIRECT_DB) if engine.spark.catalog.databaseExists(
+        DIRECT_DB) else []) == len(warehouse_tables)
+
+
+def test_the_backend_database_is_opened_read_only(tracking_server):
+    with BackendDatabase(f"sqlite:///{tracking_server.db_path}") as db:
+        assert schema_revision(db)
+        with pytest.raises(Exception, match="readonly|read-only|read only"):
+            db.scalar("DELETE FROM runs")
+
+
+def test_the_command_line_builds_from_the_database_and_its_errors_are_one_line(
+        settings, engine, client, tracking_server, experiment, tmp_path):
+    from click.testing import CliRunner
+
+    from mlflow_spark_tools.cli.main import cli
+
+    log_run(client, experiment, params={"p": 1}, metrics={"m": 0.5})
+
+    def invoke(*args):
+        offline = settings.with_overrides(tracking_uri=nobody_listens(), tables__database=DIRECT_DB)
+        return CliRunner().invoke(cli, list(args), obj={"settings": offline, "engine": engine})
+
+    done = invoke("build-tables", "--experiment-ids", experiment, "--source", "database",
+                  "--backend-store-uri", f"sqlite:///{tracking_server.db_path}", "--format", "json")
+    assert done.exit_code == 0, done.output
+    assert '"runs_fetched": 1' in done.stdout
+
+    secret = "n0t-f0r-y0ur-eyes"
+    for args, message in (
+            ((), "--source database needs --backend-store-uri"),
+            (("--backend-store-uri", "not a uri"), "must be a SQLAlchemy database URI"),
+            (("--backend-store-uri", f"sqlite:///{tmp_path}/gone.db"), "no database file"),
+            (("--backend-store-uri", f"postgresql://me:{secret}@127.0.0.1:{free_port()}/mlflow"),
+             "could not be opened"),
+            (("--backend-store-uri", f"sqlite:///{tracking_server.db_path}", "--experiment-ids", "999999"),
+             "Experiment id '999999' is not in backend store")):
+        arguments = ["build-tables", "--source", "database", *args]
+        if "--experiment-ids" not in args:
+            arguments += ["--experiment-ids", experiment]
+        result = invoke(*arguments)
+        assert result.exit_code in (1, 2), (args, result.output)
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert any(message in line for line in lines), (args, result.output)
+        assert "Traceback" not in result.output and secret not in result.output
+        assert len([line for line in lines if line.startswith("Error")]) == 1, result.output
