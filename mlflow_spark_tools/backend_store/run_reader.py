@@ -10,8 +10,9 @@ parent from ``mlflow.parentRunId``; the latest metric values from ``latest_metri
 value that is empty or NULL as the API sends it.
 
 Each query streams in record batches: run info first (one row per run), then params, latest
-metrics and tags in long form (run, key, value), which are pivoted into one column per key
-with Arrow and numpy (one pass per key over the run count, whatever the number of keys).
+metrics and tags in long form (run, key, value). Each batch is reduced to (run position, key
+number, value) as it arrives, and the whole is pivoted into one column per key with Arrow and
+numpy (one pass per key over the run count, whatever the number of keys).
 Dataset inputs come from ``inputs``, ``datasets`` and ``input_tags``.
 """
 
@@ -185,17 +186,15 @@ class DatabaseRunReader:
             return concat_pages([])
         run_ids = runs["run_id"].combine_chunks()
         joined = f"JOIN runs r ON r.run_uuid = x.run_uuid WHERE {selection.where}"
-        params = self._long("SELECT x.run_uuid, x.key, x.value FROM params x " + joined, selection, TEXT_ENTRY)
-        metrics = self._long("SELECT x.run_uuid, x.key, x.value, x.is_nan FROM latest_metrics x " + joined,
-                             selection, METRIC_ENTRY)
-        tags = self._long("SELECT x.run_uuid, x.key, x.value FROM tags x " + joined, selection, TEXT_ENTRY)
-        metric_values = pc.if_else(pc.fill_null(metrics["is_nan"], False), math.nan, metrics["value"])
-        metrics = pa.table({"run_id": metrics["run_id"], "key": metrics["key"], "value": metric_values})
-        # the API sends a tag stored with a NULL value as ""
-        tags = tags.set_column(2, "value", pc.fill_null(tags["value"], ""))
         columns: dict[str, pa.Array] = {}
-        for kind, entries in ((PARAM, params), (METRIC, metrics), (TAG, tags)):
-            columns.update(pivot(run_ids, entries, kind))
+        columns.update(self._pivoted("SELECT x.run_uuid, x.key, x.value FROM params x " + joined, selection,
+                                     TEXT_ENTRY, run_ids, PARAM, lambda batch: batch.column(2)))
+        columns.update(self._pivoted(
+            "SELECT x.run_uuid, x.key, x.value, x.is_nan FROM latest_metrics x " + joined, selection, METRIC_ENTRY,
+            run_ids, METRIC, lambda batch: pc.if_else(pc.fill_null(batch.column(3), False), math.nan, batch.column(2))))
+        # the API sends a tag stored with a NULL value as ""
+        columns.update(self._pivoted("SELECT x.run_uuid, x.key, x.value FROM tags x " + joined, selection,
+                                     TEXT_ENTRY, run_ids, TAG, lambda batch: pc.fill_null(batch.column(2), "")))
         table = _info(runs, columns)
         for name in sorted(columns):
             table = table.append_column(name, columns[name])
@@ -204,8 +203,28 @@ class DatabaseRunReader:
             self._on_runs(table.num_rows)
         return table
 
-    def _long(self, sql: str, selection: _Selection, schema: pa.Schema) -> pa.Table:
-        return self.db.table(sql, selection.params, schema)
+    def _pivoted(self, sql: str, selection: _Selection, schema: pa.Schema, run_ids: pa.Array, kind: str,
+                 values_of: Callable[[pa.RecordBatch], pa.Array]) -> dict[str, pa.Array]:
+        """One column per key of the long-form answer of ``sql`` (run id, key, value...),
+        aligned with ``run_ids``. Each record batch is reduced to (run position, key number,
+        value) as it arrives, so the run ids and keys of the long form are never all held."""
+        keys: dict[str, int] = {}
+        positions, key_numbers, values = [], [], []
+        for batch in self.db.batches(sql, selection.params, schema):
+            position = pc.index_in(batch.column(0), value_set=run_ids)
+            if position.null_count:  # a run outside the selection (none, for a join on it)
+                keep = pc.is_valid(position)
+                batch, position = batch.filter(keep), position.filter(keep)
+            encoded = batch.column(1).dictionary_encode()
+            numbers = np.array([keys.setdefault(k, len(keys)) for k in encoded.dictionary.to_pylist()],
+                               dtype=np.int32)
+            key_numbers.append(numbers[encoded.indices.to_numpy(zero_copy_only=False)])
+            positions.append(position.to_numpy(zero_copy_only=False).astype(np.int64))
+            values.append(values_of(batch))
+        if not keys:
+            return {}
+        return pivot_numbered(len(run_ids), list(keys), np.concatenate(key_numbers), np.concatenate(positions),
+                              pa.concat_arrays(values), kind)
 
     def _inputs(self, run_ids: pa.Array, selection: _Selection) -> pa.Array:
         """Each run's dataset inputs (a list per run, in ``run_ids`` order), ordered by dataset
@@ -277,23 +296,33 @@ def pivot(run_ids: pa.Array, entries: pa.Table, kind: str) -> dict[str, pa.Array
     entries = entries.combine_chunks()
     position = pc.index_in(entries["run_id"].chunk(0), value_set=run_ids)
     keep = pc.is_valid(position)
-    entries = entries.filter(keep)
-    position = position.filter(keep)
+    entries, position = entries.filter(keep), position.filter(keep)
     encoded = entries["key"].combine_chunks().dictionary_encode()
-    order = pc.sort_indices(encoded.indices)
-    key_index = encoded.indices.take(order).to_numpy(zero_copy_only=False)
-    rows = np.asarray(position.take(order).to_numpy(zero_copy_only=False), dtype=np.int64)
-    values = entries["value"].combine_chunks().take(order)
-    bounds = np.flatnonzero(np.diff(key_index)) + 1
-    starts = np.concatenate(([0], bounds))
-    ends = np.concatenate((bounds, [len(key_index)]))
-    n = len(run_ids)
+    return pivot_numbered(len(run_ids), encoded.dictionary.to_pylist(),
+                          encoded.indices.to_numpy(zero_copy_only=False),
+                          position.to_numpy(zero_copy_only=False).astype(np.int64),
+                          entries["value"].combine_chunks(), kind)
+
+
+def pivot_numbered(n: int, keys: list[str], key_numbers: np.ndarray, positions: np.ndarray, values: pa.Array,
+                   kind: str) -> dict[str, pa.Array]:
+    """One array of ``n`` per key: entry ``i`` (key ``keys[key_numbers[i]]``, value
+    ``values[i]``) goes to row ``positions[i]``; rows without an entry are null. One pass over
+    ``n`` rows per key, after one sort of the entries by key."""
+    order = np.argsort(key_numbers, kind="stable")
+    sorted_keys = key_numbers[order]
+    rows = positions[order]
+    values = values.take(pa.array(order))
+    bounds = np.flatnonzero(np.diff(sorted_keys)) + 1
+    starts = np.concatenate(([0], bounds)).astype(np.int64)
+    ends = np.concatenate((bounds, [len(sorted_keys)])).astype(np.int64)
     out: dict[str, pa.Array] = {}
     slot = np.empty(n, dtype=np.int64)
     for start, end in zip(starts.tolist(), ends.tolist()):
-        key = encoded.dictionary[int(key_index[start])].as_py()
+        if end <= start:
+            continue
         slot.fill(-1)
         slot[rows[start:end]] = np.arange(end - start, dtype=np.int64)
-        take = pa.array(slot, mask=slot < 0)
-        out[raw_name(kind, key)] = values.slice(start, end - start).take(take)
+        out[raw_name(kind, keys[int(sorted_keys[start])])] = values.slice(start, end - start).take(
+            pa.array(slot, mask=slot < 0))
     return out
