@@ -41,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_support import peak_rss_mb, write_report
+from bench_support import peak_rss_mb, peak_rss_of, serve_engine, start_engine, write_report
 
 HERE = Path(__file__).resolve()
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -90,30 +90,6 @@ def measure_rest_floor(url: str, db_path: str, experiment_id: str) -> dict:
             "peak_rss_mb": peak_rss_mb()}
 
 
-def serve_engine() -> None:
-    """The engine's process: a Sail Spark Connect server until killed."""
-    from pysail.spark import SparkConnectServer
-
-    server = SparkConnectServer(ip="127.0.0.1", port=0)
-    server.start(background=True)
-    print(server.listening_address[1], flush=True)
-    while True:
-        time.sleep(3600)
-
-
-def start_engine() -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen([sys.executable, str(HERE), "--serve-engine"], stdout=subprocess.PIPE, text=True)
-    port = process.stdout.readline().strip()  # type: ignore[union-attr]
-    return process, f"sc://127.0.0.1:{port}"
-
-
-def peak_rss_of(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0
-    return 0.0
-
-
 def measure_build(url: str, experiment_id: str, warehouse: str, full: bool, no_bulk: bool = False,
                   remote: str | None = None) -> dict:
     import mlflow  # noqa: F401 - imported before the clock starts
@@ -155,7 +131,7 @@ def measure_build(url: str, experiment_id: str, warehouse: str, full: bool, no_b
 
 def run_worker(kind: str, url: str, experiment_id: str, warehouse: str, db_path: str,
                no_bulk: bool = False) -> dict:
-    engine, remote = start_engine() if kind in ("full", "incremental") else (None, None)
+    engine, remote = start_engine(HERE) if kind in ("full", "incremental") else (None, None)
     try:
         out = subprocess.run(
             [sys.executable, str(HERE), "--worker", kind, "--url", url, "--experiment-id", experiment_id,

@@ -78,6 +78,35 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def serve_engine() -> None:
+    """An engine's process: a Sail Spark Connect server until killed (``--serve-engine``)."""
+    import time
+
+    from pysail.spark import SparkConnectServer
+
+    server = SparkConnectServer(ip="127.0.0.1", port=0)
+    server.start(background=True)
+    print(server.listening_address[1], flush=True)
+    while True:
+        time.sleep(3600)
+
+
+def start_engine(script: Path) -> tuple[subprocess.Popen, str]:
+    """``script --serve-engine`` in a process of its own, so that a build's peak memory is the
+    driver's alone; returns the process and its Spark Connect URL."""
+    process = subprocess.Popen([sys.executable, str(script), "--serve-engine"], stdout=subprocess.PIPE, text=True)
+    port = process.stdout.readline().strip()  # type: ignore[union-attr]
+    return process, f"sc://127.0.0.1:{port}"
+
+
+def peak_rss_of(pid: int) -> float:
+    """Another process's peak resident memory so far, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
 def write_report(report: dict, out: str) -> None:
     """Write the whole report as JSON and print it without the per-repetition details."""
     Path(out).parent.mkdir(parents=True, exist_ok=True)
