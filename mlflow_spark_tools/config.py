@@ -31,8 +31,9 @@ ENV_OVERRIDES = {
     "MLFLOW_TRACKING_URI": ("tracking_uri",),
     "MLFLOW_SPARK_TOOLS_BACKEND_STORE_URI": ("tables", "backend_store_uri"),
 }
-# Where a table build reads runs: the tracking server's REST API or its backend database.
-TABLE_SOURCES = ("rest", "database")
+# Where a table build reads runs: the tracking server's REST API, its backend database, or the
+# Databricks MLflow system tables.
+TABLE_SOURCES = ("rest", "database", "system-tables")
 
 API_CLASSES = ENDPOINT_API_CLASSES
 MiB = 1 << 20
@@ -115,12 +116,19 @@ class TablesConfig:
     # SQLAlchemy URI of the backend database for source `database`; it holds the database
     # password, so it is not in the repr and is never printed.
     backend_store_uri: str | None = field(default=None, repr=False)
+    # `catalog.schema` of the MLflow system tables for source `system-tables`, and the workspace
+    # whose experiments are read (null: the cluster's own on Databricks).
+    system_schema: str = "system.mlflow"
+    system_workspace_id: str | None = None
 
     def __post_init__(self) -> None:
         validate_database(self.database)
         if self.source not in TABLE_SOURCES:
             raise InvalidConfigError(
                 f"tables.source must be one of {', '.join(TABLE_SOURCES)}, got {self.source!r}.")
+        validate_database(self.system_schema)
+        if self.system_workspace_id is not None:
+            object.__setattr__(self, "system_workspace_id", str(self.system_workspace_id))
         if self.backend_store_uri is not None and (
                 not isinstance(self.backend_store_uri, str) or not self.backend_store_uri.strip()):
             raise InvalidConfigError("tables.backend_store_uri must be a SQLAlchemy database URI or null.")

@@ -41,9 +41,12 @@ TABLE_MAX_ROWS = 1000
 @click.option("--registry", is_flag=True,
               help="Also refresh registered_models and model_versions from the model registry "
                    "(tables.registry_uri, else MLflow's registry URI); alone, only those.")
-@click.option("--source", type=click.Choice(["rest", "database"]), default=None,
-              help="Where runs are read: rest (the tracking server's API) or database (its backend "
-                   "database, read-only, no API requests). Default: tables.source (rest).")
+@click.option("--source", type=click.Choice(["rest", "database", "system-tables"]), default=None,
+              help="Where runs are read: rest (the tracking server's API), database (its backend "
+                   "database, read-only, no API requests) or system-tables (Databricks' MLflow system "
+                   "tables, inside Spark). Default: tables.source (rest).")
+@click.option("--system-schema", default=None, metavar="CATALOG.SCHEMA",
+              help="Where the MLflow system tables are for --source system-tables (default: system.mlflow).")
 @click.option("--backend-store-uri", default=None, metavar="URI",
               help="SQLAlchemy URI of the backend database for --source database, as mlflow server "
                    "takes it (default: MLFLOW_SPARK_TOOLS_BACKEND_STORE_URI, tables.backend_store_uri).")
@@ -56,7 +59,7 @@ TABLE_MAX_ROWS = 1000
 def build_tables_command(ctx: Context, experiment_ids: tuple[str, ...], experiment_names: tuple[str, ...],
                          exact_names: tuple[str, ...], all_experiments: bool, full_refresh: bool,
                          include_deleted: bool, metric_history: str | None, registry: bool, source: str | None,
-                         backend_store_uri: str | None, fmt: str) -> None:
+                         backend_store_uri: str | None, system_schema: str | None, fmt: str) -> None:
     """Build or refresh the flattened Delta tables exp_<experiment_id>.
 
     The first build of a table reads every run; later ones read what changed since (see
@@ -66,7 +69,8 @@ def build_tables_command(ctx: Context, experiment_ids: tuple[str, ...], experime
     from mlflow_spark_tools.tables.build import build_experiment_tables
 
     ids, names = split_values(experiment_ids), [*split_values(experiment_names), *exact_names]
-    ctx.settings = ctx.settings.with_overrides(tables__source=source, tables__backend_store_uri=backend_store_uri)
+    ctx.settings = ctx.settings.with_overrides(tables__source=source, tables__backend_store_uri=backend_store_uri,
+                                               tables__system_schema=system_schema)
     if not (ids or names or all_experiments or registry):
         raise UsageError("Say which experiments: --experiment-ids, --experiment-names, --experiment-name or --all "
                          "(or --registry for the registry tables).")

@@ -86,9 +86,12 @@ class Database:
         if not ddl:
             return
         schema = ", ".join(f"{quote(name)} {data_type}" for name, data_type in ddl)
+        # every column of the table, not only the new ones: an engine may refuse an append that
+        # lacks a column the table declares NOT NULL, even with no row
+        columns = [(n, t) for n, t in self.columns(table).items() if n not in dict(ddl)] + list(ddl)
         empty = self.spark.sql(
             "SELECT "
-            + ", ".join(f"CAST(NULL AS {data_type}) AS {quote(name)}" for name, data_type in ddl)
+            + ", ".join(f"CAST(NULL AS {data_type}) AS {quote(name)}" for name, data_type in columns)
         ).limit(0)
         log.debug("Adding columns to %s: %s", table, schema)
         writer = self._writer(empty, table, "append").option("mergeSchema", "true")

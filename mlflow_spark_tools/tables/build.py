@@ -37,6 +37,8 @@ from mlflow_spark_tools.tables.fetch import RunFetcher
 from mlflow_spark_tools.tables.metric_history import HistorySelection, MetricHistoryWriter
 from mlflow_spark_tools.tables.models_table import ModelsWriter
 from mlflow_spark_tools.tables.registry_tables import RegistrySummary, refresh_registry_tables
+from mlflow_spark_tools.tables.system_tables import SystemTables, SystemTablesUnavailable
+from mlflow_spark_tools.tables.system_tables_builder import SystemTablesBuilder
 from mlflow_spark_tools.tracking.metric_history import MetricHistoryReader
 from mlflow_spark_tools.tracking.model_search import LoggedModelSearch, RegistryReader
 from mlflow_spark_tools.tracking.source import ExperimentInfo, TrackingSource
@@ -103,10 +105,7 @@ def _resolve(
             found.append(_experiment_info(source.experiment_by_name(name)))
         except ExperimentNotFoundError as exc:
             result.summaries.append(RefreshSummary.failed("?", name, exc))
-    unique: dict[str, ExperimentInfo] = {}
-    for exp in found:
-        unique.setdefault(exp.experiment_id, exp)
-    return list(unique.values())
+    return _unique(found)
 
 
 def build_experiment_tables(
@@ -151,6 +150,9 @@ def build_experiment_tables(
     selection = HistorySelection.parse(
         settings.tables.metric_history if metric_history is None else metric_history)
     result = BuildResult()
+    if settings.tables.source == "system-tables":
+        return _build_from_system_tables(settings, selection, result, experiment_ids, experiment_names,
+                                         all_experiments, full_refresh, include_deleted, registry, engine, spark)
     with ExitStack() as stack:
         backend = _backend_database(settings, stack)
         run_reader = DatabaseRunReader(backend) if backend is not None else None
@@ -164,13 +166,87 @@ def build_experiment_tables(
         db = Database(run_on, settings.tables.database)
         if experiments:
             builder = _builder(settings, run_on, db, selection, source, backend, run_reader)
-            for number, exp in enumerate(experiments, 1):
-                result.summaries.append(_build_one(builder, exp, f"{number}/{len(experiments)}",
-                                                   full_refresh=full_refresh, include_deleted=include_deleted))
+            _build_all(builder, experiments, result, full_refresh, include_deleted)
         if registry:
             assert source is not None
             result.registry = _build_registry(db, source, settings.tables.registry_uri)
     return result
+
+
+def _build_all(builder: ExperimentTableBuilder, experiments: list[ExperimentInfo], result: BuildResult,
+               full_refresh: bool, include_deleted: bool, numbering: tuple[int, int] | None = None) -> None:
+    first, total = numbering or (1, len(experiments))
+    for number, exp in enumerate(experiments, first):
+        result.summaries.append(_build_one(builder, exp, f"{number}/{total}", full_refresh=full_refresh,
+                                           include_deleted=include_deleted))
+
+
+def _build_from_system_tables(settings: Settings, selection: HistorySelection | None, result: BuildResult,
+                              experiment_ids: Sequence[str], experiment_names: Sequence[str],
+                              all_experiments: bool, full_refresh: bool, include_deleted: bool, registry: bool,
+                              engine: Engine | None, spark: SparkSession | None) -> BuildResult:
+    """Source ``system-tables``: the experiments the system tables hold are built from them inside
+    Spark; any other experiment asked for (not in them: created and unchanged before they began,
+    in another region) from the tracking server's REST API, with a warning. When the system
+    tables cannot be read at all, every experiment is built through REST."""
+    source = TrackingSource.from_settings(settings)
+    with EngineHandle(engine, spark) as handle:
+        run_on = handle.get(settings.engine.remote, settings.engine.warehouse)
+        db = Database(run_on, settings.tables.database)
+        system: SystemTables | None = SystemTables(run_on.spark, settings.tables.system_schema,
+                                                   settings.tables.system_workspace_id)
+        try:
+            assert system is not None
+            system.check()
+        except SystemTablesUnavailable as exc:
+            log.warning("%s Building every experiment through the REST API.", exc)
+            system = None
+        from_system: list[ExperimentInfo] = []
+        by_id, by_name = list(experiment_ids), list(experiment_names)
+        if system is not None:
+            if all_experiments:
+                from_system.extend(_experiment_info(e) for e in system.all_experiments())
+            by_id, by_name = [], []
+            for experiment_id in experiment_ids:
+                found = system.experiment_by_id(validate_experiment_id(experiment_id))
+                if found is None:
+                    by_id.append(experiment_id)
+                else:
+                    from_system.append(_experiment_info(found))
+            for name in experiment_names:
+                found = system.experiment_by_name(name)
+                if found is None:
+                    by_name.append(name)
+                else:
+                    from_system.append(_experiment_info(found))
+            if by_id or by_name:
+                log.warning("Not in the system tables %s (they hold MLflow data from 2025-09-02 on): %s; "
+                            "built through the REST API", settings.tables.system_schema,
+                            ", ".join([*by_id, *by_name]))
+        through_rest = _resolve(source, by_id, by_name, all_experiments and system is None, result)
+        seen = {e.experiment_id for e in from_system}
+        through_rest = [e for e in through_rest if e.experiment_id not in seen]
+        total = len(from_system) + len(through_rest)
+        models = ModelsWriter(db, LoggedModelSearch(source.client))
+        if from_system:
+            assert system is not None
+            builder: ExperimentTableBuilder = SystemTablesBuilder(
+                run_on, system, settings.tables.database, settings.tables.watermark_margin_seconds,
+                selection=selection, models=models)
+            _build_all(builder, _unique(from_system), result, full_refresh, include_deleted, (1, total))
+        if through_rest:
+            rest = _builder(settings, run_on, db, selection, source, None, None)
+            _build_all(rest, through_rest, result, full_refresh, include_deleted, (len(from_system) + 1, total))
+        if registry:
+            result.registry = _build_registry(db, source, settings.tables.registry_uri)
+    return result
+
+
+def _unique(experiments: list[ExperimentInfo]) -> list[ExperimentInfo]:
+    unique: dict[str, ExperimentInfo] = {}
+    for exp in experiments:
+        unique.setdefault(exp.experiment_id, exp)
+    return list(unique.values())
 
 
 def _backend_database(settings: Settings, stack: ExitStack) -> BackendDatabase | None:
@@ -225,11 +301,14 @@ def _build_one(builder: ExperimentTableBuilder, exp: ExperimentInfo, position: s
     """One experiment's table; a failure becomes its summary, so the others are still built."""
     try:
         with Progress(f"Experiment {position} ({exp.experiment_id}): runs fetched", "runs") as progress:
-            builder.fetcher.on_runs = progress.update
+            fetcher = builder.fetcher
+            if fetcher is not None:
+                fetcher.on_runs = progress.update
             try:
                 summary = builder.refresh(exp, full_refresh=full_refresh, include_deleted=include_deleted)
             finally:
-                builder.fetcher.on_runs = None
+                if fetcher is not None:
+                    fetcher.on_runs = None
     except MlflowSparkToolsError as exc:
         log.debug("Experiment %s (%s) failed", exp.experiment_id, exp.name, exc_info=True)
         log.warning("Experiment %s %s failed: %s", position, exp.experiment_id, exc)

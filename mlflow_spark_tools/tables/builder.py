@@ -162,7 +162,7 @@ class ExperimentTableBuilder:
     def __init__(
         self,
         engine: Engine,
-        fetcher: RunFetcher | DatabaseRunReader,
+        fetcher: RunFetcher | DatabaseRunReader | None,
         database: str,
         watermark_margin_seconds: int = 600,
         clock: Callable[[], float] = time.time,
@@ -178,7 +178,7 @@ class ExperimentTableBuilder:
         self.clock = clock
         self.selection = selection if history is not None else None
         self.history = history if selection is not None else None
-        self.inputs = InputsWriter(self.db)
+        self.inputs: InputsWriter | None = InputsWriter(self.db)
         self.models = models
         self._models_written = False
         self._db_ready = False
@@ -272,7 +272,7 @@ class ExperimentTableBuilder:
             and bool(index.get("include_deleted")) == include_deleted
             and index.get("metric_history") == label
             and (label is None or self.db.exists(history_table_name(table)))
-            and self.db.exists(inputs_table_name(table))
+            and (self.inputs is None or self.db.exists(inputs_table_name(table)))
         )
         if index is not None and not full_refresh and index.get("metric_history") != label:
             # a scheduled build without --metric-history undoes a build with it: say so
@@ -289,6 +289,7 @@ class ExperimentTableBuilder:
         return summary
 
     def _refresh_full(self, experiment, table, state, include_deleted, summary) -> None:
+        assert self.fetcher is not None and self.inputs is not None
         watermark = int(self.clock() * 1000)
         raw = self.fetcher.fetch_all(experiment.experiment_id, include_deleted=include_deleted)
         summary.runs_fetched = raw.num_rows
@@ -346,6 +347,7 @@ class ExperimentTableBuilder:
     def _refresh_incremental(self, experiment, table, index, include_deleted, summary) -> bool:
         """Merge what changed since the watermark; False when the table needs a full rebuild
         instead (new values no longer fit a column's type)."""
+        assert self.fetcher is not None and self.inputs is not None
         watermark = int(self.clock() * 1000)
         since = int(index["watermark_ms"]) - self.margin_ms
         exp_id = experiment.experiment_id
@@ -474,7 +476,8 @@ class ExperimentTableBuilder:
                 "metric_history": pa.array([self.selection.label if self.selection else None], pa.string()),
                 "metrics_table": pa.array(
                     [f"{self.db.database}.{history_table_name(table)}" if self.selection else None], pa.string()),
-                "inputs_table": [f"{self.db.database}.{inputs_table_name(table)}"],
+                "inputs_table": pa.array(
+                    [f"{self.db.database}.{inputs_table_name(table)}" if self.inputs is not None else None], pa.string()),
                 "models_table": pa.array(
                     [f"{self.db.database}.{models_table_name(table)}" if self._models_written else None],
                     pa.string()),

@@ -21,7 +21,7 @@ ARROW_TYPES = {
     STRING: pa.string(),
 }
 
-_PATTERNS = {
+PATTERNS = {
     BIGINT: r"^-?[0-9]{1,19}$",
     DOUBLE: r"^[+-]?(([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[nN][aA][nN]|[iI][nN][fF]([iI][nN][iI][tT][yY])?)$",
     BOOLEAN: r"^([tT][rR][uU][eE]|[fF][aA][lL][sS][eE])$",
@@ -35,7 +35,7 @@ def fits(values: pa.Array | pa.ChunkedArray, data_type: str) -> bool:
     values = values.drop_null()
     if len(values) == 0:
         return True
-    if not pc.all(pc.match_substring_regex(values, _PATTERNS[data_type])).as_py():
+    if not pc.all(pc.match_substring_regex(values, PATTERNS[data_type])).as_py():
         return False
     try:
         pc.cast(values, ARROW_TYPES[data_type])

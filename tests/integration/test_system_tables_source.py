@@ -1,0 +1,134 @@
+"""build-tables --source system-tables: Delta tables in the layout of Databricks' MLflow system
+tables, filled from a real MLflow server, give the same experiment tables as the REST API, cell
+by cell (but for what the system tables do not hold: artifact URIs and dataset inputs), after a
+full build and after incremental refreshes; the whole build runs inside Spark."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from mlflow_spark_tools.spark.arrow import to_arrow
+from mlflow_spark_tools.tables.build import build_experiment_tables
+from tests.conftest import cells_equal
+from tests.support import system_tables
+
+from .helpers import log_run
+from .test_database_source import log_rich_runs, normalized
+
+REST_DB, SYSTEM_DB, SCHEMA = "st_via_rest", "st_via_system", "sysml"
+TABLES = {"": ("run_id",), "_columns": ("column_name",), "_metrics": ("run_id", "key", "step", "timestamp")}
+NOT_IN_SYSTEM_TABLES = {"artifact_uri"}
+
+
+def system_settings(settings, **overrides):
+    given = {"tables__database": SYSTEM_DB, "tables__source": "system-tables", "tables__system_schema": SCHEMA,
+             "tables__system_workspace_id": system_tables.WORKSPACE}
+    return settings.with_overrides(**{**given, **overrides})
+
+
+def build_both(settings, experiment_id, engine, **kwargs):
+    rest = build_experiment_tables(settings.with_overrides(tables__database=REST_DB),
+                                   experiment_ids=[experiment_id], engine=engine, **kwargs)
+    system = build_experiment_tables(system_settings(settings), experiment_ids=[experiment_id], engine=engine,
+                                     **kwargs)
+    assert rest.exit_code == 0 and system.exit_code == 0, [s.error for s in rest.summaries + system.summaries]
+    return rest.summaries[0], system.summaries[0]
+
+
+def rows(engine, database, table, order):
+    if not engine.spark.catalog.tableExists(f"{database}.{table}"):
+        return None
+    columns = ", ".join(f"`{c}`" for c in order)
+    return to_arrow(engine.spark.sql(f"SELECT * FROM {database}.{table} ORDER BY {columns}")).to_pylist()
+
+
+def assert_same_tables(engine, experiment_id):
+    for suffix, order in TABLES.items():
+        table = f"exp_{experiment_id}{suffix}"
+        via_rest, system = rows(engine, REST_DB, table, order), rows(engine, SYSTEM_DB, table, order)
+        assert (via_rest is None) == (system is None), table
+        if via_rest is None:
+            continue
+        assert len(via_rest) == len(system) > 0, table
+        assert list(via_rest[0]) == list(system[0]), table
+        for a, b in zip(via_rest, system):
+            for column in a:
+                if suffix == "" and column in NOT_IN_SYSTEM_TABLES:
+                    assert b[column] is None
+                    continue
+                x, y = normalized(a[column]), normalized(b[column])
+                assert cells_equal(x, y) or x == y, (table, column, a.get("run_id"), x, y)
+
+
+def test_system_tables_build_the_same_tables_as_rest_and_refresh_them(settings, engine, client, tracking_server,
+                                                                     experiment):
+    runs = log_rich_runs(client, tracking_server.url, experiment)
+    system_tables.fill(engine, client, [experiment])
+    rest, system = build_both(settings, experiment, engine, metric_history="all")
+    assert system.mode == "full" and system.row_count == rest.row_count and system.inputs_table is None
+    assert system.history_points == rest.history_points > 0
+    assert_same_tables(engine, experiment)
+    index = to_arrow(engine.spark.sql(f"SELECT * FROM {SYSTEM_DB}.experiments")).to_pylist()[0]
+    assert index["inputs_table"] is None and index["metric_history"] == "all"
+
+    # changes both sources see: a run finishes with a new point, a new run, a run deleted
+    now = int(time.time() * 1000)
+    from mlflow.entities import Metric
+
+    client.log_batch(runs["running"], metrics=[Metric("loss", 2.5, now, 1)])
+    client.set_terminated(runs["running"])
+    new = log_run(client, experiment, params={"lr": 0.2, "new key": "x"}, metrics={"loss": [(4.0, 0)]})
+    client.delete_run(runs["child"])
+    system_tables.fill(engine, client, [experiment], updated={runs["running"]: now, new: now, runs["child"]: now})
+    rest, system = build_both(settings, experiment, engine, metric_history="all")
+    assert system.mode == rest.mode == "incremental"
+    assert (system.rows_inserted, system.rows_updated, system.rows_deleted) == (
+        rest.rows_inserted, rest.rows_updated, rest.rows_deleted), (rest, system)
+    assert system.columns_added == rest.columns_added == ["_p_new_key"]
+    assert_same_tables(engine, experiment)
+
+    # what only the system tables see: a tag set on a run that finished long ago
+    client.set_tag(runs["parent"], "verdict", "best")
+    system_tables.fill(engine, client, [experiment], updated={runs["parent"]: int(time.time() * 1000)})
+    # no look-back margin: the runs updated at or after the last build's latest update_time (the
+    # three changed above, and this one) and the unfinished ones are read again, not every run
+    system = build_experiment_tables(system_settings(settings, tables__watermark_margin_seconds=0),
+                                     experiment_ids=[experiment], engine=engine, metric_history="all").summaries[0]
+    assert system.mode == "incremental" and system.rows_updated == 1, system
+    assert system.runs_fetched < system.row_count
+    verdict = engine.spark.sql(f"SELECT _t_verdict FROM {SYSTEM_DB}.exp_{experiment} "
+                               f"WHERE run_id = '{runs['parent']}'").collect()[0][0]
+    assert verdict == "best"
+
+
+def test_experiments_the_system_tables_do_not_hold_are_built_through_rest(settings, engine, client, experiment,
+                                                                         caplog):
+    log_run(client, experiment, params={"p": 1}, metrics={"m": 0.5})
+    system_tables.fill(engine, client, [])  # an experiment from before the system tables began
+    result = build_experiment_tables(system_settings(settings), experiment_ids=[experiment], engine=engine)
+    assert result.exit_code == 0 and result.summaries[0].inputs_table is not None  # the REST builder's
+    assert "built through the REST API" in caplog.text
+
+
+def test_unreadable_system_tables_fall_back_to_rest_for_every_experiment(settings, engine, client, experiment,
+                                                                          caplog):
+    log_run(client, experiment, params={"p": 1})
+    result = build_experiment_tables(system_settings(settings, tables__system_schema="no_such_schema"),
+                                     experiment_ids=[experiment], engine=engine)
+    assert result.exit_code == 0 and result.summaries[0].row_count == 1
+    assert "cannot be read here" in caplog.text and "REST API" in caplog.text
+
+
+@pytest.mark.parametrize("step_column", ["step"])
+def test_a_history_step_column_named_step_is_read_too(settings, engine, client, experiment, step_column):
+    log_run(client, experiment, metrics={"loss": [(3.0, 0), (1.0, 5), (2.0, 9)]})
+    system_tables.fill(engine, client, [experiment], schema="sysml_step", step_column=step_column)
+    summary = build_experiment_tables(
+        system_settings(settings, tables__system_schema="sysml_step", tables__database="st_step"),
+        experiment_ids=[experiment], engine=engine, metric_history="all").summaries[0]
+    assert summary.ok, summary.error
+    row = engine.spark.sql(f"SELECT _m_loss, _mmin_loss, _mminstep_loss, _mmaxstep_loss "
+                           f"FROM st_step.exp_{experiment}").collect()[0]
+    assert tuple(row) == (2.0, 1.0, 5, 0)
