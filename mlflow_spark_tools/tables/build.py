@@ -9,6 +9,7 @@ code says whether everything succeeded.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -37,7 +38,12 @@ from mlflow_spark_tools.tables.fetch import RunFetcher
 from mlflow_spark_tools.tables.metric_history import HistorySelection, MetricHistoryWriter
 from mlflow_spark_tools.tables.models_table import ModelsWriter
 from mlflow_spark_tools.tables.registry_tables import RegistrySummary, refresh_registry_tables
-from mlflow_spark_tools.tables.system_tables import SystemTables, SystemTablesUnavailable
+from mlflow_spark_tools.tables.system_tables import (
+    RETENTION_DAYS,
+    SystemExperiment,
+    SystemTables,
+    SystemTablesUnavailable,
+)
 from mlflow_spark_tools.tables.system_tables_builder import SystemTablesBuilder
 from mlflow_spark_tools.tracking.metric_history import MetricHistoryReader
 from mlflow_spark_tools.tracking.model_search import LoggedModelSearch, RegistryReader
@@ -201,28 +207,35 @@ def _build_from_system_tables(settings: Settings, selection: HistorySelection | 
         except SystemTablesUnavailable as exc:
             log.warning("%s Building every experiment through the REST API.", exc)
             system = None
-        from_system: list[ExperimentInfo] = []
+        found_in_system: list[SystemExperiment] = []
         by_id, by_name = list(experiment_ids), list(experiment_names)
         if system is not None:
             if all_experiments:
-                from_system.extend(_experiment_info(e) for e in system.all_experiments())
+                found_in_system.extend(system.all_experiments())
             by_id, by_name = [], []
             for experiment_id in experiment_ids:
                 found = system.experiment_by_id(validate_experiment_id(experiment_id))
                 if found is None:
                     by_id.append(experiment_id)
                 else:
-                    from_system.append(_experiment_info(found))
+                    found_in_system.append(found)
             for name in experiment_names:
                 found = system.experiment_by_name(name)
                 if found is None:
                     by_name.append(name)
                 else:
-                    from_system.append(_experiment_info(found))
+                    found_in_system.append(found)
+            old = [e.experiment_id for e in found_in_system if e.may_miss_runs(int(time.time() * 1000))]
+            if old:
+                log.warning("Experiments %s are older than what the system tables surely hold (they record MLflow "
+                            "data from 2025-09-02 on and keep %d days): runs not updated since may be missing "
+                            "from their tables; build them once with --source rest or database to compare",
+                            ", ".join(old), RETENTION_DAYS)
             if by_id or by_name:
                 log.warning("Not in the system tables %s (they hold MLflow data from 2025-09-02 on): %s; "
                             "built through the REST API", settings.tables.system_schema,
                             ", ".join([*by_id, *by_name]))
+        from_system = [_experiment_info(e) for e in found_in_system]
         through_rest = _resolve(source, by_id, by_name, all_experiments and system is None, result)
         seen = {e.experiment_id for e in from_system}
         through_rest = [e for e in through_rest if e.experiment_id not in seen]

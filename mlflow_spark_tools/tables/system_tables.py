@@ -38,13 +38,15 @@ log = logging.getLogger(__name__)
 EXPERIMENTS, RUNS, HISTORY = "experiments_latest", "runs_latest", "run_metrics_history"
 # The columns each table must have for a build (the documented schema, in one place).
 REQUIRED_COLUMNS = {
-    EXPERIMENTS: ("experiment_id", "workspace_id", "name", "delete_time"),
+    EXPERIMENTS: ("experiment_id", "workspace_id", "name", "create_time", "delete_time"),
     RUNS: ("run_id", "experiment_id", "workspace_id", "run_name", "status", "created_by", "start_time",
            "end_time", "update_time", "delete_time", "params", "tags"),
     HISTORY: ("run_id", "experiment_id", "workspace_id", "metric_name", "metric_time", "metric_value"),
 }
 STEP_COLUMNS = ("metric_step", "step")
 FIRST_DAY = "2025-09-02"  # the system tables hold MLflow data from this day on
+FIRST_DAY_MS = 1_756_771_200_000  # 2025-09-02T00:00:00Z
+RETENTION_DAYS = 180
 WORKSPACE_CONF = "spark.databricks.clusterUsageTags.clusterOwnerOrgId"
 
 
@@ -58,6 +60,14 @@ class SystemExperiment:
     name: str
     lifecycle_stage: str
     artifact_location: str | None = None
+    create_ms: int | None = None
+
+    def may_miss_runs(self, now_ms: int) -> bool:
+        """Whether the experiment is older than what the system tables surely hold: created
+        before they began recording, or longer ago than their retention."""
+        if self.create_ms is None:
+            return True
+        return self.create_ms < FIRST_DAY_MS or self.create_ms < now_ms - RETENTION_DAYS * 86_400_000
 
 
 class SystemTables:
@@ -118,7 +128,7 @@ class SystemTables:
         rows = (self._table(EXPERIMENTS).where(condition)
                 .select(F.col("experiment_id").cast("string").alias("experiment_id"), "name",
                         F.when(F.col("delete_time").isNull(), F.lit("active")).otherwise(F.lit("deleted"))
-                        .alias("lifecycle_stage"))
+                        .alias("lifecycle_stage"), F.unix_millis(F.col("create_time")).alias("create_ms"))
                 .collect())
         found: dict[str, SystemExperiment] = {}
         for row in rows:
@@ -126,7 +136,8 @@ class SystemTables:
                 raise SystemTablesUnavailable(
                     f"Experiment {row['experiment_id']} is in several workspaces of {self.schema}: set "
                     f"tables.system_workspace_id to the workspace to read.")
-            found[row["experiment_id"]] = SystemExperiment(row["experiment_id"], row["name"], row["lifecycle_stage"])
+            found[row["experiment_id"]] = SystemExperiment(row["experiment_id"], row["name"], row["lifecycle_stage"],
+                                                           None, row["create_ms"])
         return sorted(found.values(), key=lambda e: e.experiment_id)
 
     def experiment_by_id(self, experiment_id: str) -> SystemExperiment | None:

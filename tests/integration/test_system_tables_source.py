@@ -112,6 +112,17 @@ def test_experiments_the_system_tables_do_not_hold_are_built_through_rest(settin
     assert "built through the REST API" in caplog.text
 
 
+def test_an_experiment_older_than_the_system_tables_is_built_from_them_with_a_warning(
+        settings, engine, client, experiment, caplog):
+    log_run(client, experiment, params={"p": 1})
+    system_tables.fill(engine, client, [experiment], schema="sysml_old", created_ms=1_700_000_000_000)  # 2023
+    result = build_experiment_tables(system_settings(settings, tables__system_schema="sysml_old",
+                                                     tables__database="st_old"),
+                                     experiment_ids=[experiment], engine=engine)
+    assert result.exit_code == 0 and result.summaries[0].inputs_table is None
+    assert f"Experiments {experiment} are older than what the system tables surely hold" in caplog.text
+
+
 def test_unreadable_system_tables_fall_back_to_rest_for_every_experiment(settings, engine, client, experiment,
                                                                           caplog):
     log_run(client, experiment, params={"p": 1})

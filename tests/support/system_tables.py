@@ -38,13 +38,14 @@ def _entries(mapping: dict[str, str]) -> list[dict[str, str]]:
 
 
 def fill(engine, client, experiment_ids, schema: str = "sysml", updated: dict[str, int] | None = None,
-         workspace_id: str = WORKSPACE, step_column: str = "metric_step") -> None:
+         workspace_id: str = WORKSPACE, step_column: str = "metric_step", created_ms: int | None = None) -> None:
     """(Re)write the three tables with the current state of the experiments.
 
     Args:
         updated: ``update_time`` (epoch ms) of given runs; the others get their end time (else
             their start time), as if nothing happened to them after.
         step_column: ``metric_step`` as the reference documents it, or ``step``.
+        created_ms: the experiments' ``create_time`` instead of their own.
     """
     updated = updated or {}
     experiments, runs, points = [], [], []
@@ -53,7 +54,8 @@ def fill(engine, client, experiment_ids, schema: str = "sysml", updated: dict[st
         experiments.append({
             "account_id": ACCOUNT, "update_time": exp.last_update_time, "experiment_id": str(experiment_id),
             "delete_time": exp.last_update_time if exp.lifecycle_stage == "deleted" else None,
-            "workspace_id": workspace_id, "name": exp.name, "create_time": exp.creation_time})
+            "workspace_id": workspace_id, "name": exp.name,
+            "create_time": exp.creation_time if created_ms is None else created_ms})
         # a twin in another workspace of the region, which the build must not read
         experiments.append({**experiments[-1], "workspace_id": "999", "name": exp.name + " (elsewhere)"})
         for run in client.search_runs([experiment_id], run_view_type=ViewType.ALL, max_results=50000):
