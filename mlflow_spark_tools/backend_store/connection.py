@@ -72,7 +72,9 @@ def _libpq_uri(uri: str) -> str:
     query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
     options = " ".join([v for k, v in query if k == "options"] + ["-c default_transaction_read_only=on"])
     query = [(k, v) for k, v in query if k != "options"] + [("options", options)]
-    return urllib.parse.urlunsplit(("postgresql", parts.netloc, parts.path, urllib.parse.urlencode(query),
+    # spaces as %20: libpq does not read "+" as a space
+    return urllib.parse.urlunsplit(("postgresql", parts.netloc, parts.path,
+                                    urllib.parse.urlencode(query, quote_via=urllib.parse.quote),
                                     parts.fragment))
 
 

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mlflow_spark_tools.core.identifiers import sql_strings
+from mlflow_spark_tools.errors import TrackingServerError
 from mlflow_spark_tools.runs.columns import (
     INFO,
     METRIC,
@@ -56,7 +57,7 @@ from mlflow_spark_tools.tables.metric_history import (
     HistorySelection,
     history_table_name,
 )
-from mlflow_spark_tools.tables.models_table import ModelsWriter
+from mlflow_spark_tools.tables.models_table import ModelsWriter, models_table_name
 from mlflow_spark_tools.tables.spark_shape import key_stats, shape
 from mlflow_spark_tools.tables.system_tables import SystemTables
 from mlflow_spark_tools.tracking.source import ExperimentInfo
@@ -169,6 +170,16 @@ class SystemTablesBuilder(ExperimentTableBuilder):
         self._write_index(experiment, table, summary.row_count, len(all_specs), include_deleted, watermark,
                           INCREMENTAL)
         return True
+
+    def _write_models(self, experiment: ExperimentInfo, table: str, summary: RefreshSummary) -> None:
+        """The logged models table from the tracking API; a server that cannot be reached
+        leaves the previous one as it is, with a warning: the runs came from the system tables."""
+        try:
+            super()._write_models(experiment, table, summary)
+        except TrackingServerError as exc:
+            log.warning("Experiment %s: the logged models table was not refreshed: %s", experiment.experiment_id, exc)
+            self._models_written = self.db.exists(models_table_name(table))
+            summary.models_table = self.db.name(models_table_name(table)) if self._models_written else None
 
     # ---- metric history -------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """A local MLflow tracking server for the demo, tests and benchmarks.
 
-Starts ``mlflow server`` with a sqlite backend on a free loopback port, waits until it answers
-``/health`` and stops only the process it started.
+Starts ``mlflow server`` with a sqlite backend (or another SQLAlchemy store) on a free loopback
+port, waits until it answers ``/health`` and stops only the process it started.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ def wait_for_health(url: str, timeout: float, process: subprocess.Popen | None =
 
 
 class LocalTrackingServer:
-    """``mlflow server`` on 127.0.0.1 with a sqlite store and, unless ``artifact_root`` names
-    another root, served artifacts under ``root``.
+    """``mlflow server`` on 127.0.0.1 with a sqlite store (or ``backend_store_uri``) and, unless
+    ``artifact_root`` names another root, served artifacts under ``root``.
 
     Args:
         root: directory for the database, artifacts and the server log.
@@ -50,11 +50,15 @@ class LocalTrackingServer:
         server_args: more options for ``mlflow server``.
         artifact_root: the runs' artifact root instead of served artifacts: a directory (runs
             get plain path artifact URIs) or ``dbfs:/databricks/mlflow-tracking``.
+        backend_store_uri: the server's store, a SQLAlchemy URI such as ``postgresql://...``;
+            the sqlite file :attr:`db_path` when not given. It reaches the server through the
+            environment, so a password in it stays out of the process list.
     """
 
     def __init__(self, root: Path | str, workers: int = 2, server_args: tuple[str, ...] = (),
-                 artifact_root: str | None = None) -> None:
+                 artifact_root: str | None = None, backend_store_uri: str | None = None) -> None:
         self.root = Path(root)
+        self.backend_store_uri = backend_store_uri
         self.artifact_root = artifact_root
         self.workers = workers
         self.server_args = tuple(server_args)
@@ -64,6 +68,7 @@ class LocalTrackingServer:
 
     @property
     def db_path(self) -> Path:
+        """The sqlite store's file (the store unless ``backend_store_uri`` names another)."""
         return self.root / "mlflow.db"
 
     def start(self, timeout: float = 120.0) -> LocalTrackingServer:
@@ -80,12 +85,16 @@ class LocalTrackingServer:
             site = str(Path(__file__).parent / "databricks_site")
             env["PYTHONPATH"] = os.pathsep.join(p for p in (site, env.get("PYTHONPATH")) if p)
             env["MLFLOW_SPARK_TOOLS_TEST_LOGGED_MODELS_FOLDER"] = "logged_models"
+        if self.backend_store_uri is None:
+            store_args = ["--backend-store-uri", f"sqlite:///{self.db_path}"]
+        else:
+            store_args = []
+            env["MLFLOW_BACKEND_STORE_URI"] = self.backend_store_uri
         self.process = subprocess.Popen(
             [
                 mlflow_cli,
                 "server",
-                "--backend-store-uri",
-                f"sqlite:///{self.db_path}",
+                *store_args,
                 *self._artifact_args(),
                 "--host",
                 "127.0.0.1",

@@ -1,0 +1,227 @@
+"""Benchmark: table builds through REST and from the backend database, 20k to 200k runs.
+
+    .venv/bin/python bench/bench_sources.py [--runs 20000,100000,200000] [--repetitions 2]
+        [--backends sqlite,postgresql] [--rest-max 200000]
+
+For each size, one experiment of that many runs (20 params, 20 metrics, 20 tags each) is seeded
+straight into a fresh MLflow sqlite store served by ``mlflow server`` (4 workers) and, with
+``postgresql`` in ``--backends``, into a PostgreSQL database started from the machine's binaries.
+Then per repetition, each build in a fresh process with the engine (Sail) in a process of its
+own, so that the build's peak RSS is the driver's alone (the engine's is reported beside it):
+
+- ``rest``: ``build-tables --full-refresh`` through the server's REST API (sizes up to
+  ``--rest-max``), rate-limit profile ``unlimited`` (the server is the bound);
+- ``database_sqlite`` / ``database_postgresql``: the same build with ``--source database``;
+- after 1% of the runs (left RUNNING at the build) log a new latest value and finish, each
+  source's incremental refresh (``*_incremental``).
+
+Every build's row count is checked. Targets (issue 16): the 200k/20k time ratio <= 11 for each
+source; peak memory growing sub-linearly; ``database`` >= 10x faster than REST at 200k runs;
+the incremental refresh <= 0.02x the full build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_support import peak_rss_mb, peak_rss_of, serve_engine, start_engine, write_report
+
+HERE = Path(__file__).resolve()
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+os.environ.setdefault("RUST_LOG", "error")
+
+
+def measure_build(source: str, target: str, experiment_id: str, database: str, warehouse: str, remote: str,
+                  full: bool) -> dict:
+    import mlflow  # noqa: F401 - imported before the clock starts
+
+    from mlflow_spark_tools.config import load_settings
+    from mlflow_spark_tools.spark.engine import get_engine
+    from mlflow_spark_tools.tables.build import build_experiment_tables
+
+    engine = get_engine(remote=remote, warehouse=warehouse)
+    overrides = {"rate_limit_profile": "unlimited", "tables__database": database,
+                 "tables__watermark_margin_seconds": 60}
+    if source == "rest":
+        overrides["tracking_uri"] = target
+    else:
+        overrides.update(tables__source="database", tables__backend_store_uri=target,
+                         tracking_uri="http://127.0.0.1:9")  # nobody listens: no API request
+    settings = load_settings().with_overrides(**overrides)
+    started = time.perf_counter()
+    result = build_experiment_tables(settings, experiment_ids=[experiment_id], full_refresh=full, engine=engine)
+    seconds = time.perf_counter() - started
+    summary = result.summaries[0]
+    if not summary.ok:
+        raise SystemExit(summary.error)
+    rows = engine.spark.sql(f"SELECT count(*) AS n FROM {database}.exp_{experiment_id}").collect()[0]["n"]
+    return {"seconds": seconds, "mode": summary.mode, "rows": rows, "runs_fetched": summary.runs_fetched,
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def run_worker(source: str, target: str, experiment_id: str, database: str, warehouse: str, full: bool) -> dict:
+    engine, remote = start_engine(HERE)
+    try:
+        out = subprocess.run(
+            [sys.executable, str(HERE), "--worker", source, "--target", target, "--experiment-id", experiment_id,
+             "--database", database, "--warehouse", warehouse, "--remote", remote,
+             *(["--full"] if full else [])],
+            check=True, capture_output=True, text=True,
+        )
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        result["engine_peak_rss_mb"] = peak_rss_of(engine.pid)
+        return result
+    finally:
+        engine.kill()
+        engine.wait()
+
+
+def execute(target: str, statements: list[tuple[str, list]]) -> None:
+    """Run statements with ``?`` parameters on a sqlite path or a PostgreSQL URI."""
+    if target.startswith("postgresql"):
+        import psycopg2
+
+        conn = psycopg2.connect(target)
+        with conn, conn.cursor() as cursor:
+            for sql, rows in statements:
+                cursor.executemany(sql.replace("?", "%s"), rows)
+        conn.close()
+        return
+    with sqlite3.connect(target) as conn:
+        for sql, rows in statements:
+            conn.executemany(sql, rows)
+
+
+def mark_running(target: str, run_ids: list[str]) -> None:
+    execute(target, [("UPDATE runs SET status = 'RUNNING', end_time = NULL WHERE run_uuid = ?",
+                      [(r,) for r in run_ids])])
+
+
+def finish(target: str, run_ids: list[str], now_ms: int) -> None:
+    """The change: each run's metric_0 gets a new latest value, and the run finishes."""
+    execute(target, [
+        ("UPDATE latest_metrics SET value = 42.0, step = 1, timestamp = ? WHERE run_uuid = ? AND key = 'metric_0'",
+         [(now_ms, r) for r in run_ids]),
+        ("UPDATE runs SET status = 'FINISHED', end_time = ? WHERE run_uuid = ?", [(now_ms, r) for r in run_ids]),
+    ])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default="20000,100000,200000")
+    parser.add_argument("--repetitions", type=int, default=2)
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--rest-max", type=int, default=200000)
+    parser.add_argument("--out", default=str(HERE.parent / "results" / "sources.json"))
+    parser.add_argument("--worker")
+    parser.add_argument("--target")
+    parser.add_argument("--experiment-id")
+    parser.add_argument("--database")
+    parser.add_argument("--warehouse")
+    parser.add_argument("--remote")
+    parser.add_argument("--full", action="store_true")
+    parser.add_argument("--serve-engine", action="store_true")
+    args = parser.parse_args()
+    if args.serve_engine:
+        serve_engine()
+    if args.worker:
+        print(json.dumps(measure_build(args.worker, args.target, args.experiment_id, args.database,
+                                       args.warehouse, args.remote, args.full)))
+        return
+
+    from mlflow import MlflowClient
+
+    from tests.support.local_server import LocalTrackingServer
+    from tests.support.postgres_server import LocalPostgres
+    from tests.support.sqlite_seed import SeedSpec, seed_runs
+
+    sizes = [int(n) for n in args.runs.split(",")]
+    backends = [b for b in args.backends.split(",") if b]
+    root = Path(tempfile.mkdtemp(prefix="bench-sources-"))
+    results: dict[str, dict[str, list[dict]]] = {}
+    postgres = LocalPostgres(root / "postgres").start() if "postgresql" in backends else None
+    try:
+        for size in sizes:
+            per_size: dict[str, list[dict]] = results.setdefault(str(size), {})
+            with LocalTrackingServer(root / f"mlflow-{size}", workers=4) as server:
+                experiment_id = MlflowClient(server.url).create_experiment(f"bench-{size}")
+                start_ms = int(time.time() * 1000) - 3_600_000 - size * 1000
+                started = time.perf_counter()
+                run_ids = seed_runs(server.db_path, experiment_id, SeedSpec(size, 20, 20, 20), start_ms=start_ms)
+                targets = {"database_sqlite": (f"sqlite:///{server.db_path}", str(server.db_path), experiment_id)}
+                if size <= args.rest_max:
+                    targets = {"rest": (server.url, str(server.db_path), experiment_id), **targets}
+                if postgres is not None:
+                    name = postgres.create_database(f"mlflow_{size}")
+                    uri = postgres.url(name, driver=None)
+                    # MLflow's own store creates the schema (SQLAlchemy needs the driver named)
+                    pg_experiment = MlflowClient(postgres.url(name)).create_experiment(f"bench-{size}")
+                    seed_runs(uri, pg_experiment, SeedSpec(size, 20, 20, 20), start_ms=start_ms)
+                    targets["database_postgresql"] = (uri, uri, pg_experiment)
+                print(f"{size} runs seeded in {time.perf_counter() - started:.0f} s", flush=True)
+                changed_per_rep = max(1, size // 100)
+                for rep in range(args.repetitions):
+                    changed = run_ids[rep * changed_per_rep:(rep + 1) * changed_per_rep]
+                    for store in {t[1] for t in targets.values()}:
+                        mark_running(store, changed)
+                    for source, (target, _, exp) in targets.items():
+                        kind = "rest" if source == "rest" else "database"
+                        r = run_worker(kind, target, exp, source, str(root / f"warehouse-{size}"), full=True)
+                        if r["rows"] != size:
+                            raise SystemExit(f"{source} built {r['rows']} rows of {size}")
+                        per_size.setdefault(source, []).append(r)
+                        print(f"{size} rep {rep} {source}: {r}", flush=True)
+                    now_ms = int(time.time() * 1000)
+                    for store in {t[1] for t in targets.values()}:
+                        finish(store, changed, now_ms)
+                    for source, (target, _, exp) in targets.items():
+                        kind = "rest" if source == "rest" else "database"
+                        r = run_worker(kind, target, exp, source, str(root / f"warehouse-{size}"), full=False)
+                        if r["mode"] != "incremental" or r["runs_fetched"] < len(changed):
+                            raise SystemExit(f"{source}: the incremental refresh did not see the changes: {r}")
+                        per_size.setdefault(f"{source}_incremental", []).append(r)
+                        print(f"{size} rep {rep} {source} incremental: {r}", flush=True)
+    finally:
+        if postgres is not None:
+            postgres.stop()
+
+    def med(size: int, kind: str, key: str) -> float | None:
+        found = results.get(str(size), {}).get(kind)
+        return statistics.median(r[key] for r in found) if found else None
+
+    kinds = sorted({k for per_size in results.values() for k in per_size})
+    report: dict = {
+        "runs": sizes, "repetitions": args.repetitions,
+        "median_seconds": {k: {n: med(n, k, "seconds") for n in sizes} for k in kinds},
+        "median_peak_rss_mb": {k: {n: med(n, k, "peak_rss_mb") for n in sizes} for k in kinds},
+        "median_engine_peak_rss_mb": {k: {n: med(n, k, "engine_peak_rss_mb") for n in sizes} for k in kinds},
+    }
+    small, large = min(sizes), max(sizes)
+    ratios: dict = {}
+    for kind in kinds:
+        a, b = med(large, kind, "seconds"), med(small, kind, "seconds")
+        if a and b and large != small:
+            ratios[f"{kind} time {large}/{small}"] = a / b
+            ratios[f"{kind} peak {large}/{small}"] = med(large, kind, "peak_rss_mb") / med(small, kind, "peak_rss_mb")
+        if not kind.endswith("_incremental") and med(large, f"{kind}_incremental", "seconds"):
+            ratios[f"{kind} incremental/full at {large}"] = med(large, f"{kind}_incremental", "seconds") / a
+    rest = med(large, "rest", "seconds")
+    for kind in ("database_sqlite", "database_postgresql"):
+        if rest and med(large, kind, "seconds"):
+            ratios[f"rest/{kind} at {large}"] = rest / med(large, kind, "seconds")
+    report["ratios"] = ratios
+    report["all"] = results
+    write_report(report, args.out)
+
+
+if __name__ == "__main__":
+    main()
