@@ -91,7 +91,7 @@ def measure_rest_floor(url: str, db_path: str, experiment_id: str) -> dict:
 
 
 def measure_build(url: str, experiment_id: str, warehouse: str, full: bool, no_bulk: bool = False,
-                  remote: str | None = None) -> dict:
+                  remote: str | None = None, backend: str | None = None) -> dict:
     import mlflow  # noqa: F401 - imported before the clock starts
 
     from mlflow_spark_tools.config import load_settings
@@ -106,6 +106,8 @@ def measure_build(url: str, experiment_id: str, warehouse: str, full: bool, no_b
     settings = load_settings().with_overrides(
         tracking_uri=url, rate_limit_profile="databricks", tables__watermark_margin_seconds=60
     )
+    if backend is not None:  # --source database: the server's sqlite store, read directly
+        settings = settings.with_overrides(tables__source="database", tables__backend_store_uri=backend)
     started = time.perf_counter()
     result = build_experiment_tables(settings, experiment_ids=[experiment_id], full_refresh=full,
                                      metric_history="all", engine=engine)
@@ -130,12 +132,13 @@ def measure_build(url: str, experiment_id: str, warehouse: str, full: bool, no_b
 
 
 def run_worker(kind: str, url: str, experiment_id: str, warehouse: str, db_path: str,
-               no_bulk: bool = False) -> dict:
+               no_bulk: bool = False, database: bool = False) -> dict:
     engine, remote = start_engine(HERE) if kind in ("full", "incremental") else (None, None)
     try:
         out = subprocess.run(
             [sys.executable, str(HERE), "--worker", kind, "--url", url, "--experiment-id", experiment_id,
              "--warehouse", warehouse, "--db-path", db_path, *(["--no-bulk"] if no_bulk else []),
+             *(["--source-database"] if database else []),
              *(["--remote", remote] if remote else [])],
             check=True, capture_output=True, text=True,
         )
@@ -193,6 +196,8 @@ def main() -> None:
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--memory-runs", type=int, default=0)
     parser.add_argument("--no-bulk", action="store_true")
+    parser.add_argument("--source-database", action="store_true",
+                        help="build with --source database (the server's sqlite store read directly)")
     parser.add_argument("--serve-engine", action="store_true")
     parser.add_argument("--remote")
     parser.add_argument("--worker", choices=["baseline", "floor", "full", "incremental"])
@@ -211,7 +216,8 @@ def main() -> None:
             result = measure_rest_floor(args.url, args.db_path, args.experiment_id)
         else:
             result = measure_build(args.url, args.experiment_id, args.warehouse, args.worker == "full",
-                                   args.no_bulk, args.remote)
+                                   args.no_bulk, args.remote,
+                                   f"sqlite:///{args.db_path}" if args.source_database else None)
         print(json.dumps(result))
         return
 
@@ -220,7 +226,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-history-"))
     warehouse = str(root / "warehouse")
     results: dict[str, list[dict]] = {"baseline": [], "floor": [], "full": [], "incremental": []}
-    kinds = ("baseline", "full") if args.no_bulk else ("baseline", "floor", "full")
+    kinds = ("baseline", "full") if args.no_bulk or args.source_database else ("baseline", "floor", "full")
     memory: dict = {}
     with LocalTrackingServer(root / "mlflow", workers=4) as server:
         db = str(server.db_path)
@@ -231,12 +237,13 @@ def main() -> None:
             changed = run_ids[rep * changed_per_rep:(rep + 1) * changed_per_rep]
             mark_running(server.db_path, changed)
             for kind in kinds:
-                r = run_worker(kind, server.url, experiment_id, warehouse, db, args.no_bulk)
+                r = run_worker(kind, server.url, experiment_id, warehouse, db, args.no_bulk, args.source_database)
                 results[kind].append(r)
                 print(f"rep {rep} {kind}: {r}", flush=True)
             added = log_more_steps(server.url, changed, args.metrics, next_step, 10)
             next_step += 10
-            r = run_worker("incremental", server.url, experiment_id, warehouse, db, args.no_bulk)
+            r = run_worker("incremental", server.url, experiment_id, warehouse, db, args.no_bulk,
+                           args.source_database)
             full_points = results["full"][-1]["table_points"]
             if r["mode"] != "incremental" or r["table_points"] != full_points + added:
                 raise SystemExit(f"incremental refresh did not keep every point: {r}, expected "
@@ -263,7 +270,7 @@ def main() -> None:
     report = {
         "runs": args.runs, "metrics": args.metrics, "steps": args.steps,
         "points": args.runs * args.metrics * args.steps,
-        "repetitions": args.repetitions, "no_bulk": args.no_bulk,
+        "repetitions": args.repetitions, "no_bulk": args.no_bulk, "source_database": args.source_database,
         "median_seconds": {"full_build_a": a, "baseline_b": b, "incremental_c": c, "rest_floor_f": f},
         "median_peak_rss_mb": {k: med(k, "peak_rss_mb") for k in results if results[k]},
         "median_engine_peak_rss_mb": {k: med(k, "engine_peak_rss_mb") for k in ("full", "incremental")},
