@@ -62,6 +62,7 @@ def assert_same_tables(engine, experiment_id):
                 assert cells_equal(x, y) or x == y, (table, column, a.get("run_id"), x, y)
 
 
+@pytest.mark.compat
 def test_system_tables_build_the_same_tables_as_rest_and_refresh_them(settings, engine, client, tracking_server,
                                                                      experiment):
     runs = log_rich_runs(client, tracking_server.url, experiment)
