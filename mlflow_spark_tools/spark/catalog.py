@@ -9,17 +9,27 @@ a Spark Connect server's own) decides where tables live.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
 
 from mlflow_spark_tools.core.identifiers import qualified_name, quote, sql_strings, validate_database
 from mlflow_spark_tools.errors import EngineError
+from mlflow_spark_tools.spark.arrow import to_dataframe
 from mlflow_spark_tools.spark.engine import Engine
 
 log = logging.getLogger(__name__)
 
 # Up to this many keys of a row replacement are named in the MERGE condition.
 MAX_KEYS_NAMED = 2000
+# Arrow data larger than this goes to Spark in slices through a staging table: a Spark Connect
+# message holds at most 128 MiB, and servers without cached local relations (the embedded
+# engine) take a DataFrame's rows inline in one message.
+MAX_INLINE_BYTES = 48 << 20
 
 
 class Database:
@@ -48,6 +58,42 @@ class Database:
         """Column name -> Spark SQL type name, in table order."""
         schema = self.spark.table(self.name(table)).schema
         return {f.name: f.dataType.simpleString() for f in schema.fields}
+
+    @contextmanager
+    def arrow_frame(self, data: pa.Table, ddl_schema: str, staging: str,
+                    stats_columns: Sequence[str]) -> Iterator[Any]:
+        """A DataFrame of ``data`` (NaN kept), for the length of the ``with`` block.
+
+        Up to :data:`MAX_INLINE_BYTES` the rows go inline; a larger table is appended to the
+        staging table ``staging`` in slices of that size, the DataFrame reads it, and it is
+        dropped afterwards.
+        """
+        if data.nbytes <= MAX_INLINE_BYTES:
+            yield to_dataframe(self.spark, data, ddl_schema)
+            return
+        rows = max(1, int(data.num_rows * MAX_INLINE_BYTES / max(1, data.nbytes)))
+        try:
+            for number, start in enumerate(range(0, data.num_rows, rows)):
+                part = to_dataframe(self.spark, data.slice(start, rows), ddl_schema)
+                if number == 0:
+                    self.overwrite(part, staging, stats_columns)
+                else:
+                    self.append(part, staging)
+            log.debug("%d rows staged in %s in slices of %d", data.num_rows, staging, rows)
+            yield self.spark.table(self.name(staging))
+        finally:
+            self.drop(staging)
+
+    def drop(self, table: str) -> None:
+        """Remove a table and, on the embedded engine, its files (nothing if absent)."""
+        try:
+            if self.exists(table):
+                self.spark.sql(f"DROP TABLE IF EXISTS {self.name(table)}").collect()
+        except Exception:  # a staging table is rewritten in full the next time anyway
+            log.debug("Could not drop %s", table, exc_info=True)
+        location = self.engine.table_location(self.database, table)
+        if location is not None and Path(location).is_dir():
+            shutil.rmtree(location, ignore_errors=True)
 
     def _writer(self, df: Any, table: str, mode: str) -> Any:
         writer = df.write.format("delta").mode(mode)

@@ -317,7 +317,8 @@ class ExperimentTableBuilder:
             s.column_name for s in specs if s.kind != INFO and s.column_name not in state.types
         )
         self._write_columns(table, specs, state.specs)
-        self.db.overwrite(to_dataframe(self.spark, data, ddl(specs)), table, STATS_COLUMNS)
+        with self.db.arrow_frame(data, ddl(specs), f"{table}__rows", STATS_COLUMNS) as frame:
+            self.db.overwrite(frame, table, STATS_COLUMNS)
         summary.inputs_table, summary.inputs = self.inputs.write(table, raw, replace_all=True)
         self._write_models(experiment, table, summary)
         summary.mode = FULL
@@ -391,16 +392,17 @@ class ExperimentTableBuilder:
         if data.num_rows:
             full = _align(data, all_specs)
             view = f"__mst_changes_{table}"
-            to_dataframe(self.spark, full, ddl(all_specs)).createOrReplaceTempView(view)
-            self._count_changes(view, table, include_deleted, summary, all_specs)
-            self.db.merge(
-                view,
-                table,
-                [s.column_name for s in all_specs],
-                delete_condition=None if include_deleted else "s.lifecycle_stage = 'deleted'",
-                insert_condition=None if include_deleted else "s.lifecycle_stage <> 'deleted'",
-            )
-            self.spark.catalog.dropTempView(view)
+            with self.db.arrow_frame(full, ddl(all_specs), f"{table}__rows", STATS_COLUMNS) as frame:
+                frame.createOrReplaceTempView(view)
+                self._count_changes(view, table, include_deleted, summary, all_specs)
+                self.db.merge(
+                    view,
+                    table,
+                    [s.column_name for s in all_specs],
+                    delete_condition=None if include_deleted else "s.lifecycle_stage = 'deleted'",
+                    insert_condition=None if include_deleted else "s.lifecycle_stage <> 'deleted'",
+                )
+                self.spark.catalog.dropTempView(view)
         summary.inputs_table, summary.inputs = self.inputs.write(
             table, kept, replace_all=False, replaced_run_ids=raw["run_id"].to_pylist())
         self._write_models(experiment, table, summary)

@@ -20,11 +20,9 @@ each was first reached are computed for ``exp_<id>``.
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -312,15 +310,7 @@ class MetricHistoryWriter:
         return data.num_rows
 
     def _drop(self, staging: str) -> None:
-        """Remove the staging table and, on the embedded engine, its files."""
-        try:
-            if self.db.exists(staging):
-                self.spark.sql(f"DROP TABLE IF EXISTS {self.db.name(staging)}").collect()
-        except Exception:  # the staging table is rewritten in full by the next build anyway
-            log.debug("Could not drop %s", staging, exc_info=True)
-        location = self.db.engine.table_location(self.db.database, staging)
-        if location is not None and Path(location).is_dir():
-            shutil.rmtree(location, ignore_errors=True)
+        self.db.drop(staging)
 
 
 def _tasks(runs: pa.Table, selection: HistorySelection) -> Iterator[tuple[str, list[str]]]:

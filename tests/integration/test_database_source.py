@@ -258,3 +258,36 @@ def test_the_command_line_builds_from_the_database_and_its_errors_are_one_line(
         assert any(message in line for line in lines), (args, result.output)
         assert "Traceback" not in result.output and secret not in result.output
         assert len([line for line in lines if line.startswith("Error")]) == 1, result.output
+
+
+def test_tables_larger_than_one_spark_connect_message_go_in_slices(settings, engine, client, tracking_server,
+                                                                   experiment, monkeypatch):
+    """Above MAX_INLINE_BYTES the rows reach Spark through a staging table in slices (a Spark
+    Connect message holds 128 MiB): the same tables, and no staging table left behind."""
+    from mlflow_spark_tools.spark import catalog
+
+    backend = f"sqlite:///{tracking_server.db_path}"
+    for i in range(30):
+        log_run(client, experiment, params={"lr": i / 10, "opt": "adam" if i % 2 else "sgd"},
+                metrics={"loss": [(1.0 / (i + 1), 0), (0.5 / (i + 1), 1)]}, tags={"i": str(i)}, finish=i % 5 != 0)
+    rest = build_experiment_tables(settings.with_overrides(tables__database=REST_DB),
+                                   experiment_ids=[experiment], engine=engine, metric_history="all")
+    monkeypatch.setattr(catalog, "MAX_INLINE_BYTES", 2048)  # a few runs per slice
+    direct_settings = settings.with_overrides(tables__database=DIRECT_DB, tables__source="database",
+                                              tables__backend_store_uri=backend, tracking_uri=nobody_listens())
+    direct = build_experiment_tables(direct_settings, experiment_ids=[experiment], engine=engine,
+                                     metric_history="all")
+    assert rest.exit_code == direct.exit_code == 0
+    assert_same_tables(engine, experiment)
+    # the unfinished ones finish: an incremental refresh whose changes go in slices too
+    unfinished = [r.info.run_id for r in client.search_runs([experiment]) if r.info.status == "RUNNING"]
+    for run_id in unfinished:
+        client.set_terminated(run_id)
+    build_experiment_tables(settings.with_overrides(tables__database=REST_DB), experiment_ids=[experiment],
+                            engine=engine, metric_history="all")
+    again = build_experiment_tables(direct_settings, experiment_ids=[experiment], engine=engine,
+                                    metric_history="all").summaries[0]
+    assert again.mode == "incremental" and again.rows_updated == len(unfinished) == 6
+    assert_same_tables(engine, experiment)
+    leftovers = [t.name for t in engine.spark.catalog.listTables(DIRECT_DB) if "__" in t.name]
+    assert leftovers == []
