@@ -77,6 +77,7 @@ def generate(remote: str, warehouse: str, runs: int) -> None:
         spark.sql(f"DROP TABLE IF EXISTS {SCHEMA}.{name}").collect()
         spark.sql(sql).write.format("delta").mode("overwrite").option(
             "path", str(Path(warehouse) / SCHEMA / name)).saveAsTable(f"{SCHEMA}.{name}")
+    spark.stop()  # a session left open to an engine that is killed later keeps this process alive
 
 
 def touch(remote: str, warehouse: str, runs: int) -> int:
@@ -88,6 +89,7 @@ def touch(remote: str, warehouse: str, runs: int) -> int:
     spark.sql(f"MERGE INTO {SCHEMA}.runs_latest t USING (SELECT md5(CAST(id AS STRING)) AS run_id FROM range({changed})) s "
               "ON t.run_id = s.run_id WHEN MATCHED THEN UPDATE SET t.update_time = current_timestamp(), "
               "t.tags = map_concat(t.tags, map('verdict', 'best'))").collect()
+    spark.stop()
     return changed
 
 
@@ -131,6 +133,34 @@ def run_worker(engine_pid: int, remote: str, source: str, target: str, experimen
     return result
 
 
+def measure_all(runs: int, repetitions: int, tracking_uri: str, db_path: Path, experiment_id: str,
+                warehouse: str, results: dict[str, list[dict]]) -> None:
+    """Every repetition: generate the system tables, build from them and from the database,
+    then refresh after 1% of the runs changed."""
+    for rep in range(repetitions):
+        engine, remote = start_engine(HERE)
+        try:
+            started = time.perf_counter()
+            generate(remote, warehouse, runs)
+            print(f"rep {rep}: system tables generated in {time.perf_counter() - started:.0f} s", flush=True)
+            for source, target, exp in (("system_tables", "", EXPERIMENT),
+                                        ("database", f"sqlite:///{db_path}", experiment_id)):
+                r = run_worker(engine.pid, remote, source, target, exp, warehouse, True, tracking_uri)
+                if r["rows"] != runs:
+                    raise SystemExit(f"{source} built {r['rows']} rows of {runs}")
+                results[source].append(r)
+                print(f"rep {rep} {source}: {r}", flush=True)
+            changed = touch(remote, warehouse, runs)
+            r = run_worker(engine.pid, remote, "system_tables", "", EXPERIMENT, warehouse, False, tracking_uri)
+            if r["mode"] != "incremental" or r["rows_updated"] < changed:
+                raise SystemExit(f"the incremental refresh did not see the {changed} changed runs: {r}")
+            results["system_tables_incremental"].append(r)
+            print(f"rep {rep} system_tables incremental: {r}", flush=True)
+        finally:
+            engine.kill()
+            engine.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200000)
@@ -168,29 +198,10 @@ def main() -> None:
               start_ms=int(time.time() * 1000) - 3_600_000 - args.runs * 1000)
     print(f"seeded {args.runs} runs into sqlite in {time.perf_counter() - started:.0f} s", flush=True)
     results: dict[str, list[dict]] = {"system_tables": [], "database": [], "system_tables_incremental": []}
-    for rep in range(args.repetitions):
-        engine, remote = start_engine(HERE)
-        try:
-            started = time.perf_counter()
-            generate(remote, warehouse, args.runs)
-            print(f"rep {rep}: system tables generated in {time.perf_counter() - started:.0f} s", flush=True)
-            for source, target, exp in (("system_tables", "", EXPERIMENT),
-                                        ("database", f"sqlite:///{db_path}", experiment_id)):
-                r = run_worker(engine.pid, remote, source, target, exp, warehouse, True, server.url)
-                if r["rows"] != args.runs:
-                    raise SystemExit(f"{source} built {r['rows']} rows of {args.runs}")
-                results[source].append(r)
-                print(f"rep {rep} {source}: {r}", flush=True)
-            changed = touch(remote, warehouse, args.runs)
-            r = run_worker(engine.pid, remote, "system_tables", "", EXPERIMENT, warehouse, False, server.url)
-            if r["mode"] != "incremental" or r["rows_updated"] != changed:
-                raise SystemExit(f"the incremental refresh did not see the {changed} changed runs: {r}")
-            results["system_tables_incremental"].append(r)
-            print(f"rep {rep} system_tables incremental: {r}", flush=True)
-        finally:
-            engine.kill()
-            engine.wait()
-    server.stop()
+    try:
+        measure_all(args.runs, args.repetitions, server.url, db_path, experiment_id, warehouse, results)
+    finally:
+        server.stop()
 
     def med(kind: str, key: str) -> float:
         return statistics.median(r[key] for r in results[kind])
