@@ -101,6 +101,9 @@ class TablesConfig:
     page_size: int = 1000
     fetch_workers: int = 4
     watermark_margin_seconds: int = 600
+    # Runs the driver holds at once in a full build: a bigger experiment is staged in Spark in
+    # chunks of this many runs and shaped there.
+    chunk_runs: int = 20_000
     # Metric keys whose every point goes to exp_<id>_metrics: null (none), "all", or keys.
     metric_history: str | list[str] | None = None
     # The most points kept per run and metric key (Databricks allows 1,000,000 steps per run).
@@ -144,6 +147,7 @@ class TablesConfig:
             raise InvalidConfigError("tables.page_size must be <= 50000 (MLflow's maximum page).")
         _positive_int("tables", "fetch_workers", self.fetch_workers)
         _positive_int("tables", "watermark_margin_seconds", self.watermark_margin_seconds, 0)
+        _positive_int("tables", "chunk_runs", self.chunk_runs)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +55,7 @@ RUN_ROW = pa.schema([
     ("lifecycle_stage", pa.string()), ("user_id", pa.string()), ("start_time", pa.int64()),
     ("end_time", pa.int64()), ("artifact_uri", pa.string()),
 ])
+RUN_KEY_ROW = pa.schema([("start_key", pa.int64()), ("run_id", pa.string())])
 TEXT_ENTRY = pa.schema([("run_id", pa.string()), ("key", pa.string()), ("value", pa.string())])
 METRIC_ENTRY = pa.schema([("run_id", pa.string()), ("key", pa.string()), ("value", pa.float64()),
                           ("is_nan", pa.bool_())])
@@ -67,6 +68,7 @@ EXPERIMENT_ROW = pa.schema([("experiment_id", pa.int64()), ("name", pa.string())
                             ("lifecycle_stage", pa.string()), ("artifact_location", pa.string())])
 
 ACTIVE = "r.lifecycle_stage = 'active'"
+_START = "COALESCE(r.start_time, -1)"  # the chunks' order: a run may lack a start time
 ANY_STAGE = "r.lifecycle_stage IN ('active', 'deleted')"
 
 
@@ -145,6 +147,39 @@ class DatabaseRunReader:
         return self._read(_Selection(f"r.experiment_id = ? AND {ANY_STAGE if include_deleted else ACTIVE}",
                                      (int(experiment_id),)))
 
+    def iter_all(self, experiment_id: str, *, include_deleted: bool = False,
+                 chunk_runs: int | None = None) -> Iterator[pa.Table]:
+        """Every run of the experiment in tables of at most ``chunk_runs`` runs (one table
+        when None; at least one, empty for an experiment without runs).
+
+        The chunks follow the runs' start order (then run id), each one after the last run of
+        the one before, so that no query holds more than a chunk's runs: stores write a run's
+        rows as it runs, so start order reads them with locality (run id order alone made a
+        200,000-run sqlite read 2.5 times slower)."""
+        stage = ANY_STAGE if include_deleted else ACTIVE
+        everything = _Selection(f"r.experiment_id = ? AND {stage}", (int(experiment_id),))
+        if chunk_runs is None:
+            yield self._read(everything)
+            return
+        after: tuple[int, str] | None = None
+        while True:
+            where, params = everything.where, everything.params
+            if after is not None:
+                where = f"{where} AND ({_START} > ? OR ({_START} = ? AND r.run_uuid > ?))"
+                params = (*params, after[0], after[0], after[1])
+            ids = self.db.table(f"SELECT {_START}, r.run_uuid FROM runs r WHERE {where} "
+                                f"ORDER BY {_START}, r.run_uuid LIMIT {int(chunk_runs)}", params, RUN_KEY_ROW)
+            if ids.num_rows == 0:
+                if after is None:
+                    yield concat_pages([])
+                return
+            last = (ids["start_key"][-1].as_py(), ids["run_id"][-1].as_py())
+            yield self._read(_Selection(f"{where} AND ({_START} < ? OR ({_START} = ? AND r.run_uuid <= ?))",
+                                        (*params, last[0], last[0], last[1])))
+            if ids.num_rows < chunk_runs:
+                return
+            after = last
+
     def fetch_recent(self, experiment_id: str, since_ms: int, *, include_deleted: bool = False) -> pa.Table:
         """Runs that ended or started at or after ``since_ms``, and every deleted run: the runs
         the REST source's three searches return."""
@@ -210,16 +245,21 @@ class DatabaseRunReader:
         value) as it arrives, so the run ids and keys of the long form are never all held."""
         keys: dict[str, int] = {}
         positions, key_numbers, values = [], [], []
+        # one lookup of run ids for every batch: an Arrow set lookup would hash them all again
+        # for each batch, which made the read grow with the square of the runs
+        position_of = {run_id: i for i, run_id in enumerate(run_ids.to_pylist())}
         for batch in self.db.batches(sql, selection.params, schema):
-            position = pc.index_in(batch.column(0), value_set=run_ids)
-            if position.null_count:  # a run outside the selection (none, for a join on it)
-                keep = pc.is_valid(position)
-                batch, position = batch.filter(keep), position.filter(keep)
+            runs = batch.column(0).dictionary_encode()
+            found = np.array([position_of.get(r, -1) for r in runs.dictionary.to_pylist()], dtype=np.int64)
+            position = found[runs.indices.to_numpy(zero_copy_only=False)] if len(found) else found
+            if (position < 0).any():  # a run outside the selection (none, for a join on it)
+                keep = pa.array(position >= 0)
+                batch, position = batch.filter(keep), position[position >= 0]
             encoded = batch.column(1).dictionary_encode()
             numbers = np.array([keys.setdefault(k, len(keys)) for k in encoded.dictionary.to_pylist()],
                                dtype=np.int32)
             key_numbers.append(numbers[encoded.indices.to_numpy(zero_copy_only=False)])
-            positions.append(position.to_numpy(zero_copy_only=False).astype(np.int64))
+            positions.append(position)
             values.append(values_of(batch))
         if not keys:
             return {}

@@ -71,18 +71,29 @@ class Database:
         if data.nbytes <= MAX_INLINE_BYTES:
             yield to_dataframe(self.spark, data, ddl_schema)
             return
-        rows = max(1, int(data.num_rows * MAX_INLINE_BYTES / max(1, data.nbytes)))
         try:
-            for number, start in enumerate(range(0, data.num_rows, rows)):
-                part = to_dataframe(self.spark, data.slice(start, rows), ddl_schema)
-                if number == 0:
-                    self.overwrite(part, staging, stats_columns)
-                else:
-                    self.append(part, staging)
-            log.debug("%d rows staged in %s in slices of %d", data.num_rows, staging, rows)
+            self.write_arrow(data, ddl_schema, staging, stats_columns)
             yield self.spark.table(self.name(staging))
         finally:
             self.drop(staging)
+
+    def write_arrow(self, data: pa.Table, ddl_schema: str, table: str, stats_columns: Sequence[str], *,
+                    append: bool = False, merge_schema: bool = False) -> None:
+        """Overwrite ``table`` with ``data`` (or append it), in slices of at most
+        :data:`MAX_INLINE_BYTES` (one commit per slice).
+
+        Args:
+            merge_schema: an append may add columns the table does not have yet.
+        """
+        rows = max(1, int(data.num_rows * MAX_INLINE_BYTES / max(1, data.nbytes)))
+        for number, start in enumerate(range(0, max(1, data.num_rows), rows)):
+            part = to_dataframe(self.spark, data.slice(start, rows), ddl_schema)
+            if number == 0 and not append:
+                self.overwrite(part, table, stats_columns)
+            else:
+                self.append(part, table, merge_schema=merge_schema)
+        if data.nbytes > MAX_INLINE_BYTES:
+            log.debug("%d rows written to %s in slices of %d", data.num_rows, table, rows)
 
     def drop(self, table: str) -> None:
         """Remove a table and, on the embedded engine, its files (nothing if absent)."""
@@ -119,9 +130,13 @@ class Database:
         )
         self._save(writer, table)
 
-    def append(self, df: Any, table: str) -> None:
-        """Append rows (create the table if it does not exist)."""
-        self._save(self._writer(df, table, "append"), table)
+    def append(self, df: Any, table: str, *, merge_schema: bool = False) -> None:
+        """Append rows (create the table if it does not exist); with ``merge_schema`` the rows
+        may bring columns the table does not have yet (nullable, added at its end)."""
+        writer = self._writer(df, table, "append")
+        if merge_schema:
+            writer = writer.option("mergeSchema", "true")
+        self._save(writer, table)
 
     def add_columns(self, table: str, ddl: Sequence[tuple[str, str]]) -> None:
         """Add columns with a zero-row ``mergeSchema`` append.

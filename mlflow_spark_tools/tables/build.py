@@ -294,7 +294,8 @@ def _builder(settings: Settings, run_on: Engine, db: Database, selection: Histor
         models = LoggedModelSearch(source.client)
     history = MetricHistoryWriter(db, history_reader, tables.history_workers) if selection is not None else None
     return ExperimentTableBuilder(run_on, fetcher, tables.database, tables.watermark_margin_seconds,
-                                  history=history, selection=selection, models=ModelsWriter(db, models))
+                                  history=history, selection=selection, models=ModelsWriter(db, models),
+                                  chunk_runs=tables.chunk_runs)
 
 
 def _build_registry(db: Database, source: TrackingSource, registry_uri: str | None) -> RegistrySummary:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +32,7 @@ from mlflow_spark_tools.runs.columns import (
     INFO,
     INFO_COLUMNS,
     KIND_TYPES,
+    METRIC,
     PARAM,
     SUMMARY_KINDS,
     ColumnNamer,
@@ -39,7 +40,7 @@ from mlflow_spark_tools.runs.columns import (
     info_specs,
     sort_specs,
 )
-from mlflow_spark_tools.runs.run_batches import INFO_SCHEMA, split_raw_name
+from mlflow_spark_tools.runs.run_batches import INFO_SCHEMA, concat_pages, split_raw_name
 from mlflow_spark_tools.spark.arrow import to_arrow, to_dataframe
 from mlflow_spark_tools.spark.catalog import Database
 from mlflow_spark_tools.spark.engine import Engine
@@ -53,6 +54,7 @@ from mlflow_spark_tools.tables.metric_history import (
     with_summaries,
 )
 from mlflow_spark_tools.tables.models_table import ModelsWriter, models_table_name
+from mlflow_spark_tools.tables.staged_runs import StagedRuns
 from mlflow_spark_tools.tracking.source import ExperimentInfo
 
 log = logging.getLogger(__name__)
@@ -157,6 +159,8 @@ class ExperimentTableBuilder:
         history: writes the metric history tables; None builds none.
         selection: the metric keys whose history is kept (with ``history``).
         models: writes the logged models tables; None builds none.
+        chunk_runs: the most runs a full build holds in the driver; an experiment with more is
+            staged in Spark chunk by chunk (:class:`StagedRuns`). None holds every run.
     """
 
     def __init__(
@@ -169,6 +173,7 @@ class ExperimentTableBuilder:
         history: MetricHistoryWriter | None = None,
         selection: HistorySelection | None = None,
         models: ModelsWriter | None = None,
+        chunk_runs: int | None = None,
     ) -> None:
         self.engine = engine
         self.spark = engine.spark
@@ -180,6 +185,7 @@ class ExperimentTableBuilder:
         self.history = history if selection is not None else None
         self.inputs: InputsWriter | None = InputsWriter(self.db)
         self.models = models
+        self.chunk_runs = chunk_runs
         self._models_written = False
         self._db_ready = False
 
@@ -291,7 +297,17 @@ class ExperimentTableBuilder:
     def _refresh_full(self, experiment, table, state, include_deleted, summary) -> None:
         assert self.fetcher is not None and self.inputs is not None
         watermark = int(self.clock() * 1000)
-        raw = self.fetcher.fetch_all(experiment.experiment_id, include_deleted=include_deleted)
+        chunks = self.fetcher.iter_all(experiment.experiment_id, include_deleted=include_deleted,
+                                       chunk_runs=self.chunk_runs)
+        pending = [next(chunks)]
+        following = next(chunks, None)
+        if following is not None:  # more runs than one chunk: staged in Spark
+            pending.append(following)
+            del following
+            self._refresh_full_staged(experiment, table, state, include_deleted, summary,
+                                      _draining(pending, chunks), watermark)
+            return
+        raw = pending.pop()
         summary.runs_fetched = raw.num_rows
         # A full rebuild keeps existing names but infers every type afresh.
         namer = ColumnNamer(state.specs)
@@ -324,6 +340,68 @@ class ExperimentTableBuilder:
         summary.mode = FULL
         summary.row_count = data.num_rows
         self._write_index(experiment, table, summary.row_count, len(specs), include_deleted, watermark, FULL)
+
+    def _refresh_full_staged(self, experiment: ExperimentInfo, table: str, state: _TableState,
+                             include_deleted: bool, summary: RefreshSummary, chunks: Iterator[pa.Table],
+                             watermark: int) -> None:
+        """A full build of more runs than one chunk: each chunk is staged in Spark as it comes
+        (runs and dataset inputs), and the table's columns are made there, in one projection."""
+        assert self.inputs is not None
+        staged = StagedRuns(self.db, f"{table}__staged")
+        inputs = self.inputs.staged(table)
+        summaries = f"{table}__summaries"
+        having_metrics: list[pa.Table] = []  # which runs have which selected metric (history)
+        try:
+            for chunk in chunks:
+                staged.add(chunk)
+                inputs.add(chunk)
+                if self.selection is not None:
+                    having_metrics.append(_selected_metrics(chunk, self.selection))
+                del chunk
+            summary.runs_fetched = staged.runs
+            namer = ColumnNamer(state.specs)
+            data, specs = staged.frame(namer)
+            if self.history is not None:
+                data, specs = self._with_staged_history(table, concat_pages(having_metrics), data, specs, namer,
+                                                        summaries, summary)
+            del having_metrics
+            if state.exists:
+                old = self.spark.table(self.db.name(table)).select("run_id")
+                total_old = old.count()
+                summary.rows_updated = old.join(data.select("run_id"), "run_id", "left_semi").count()
+                summary.rows_deleted = total_old - summary.rows_updated
+                summary.columns_widened = sorted(
+                    s.column_name for s in specs if s.kind == PARAM and s.data_type == param_types.STRING
+                    and state.types.get(s.column_name, param_types.STRING) != param_types.STRING)
+            summary.rows_inserted = staged.runs - summary.rows_updated
+            summary.columns_added = sorted(
+                s.column_name for s in specs if s.kind != INFO and s.column_name not in state.types)
+            self._write_columns(table, specs, state.specs)
+            self.db.overwrite(data, table, STATS_COLUMNS)
+            summary.inputs_table, summary.inputs = inputs.finish()
+        finally:
+            staged.drop()
+            inputs.drop()
+            self.db.drop(summaries)
+        self._write_models(experiment, table, summary)
+        summary.mode = FULL
+        summary.row_count = staged.runs
+        self._write_index(experiment, table, summary.row_count, len(specs), include_deleted, watermark, FULL)
+
+    def _with_staged_history(self, table: str, runs: pa.Table, data: Any, specs: list[ColumnSpec],
+                             namer: ColumnNamer, staging: str, summary: RefreshSummary) -> tuple[Any, list[ColumnSpec]]:
+        """Write the metric history of ``runs`` (run ids and their selected metric columns) and
+        join its per-run summaries to the staged ``data``, through the table ``staging``."""
+        run_id = [s for s in info_specs() if s.column_name == "run_id"]
+        ids = pa.table({"run_id": runs["run_id"]})
+        wide, wide_specs = self._with_history(table, runs, ids, run_id, namer, [], summary, replace_all=True)
+        added = [s for s in wide_specs if s.column_name != "run_id"]
+        if not added:
+            return data, specs
+        self.db.write_arrow(wide, ddl(wide_specs), staging, ("run_id",))
+        specs = sort_specs(specs + added)
+        joined = data.join(self.spark.table(self.db.name(staging)), "run_id", "left")
+        return joined.select(*(s.column_name for s in specs)), specs
 
     def _with_history(self, table: str, runs: pa.Table, data: pa.Table, specs: list[ColumnSpec],
                       namer: ColumnNamer, removed: list[str], summary: RefreshSummary, *,
@@ -496,6 +574,20 @@ class ExperimentTableBuilder:
         df.createOrReplaceTempView(view)
         self.db.merge(view, INDEX_TABLE, [n for n, _ in INDEX_COLUMNS], key="experiment_id")
         self.spark.catalog.dropTempView(view)
+
+
+def _draining(held: list[pa.Table], rest: Iterator[pa.Table]) -> Iterator[pa.Table]:
+    """The tables of ``held`` (let go as they are taken), then those of ``rest``."""
+    while held:
+        yield held.pop(0)
+    yield from rest
+
+
+def _selected_metrics(runs: pa.Table, selection: HistorySelection) -> pa.Table:
+    """``run_id`` and the raw columns of the selected metrics (what the history reads)."""
+    names = [n for n in runs.column_names
+             if (kind_key := split_raw_name(n)) is not None and kind_key[0] == METRIC and selection.wants(kind_key[1])]
+    return runs.select(["run_id", *names])
 
 
 def _align(data: pa.Table, specs: list[ColumnSpec]) -> pa.Table:

@@ -11,12 +11,14 @@ unfinished at the last refresh (by id), and the deleted runs.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import re
 import threading
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
@@ -85,18 +87,31 @@ class RunFetcher:
 
     def fetch_all(self, experiment_id: str, *, include_deleted: bool = False) -> pa.Table:
         """Every run of the experiment (deleted ones too when asked)."""
-        view = ALL if include_deleted else ACTIVE_ONLY
+        return concat_pages(list(self.iter_all(experiment_id, include_deleted=include_deleted)))
+
+    def iter_all(self, experiment_id: str, *, include_deleted: bool = False,
+                 chunk_runs: int | None = None) -> Iterator[pa.Table]:
+        """Every run of the experiment in tables of about ``chunk_runs`` runs (whole pages; one
+        table when None; at least one, empty for an experiment without runs). At most a few
+        pages beyond the chunk being filled are held: the parallel requests run a bounded
+        window ahead."""
+        yield from _chunks(self._all_pages(experiment_id, ALL if include_deleted else ACTIVE_ONLY), chunk_runs)
+
+    def _all_pages(self, experiment_id: str, view: str) -> Iterator[pa.Table]:
         first_runs, token = self.source.search_page(
             experiment_id, "", view, self.page_size, ORDER_ASC
         )
         first = self._counted(first_runs)
         del first_runs
+        yield first
         if not token:
-            return first
+            return
         if self.workers == 1:
             rest = follow_pages(lambda t: self.source.search_page(experiment_id, "", view, self.page_size,
                                                                   ORDER_ASC, t), start=token)
-            return concat_pages([first, *(self._counted(runs) for runs in rest)])
+            for runs in rest:
+                yield self._counted(runs)
+            return
         # Everything that started before the last start time of the first page is in it; runs
         # sharing that last start time may continue on later pages, so the rest of the range
         # starts at that time and runs seen already are dropped. The first page's density
@@ -108,20 +123,19 @@ class RunFetcher:
         per_ms = first.num_rows / max(1, boundary - earliest)
         expected_pages = (latest - boundary) * per_ms / self.page_size
         n_intervals = min(MAX_INTERVALS, max(self.workers, math.ceil(expected_pages * 1.2)))
-        intervals = split_range(boundary, latest, n_intervals)
-        with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            parts = list(
-                pool.map(
-                    lambda bounds: self._pages_to_table(
-                        experiment_id, range_filter(*bounds), view
-                    ),
-                    intervals,
-                )
-            )
-        rest = concat_pages([page for part in parts for page in part])
+        intervals = iter(split_range(boundary, latest, n_intervals))
         seen = first.filter(pc.equal(first["start_time"], first["start_time"][-1]))["run_id"]
-        rest = rest.filter(pc.invert(pc.is_in(rest["run_id"], value_set=seen)))
-        return concat_pages([first, rest])
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            window: deque[Future[list[pa.Table]]] = deque()
+            for bounds in itertools.islice(intervals, self.workers * 2):
+                window.append(pool.submit(self._pages_to_table, experiment_id, range_filter(*bounds), view))
+            while window:
+                pages = window.popleft().result()
+                following = next(intervals, None)
+                if following is not None:
+                    window.append(pool.submit(self._pages_to_table, experiment_id, range_filter(*following), view))
+                for page in pages:
+                    yield page.filter(pc.invert(pc.is_in(page["run_id"], value_set=seen)))
 
     def fetch_recent(self, experiment_id: str, since_ms: int, *, include_deleted: bool = False) -> pa.Table:
         """Runs that ended or started at or after ``since_ms``, and every deleted run.
@@ -181,6 +195,24 @@ def missing_ids(recent: pa.Table, run_ids: Iterable[str]) -> list[str]:
 def merge_changes(recent: pa.Table, by_id: pa.Table) -> pa.Table:
     """One table of changed runs from the time-filtered and the by-id fetches."""
     return dedupe_latest(concat_pages([by_id, recent]))
+
+
+def _chunks(pages: Iterable[pa.Table], chunk_runs: int | None) -> Iterator[pa.Table]:
+    """Pages gathered into tables of at least ``chunk_runs`` runs (the last one may hold
+    fewer; all of them in one table when None); one empty table when there are none."""
+    held: list[pa.Table] = []
+    rows = 0
+    given = False
+    for page in pages:
+        held.append(page)
+        rows += page.num_rows
+        if chunk_runs is not None and rows >= chunk_runs:
+            yield concat_pages(held)
+            held, rows, given = [], 0, True
+    if held and (rows or not given):
+        yield concat_pages(held)
+    elif not given:
+        yield concat_pages([])
 
 
 def split_range(low: int, high: int, n: int) -> list[tuple[int, int | None]]:

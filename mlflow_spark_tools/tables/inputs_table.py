@@ -6,7 +6,8 @@ tag: ``training``, ``validation``, ...), ``schema`` and ``profile`` (JSON string
 records them) and ``tags`` (every tag of the input, ``map<string,string>``).
 
 The inputs come with the runs in the run search pages a build fetches anyway (no request of
-their own). A full build overwrites the table; an incremental refresh replaces, in one MERGE,
+their own). A full build overwrites the table (a build staged chunk by chunk stages the inputs
+alike, :class:`StagedInputs`); an incremental refresh replaces, in one MERGE,
 every row of the runs it re-read and removes the rows of the runs that left the run table.
 """
 
@@ -71,3 +72,43 @@ class InputsWriter:
             finally:
                 self.spark.catalog.dropTempView(view)
         return self.db.name(target), data.num_rows
+
+    def staged(self, table: str) -> StagedInputs:
+        """A full build's writer of the inputs of runs that come chunk by chunk."""
+        return StagedInputs(self.db, table)
+
+
+class StagedInputs:
+    """The dataset inputs of a full build whose runs come in chunks: each chunk's inputs are
+    appended to ``<table>_inputs__staging`` (when it has any), and :meth:`finish` overwrites the
+    inputs table with them in one commit."""
+
+    def __init__(self, db: Database, table: str) -> None:
+        self.db = db
+        self.target = inputs_table_name(table)
+        self.staging = self.target + "__staging"
+        self.rows = 0
+
+    def add(self, runs: pa.Table) -> None:
+        data = dataset_inputs(runs)
+        if data.num_rows == 0:
+            return
+        frame = frame_with_maps(self.db.spark, data, INPUT_COLUMNS)
+        if self.rows == 0:
+            self.db.overwrite(frame, self.staging, INPUT_STATS_COLUMNS)
+        else:
+            self.db.append(frame, self.staging)
+        self.rows += data.num_rows
+
+    def finish(self) -> tuple[str, int]:
+        """Overwrite the inputs table with the staged inputs; returns its quoted name and rows."""
+        if self.rows:
+            source = self.db.spark.table(self.db.name(self.staging))
+        else:
+            source = frame_with_maps(self.db.spark, dataset_inputs(pa.table({})), INPUT_COLUMNS)
+        self.db.overwrite(source, self.target, INPUT_STATS_COLUMNS)
+        return self.db.name(self.target), self.rows
+
+    def drop(self) -> None:
+        if self.rows:
+            self.db.drop(self.staging)

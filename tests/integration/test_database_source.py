@@ -291,3 +291,49 @@ def test_tables_larger_than_one_spark_connect_message_go_in_slices(settings, eng
     assert_same_tables(engine, experiment)
     leftovers = [t.name for t in engine.spark.catalog.listTables(DIRECT_DB) if "__" in t.name]
     assert leftovers == []
+
+
+def test_builds_staged_chunk_by_chunk_make_the_same_tables(settings, engine, client, tracking_server, experiment):
+    """An experiment bigger than tables.chunk_runs is staged in Spark chunk by chunk and shaped
+    there (from the database, and through REST with parallel page intervals): the tables are
+    those of a build that holds every run, after a first build, after a full rebuild whose
+    new values widen a column, and after an incremental refresh that follows it."""
+    backend = f"sqlite:///{tracking_server.db_path}"
+    runs = log_rich_runs(client, tracking_server.url, experiment)
+    for i in range(7):  # runs that start in the same millisecond as others, across pages
+        log_run(client, experiment, params={"depth": i, "lr": i / 8}, metrics={"loss": [(1.0 / (i + 1), 0)]},
+                tags={"k": f"{i}"}, finish=i % 3 != 0)
+    staged = {"tables__chunk_runs": 2, "tables__page_size": 2, "tables__fetch_workers": 3}
+
+    def build(database, source, **kwargs):
+        overrides = {"tables__database": database}
+        if source != "rest":
+            overrides.update(tables__source="database", tables__backend_store_uri=backend,
+                             tracking_uri=nobody_listens())
+        if source.endswith("staged"):
+            overrides.update(staged)
+        result = build_experiment_tables(settings.with_overrides(**overrides), experiment_ids=[experiment],
+                                         engine=engine, metric_history="all", **kwargs)
+        assert result.exit_code == 0, [s.error for s in result.summaries]
+        return result.summaries[0]
+
+    rest = build(REST_DB, "rest")
+    direct = build(DIRECT_DB, "database staged")
+    assert same_summary(rest, direct) and direct.row_count == rest.row_count > 2, (rest, direct)
+    assert_same_tables(engine, experiment)
+    assert [t.name for t in engine.spark.catalog.listTables(DIRECT_DB) if "__" in t.name] == []
+
+    # a full rebuild of an existing table: a new value widens `depth` from bigint to string
+    log_run(client, experiment, params={"depth": "deep"}, metrics={"loss": 0.1})
+    client.delete_run(runs["parent"])
+    rest = build(REST_DB, "rest", full_refresh=True)
+    direct = build(DIRECT_DB, "rest staged", full_refresh=True)  # through REST this time
+    assert same_summary(rest, direct) and direct.columns_widened == ["_p_depth"], (rest, direct)
+    assert direct.rows_deleted == 1 and direct.rows_updated == direct.row_count - 1
+    assert_same_tables(engine, experiment)
+
+    # the staged table refreshes incrementally like any other
+    client.set_terminated(runs["running"])
+    rest, direct = build(REST_DB, "rest"), build(DIRECT_DB, "database staged")
+    assert direct.mode == "incremental" and same_summary(rest, direct), (rest, direct)
+    assert_same_tables(engine, experiment)

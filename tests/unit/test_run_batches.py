@@ -4,7 +4,7 @@ import pyarrow as pa
 
 from mlflow_spark_tools.runs.columns import METRIC, PARAM, TAG
 from mlflow_spark_tools.runs.run_batches import concat_pages, dedupe_latest, raw_name, runs_to_table
-from mlflow_spark_tools.tables.fetch import range_filter, split_range
+from mlflow_spark_tools.tables.fetch import _chunks, range_filter, split_range
 
 
 def _run(run_id, start, end=None, params=(), metrics=(), tags=(), stage="active"):
@@ -56,3 +56,22 @@ def test_split_range_covers_everything_once():
         assert hi == nlo
     assert split_range(5, 5, 4) == [(5, None)]
     assert range_filter(1, 2) == "attributes.start_time >= 1 AND attributes.start_time < 2"
+
+
+def _page(*run_ids):
+    return runs_to_table([{"info": {"run_id": r, "experiment_id": "1"}, "data": {"params": [{"key": r, "value": "1"}]}}
+                          for r in run_ids])
+
+
+def test_pages_are_gathered_into_chunks_of_whole_pages():
+    pages = [_page("a", "b"), _page("c"), _page(), _page("d", "e"), _page("f")]
+    chunks = list(_chunks(iter(pages), 3))
+    assert [c["run_id"].to_pylist() for c in chunks] == [["a", "b", "c"], ["d", "e", "f"]]
+    # each chunk has the key columns of its own pages only
+    assert [n for n in chunks[0].column_names if n.startswith(PARAM)] == [raw_name(PARAM, k) for k in "abc"]
+    assert [c.num_rows for c in _chunks(iter(pages), None)] == [6]
+    assert [c.num_rows for c in _chunks(iter(pages), 4)] == [5, 1]  # whole pages: 2 + 1 + 0 + 2
+    # an experiment without runs: one empty chunk; a last page with no run adds no chunk
+    assert [c.num_rows for c in _chunks(iter([_page()]), 3)] == [0]
+    assert [c.num_rows for c in _chunks(iter([]), 3)] == [0]
+    assert [c.num_rows for c in _chunks(iter([_page("a", "b", "c"), _page()]), 3)] == [3]
