@@ -97,21 +97,30 @@ def _resolve(
     experiment_names: Sequence[str],
     all_experiments: bool,
     result: BuildResult,
-) -> list[ExperimentInfo]:
-    found: list[ExperimentInfo] = []
+    elsewhere: tuple[list[str], list[str]] | None = None,
+) -> list[Any]:
+    """The experiments asked for, as ``source`` answers them (once each). One it does not know
+    (or an invalid id) becomes a failed summary in ``result``; one it answers None for (the
+    system tables: not held there) goes to ``elsewhere`` (ids, names), for another source."""
+    found: list[Any] = []
     if all_experiments:
-        found.extend(_experiment_info(e) for e in source.all_experiments())
-    for experiment_id in experiment_ids:
+        found.extend(source.all_experiments())
+    asked = [(str(i), None) for i in experiment_ids] + [(None, name) for name in experiment_names]
+    for experiment_id, name in asked:
         try:
-            found.append(_experiment_info(source.experiment_by_id(validate_experiment_id(experiment_id))))
+            hit = (source.experiment_by_id(validate_experiment_id(experiment_id)) if experiment_id is not None
+                   else source.experiment_by_name(str(name)))
         except (ExperimentNotFoundError, UsageError) as exc:
-            result.summaries.append(RefreshSummary.failed(str(experiment_id), None, exc))
-    for name in experiment_names:
-        try:
-            found.append(_experiment_info(source.experiment_by_name(name)))
-        except ExperimentNotFoundError as exc:
-            result.summaries.append(RefreshSummary.failed("?", name, exc))
-    return _unique(found)
+            result.summaries.append(RefreshSummary.failed(experiment_id or "?", name, exc))
+            continue
+        if hit is not None:
+            found.append(hit)
+        elif elsewhere is not None:
+            elsewhere[0 if experiment_id is not None else 1].append(experiment_id or str(name))
+    unique: dict[str, Any] = {}
+    for experiment in found:
+        unique.setdefault(str(experiment.experiment_id), experiment)
+    return list(unique.values())
 
 
 def build_experiment_tables(
@@ -164,7 +173,8 @@ def build_experiment_tables(
         run_reader = DatabaseRunReader(backend) if backend is not None else None
         source = TrackingSource.from_settings(settings) if backend is None or registry else None
         lookup: _ExperimentLookup = run_reader if run_reader is not None else source  # type: ignore[assignment]
-        experiments = _resolve(lookup, experiment_ids, experiment_names, all_experiments, result)
+        experiments = [_experiment_info(e) for e in _resolve(lookup, experiment_ids, experiment_names,
+                                                             all_experiments, result)]
         if not experiments and not registry:
             return result
         handle = stack.enter_context(EngineHandle(engine, spark))
@@ -199,32 +209,19 @@ def _build_from_system_tables(settings: Settings, selection: HistorySelection | 
     with EngineHandle(engine, spark) as handle:
         run_on = handle.get(settings.engine.remote, settings.engine.warehouse)
         db = Database(run_on, settings.tables.database)
-        system: SystemTables | None = SystemTables(run_on.spark, settings.tables.system_schema,
-                                                   settings.tables.system_workspace_id)
+        tables = SystemTables(run_on.spark, settings.tables.system_schema, settings.tables.system_workspace_id)
+        system: SystemTables | None = tables
         try:
-            assert system is not None
-            system.check()
+            tables.check()
         except SystemTablesUnavailable as exc:
             log.warning("%s Building every experiment through the REST API.", exc)
             system = None
         found_in_system: list[SystemExperiment] = []
         by_id, by_name = list(experiment_ids), list(experiment_names)
         if system is not None:
-            if all_experiments:
-                found_in_system.extend(system.all_experiments())
             by_id, by_name = [], []
-            for experiment_id in experiment_ids:
-                found = system.experiment_by_id(validate_experiment_id(experiment_id))
-                if found is None:
-                    by_id.append(experiment_id)
-                else:
-                    found_in_system.append(found)
-            for name in experiment_names:
-                found = system.experiment_by_name(name)
-                if found is None:
-                    by_name.append(name)
-                else:
-                    found_in_system.append(found)
+            found_in_system = _resolve(system, experiment_ids, experiment_names, all_experiments, result,
+                                       elsewhere=(by_id, by_name))
             old = [e.experiment_id for e in found_in_system if e.may_miss_runs(int(time.time() * 1000))]
             if old:
                 log.warning("Experiments %s are older than what the system tables surely hold (they record MLflow "
@@ -236,7 +233,8 @@ def _build_from_system_tables(settings: Settings, selection: HistorySelection | 
                             "built through the REST API", settings.tables.system_schema,
                             ", ".join([*by_id, *by_name]))
         from_system = [_experiment_info(e) for e in found_in_system]
-        through_rest = _resolve(source, by_id, by_name, all_experiments and system is None, result)
+        through_rest = [_experiment_info(e) for e in _resolve(source, by_id, by_name, all_experiments and system is None,
+                                                                result)]
         seen = {e.experiment_id for e in from_system}
         through_rest = [e for e in through_rest if e.experiment_id not in seen]
         total = len(from_system) + len(through_rest)
@@ -246,20 +244,13 @@ def _build_from_system_tables(settings: Settings, selection: HistorySelection | 
             builder: ExperimentTableBuilder = SystemTablesBuilder(
                 run_on, system, settings.tables.database, settings.tables.watermark_margin_seconds,
                 selection=selection, models=models)
-            _build_all(builder, _unique(from_system), result, full_refresh, include_deleted, (1, total))
+            _build_all(builder, from_system, result, full_refresh, include_deleted, (1, total))
         if through_rest:
             rest = _builder(settings, run_on, db, selection, source, None, None)
             _build_all(rest, through_rest, result, full_refresh, include_deleted, (len(from_system) + 1, total))
         if registry:
             result.registry = _build_registry(db, source, settings.tables.registry_uri)
     return result
-
-
-def _unique(experiments: list[ExperimentInfo]) -> list[ExperimentInfo]:
-    unique: dict[str, ExperimentInfo] = {}
-    for exp in experiments:
-        unique.setdefault(exp.experiment_id, exp)
-    return list(unique.values())
 
 
 def _backend_database(settings: Settings, stack: ExitStack) -> BackendDatabase | None:
