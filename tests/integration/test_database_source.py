@@ -21,11 +21,12 @@ from mlflow_spark_tools.backend_store.connection import BackendDatabase
 from mlflow_spark_tools.backend_store.schema import UnknownSchemaError, schema_revision
 from mlflow_spark_tools.spark.arrow import to_arrow
 from mlflow_spark_tools.tables.build import build_experiment_tables
-from tests.conftest import cells_equal
 from tests.support.local_server import free_port
 
 from .helpers import log_run
 from .run_content import MLFLOW_3
+from .same_tables import assert_same_tables as same_tables
+from .same_tables import build_pair
 from .test_model_tables import dataset, log_inputs
 
 REST_DB, DIRECT_DB = "via_rest", "via_database"
@@ -40,46 +41,13 @@ def nobody_listens() -> str:
 
 def build_both(settings, backend_uri, experiment_id, engine, **kwargs):
     """Build through REST into REST_DB and from the backend database into DIRECT_DB."""
-    rest = build_experiment_tables(settings.with_overrides(tables__database=REST_DB),
-                                   experiment_ids=[experiment_id], engine=engine, **kwargs)
-    direct = build_experiment_tables(
-        settings.with_overrides(tables__database=DIRECT_DB, tables__source="database",
-                                tables__backend_store_uri=backend_uri, tracking_uri=nobody_listens()),
-        experiment_ids=[experiment_id], engine=engine, **kwargs)
-    assert rest.exit_code == 0 and direct.exit_code == 0, [s.error for s in rest.summaries + direct.summaries]
-    return rest.summaries[0], direct.summaries[0]
-
-
-def table_rows(engine, database, table, order):
-    if not engine.spark.catalog.tableExists(f"{database}.{table}"):
-        return None
-    columns = ", ".join(f"`{c}`" for c in order)
-    return to_arrow(engine.spark.sql(f"SELECT * FROM {database}.{table} ORDER BY {columns}")).to_pylist()
-
-
-def normalized(value):
-    """Map columns collect as lists of pairs in an order of their own: compare them as dicts;
-    lists of structs (model metrics) in a stable order."""
-    if isinstance(value, list) and value and isinstance(value[0], tuple) and len(value[0]) == 2:
-        return dict(value)
-    if isinstance(value, list) and value and isinstance(value[0], dict):
-        return sorted(value, key=repr)
-    return value
+    direct = settings.with_overrides(tables__database=DIRECT_DB, tables__source="database",
+                                     tables__backend_store_uri=backend_uri, tracking_uri=nobody_listens())
+    return build_pair(settings.with_overrides(tables__database=REST_DB), direct, experiment_id, engine, **kwargs)
 
 
 def assert_same_tables(engine, experiment_id):
-    for suffix, order in TABLES.items():
-        table = f"exp_{experiment_id}{suffix}"
-        via_rest, direct = (table_rows(engine, db, table, order) for db in (REST_DB, DIRECT_DB))
-        assert (via_rest is None) == (direct is None), table
-        if via_rest is None:
-            continue
-        assert len(via_rest) == len(direct), table
-        assert list(via_rest[0]) == list(direct[0]) if via_rest else True, table  # same columns, same order
-        for a, b in zip(via_rest, direct):
-            for column in a:
-                x, y = normalized(a[column]), normalized(b[column])
-                assert cells_equal(x, y) or x == y, (table, column, a.get("run_id"), x, y)
+    same_tables(engine, experiment_id, REST_DB, DIRECT_DB, TABLES)
 
 
 def same_summary(rest, direct):
@@ -336,4 +304,19 @@ def test_builds_staged_chunk_by_chunk_make_the_same_tables(settings, engine, cli
     client.set_terminated(runs["running"])
     rest, direct = build(REST_DB, "rest"), build(DIRECT_DB, "database staged")
     assert direct.mode == "incremental" and same_summary(rest, direct), (rest, direct)
+    assert_same_tables(engine, experiment)
+
+
+@pytest.mark.parametrize("share", [0.0, 1e9], ids=["joined-with-runs", "by-run-id"])
+def test_entries_read_by_run_id_or_joined_with_runs_are_the_same(settings, engine, client, tracking_server,
+                                                                  experiment, monkeypatch, share):
+    """An experiment with few of the store's runs has its params, metrics and tags read by run
+    id (index lookups); a big one by joining with runs: both give the tables REST gives."""
+    from mlflow_spark_tools.backend_store import run_reader
+
+    monkeypatch.setattr(run_reader, "BY_ID_SHARE", share)
+    monkeypatch.setattr(run_reader, "IDS_PER_QUERY", 2)  # several queries per read
+    log_rich_runs(client, tracking_server.url, experiment)
+    rest, direct = build_both(settings, f"sqlite:///{tracking_server.db_path}", experiment, engine)
+    assert same_summary(rest, direct) and direct.row_count > 2, (rest, direct)
     assert_same_tables(engine, experiment)

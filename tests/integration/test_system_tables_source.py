@@ -11,11 +11,12 @@ import pytest
 
 from mlflow_spark_tools.spark.arrow import to_arrow
 from mlflow_spark_tools.tables.build import build_experiment_tables
-from tests.conftest import cells_equal
 from tests.support import system_tables
 
 from .helpers import log_run
-from .test_database_source import log_rich_runs, normalized
+from .same_tables import assert_same_tables as same_tables
+from .same_tables import build_pair
+from .test_database_source import log_rich_runs
 
 REST_DB, SYSTEM_DB, SCHEMA = "st_via_rest", "st_via_system", "sysml"
 TABLES = {"": ("run_id",), "_columns": ("column_name",), "_metrics": ("run_id", "key", "step", "timestamp")}
@@ -29,37 +30,12 @@ def system_settings(settings, **overrides):
 
 
 def build_both(settings, experiment_id, engine, **kwargs):
-    rest = build_experiment_tables(settings.with_overrides(tables__database=REST_DB),
-                                   experiment_ids=[experiment_id], engine=engine, **kwargs)
-    system = build_experiment_tables(system_settings(settings), experiment_ids=[experiment_id], engine=engine,
-                                     **kwargs)
-    assert rest.exit_code == 0 and system.exit_code == 0, [s.error for s in rest.summaries + system.summaries]
-    return rest.summaries[0], system.summaries[0]
-
-
-def rows(engine, database, table, order):
-    if not engine.spark.catalog.tableExists(f"{database}.{table}"):
-        return None
-    columns = ", ".join(f"`{c}`" for c in order)
-    return to_arrow(engine.spark.sql(f"SELECT * FROM {database}.{table} ORDER BY {columns}")).to_pylist()
+    return build_pair(settings.with_overrides(tables__database=REST_DB), system_settings(settings), experiment_id,
+                      engine, **kwargs)
 
 
 def assert_same_tables(engine, experiment_id):
-    for suffix, order in TABLES.items():
-        table = f"exp_{experiment_id}{suffix}"
-        via_rest, system = rows(engine, REST_DB, table, order), rows(engine, SYSTEM_DB, table, order)
-        assert (via_rest is None) == (system is None), table
-        if via_rest is None:
-            continue
-        assert len(via_rest) == len(system) > 0, table
-        assert list(via_rest[0]) == list(system[0]), table
-        for a, b in zip(via_rest, system):
-            for column in a:
-                if suffix == "" and column in NOT_IN_SYSTEM_TABLES:
-                    assert b[column] is None
-                    continue
-                x, y = normalized(a[column]), normalized(b[column])
-                assert cells_equal(x, y) or x == y, (table, column, a.get("run_id"), x, y)
+    same_tables(engine, experiment_id, REST_DB, SYSTEM_DB, TABLES, absent=NOT_IN_SYSTEM_TABLES)
 
 
 @pytest.mark.compat
@@ -108,8 +84,12 @@ def test_experiments_the_system_tables_do_not_hold_are_built_through_rest(settin
                                                                          caplog):
     log_run(client, experiment, params={"p": 1}, metrics={"m": 0.5})
     system_tables.fill(engine, client, [])  # an experiment from before the system tables began
-    result = build_experiment_tables(system_settings(settings), experiment_ids=[experiment], engine=engine)
-    assert result.exit_code == 0 and result.summaries[0].inputs_table is not None  # the REST builder's
+    result = build_experiment_tables(system_settings(settings), experiment_ids=[experiment, "1; DROP"],
+                                     engine=engine)
+    # an invalid id is that experiment's failure, the others are built
+    failed, built = result.summaries
+    assert failed.experiment_id == "1; DROP" and "experiment id" in failed.error.lower() and not failed.ok
+    assert built.ok and built.inputs_table is not None and result.exit_code == 3  # partial; the REST builder's
     assert "built through the REST API" in caplog.text
 
 
