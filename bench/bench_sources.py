@@ -27,13 +27,11 @@ import json
 import os
 import sqlite3
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench_support import peak_rss_mb, peak_rss_of, serve_engine, start_engine, write_report
+from bench_support import peak_rss_mb, serve_engine, start_engine, timed_build, worker_result, write_report
 
 HERE = Path(__file__).resolve()
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -42,13 +40,6 @@ os.environ.setdefault("RUST_LOG", "error")
 
 def measure_build(source: str, target: str, experiment_id: str, database: str, warehouse: str, remote: str,
                   full: bool) -> dict:
-    import mlflow  # noqa: F401 - imported before the clock starts
-
-    from mlflow_spark_tools.config import load_settings
-    from mlflow_spark_tools.spark.engine import get_engine
-    from mlflow_spark_tools.tables.build import build_experiment_tables
-
-    engine = get_engine(remote=remote, warehouse=warehouse)
     overrides = {"rate_limit_profile": "unlimited", "tables__database": database,
                  "tables__watermark_margin_seconds": 60}
     if source == "rest":
@@ -56,13 +47,9 @@ def measure_build(source: str, target: str, experiment_id: str, database: str, w
     else:
         overrides.update(tables__source="database", tables__backend_store_uri=target,
                          tracking_uri="http://127.0.0.1:9")  # nobody listens: no API request
-    settings = load_settings().with_overrides(**overrides)
-    started = time.perf_counter()
-    result = build_experiment_tables(settings, experiment_ids=[experiment_id], full_refresh=full, engine=engine)
-    seconds = time.perf_counter() - started
+    seconds, result, engine = timed_build(remote, warehouse, overrides, experiment_ids=[experiment_id],
+                                          full_refresh=full)
     summary = result.summaries[0]
-    if not summary.ok:
-        raise SystemExit(summary.error)
     rows = engine.spark.sql(f"SELECT count(*) AS n FROM {database}.exp_{experiment_id}").collect()[0]["n"]
     return {"seconds": seconds, "mode": summary.mode, "rows": rows, "runs_fetched": summary.runs_fetched,
             "peak_rss_mb": peak_rss_mb()}
@@ -71,15 +58,9 @@ def measure_build(source: str, target: str, experiment_id: str, database: str, w
 def run_worker(source: str, target: str, experiment_id: str, database: str, warehouse: str, full: bool) -> dict:
     engine, remote = start_engine(HERE)
     try:
-        out = subprocess.run(
-            [sys.executable, str(HERE), "--worker", source, "--target", target, "--experiment-id", experiment_id,
-             "--database", database, "--warehouse", warehouse, "--remote", remote,
-             *(["--full"] if full else [])],
-            check=True, capture_output=True, text=True,
-        )
-        result = json.loads(out.stdout.strip().splitlines()[-1])
-        result["engine_peak_rss_mb"] = peak_rss_of(engine.pid)
-        return result
+        return worker_result(HERE, [source, "--target", target, "--experiment-id", experiment_id,
+                                    "--database", database, "--warehouse", warehouse, "--remote", remote,
+                                    *(["--full"] if full else [])], engine.pid)
     finally:
         engine.kill()
         engine.wait()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 # the tracking server and seeding helpers are shared with the tests (tests/support)
 REPO = Path(__file__).resolve().parents[1]
@@ -105,6 +106,40 @@ def peak_rss_of(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024.0
     return 0.0
+
+
+def timed_build(remote: str, warehouse: str, overrides: dict, **build_arguments) -> tuple[float, Any, Any]:
+    """One ``build_experiment_tables`` in this process on the engine at ``remote``, timed:
+    (seconds, its result, the engine). The first experiment that failed ends the process with
+    its error."""
+    import time
+
+    import mlflow  # noqa: F401 - imported before the clock starts
+
+    from mlflow_spark_tools.config import load_settings
+    from mlflow_spark_tools.spark.engine import get_engine
+    from mlflow_spark_tools.tables.build import build_experiment_tables
+
+    engine = get_engine(remote=remote, warehouse=warehouse)
+    settings = load_settings().with_overrides(**overrides)
+    started = time.perf_counter()
+    result = build_experiment_tables(settings, engine=engine, **build_arguments)
+    seconds = time.perf_counter() - started
+    failed = [s for s in result.summaries if not s.ok]
+    if failed:
+        raise SystemExit(f"{len(failed)} experiments failed, the first: {failed[0].error}")
+    return seconds, result, engine
+
+
+def worker_result(script: Path, arguments: list[str], engine_pid: int) -> dict:
+    """``script --worker ...arguments`` in a fresh process: the JSON of its last output line,
+    with the engine's peak RSS so far; a failed worker ends this process with its stderr's end."""
+    out = subprocess.run([sys.executable, str(script), "--worker", *arguments], capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{script.name} worker {arguments[:1]} failed:\n{out.stderr[-3000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["engine_peak_rss_mb"] = peak_rss_of(engine_pid)
+    return result
 
 
 def write_report(report: dict, out: str) -> None:

@@ -22,13 +22,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench_support import peak_rss_mb, peak_rss_of, serve_engine, start_engine, write_report
+from bench_support import peak_rss_mb, serve_engine, start_engine, timed_build, worker_result, write_report
 
 HERE = Path(__file__).resolve()
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -95,13 +93,6 @@ def touch(remote: str, warehouse: str, runs: int) -> int:
 
 def measure_build(source: str, target: str, experiment_id: str, warehouse: str, remote: str, full: bool,
                   tracking_uri: str) -> dict:
-    import mlflow  # noqa: F401 - imported before the clock starts
-
-    from mlflow_spark_tools.config import load_settings
-    from mlflow_spark_tools.spark.engine import get_engine
-    from mlflow_spark_tools.tables.build import build_experiment_tables
-
-    engine = get_engine(remote=remote, warehouse=warehouse)
     overrides = {"rate_limit_profile": "unlimited", "tables__database": f"bench_{source}",
                  "tables__watermark_margin_seconds": 60, "tracking_uri": tracking_uri}
     if source == "database":
@@ -109,28 +100,17 @@ def measure_build(source: str, target: str, experiment_id: str, warehouse: str, 
     else:
         overrides.update(tables__source="system-tables", tables__system_schema=SCHEMA,
                          tables__system_workspace_id=WORKSPACE)
-    settings = load_settings().with_overrides(**overrides)
-    started = time.perf_counter()
-    result = build_experiment_tables(settings, experiment_ids=[experiment_id], full_refresh=full, engine=engine)
-    seconds = time.perf_counter() - started
+    seconds, result, _ = timed_build(remote, warehouse, overrides, experiment_ids=[experiment_id], full_refresh=full)
     summary = result.summaries[0]
-    if not summary.ok:
-        raise SystemExit(summary.error)
     return {"seconds": seconds, "mode": summary.mode, "rows": summary.row_count, "runs_fetched": summary.runs_fetched,
             "rows_updated": summary.rows_updated, "peak_rss_mb": peak_rss_mb()}
 
 
 def run_worker(engine_pid: int, remote: str, source: str, target: str, experiment_id: str, warehouse: str,
                full: bool, tracking_uri: str) -> dict:
-    out = subprocess.run(
-        [sys.executable, str(HERE), "--worker", source, "--target", target, "--experiment-id", experiment_id,
-         "--warehouse", warehouse, "--remote", remote, "--tracking-uri", tracking_uri, *(["--full"] if full else [])],
-        capture_output=True, text=True)
-    if out.returncode:
-        raise SystemExit(f"{source} build failed:\n{out.stderr[-3000:]}")
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    result["engine_peak_rss_mb"] = peak_rss_of(engine_pid)
-    return result
+    return worker_result(HERE, [source, "--target", target, "--experiment-id", experiment_id, "--warehouse", warehouse,
+                                "--remote", remote, "--tracking-uri", tracking_uri, *(["--full"] if full else [])],
+                         engine_pid)
 
 
 def measure_all(runs: int, repetitions: int, tracking_uri: str, db_path: Path, experiment_id: str,

@@ -1,8 +1,8 @@
 """Runs of an experiment read from the backend database, as the same Arrow tables REST pages give.
 
 :class:`DatabaseRunReader` answers what the table builder asks a run fetcher
-(:class:`~mlflow_spark_tools.tables.fetch.RunFetcher`): every run, the runs changed since a
-watermark, runs by id. Its tables have the columns of
+(:class:`~mlflow_spark_tools.tables.fetch.RunFetcher`): every run (in chunks of a bounded
+number of runs, in start order), the runs started or ended since a watermark, runs by id. Its tables have the columns of
 :func:`~mlflow_spark_tools.runs.run_batches.runs_to_table`, with the values the REST API would
 give for the same runs: the run name from ``runs.name``, else the ``mlflow.runName`` tag; the
 parent from ``mlflow.parentRunId``; the latest metric values from ``latest_metrics`` (NaN where
@@ -10,7 +10,8 @@ parent from ``mlflow.parentRunId``; the latest metric values from ``latest_metri
 value that is empty or NULL as the API sends it.
 
 Each query streams in record batches: run info first (one row per run), then params, latest
-metrics and tags in long form (run, key, value). Each batch is reduced to (run position, key
+metrics and tags in long form (run, key, value), by run id or joined with the runs (see
+:meth:`DatabaseRunReader._entry_queries`). Each batch is reduced to (run position, key
 number, value) as it arrives, and the whole is pivoted into one column per key with Arrow and
 numpy (one pass per key over the run count, whatever the number of keys).
 Dataset inputs come from ``inputs``, ``datasets`` and ``input_tags``.
@@ -145,11 +146,6 @@ class DatabaseRunReader:
 
     # ---- runs ------------------------------------------------------------------------------
 
-    def fetch_all(self, experiment_id: str, *, include_deleted: bool = False) -> pa.Table:
-        """Every run of the experiment (deleted ones too when asked)."""
-        return self._read(_Selection(f"r.experiment_id = ? AND {ANY_STAGE if include_deleted else ACTIVE}",
-                                     (int(experiment_id),)))
-
     def iter_all(self, experiment_id: str, *, include_deleted: bool = False,
                  chunk_runs: int | None = None) -> Iterator[pa.Table]:
         """Every run of the experiment in tables of at most ``chunk_runs`` runs (one table
@@ -203,16 +199,6 @@ class DatabaseRunReader:
             parts.append(self._read(_Selection(f"r.experiment_id = ? AND {ANY_STAGE} AND r.run_uuid IN ({marks})",
                                                (int(experiment_id), *chunk))))
         return concat_pages(parts)
-
-    def fetch_changes(self, experiment_id: str, since_ms: int, unfinished_run_ids: Iterable[str], *,
-                      include_deleted: bool = False) -> pa.Table:
-        """Runs changed since a watermark, as :meth:`RunFetcher.fetch_changes` defines them."""
-        from mlflow_spark_tools.runs.run_batches import dedupe_latest
-
-        recent = self.fetch_recent(experiment_id, since_ms, include_deleted=include_deleted)
-        seen = set(recent["run_id"].to_pylist())
-        by_id = self.fetch_by_ids(experiment_id, [r for r in unfinished_run_ids if r not in seen])
-        return dedupe_latest(concat_pages([by_id, recent]))
 
     # ---- one read ----------------------------------------------------------------------------
 
