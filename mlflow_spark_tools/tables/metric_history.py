@@ -226,7 +226,7 @@ class MetricHistoryWriter:
         result.points = staged
         result.truncated = [f"{run_id}/{key}" for run_id, key, _ in counts.truncated[before[2]:]]
         if summaries:
-            result.summaries = pa.concat_tables(summaries)
+            result.summaries = combine_summaries(summaries)
         return result
 
     # ---- what the table holds ------------------------------------------------------------
@@ -397,6 +397,21 @@ def summarize(points: pa.Table) -> pa.Table:
         "min": lowest["value"], "min_step": lowest["step"],
         "max": highest["value"], "max_step": highest["step"],
     }, schema=SUMMARY_SCHEMA)
+
+
+def combine_summaries(parts: list[pa.Table]) -> pa.Table:
+    """One summary per run and key from the summaries of parts of their points (a run's
+    history may be split across the record batches or pages it is read in): the lowest of the
+    lowest values, the highest of the highest, each at the lowest step that reached it.
+
+    The parts' lows and highs are summarized again as points: a value that is some part's low
+    and another's high at once is that value's first step in both."""
+    summaries = pa.concat_tables(parts)
+    if summaries.num_rows == 0:
+        return SUMMARY_SCHEMA.empty_table()
+    ends = [pa.table({"run_id": summaries["run_id"], "key": summaries["key"], "step": summaries[f"{end}_step"],
+                      "value": summaries[end]}) for end in ("min", "max")]
+    return summarize(pa.concat_tables(ends))
 
 
 def _first_per_group(ordered: pa.Table) -> pa.Table:

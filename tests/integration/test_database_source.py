@@ -131,8 +131,10 @@ def test_database_source_builds_the_same_tables_as_rest_and_refreshes_them_alike
     assert_same_tables(engine, experiment)
 
 
-def test_values_as_the_api_returns_them(settings, engine, client, tracking_server, experiment):
+def test_values_as_the_api_returns_them(settings, engine, client, tracking_server, experiment, monkeypatch):
     backend = f"sqlite:///{tracking_server.db_path}"
+    # answers in record batches of 2 rows: the history of `m` spans two of them
+    monkeypatch.setattr(BackendDatabase.__init__, "__defaults__", (2,))
     run_id = log_run(client, experiment, metrics={"m": [(float("nan"), 0), (float("-inf"), 1), (5e-324, 2)]})
     _, direct = build_both(settings, backend, experiment, engine, metric_history="all")
     row = to_arrow(engine.spark.sql(f"SELECT * FROM {DIRECT_DB}.exp_{experiment}")).to_pylist()[0]

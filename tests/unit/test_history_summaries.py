@@ -10,7 +10,13 @@ import pytest
 from mlflow_spark_tools.config import load_settings
 from mlflow_spark_tools.errors import InvalidConfigError, UsageError
 from mlflow_spark_tools.runs.columns import METRIC, SUMMARY_KINDS, ColumnNamer, ColumnSpec
-from mlflow_spark_tools.tables.metric_history import HistorySelection, points_table, summarize, with_summaries
+from mlflow_spark_tools.tables.metric_history import (
+    HistorySelection,
+    combine_summaries,
+    points_table,
+    summarize,
+    with_summaries,
+)
 
 
 def test_selection_parsing():
@@ -86,3 +92,26 @@ def test_new_points_are_those_the_table_lacks_nan_and_signed_zero_included():
     new = _new_points(fetched, _identity(known))
     assert [(r["run_id"], r["step"]) for r in new.to_pylist()] == [("r1", 1), ("r1", 3), ("r2", 0)]
     assert new.schema == fetched.schema
+
+
+def test_summaries_of_a_history_read_in_parts_are_those_of_the_whole():
+    """A run's history may be split across record batches or pages: combining the parts'
+    summaries gives the summary of all the points, ties at the lowest step, NaN ignored."""
+    import random
+
+    rng = random.Random(7)
+    rows = []
+    for run in ("r1", "r2"):
+        for key in ("loss", "acc"):
+            for step in range(40):
+                value = rng.choice([0.5, 1.0, 2.0, float("nan"), float("inf"), -1.0, rng.random()])
+                rows.append({"run_id": run, "key": key, "step": step, "value": value})
+    points = pa.Table.from_pylist(rows, schema=pa.schema([("run_id", pa.string()), ("key", pa.string()),
+                                                          ("step", pa.int64()), ("value", pa.float64())]))
+    whole = summarize(points).sort_by([("run_id", "ascending"), ("key", "ascending")]).to_pylist()
+    for _ in range(20):
+        cuts = sorted(rng.sample(range(1, points.num_rows), 6))
+        parts = [points.slice(a, b - a) for a, b in zip([0, *cuts], [*cuts, points.num_rows])]
+        combined = combine_summaries([summarize(p) for p in parts])
+        assert combined.sort_by([("run_id", "ascending"), ("key", "ascending")]).to_pylist() == whole
+    assert combine_summaries([summarize(points.slice(0, 0))]).num_rows == 0
