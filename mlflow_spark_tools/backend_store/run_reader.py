@@ -2,12 +2,12 @@
 
 :class:`DatabaseRunReader` answers what the table builder asks a run fetcher
 (:class:`~mlflow_spark_tools.tables.fetch.RunFetcher`): every run (in chunks of a bounded
-number of runs, in start order), the runs started or ended since a watermark, runs by id. Its tables have the columns of
-:func:`~mlflow_spark_tools.runs.run_batches.runs_to_table`, with the values the REST API would
-give for the same runs: the run name from ``runs.name``, else the ``mlflow.runName`` tag; the
-parent from ``mlflow.parentRunId``; the latest metric values from ``latest_metrics`` (NaN where
-``is_nan``; MLflow stores infinities as +-1.797e308 and so returns them); a user id or tag
-value that is empty or NULL as the API sends it.
+number of runs, in start order), the runs started or ended since a watermark, runs by id.
+Its tables have the columns of :func:`~mlflow_spark_tools.runs.run_batches.runs_to_table`,
+with the values the REST API would give for the same runs: the run name from ``runs.name``,
+else the ``mlflow.runName`` tag; the parent from ``mlflow.parentRunId``; the latest metric
+values from ``latest_metrics`` (NaN where ``is_nan``; MLflow stores infinities as +-1.797e308
+and so returns them); a user id or tag value that is empty or NULL as the API sends it.
 
 Each query streams in record batches: run info first (one row per run), then params, latest
 metrics and tags in long form (run, key, value), by run id or joined with the runs (see
@@ -261,8 +261,8 @@ class DatabaseRunReader:
         value) as it arrives, so the run ids and keys of the long form are never all held."""
         keys: dict[str, int] = {}
         positions, key_numbers, values = [], [], []
-        # one lookup of run ids for every batch: an Arrow set lookup would hash them all again
-        # for each batch, which made the read grow with the square of the runs
+        # one mapping of run ids to positions for every batch (an Arrow set lookup would hash
+        # all the run ids again for each batch); each batch looks up its distinct runs only
         position_of = {run_id: i for i, run_id in enumerate(run_ids.to_pylist())}
         for batch in (b for sql, params in queries for b in self.db.batches(sql, params, schema)):
             runs = batch.column(0).dictionary_encode()
