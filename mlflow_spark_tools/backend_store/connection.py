@@ -183,6 +183,13 @@ class BackendDatabase:
         """Which reader answers queries: ``adbc`` or ``sqlalchemy``."""
         return "adbc" if self._adbc is not None else "sqlalchemy"
 
+    @property
+    def streams_answers(self) -> bool:
+        """Whether a query with parameters is answered batch by batch as the database sends it.
+        Not with ADBC's PostgreSQL driver: it answers a query with bound parameters in one
+        piece (a 4,000,000-row answer took the driver to 1.1 GB)."""
+        return not (self._adbc is not None and self.dialect == POSTGRESQL)
+
     def batches(self, sql: str, params: Sequence[Any] = (), schema: pa.Schema | None = None
                 ) -> Iterator[pa.RecordBatch]:
         """The answer of a query in record batches of at most ``batch_rows`` rows, cast to

@@ -22,8 +22,10 @@ from __future__ import annotations
 import logging
 import math
 import re
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -70,6 +72,15 @@ INPUT_TAG = pa.schema([("input_uuid", pa.string()), ("key", pa.string()), ("valu
 EXPERIMENT_ROW = pa.schema([("experiment_id", pa.int64()), ("name", pa.string()),
                             ("lifecycle_stage", pa.string()), ("artifact_location", pa.string())])
 
+# params, latest metrics and tags: (kind, the select of the long form, its schema, its values
+# as the API sends them: NaN where is_nan; a tag stored with a NULL value as "")
+_ENTRIES: tuple[tuple[str, str, pa.Schema, Callable[[pa.RecordBatch], pa.Array]], ...] = (
+    (PARAM, "SELECT x.run_uuid, x.key, x.value FROM params x", TEXT_ENTRY, lambda batch: batch.column(2)),
+    (METRIC, "SELECT x.run_uuid, x.key, x.value, x.is_nan FROM latest_metrics x", METRIC_ENTRY,
+     lambda batch: pc.if_else(pc.fill_null(batch.column(3), False), math.nan, batch.column(2))),
+    (TAG, "SELECT x.run_uuid, x.key, x.value FROM tags x", TEXT_ENTRY,
+     lambda batch: pc.fill_null(batch.column(2), "")),
+)
 ACTIVE = "r.lifecycle_stage = 'active'"
 _START = "COALESCE(r.start_time, -1)"  # the chunks' order: a run may lack a start time
 ANY_STAGE = "r.lifecycle_stage IN ('active', 'deleted')"
@@ -161,6 +172,9 @@ class DatabaseRunReader:
             yield self._read(everything)
             return
         of_runs = int(self.db.scalar(f"SELECT count(*) FROM runs r WHERE {everything.where}", everything.params) or 0)
+        if of_runs > chunk_runs and not self._by_id(of_runs) and self.db.streams_answers:
+            yield from self._read_spilled(everything, chunk_runs)
+            return
         after: tuple[int, str] | None = None
         while True:
             where, params = everything.where, everything.params
@@ -214,18 +228,16 @@ class DatabaseRunReader:
         run_ids = runs["run_id"].combine_chunks()
         queries = self._entry_queries(selection, run_ids, max(of_runs, len(run_ids)))
         columns: dict[str, pa.Array] = {}
-        columns.update(self._pivoted(queries("SELECT x.run_uuid, x.key, x.value FROM params x"), TEXT_ENTRY, run_ids,
-                                     PARAM, lambda batch: batch.column(2)))
-        columns.update(self._pivoted(
-            queries("SELECT x.run_uuid, x.key, x.value, x.is_nan FROM latest_metrics x"), METRIC_ENTRY, run_ids,
-            METRIC, lambda batch: pc.if_else(pc.fill_null(batch.column(3), False), math.nan, batch.column(2))))
-        # the API sends a tag stored with a NULL value as ""
-        columns.update(self._pivoted(queries("SELECT x.run_uuid, x.key, x.value FROM tags x"), TEXT_ENTRY, run_ids,
-                                     TAG, lambda batch: pc.fill_null(batch.column(2), "")))
+        for kind, select, schema, values_of in _ENTRIES:
+            columns.update(self._pivoted(queries(select), schema, run_ids, kind, values_of))
+        return self._assembled(runs, columns, selection)
+
+    def _assembled(self, runs: pa.Table, columns: dict[str, pa.Array], selection: _Selection) -> pa.Table:
+        """The run table of run rows, their pivoted entry columns and their dataset inputs."""
         table = _info(runs, columns)
         for name in sorted(columns):
             table = table.append_column(name, columns[name])
-        table = table.append_column(INPUTS_COLUMN, self._inputs(run_ids, selection))
+        table = table.append_column(INPUTS_COLUMN, self._inputs(runs["run_id"].combine_chunks(), selection))
         if self._on_runs is not None:
             self._on_runs(table.num_rows)
         return table
@@ -240,13 +252,88 @@ class DatabaseRunReader:
         a scan of the whole entry table whatever the share: reading 10,000 runs of a
         1,000,000-run store took 3 times as long that way.
         """
-        if of_runs < self._store_runs() * BY_ID_SHARE:
+        if self._by_id(of_runs):
             ids = run_ids.to_pylist()
             chunks = [tuple(ids[i:i + IDS_PER_QUERY]) for i in range(0, len(ids), IDS_PER_QUERY)]
             return lambda select: [(f"{select} WHERE x.run_uuid IN ({', '.join('?' * len(chunk))})", chunk)
                                    for chunk in chunks]
         return lambda select: [(f"{select} JOIN runs r ON r.run_uuid = x.run_uuid WHERE {selection.where}",
                                 selection.params)]
+
+    def _by_id(self, of_runs: int) -> bool:
+        """Whether a read of ``of_runs`` runs reads their entries by run id."""
+        return of_runs < self._store_runs() * BY_ID_SHARE
+
+    def _read_spilled(self, selection: _Selection, chunks_of: int) -> Iterator[pa.Table]:
+        """The selected runs in tables of ``chunks_of`` runs (in start order), each entry table
+        read in one query joined with ``runs``, as for a whole read: the runs' rows and their
+        entries are spilled to local Arrow files, the entries per chunk as they stream, and
+        each chunk is then pivoted from its files. A join per chunk would scan the entry tables
+        once per chunk, where this scans them once in all (a 200,000-run sqlite build: 17.8 s
+        instead of 28.8 s); the driver holds a chunk's entries and the map of run ids to their
+        positions. Only where the database's answers stream
+        (:attr:`BackendDatabase.streams_answers`): else one answer would hold every entry."""
+        with tempfile.TemporaryDirectory(prefix="mlflow-spark-tools-runs-") as folder:
+            spill = Path(folder)
+            position_of: dict[str, int] = {}
+            with pa.OSFile(str(spill / "runs.arrow"), "wb") as sink, pa.ipc.new_file(sink, RUN_ROW) as writer:
+                for batch in self.db.batches(
+                        "SELECT r.run_uuid, r.experiment_id, r.name, r.status, r.lifecycle_stage, r.user_id, "
+                        f"r.start_time, r.end_time, r.artifact_uri FROM runs r WHERE {selection.where} "
+                        f"ORDER BY {_START}, r.run_uuid", selection.params, RUN_ROW):
+                    for run_id in batch.column(0).to_pylist():
+                        position_of[run_id] = len(position_of)
+                    writer.write_batch(batch)
+            for kind, select, schema, values_of in _ENTRIES:
+                self._spill_entries(spill, kind, select, schema, values_of, selection, position_of, chunks_of)
+            del position_of
+            runs = pa.ipc.open_file(pa.memory_map(str(spill / "runs.arrow"))).read_all()
+            for number, start in enumerate(range(0, max(1, runs.num_rows), chunks_of)):
+                chunk = runs.slice(start, chunks_of)
+                columns: dict[str, pa.Array] = {}
+                for kind, *_ in _ENTRIES:
+                    path = spill / f"{kind}-{number}.arrow"
+                    if not path.exists():
+                        continue
+                    entries = pa.ipc.open_file(pa.memory_map(str(path))).read_all().combine_chunks()
+                    encoded = entries["key"].combine_chunks().dictionary_encode()
+                    columns.update(pivot_numbered(
+                        chunk.num_rows, encoded.dictionary.to_pylist(), encoded.indices.to_numpy(zero_copy_only=False),
+                        entries["position"].to_numpy() - start, entries["value"].combine_chunks(), kind))
+                first, last = chunk.slice(0, 1).to_pylist()[0], chunk.slice(chunk.num_rows - 1, 1).to_pylist()[0]
+                bounds = [_coalesced(first["start_time"]), first["run_id"], _coalesced(last["start_time"]),
+                          last["run_id"]]
+                within = _Selection(
+                    f"{selection.where} AND ({_START} > ? OR ({_START} = ? AND r.run_uuid >= ?)) "
+                    f"AND ({_START} < ? OR ({_START} = ? AND r.run_uuid <= ?))",
+                    (*selection.params, bounds[0], bounds[0], bounds[1], bounds[2], bounds[2], bounds[3]))
+                yield self._assembled(chunk, columns, within)
+
+    def _spill_entries(self, spill: Path, kind: str, select: str, schema: pa.Schema,
+                       values_of: Callable[[pa.RecordBatch], pa.Array], selection: _Selection,
+                       position_of: dict[str, int], chunks_of: int) -> None:
+        """The long-form entries of one table, each row with its run's position, written to the
+        file of its run's chunk (``<kind>-<chunk>.arrow``)."""
+        writers: dict[int, tuple[pa.NativeFile, pa.ipc.RecordBatchFileWriter]] = {}
+        try:
+            for batch in self.db.batches(f"{select} JOIN runs r ON r.run_uuid = x.run_uuid WHERE {selection.where}",
+                                         selection.params, schema):
+                runs = batch.column(0).dictionary_encode()
+                found = np.array([position_of.get(r, -1) for r in runs.dictionary.to_pylist()], dtype=np.int64)
+                position = found[runs.indices.to_numpy(zero_copy_only=False)] if len(found) else found
+                rows = pa.table({"position": position, "key": batch.column(1), "value": values_of(batch)})
+                rows = rows.filter(pa.array(position >= 0))  # a run outside the selection (none)
+                numbers = rows["position"].to_numpy() // chunks_of
+                for number in np.unique(numbers).tolist():
+                    part = rows.filter(pa.array(numbers == number))
+                    if number not in writers:
+                        sink = pa.OSFile(str(spill / f"{kind}-{number}.arrow"), "wb")
+                        writers[number] = (sink, pa.ipc.new_file(sink, part.schema))
+                    writers[number][1].write_table(part)
+        finally:
+            for sink, writer in writers.values():
+                writer.close()
+                sink.close()
 
     def _store_runs(self) -> int:
         """How many runs the store holds (counted once)."""
@@ -311,6 +398,11 @@ class DatabaseRunReader:
             for entries in per_run.values():
                 entries.sort(key=lambda e: (str(e["name"]), str(e["digest"]), str(e["context"])))
         return pa.array([per_run.get(run_id, []) for run_id in run_ids.to_pylist()], pa.list_(DATASET_INPUT))
+
+
+def _coalesced(start_time: object) -> int:
+    """A run's start time as the chunks are ordered by it (:data:`_START`)."""
+    return -1 if start_time is None else int(start_time)  # type: ignore[call-overload]
 
 
 def _info(runs: pa.Table, columns: dict[str, pa.Array]) -> pa.Table:

@@ -309,16 +309,30 @@ def test_builds_staged_chunk_by_chunk_make_the_same_tables(settings, engine, cli
     assert_same_tables(engine, experiment)
 
 
-@pytest.mark.parametrize("share", [0.0, 1e9], ids=["joined-with-runs", "by-run-id"])
+@pytest.mark.parametrize("share, streams", [(0.0, True), (0.0, False), (1e9, True)],
+                         ids=["joined-with-runs", "joined-chunk-by-chunk", "by-run-id"])
 def test_entries_read_by_run_id_or_joined_with_runs_are_the_same(settings, engine, client, tracking_server,
-                                                                  experiment, monkeypatch, share):
+                                                                  experiment, monkeypatch, share, streams):
     """An experiment with few of the store's runs has its params, metrics and tags read by run
-    id (index lookups); a big one by joining with runs: both give the tables REST gives."""
+    id (index lookups); a big one by joining with runs: in one query per table spilled per
+    chunk where the database streams its answers, else chunk by chunk. All give the tables REST
+    gives."""
     from mlflow_spark_tools.backend_store import run_reader
 
     monkeypatch.setattr(run_reader, "BY_ID_SHARE", share)
+    monkeypatch.setattr(BackendDatabase, "streams_answers", streams)
     monkeypatch.setattr(run_reader, "IDS_PER_QUERY", 2)  # several queries per read
     log_rich_runs(client, tracking_server.url, experiment)
+    for i in range(4):
+        log_run(client, experiment, params={"i": i}, metrics={"m": i / 3}, tags={"t": str(i)})
     rest, direct = build_both(settings, f"sqlite:///{tracking_server.db_path}", experiment, engine)
     assert same_summary(rest, direct) and direct.row_count > 2, (rest, direct)
+    assert_same_tables(engine, experiment)
+    # staged in chunks of 3 runs
+    direct = build_experiment_tables(
+        settings.with_overrides(tables__database=DIRECT_DB, tables__source="database", tables__chunk_runs=3,
+                                tables__backend_store_uri=f"sqlite:///{tracking_server.db_path}",
+                                tracking_uri=nobody_listens()),
+        experiment_ids=[experiment], engine=engine, full_refresh=True).summaries[0]
+    assert direct.ok and direct.row_count == rest.row_count and direct.rows_updated == rest.row_count, direct
     assert_same_tables(engine, experiment)
