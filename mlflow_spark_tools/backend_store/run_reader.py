@@ -172,7 +172,7 @@ class DatabaseRunReader:
             yield self._read(everything)
             return
         of_runs = int(self.db.scalar(f"SELECT count(*) FROM runs r WHERE {everything.where}", everything.params) or 0)
-        if of_runs > chunk_runs and not self._by_id(of_runs) and self.db.streams_answers:
+        if of_runs > chunk_runs and not self._by_id(of_runs):
             yield from self._read_spilled(everything, chunk_runs)
             return
         after: tuple[int, str] | None = None
@@ -271,8 +271,7 @@ class DatabaseRunReader:
         each chunk is then pivoted from its files. A join per chunk would scan the entry tables
         once per chunk, where this scans them once in all (a 200,000-run sqlite build: 17.8 s
         instead of 28.8 s); the driver holds a chunk's entries and the map of run ids to their
-        positions. Only where the database's answers stream
-        (:attr:`BackendDatabase.streams_answers`): else one answer would hold every entry."""
+        positions (each answer streams: see :mod:`~mlflow_spark_tools.backend_store.connection`)."""
         with tempfile.TemporaryDirectory(prefix="mlflow-spark-tools-runs-") as folder:
             spill = Path(folder)
             position_of: dict[str, int] = {}

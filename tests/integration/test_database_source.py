@@ -309,18 +309,15 @@ def test_builds_staged_chunk_by_chunk_make_the_same_tables(settings, engine, cli
     assert_same_tables(engine, experiment)
 
 
-@pytest.mark.parametrize("share, streams", [(0.0, True), (0.0, False), (1e9, True)],
-                         ids=["joined-with-runs", "joined-chunk-by-chunk", "by-run-id"])
+@pytest.mark.parametrize("share", [0.0, 1e9], ids=["joined-with-runs", "by-run-id"])
 def test_entries_read_by_run_id_or_joined_with_runs_are_the_same(settings, engine, client, tracking_server,
-                                                                  experiment, monkeypatch, share, streams):
+                                                                  experiment, monkeypatch, share):
     """An experiment with few of the store's runs has its params, metrics and tags read by run
-    id (index lookups); a big one by joining with runs: in one query per table spilled per
-    chunk where the database streams its answers, else chunk by chunk. All give the tables REST
-    gives."""
+    id (index lookups), chunk by chunk when staged; a big one by joining with runs, staged in
+    one query per table spilled per chunk. Both give the tables REST gives."""
     from mlflow_spark_tools.backend_store import run_reader
 
     monkeypatch.setattr(run_reader, "BY_ID_SHARE", share)
-    monkeypatch.setattr(BackendDatabase, "streams_answers", streams)
     monkeypatch.setattr(run_reader, "IDS_PER_QUERY", 2)  # several queries per read
     log_rich_runs(client, tracking_server.url, experiment)
     for i in range(4):

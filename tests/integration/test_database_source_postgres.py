@@ -45,6 +45,35 @@ def test_postgres_backend_store_builds_the_same_tables_as_rest(settings, engine,
     assert postgres.password not in capfd.readouterr().out + capfd.readouterr().err
 
 
+def test_a_staged_postgres_build_streams_each_entry_table_once(settings, engine, pg_server, backend_uri,  # noqa: F811
+                                                                  monkeypatch):
+    """An experiment bigger than a chunk is read in one streamed query per entry table, spilled
+    per chunk (chunks of 3 runs here), and makes the tables REST makes."""
+    from mlflow_spark_tools.backend_store import run_reader
+
+    monkeypatch.setattr(run_reader, "BY_ID_SHARE", 0.0)
+    client = MlflowClient(pg_server.url)
+    experiment = client.create_experiment(f"pg-staged-{uuid.uuid4().hex[:8]}")
+    log_rich_runs(client, pg_server.url, experiment)
+    for i in range(5):
+        log_run(client, experiment, params={"i": i}, metrics={"m": i / 3}, tags={"t": f"it's \\ {i}"})
+    on_pg = settings.with_overrides(tracking_uri=pg_server.url, tables__chunk_runs=3)
+    rest, direct = build_both(on_pg, backend_uri, experiment, engine)
+    assert same_summary(rest, direct) and direct.row_count > 6, (rest, direct)
+    assert_same_tables(engine, experiment)
+
+
+@pytest.mark.parametrize("options", ["", "?options=-c%20standard_conforming_strings%3Doff"],
+                         ids=["default", "user-turns-standard-strings-off"])
+def test_postgres_query_values_arrive_as_written(backend_uri, options):
+    """Values go into PostgreSQL queries as literals (so that answers stream): quotes,
+    backslashes, placeholders and dollar signs arrive unchanged, whatever the URI's options."""
+    hostile = "it's \\' OR 1=1 -- ? $1 $$x$$ \n"
+    with BackendDatabase(backend_uri + options) as db:
+        assert db.scalar("SELECT ? || ''", (hostile,)) == hostile
+        assert db.scalar("SELECT count(*) FROM experiments WHERE name = ?", (hostile,)) == 0
+
+
 def test_postgres_sessions_are_read_only(backend_uri):
     with BackendDatabase(backend_uri) as db:
         assert db.reader == "adbc" and schema_revision(db)

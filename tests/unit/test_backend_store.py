@@ -16,6 +16,7 @@ from mlflow_spark_tools.backend_store.connection import (
     DatabaseError,
     _libpq_uri,
     dialect_of,
+    sql_literal,
     sqlite_path,
 )
 from mlflow_spark_tools.backend_store.history_reader import DatabaseHistoryReader
@@ -44,6 +45,16 @@ def test_postgresql_sessions_are_read_only_and_keep_their_options():
     options = re.search(r"options=([^&]*)", uri).group(1)
     assert "search_path" in options.replace("%3D", "=") and "default_transaction_read_only" in options.replace(
         "%3D", "=")
+    assert options.replace("%3D", "=").endswith("standard_conforming_strings=on")  # after the user's options
+
+
+def test_sql_literals_quote_strings_and_refuse_what_they_cannot_write():
+    assert sql_literal(None) == "NULL" and sql_literal(True) == "TRUE" and sql_literal(-12) == "-12"
+    assert sql_literal("it's") == "'it''s'" and sql_literal("a\\b") == "'a\\b'"
+    with pytest.raises(UsageError, match="NUL"):
+        sql_literal("a\x00b")
+    with pytest.raises(TypeError):
+        sql_literal(1.5)
 
 
 def test_known_revisions_follow_the_installed_mlflow_migrations():
