@@ -8,9 +8,9 @@ The URI is the one ``mlflow server --backend-store-uri`` takes (SQLAlchemy's for
   ``adbc-driver-postgresql``): the driver hands over Arrow columns, no Python object per value.
   sqlite is opened with ``mode=ro``; PostgreSQL sessions start with
   ``default_transaction_read_only=on``, so a write is refused by the database itself.
-- every other SQLAlchemy dialect (MySQL, SQL Server) goes through SQLAlchemy with streamed
-  results, one batch of rows at a time; its sessions are set read-only where the dialect can
-  (MySQL).
+- every other SQLAlchemy dialect (MySQL, SQL Server), and PostgreSQL where the ADBC driver is
+  not installed, goes through SQLAlchemy with streamed results, one batch of rows at a time;
+  its sessions are set read-only where the dialect can (MySQL, PostgreSQL).
 
 Queries are written with ``?`` placeholders. Every reader binds them as parameters, except
 ADBC's PostgreSQL driver: it answers a query with bound parameters in one piece (3,000,000
@@ -40,6 +40,9 @@ BATCH_ROWS = 100_000
 SQLITE, POSTGRESQL = "sqlite", "postgresql"
 _PLACEHOLDER = re.compile(r"\?")
 EXTRA_HINT = "pip install 'mlflow-spark-tools[database]'"
+# what makes a session read-only, per SQLAlchemy dialect
+_READ_ONLY_SESSION = {"mysql": "SET SESSION TRANSACTION READ ONLY",
+                      POSTGRESQL: "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"}
 
 
 class DatabaseError(TrackingServerError):
@@ -157,12 +160,14 @@ class BackendDatabase:
         except ImportError as exc:
             raise MissingDependencyError(
                 f"Reading a {self.dialect} backend store needs its database driver: {_one_line(exc)}") from None
-        if self.dialect == "mysql":
+        read_only = _READ_ONLY_SESSION.get(self.dialect)
+        if read_only is not None:
             @sqlalchemy.event.listens_for(self._engine, "connect")
             def _read_only(dbapi_connection: Any, _record: Any) -> None:
                 cursor = dbapi_connection.cursor()
-                cursor.execute("SET SESSION TRANSACTION READ ONLY")
+                cursor.execute(read_only)
                 cursor.close()
+                dbapi_connection.commit()
         with self._engine.connect():
             pass
 

@@ -5,6 +5,7 @@ incremental refresh; the role's password never printed."""
 
 from __future__ import annotations
 
+import sys
 import uuid
 
 import pytest
@@ -24,8 +25,21 @@ def backend_uri(postgres):  # noqa: F811
     return postgres.url("mlflow", driver=None)
 
 
-def test_postgres_backend_store_builds_the_same_tables_as_rest(settings, engine, pg_server, backend_uri,  # noqa: F811
+@pytest.fixture(params=["adbc", "sqlalchemy"])
+def reader_uri(request, postgres, pg_server, monkeypatch):  # noqa: F811
+    """The store's URI, read through ADBC, or through SQLAlchemy and psycopg2 as where the ADBC
+    driver is not installed."""
+    if request.param == "sqlalchemy":
+        monkeypatch.setitem(sys.modules, "adbc_driver_postgresql.dbapi", None)  # its import fails
+        return postgres.url("mlflow", driver="psycopg2")
+    return postgres.url("mlflow", driver=None)
+
+
+def test_postgres_backend_store_builds_the_same_tables_as_rest(settings, engine, pg_server, reader_uri,  # noqa: F811
                                                                 postgres, capfd):  # noqa: F811
+    backend_uri = reader_uri
+    with BackendDatabase(backend_uri) as db:
+        assert db.reader == ("adbc" if "+" not in backend_uri else "sqlalchemy")
     client = MlflowClient(pg_server.url)
     experiment = client.create_experiment(f"pg-{uuid.uuid4().hex[:8]}")
     runs = log_rich_runs(client, pg_server.url, experiment)
@@ -74,8 +88,12 @@ def test_postgres_query_values_arrive_as_written(backend_uri, options):
         assert db.scalar("SELECT count(*) FROM experiments WHERE name = ?", (hostile,)) == 0
 
 
-def test_postgres_sessions_are_read_only(backend_uri):
-    with BackendDatabase(backend_uri) as db:
-        assert db.reader == "adbc" and schema_revision(db)
-        with pytest.raises(Exception, match="read-only"):
-            db.scalar("DELETE FROM runs")
+def test_postgres_sessions_are_read_only(reader_uri):
+    with BackendDatabase(reader_uri) as db:
+        assert schema_revision(db)
+        assert db.scalar("SELECT current_setting('transaction_read_only')") == "on"
+        assert db.scalar("SELECT count(*) FROM runs") >= 0  # a later query's session too
+        assert db.scalar("SELECT current_setting('transaction_read_only')") == "on"
+        if db.reader == "adbc":  # SQLAlchemy reads through a cursor, which takes no DELETE
+            with pytest.raises(Exception, match="read-only"):
+                db.scalar("DELETE FROM runs")
