@@ -132,8 +132,8 @@ def measure_all(runs: int, repetitions: int, tracking_uri: str, db_path: Path, e
                 print(f"rep {rep} {source}: {r}", flush=True)
             changed = touch(remote, warehouse, runs)
             r = run_worker(engine.pid, remote, "system_tables", "", EXPERIMENT, warehouse, False, tracking_uri)
-            if r["mode"] != "incremental" or r["rows_updated"] < changed:
-                raise SystemExit(f"the incremental refresh did not see the {changed} changed runs: {r}")
+            if r["mode"] != "incremental" or r["rows_updated"] != changed:
+                raise SystemExit(f"the incremental refresh did not update exactly the {changed} changed runs: {r}")
             results["system_tables_incremental"].append(r)
             print(f"rep {rep} system_tables incremental: {r}", flush=True)
         finally:

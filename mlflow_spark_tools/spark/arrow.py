@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from mlflow_spark_tools.core.dependencies import version_tuple
 from mlflow_spark_tools.core.identifiers import quote
+from mlflow_spark_tools.spark.maps import map_from_entries
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -125,7 +126,7 @@ def frame_with_maps(spark: SparkSession, data: pa.Table, columns: Sequence[tuple
     """A DataFrame of ``data`` with the columns (name, SQL type) ``columns`` (NaN preserved).
 
     A ``map<K,V>`` column comes in ``data`` as a list of ``key`` / ``value`` structs (empty
-    for none) and becomes a map in Spark (``map_from_entries``): Spark 3.5 sessions take Arrow
+    for none) and becomes a map in Spark (:func:`~mlflow_spark_tools.spark.maps.map_from_entries`): Spark 3.5 sessions take Arrow
     data as rows of Python values, where a map must be a dict and an Arrow map is a list of
     pairs, while lists of structs travel alike on every version.
     """
@@ -133,5 +134,4 @@ def frame_with_maps(spark: SparkSession, data: pa.Table, columns: Sequence[tuple
     df = to_dataframe(spark, data, staged)
     if not any(_is_map(t) for _, t in columns):
         return df
-    return df.selectExpr(*(f"map_from_entries({quote(n)}) AS {quote(n)}" if _is_map(t) else quote(n)
-                           for n, t in columns))
+    return df.select(*(map_from_entries(df[n]).alias(n) if _is_map(t) else df[n] for n, t in columns))

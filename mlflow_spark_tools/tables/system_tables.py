@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from mlflow_spark_tools.core.identifiers import qualified_name, validate_database
 from mlflow_spark_tools.errors import MlflowSparkToolsError
 from mlflow_spark_tools.runs.run_batches import PARENT_RUN_TAG, RUN_NAME_TAG
+from mlflow_spark_tools.spark.maps import map_from_entries
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -240,7 +241,7 @@ def latest_metrics(points: DataFrame) -> DataFrame:
     latest = points.groupBy("run_id", "key").agg(
         F.max(F.struct(F.col("step"), F.col("timestamp"), F.col("value"))).alias("latest"))
     return latest.groupBy("run_id").agg(
-        F.map_from_entries(F.collect_list(F.struct(F.col("key"), F.col("latest.value")))).alias("metrics"))
+        map_from_entries(F.collect_list(F.struct(F.col("key"), F.col("latest.value")))).alias("metrics"))
 
 
 def _cluster_workspace(spark: SparkSession) -> str | None:

@@ -41,6 +41,7 @@ from mlflow_spark_tools.runs.columns import (
     sort_specs,
 )
 from mlflow_spark_tools.spark.engine import Engine
+from mlflow_spark_tools.spark.maps import map_from_entries
 from mlflow_spark_tools.tables import param_types
 from mlflow_spark_tools.tables.builder import (
     FULL,
@@ -216,14 +217,12 @@ class SystemTablesBuilder(ExperimentTableBuilder):
                 self.spark.catalog.dropTempView(view)
             summary.history_points = points.count() if changed else 0
         summary.history_runs = runs.select("run_id").distinct().count() if changed is None else len(changed)
-        summaries = _summaries(points)
+        summaries = key_summaries(points)
         keys = sorted(r["key"] for r in summaries.select("key").distinct().collect())
         if not keys:
             return data, specs
         namer.assign([(kind, key) for key in keys for kind in SUMMARY_KINDS])
-        per_run = summaries.groupBy("run_id").agg(F.map_from_entries(F.collect_list(
-            F.struct("key", F.struct(*(F.col(c) for _, c, _ in _SUMMARY_FIELDS))))).alias("__summaries"))
-        data = data.join(per_run, "run_id", "left")
+        data = data.join(summary_maps(summaries).withColumnRenamed("summaries", "__summaries"), "run_id", "left")
         added = []
         for key in keys:
             for kind, field, data_type in _SUMMARY_FIELDS:
@@ -234,7 +233,16 @@ class SystemTablesBuilder(ExperimentTableBuilder):
         return data.select(*(s.column_name for s in specs)), specs
 
 
-def _summaries(points: DataFrame) -> DataFrame:
+def summary_maps(summaries: DataFrame) -> DataFrame:
+    """``run_id`` and ``summaries``: each key's summary (``min``, ``min_step``, ``max``,
+    ``max_step``) by key, from one row per run and key (:func:`key_summaries`)."""
+    from pyspark.sql import functions as F
+
+    return summaries.groupBy("run_id").agg(map_from_entries(F.collect_list(
+        F.struct("key", F.struct(*(F.col(c) for _, c, _ in _SUMMARY_FIELDS))))).alias("summaries"))
+
+
+def key_summaries(points: DataFrame) -> DataFrame:
     """Per run and key: the lowest and highest value (NaN ignored; infinities count) and the
     first step where each was reached."""
     from pyspark.sql import functions as F

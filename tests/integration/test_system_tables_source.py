@@ -124,3 +124,50 @@ def test_a_history_step_column_named_step_is_read_too(settings, engine, client, 
     row = engine.spark.sql(f"SELECT _m_loss, _mmin_loss, _mminstep_loss, _mmaxstep_loss "
                            f"FROM st_step.exp_{experiment}").collect()[0]
     assert tuple(row) == (2.0, 1.0, 5, 0)
+
+
+def test_every_run_keeps_its_own_metric_values_when_a_partition_holds_many_runs(engine, tmp_path):
+    """20,000 runs with 5 metrics: the lists an aggregate emits are slices of bigger ones, which
+    the embedded engine's map functions misread (each map built from a sorted copy instead)."""
+    from pyspark.sql import functions as F
+
+    from mlflow_spark_tools.tables.system_tables import SystemTables
+    from mlflow_spark_tools.tables.system_tables_builder import key_summaries, summary_maps
+
+    spark, schema, runs, metrics = engine.spark, "sysml_many", 20_000, 5
+    spark.sql(f"CREATE SCHEMA IF NOT EXISTS {schema}").collect()
+    tables = {
+        "experiments_latest": (f"SELECT '7' AS experiment_id, '{system_tables.WORKSPACE}' AS workspace_id, 'many' AS "
+                               f"name, current_timestamp() AS create_time, CAST(NULL AS TIMESTAMP) AS delete_time"),
+        "runs_latest": (f"SELECT md5(CAST(id AS STRING)) AS run_id, '7' AS experiment_id, '{system_tables.WORKSPACE}' "
+                        f"AS workspace_id, concat('run-', id) AS run_name, 'FINISHED' AS status, 'me' AS created_by, "
+                        f"timestamp_seconds(1700000000 + id) AS start_time, timestamp_seconds(1700000600 + id) AS "
+                        f"end_time, timestamp_seconds(1700000600 + id) AS update_time, CAST(NULL AS TIMESTAMP) AS "
+                        f"delete_time, map('p', CAST(id AS STRING)) AS params, map('t', 'x') AS tags FROM range({runs})"),
+        # each run's metric k: two points, value id * 10 + k at step 1 (latest, highest) and -1 at step 0
+        "run_metrics_history": (
+            f"SELECT md5(CAST(id DIV {2 * metrics} AS STRING)) AS run_id, '7' AS experiment_id, "
+            f"'{system_tables.WORKSPACE}' AS workspace_id, concat('m', CAST(id % {metrics} AS STRING)) AS metric_name, "
+            f"timestamp_seconds(1700000100) AS metric_time, CAST(id % {2 * metrics} DIV {metrics} AS BIGINT) AS "
+            f"metric_step, IF(id % {2 * metrics} >= {metrics}, CAST((id DIV {2 * metrics}) * 10 + id % {metrics} AS "
+            f"DOUBLE), -1.0) AS metric_value FROM range({runs * metrics * 2})"),
+    }
+    for name, sql in tables.items():
+        writer = spark.sql(sql).write.format("delta").mode("overwrite")
+        location = engine.table_location(schema, name)
+        writer = writer.option("path", location) if location is not None else writer
+        writer.saveAsTable(f"{schema}.{name}")
+    source = SystemTables(spark, schema, system_tables.WORKSPACE)
+    ids = spark.range(runs).select(F.md5(F.col("id").cast("string")).alias("run_id"), F.col("id"))
+
+    latest = source.runs("7").select("run_id", F.inline(F.map_entries("metrics"))).join(ids, "run_id")
+    expected = F.col("id") * 10 + F.substring("key", 2, 1).cast("int")
+    assert latest.count() == runs * metrics
+    assert latest.where(F.col("value") != expected).count() == 0
+
+    summaries = summary_maps(key_summaries(source.history("7"))).select(
+        "run_id", F.inline(F.map_entries("summaries"))).join(ids, "run_id")
+    assert summaries.count() == runs * metrics
+    wrong = summaries.where((F.col("value.max") != expected) | (F.col("value.max_step") != 1)
+                            | (F.col("value.min") != -1.0) | (F.col("value.min_step") != 0))
+    assert wrong.count() == 0
