@@ -248,9 +248,10 @@ def key_summaries(points: DataFrame) -> DataFrame:
     from pyspark.sql import functions as F
 
     numbers = points.where(~F.isnan(F.col("value")))
-    grouped = numbers.groupBy("run_id", "key").agg(
-        F.min(F.struct(F.col("value"), F.col("step"))).alias("lo"),
-        F.max(F.struct(F.col("value"), (-F.col("step")).alias("neg_step"))).alias("hi"))
-    return grouped.select("run_id", "key", F.col("lo.value").alias("min"), F.col("lo.step").alias("min_step"),
-                          F.col("hi.value").alias("max"), (-F.col("hi.neg_step")).alias("max_step"))
+    # min_by/max_by rather than the min/max of a struct: far cheaper on the embedded engine
+    lowest = F.struct(F.col("value"), F.col("step"))
+    highest = F.struct(F.col("value"), (-F.col("step")).alias("neg_step"))
+    return numbers.groupBy("run_id", "key").agg(
+        F.min_by(F.col("value"), lowest).alias("min"), F.min_by(F.col("step"), lowest).alias("min_step"),
+        F.max_by(F.col("value"), highest).alias("max"), F.max_by(F.col("step"), highest).alias("max_step"))
 
