@@ -104,8 +104,8 @@ class Wheel:
 
 def project_root() -> Path | None:
     """The source checkout this package runs from, if it runs from one."""
-    root = Path(__file__).resolve().parent.parent
-    return root if (root / "setup.py").is_file() else None
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "setup.py").is_file() and (root / "mlflow_spark_tools").is_dir() else None
 
 
 # What a wheel is built from; the build runs on a copy of them, so that no stale build/ output
