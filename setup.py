@@ -61,7 +61,10 @@ setup(
             "adbc-driver-sqlite>=1.0",
             "adbc-driver-postgresql>=1.0",
         ],
+        # `databricks bundle deploy` (databricks.yml) loads the jobs through these classes.
+        "bundle": ["databricks-bundles>=1.22"],
         "dev": [
+            "databricks-bundles>=1.22",
             f"mlflow>={MLFLOW_FLOOR}",
             "scikit-learn>=1.3.0",
             "deltalake>=0.20",

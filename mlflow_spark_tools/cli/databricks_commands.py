@@ -38,15 +38,21 @@ def paths_command(ctx: Context, paths: tuple[str, ...], fmt: str) -> None:
               "deployment.yaml and jobs/ (default: the package's conf/).")
 @click.option("--databricks-profile", help="~/.databrickscfg profile (default: the environment's "
               "databricks_profile, else the SDK's default authentication).")
+@click.option("--compute", type=click.Choice(["job_cluster", "serverless"]), help="Run the jobs on job "
+              "clusters or serverless (default: the environment's compute).")
 @click.pass_obj
 @handle_errors
 def deploy_command(ctx: Context, env_name: str, dry_run: bool, wheel: str | None, conf_dir: str | None,
-                   databricks_profile: str | None) -> None:
+                   databricks_profile: str | None, compute: str | None) -> None:
     """Upload the wheel and create or update the jobs of conf/jobs/ by name (idempotent).
 
-    The jobs are rendered for the environment and checked against databricks-sdk's JobSettings,
-    and every wheel task's entry point is checked against the wheel, before anything is sent.
+    For workspaces deployed without the Databricks CLI; with it, `databricks bundle deploy`
+    deploys the same jobs (databricks.yml). The jobs are rendered for the environment and
+    checked against databricks-sdk's JobSettings, and every wheel task's entry point is checked
+    against the wheel, before anything is sent.
     """
+    import dataclasses
+
     from mlflow_spark_tools.databricks.deploy import deploy, plan, resolve_wheel, workspace_client
     from mlflow_spark_tools.databricks.job_specs import load_environment
 
@@ -58,6 +64,8 @@ def deploy_command(ctx: Context, env_name: str, dry_run: bool, wheel: str | None
 
     conf = None if conf_dir is None else Path(conf_dir)
     environment = load_environment(env_name, conf)
+    if compute is not None:
+        environment = dataclasses.replace(environment, compute=compute)
     with tempfile.TemporaryDirectory(prefix="mlflow-spark-tools-wheel-") as build_dir:
         built = resolve_wheel(wheel, Path(build_dir))
         if dry_run:
@@ -66,3 +74,24 @@ def deploy_command(ctx: Context, env_name: str, dry_run: bool, wheel: str | None
             return
         deploy(environment, built, workspace_client(environment, databricks_profile), conf,
                check_arguments=check, echo=click.echo)
+
+
+@cli.command("build-wheel")
+@click.option("--out", "out_dir", default="dist", show_default=True, type=click.Path(file_okay=False),
+              help="Folder the wheel is written to; earlier wheels of this package there are removed.")
+@click.option("--no-build-isolation", is_flag=True, help="Build with this environment's setuptools "
+              "(>= 70.1) instead of fetching one.")
+@click.pass_obj
+@handle_errors
+def build_wheel_command(ctx: Context, out_dir: str, no_build_isolation: bool) -> None:
+    """Build this source checkout's wheel (the Databricks bundle's artifact) and print its path."""
+    from mlflow_spark_tools.databricks.deploy import PACKAGE_NAME, build_wheel, project_root
+    from mlflow_spark_tools.errors import UsageError
+
+    root = project_root()
+    if root is None:
+        raise UsageError("build-wheel builds from a source checkout; this installation is not one.")
+    out = Path(out_dir)
+    for old in out.glob(f"{PACKAGE_NAME}-*.whl"):
+        old.unlink()
+    click.echo(str(build_wheel(root, out, isolated=not no_build_isolation)))

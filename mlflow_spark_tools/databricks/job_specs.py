@@ -11,6 +11,13 @@ A task template, an entry of ``tasks`` shaped ``{for_each: <list variable>, task
 becomes one task per item of the list, with ``${item.<field>}`` filled from the item. With
 ``one_after_another: true`` each task depends on the one before it and runs whatever that one's
 outcome (``run_if: ALL_DONE``).
+
+The specs describe jobs on job clusters. An environment's ``compute`` picks the flavour:
+``job_cluster`` as written, or ``serverless``: no clusters, every task runs in the job's one
+environment (``environment_key``), whose dependencies are the wheel and the environment's
+``serverless.dependencies``, at ``serverless.environment_version``. The Databricks bundle
+(``databricks.yml``, :mod:`~mlflow_spark_tools.databricks.bundle`) and ``deploy`` both render
+their jobs here, so they cannot drift apart.
 """
 
 from __future__ import annotations
@@ -31,7 +38,14 @@ PACKAGE_NAME = "mlflow_spark_tools"
 DEPLOYMENT_FILE = "deployment.yaml"
 JOBS_DIR = "jobs"
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\}")
-_ENV_KEYS = {"wheel_dir", "databricks_profile", "variables", "overrides"}
+_ENV_KEYS = {"wheel_dir", "databricks_profile", "compute", "serverless", "variables", "overrides"}
+JOB_CLUSTER, SERVERLESS = "job_cluster", "serverless"
+COMPUTE_KINDS = (JOB_CLUSTER, SERVERLESS)
+SERVERLESS_ENVIRONMENT_KEY = "default"
+# Serverless environment 4 brings MLflow 2.22 (5 brings MLflow 3.8), which the wheel does not install.
+DEFAULT_ENVIRONMENT_VERSION = "4"
+_SERVERLESS_KEYS = {"environment_version", "dependencies"}
+_CLUSTER_TASK_KEYS = ("job_cluster_key", "new_cluster", "existing_cluster_id", "libraries")
 _TEMPLATE_KEYS = {"for_each", "task", "one_after_another"}
 
 
@@ -50,6 +64,9 @@ class Environment:
         databricks_profile: the ``~/.databrickscfg`` profile to authenticate with, if any.
         variables: values of the ``${name}`` placeholders.
         overrides: per job key, settings merged into the rendered job.
+        compute: ``job_cluster`` or ``serverless``.
+        environment_version: the serverless environment's version.
+        dependencies: what the serverless environment installs besides the wheel.
     """
 
     name: str
@@ -57,6 +74,9 @@ class Environment:
     databricks_profile: str | None
     variables: dict[str, Any]
     overrides: dict[str, dict[str, Any]]
+    compute: str = JOB_CLUSTER
+    environment_version: str = DEFAULT_ENVIRONMENT_VERSION
+    dependencies: tuple[str, ...] = ()
 
     @property
     def wheel_path(self) -> str:
@@ -132,7 +152,49 @@ def load_environment(name: str, conf: Path | None = None) -> Environment:
     profile = data.get("databricks_profile")
     if profile is not None and not isinstance(profile, str):
         raise InvalidConfigError(f"{where}.databricks_profile must be a profile name or null.")
-    return Environment(name, wheel_dir, profile, dict(variables), dict(overrides))
+    compute = check_compute(data.get("compute", JOB_CLUSTER), f"{where}.compute")
+    serverless = data.get("serverless") or {}
+    if not isinstance(serverless, dict) or set(serverless) - _SERVERLESS_KEYS:
+        raise InvalidConfigError(f"{where}.serverless holds {', '.join(sorted(_SERVERLESS_KEYS))}; "
+                                 f"found {serverless!r}.")
+    version = serverless.get("environment_version", DEFAULT_ENVIRONMENT_VERSION)
+    dependencies = serverless.get("dependencies") or []
+    if not isinstance(version, (str, int)) or isinstance(version, bool):
+        raise InvalidConfigError(f"{where}.serverless.environment_version must be a version such as \"4\".")
+    if not isinstance(dependencies, list) or not all(isinstance(d, str) and d.strip() for d in dependencies):
+        raise InvalidConfigError(f"{where}.serverless.dependencies must be a list of pip requirements or paths.")
+    return Environment(name, wheel_dir, profile, dict(variables), dict(overrides), compute, str(version),
+                       tuple(dependencies))
+
+
+def check_compute(compute: Any, where: str) -> str:
+    """``compute`` if it is ``job_cluster`` or ``serverless``, else an error naming both."""
+    if compute not in COMPUTE_KINDS:
+        raise InvalidConfigError(f"{where} must be {' or '.join(COMPUTE_KINDS)}, got {compute!r}.")
+    return str(compute)
+
+
+def serverless_job(settings: dict[str, Any], environment_version: str, dependencies: list[str]) -> dict[str, Any]:
+    """A job-cluster job as a serverless one: no clusters, every task in the job's one
+    environment, which installs ``dependencies`` (the wheel first)."""
+    job = copy.deepcopy(settings)
+    job.pop("job_clusters", None)
+    for task in job.get("tasks") or []:
+        for key in _CLUSTER_TASK_KEYS:
+            task.pop(key, None)
+        task["environment_key"] = SERVERLESS_ENVIRONMENT_KEY
+    job["environments"] = [{"environment_key": SERVERLESS_ENVIRONMENT_KEY,
+                            "spec": {"environment_version": environment_version, "dependencies": dependencies}}]
+    return job
+
+
+def _check_serverless(settings: dict[str, Any], where: str) -> None:
+    """Fail if an override put cluster settings back into a serverless job."""
+    found = (["job_clusters"] if settings.get("job_clusters") else []) + sorted(
+        {f"tasks[].{k}" for t in settings.get("tasks") or [] for k in _CLUSTER_TASK_KEYS if k in t})
+    if found:
+        raise InvalidConfigError(f"{where} is serverless but has {', '.join(found)} (from its overrides?): "
+                                 "remove them, or set compute: job_cluster.")
 
 
 def spec_paths(conf: Path | None = None) -> list[Path]:
@@ -254,28 +316,40 @@ def _first_difference(given: Any, kept: Any, path: str = "") -> str:
     return f"{path or 'the document'} = {given!r} is read as {kept!r}"
 
 
-def render_job(path: Path, environment: Environment, wheel_path: str | None = None) -> JobSpec:
-    """The job of one spec file for ``environment``, checked against the SDK."""
+def render_job(path: Path, environment: Environment, wheel_path: str | None = None,
+               compute: str | None = None) -> JobSpec:
+    """The job of one spec file for ``environment``, checked against the SDK.
+
+    Args:
+        wheel_path: where the job's tasks find the wheel (default: the environment's upload).
+        compute: ``job_cluster`` or ``serverless`` (default: the environment's).
+    """
     key = path.stem
-    where = f"{path.name} [{environment.name}]"
+    compute = environment.compute if compute is None else check_compute(compute, "compute")
+    where = f"{path.name} [{environment.name}, {compute}]"
     raw = read_yaml(path)
-    values = {**environment.variables, "env": environment.name,
-              "wheel": environment.wheel_path if wheel_path is None else wheel_path}
+    wheel = environment.wheel_path if wheel_path is None else wheel_path
+    values = {**environment.variables, "env": environment.name, "wheel": wheel}
     settings = {k: _fill(v, values, f"{where}.{k}") for k, v in raw.items() if k != "tasks"}
     settings["tasks"] = _expand_tasks(raw.get("tasks") or [], values, where)
+    if compute == SERVERLESS:
+        settings = serverless_job(settings, environment.environment_version, [wheel, *environment.dependencies])
     override = environment.overrides.get(key)
     if override is not None:
         if not isinstance(override, dict):
             raise InvalidConfigError(f"conf/deployment.yaml: environments.{environment.name}.overrides."
                                      f"{key} must be a mapping.")
         settings = merge(settings, _fill(override, values, f"{where} overrides"))
+    if compute == SERVERLESS:
+        _check_serverless(settings, where)
     check_job_settings(settings, where)
     return JobSpec(key, settings)
 
 
 def render_jobs(environment: Environment, conf: Path | None = None,
-                wheel_path: str | None = None) -> list[JobSpec]:
-    """Every job of ``<conf>/jobs/`` rendered for ``environment``; names must be distinct."""
+                wheel_path: str | None = None, compute: str | None = None) -> list[JobSpec]:
+    """Every job of ``<conf>/jobs/`` rendered for ``environment`` (see :func:`render_job`);
+    names must be distinct."""
     paths = spec_paths(conf)
     if not paths:
         raise InvalidConfigError(f"No job specs in {(conf_dir() if conf is None else conf) / JOBS_DIR}.")
@@ -283,7 +357,7 @@ def render_jobs(environment: Environment, conf: Path | None = None,
     if unknown:
         raise InvalidConfigError(f"environments.{environment.name}.overrides names no job spec of "
                                  f"{paths[0].parent}: {sorted(unknown)}.")
-    jobs = [render_job(p, environment, wheel_path) for p in paths]
+    jobs = [render_job(p, environment, wheel_path, compute) for p in paths]
     names = [j.name for j in jobs]
     if len(set(names)) != len(names):
         raise InvalidConfigError(f"Job names must be distinct within an environment: {names}.")

@@ -117,8 +117,15 @@ def test_deploy_to_a_workspace_folder_goes_through_the_workspace_api(built_wheel
     assert upload.path == "/api/2.0/workspace/import"
     assert (upload.body["path"], upload.body["format"], upload.body["overwrite"]) == (target.encode(), b"AUTO", b"true")
     assert workspace.state.files[target] == built_wheel.read_bytes()
+    # dev runs serverless: the wheel is the dependency of every job's environment
+    assert {job["environments"][0]["spec"]["dependencies"][0] for job in workspace.state.jobs.values()} == {target}
+    result = run_cli("deploy", "--env", "dev", "--wheel", str(built_wheel), "--conf-dir", str(conf),
+                     "--compute", "job_cluster")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("updated job") == 2
     libraries = {lib["whl"] for job in workspace.state.jobs.values() for t in job["tasks"] for lib in t["libraries"]}
     assert libraries == {target}
+    assert not any("environments" in job for job in workspace.state.jobs.values())
 
 
 def test_two_jobs_with_the_name_stop_the_deploy_before_it_changes_anything(built_wheel, workspace):

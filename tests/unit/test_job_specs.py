@@ -25,19 +25,27 @@ def edit(path: Path, change) -> None:
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
-def test_every_spec_is_sdk_job_settings_whose_wheel_tasks_parse(env):
+@pytest.mark.parametrize("compute", ["job_cluster", "serverless"])
+def test_every_spec_is_sdk_job_settings_whose_wheel_tasks_parse(env, compute):
     environment = load_environment(env)
-    jobs = render_jobs(environment)
+    jobs = render_jobs(environment, compute=compute)
     assert [j.key for j in jobs] == ["build_experiment_tables", "replay_failed_runs"]
+    assert environment.wheel_path.endswith(wheel_filename())
     for job in jobs:
         settings = JobSettings.from_dict(job.settings)
         assert settings.as_dict() == job.settings
         assert f"[{env}]" in settings.name and settings.tags["environment"] == env
         assert settings.schedule.quartz_cron_expression and settings.max_concurrent_runs == 1
         for task in settings.tasks:
-            assert task.libraries[0].whl == environment.wheel_path
-            assert task.libraries[0].whl.endswith(wheel_filename())
-            assert task.job_cluster_key in {c.job_cluster_key for c in settings.job_clusters}
+            if compute == "job_cluster":
+                assert task.libraries[0].whl == environment.wheel_path
+                assert task.job_cluster_key in {c.job_cluster_key for c in settings.job_clusters}
+                assert not settings.environments and task.environment_key is None
+            else:
+                assert not task.libraries and task.job_cluster_key is None and not settings.job_clusters
+                (spec,) = [e.spec for e in settings.environments if e.environment_key == task.environment_key]
+                assert spec.dependencies == [environment.wheel_path, *environment.dependencies]
+                assert spec.environment_version == environment.environment_version
             wheel_task = task.python_wheel_task
             assert wheel_task.package_name == "mlflow_spark_tools"
             # the task's parameters are accepted by the command behind its entry point
