@@ -9,7 +9,7 @@ COMPAT_VENV := .venv-compat
 COMPAT_BIN := $(COMPAT_VENV)/bin
 COMPAT_STAMP := $(COMPAT_VENV)/.installed
 
-.PHONY: install demo test unit integration lint bench compat clean
+.PHONY: install demo test unit integration lint bench compat clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,13 +30,21 @@ lint: $(STAMP)
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
 
-test: $(STAMP) lint
+# The report tests draw HTML in a real headless browser: Debian's Chromium, installed where it is
+# missing and this user may (root with apt-get, as in CI); otherwise those tests say what to install.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
+	else echo "Chromium is missing (apt-get install chromium): the report tests will fail."; fi
+
+test: $(STAMP) lint browser
 	PYSPARK_PYTHON=$(abspath $(BIN)/python) $(BIN)/python -m pytest -q tests
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
-integration: $(STAMP)
+integration: $(STAMP) browser
 	PYSPARK_PYTHON=$(abspath $(BIN)/python) $(BIN)/python -m pytest -q tests/integration
 
 # The oldest supported stack, Databricks Runtime 15.4 LTS ML (constraints-compat.txt): pyspark 3.5.0

@@ -19,7 +19,7 @@ HERE = Path(__file__).parent
 MLFLOW_FLOOR = "2.13.1"  # keep in step with mlflow_spark_tools/core/dependencies.py
 
 WHEEL_ENTRY_POINTS = ("build-tables", "replay", "best-run", "last-run", "sql", "dump-run",
-                      "dump-experiment", "system-tags", "log-model")
+                      "dump-experiment", "system-tags", "log-model", "report")
 
 setup(
     name="mlflow-spark-tools",
@@ -61,10 +61,14 @@ setup(
             "adbc-driver-sqlite>=1.0",
             "adbc-driver-postgresql>=1.0",
         ],
+        # `report`: charts (Altair) rendered offline to HTML, PNG and SVG (vl-convert).
+        "report": ["altair>=5.4", "vl-convert-python>=1.6"],
         # `databricks bundle deploy` (databricks.yml) loads the jobs through these classes.
         "bundle": ["databricks-bundles>=1.22"],
         "dev": [
             "databricks-bundles>=1.22",
+            "altair>=5.4",
+            "vl-convert-python>=1.6",
             f"mlflow>={MLFLOW_FLOOR}",
             "scikit-learn>=1.3.0",
             "deltalake>=0.20",

@@ -18,7 +18,7 @@ from mlflow_spark_tools.errors import UsageError
 # The commands with a wheel entry point of the same name (what job specs put into
 # `entry_point`); setup.py registers each as `<name>=mlflow_spark_tools.cli.wheel_tasks:<function>`.
 ENTRY_POINTS = ("build-tables", "replay", "best-run", "last-run", "sql", "dump-run",
-                "dump-experiment", "system-tags", "log-model")
+                "dump-experiment", "system-tags", "log-model", "report")
 
 
 def _option_arity(command: click.Command) -> dict[str, bool]:

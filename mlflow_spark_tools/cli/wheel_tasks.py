@@ -73,4 +73,5 @@ dump_run = _entry_point("dump-run")
 dump_experiment = _entry_point("dump-experiment")
 system_tags = _entry_point("system-tags")
 log_model = _entry_point("log-model")
+report = _entry_point("report")
 

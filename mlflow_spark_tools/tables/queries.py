@@ -80,7 +80,7 @@ def _table_if_built(engine: Engine | None, database: str, experiment_id: str) ->
     return None
 
 
-def _refreshed_at(db: Database, experiment_id: str) -> datetime | None:
+def refreshed_at(db: Database, experiment_id: str) -> datetime | None:
     """When the experiment's table was last refreshed (from ``<database>.experiments``)."""
     if not db.exists(INDEX_TABLE):
         return None
@@ -91,7 +91,8 @@ def _refreshed_at(db: Database, experiment_id: str) -> datetime | None:
     return _from_millis(rows[0]["at"]) if rows else None
 
 
-def _metric_column(db: Database, experiment_id: str, metric: str, kind: str = METRIC) -> str | None:
+def table_column(db: Database, experiment_id: str, metric: str, kind: str = METRIC) -> str | None:
+    """The column of the experiment's table holding ``metric`` (of ``kind``), if it has one."""
     rows = db.spark.sql(
         f"SELECT column_name FROM {db.name(experiment_table_name(experiment_id) + '_columns')} "
         f"WHERE kind = {sql_string(kind)} AND key = {sql_string(metric)}"
@@ -130,8 +131,8 @@ def best_run(
         raise UsageError(f"Unknown aggregate {aggregate!r}: use one of {', '.join(AGGREGATES)}.")
     value_kind, step_kind = _AGGREGATE_KINDS[aggregate]
     db = _table_if_built(engine, database, experiment_id)
-    column = None if db is None else _metric_column(db, experiment_id, metric, value_kind)
-    step_column = None if db is None or step_kind is None else _metric_column(db, experiment_id, metric, step_kind)
+    column = None if db is None else table_column(db, experiment_id, metric, value_kind)
+    step_column = None if db is None or step_kind is None else table_column(db, experiment_id, metric, step_kind)
     if db is not None and column is not None:
         nested = " AND parent_run_id IS NULL" if ignore_nested else ""
         order = "ASC" if ascending else "DESC"
@@ -146,7 +147,7 @@ def best_run(
         if rows:
             r = rows[0]
             return RunChoice(r["run_id"], r["run_name"], _from_millis(r["start_ms"]), metric, r["value"], TABLE,
-                             _refreshed_at(db, experiment_id), aggregate, r["step"])
+                             refreshed_at(db, experiment_id), aggregate, r["step"])
     if db is not None and column is None and aggregate != LATEST:
         log.info("The table %s has no metric history of %r (build-tables --metric-history); reading "
                  "the runs' histories from the tracking server.", db.name(experiment_table_name(experiment_id)),
@@ -155,7 +156,7 @@ def best_run(
         # logged after the table's last refresh, or by no run at all: the server knows
         log.info("No run of the table %s has a value for %r (refreshed %s); asking the tracking server. "
                  "Refresh it with build-tables.", db.name(experiment_table_name(experiment_id)), metric,
-                 _refreshed_at(db, experiment_id))
+                 refreshed_at(db, experiment_id))
     source = source if source is not None else _default_source()
     if aggregate != LATEST:
         return _best_by_history(source, experiment_id, metric, ascending, ignore_nested, aggregate)
@@ -226,7 +227,7 @@ def last_run(
             return None
         r = rows[0]
         return RunChoice(r["run_id"], r["run_name"], _from_millis(r["start_ms"]), None, None, TABLE,
-                         _refreshed_at(db, experiment_id))
+                         refreshed_at(db, experiment_id))
     source = source if source is not None else _default_source()
     for runs in _server_pages(source, experiment_id, ["attributes.start_time DESC"]):
         for run in runs:

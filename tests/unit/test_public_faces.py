@@ -19,6 +19,7 @@ FACES = {
     "mlflow_spark_tools.build_tables": {"build_experiment_tables"},
     "mlflow_spark_tools.queries": {"best_run", "last_run", "qualified_name", "quote", "sql_string"},
     "mlflow_spark_tools.engine": {"get_engine"},
+    "mlflow_spark_tools.report": {"experiment_report", "ExperimentReport"},
     "mlflow_spark_tools.errors": {"MlflowSparkToolsError", "UsageError", "RunNotFoundError"},
 }
 

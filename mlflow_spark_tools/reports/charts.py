@@ -1,0 +1,174 @@
+"""The report's charts as Altair (Vega-Lite) charts, from :class:`ReportData`'s small tables.
+
+- ``parallel``: parallel coordinates, one line per plotted run across the params and the metric,
+  coloured by the metric. Each axis is scaled to 0..1 over the plotted runs (logarithmically
+  where the values are positive and span more than two decades) and labelled with its lowest
+  and highest value; a categorical param's values are spread evenly in order of their mean
+  metric, best first, each labelled.
+- ``params``: the metric against each param: numeric params as a scatter of the plotted runs
+  (a log axis where the values are positive and span more than two decades), categorical ones
+  as boxes of the metric's quartiles per value, aggregated over every run.
+- ``curves``: the metric's history of the top runs, where the history table exists.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from mlflow_spark_tools.errors import UsageError
+from mlflow_spark_tools.reports.report_data import ParamAxis, ReportData
+
+if TYPE_CHECKING:
+    import altair as alt
+
+WIDTH, HEIGHT = 260, 200
+PALETTE_LOW_IS_GOOD = "viridis"
+
+
+def altair() -> Any:
+    """The altair module, or a usage error naming the extra that installs it."""
+    try:
+        import altair as alt
+    except ImportError:
+        raise UsageError("Reports need altair and vl-convert-python: pip install "
+                         "'mlflow-spark-tools[report]'.") from None
+    alt.data_transformers.disable_max_rows()
+    return alt
+
+
+def build_charts(data: ReportData) -> dict[str, alt.TopLevelMixin]:
+    """The report's charts by name: ``parallel``, ``params`` and, with a history, ``curves``."""
+    charts = {}
+    if data.params:
+        charts["parallel"] = parallel_coordinates(data)
+        charts["params"] = metric_by_param(data)
+    if data.curves is not None:
+        charts["curves"] = metric_curves(data)
+    return charts
+
+
+def _metric_scale(data: ReportData) -> dict[str, Any]:
+    # the best values in the dark end of the scheme, whichever direction is best
+    return {"scheme": PALETTE_LOW_IS_GOOD, "reverse": not data.ascending}
+
+
+def _category_order(data: ReportData, axis: ParamAxis) -> list[str]:
+    """A categorical param's values among the plotted runs, best mean metric first."""
+    sums: dict[str, list[float]] = {}
+    for value, metric in zip(data.plotted.column(axis.column).to_pylist(), data.plotted.column("metric").to_pylist()):
+        sums.setdefault(_text(value), []).append(metric)
+    means = {k: sum(v) / len(v) for k, v in sums.items()}
+    return sorted(means, key=lambda k: (means[k] if data.ascending else -means[k], k))
+
+
+def _text(value: Any) -> str:
+    return "(none)" if value is None else str(value)
+
+
+def _values(rows: list[dict[str, Any]]) -> Any:
+    """Inline chart data that JSON can carry: infinite and NaN numbers become null."""
+    alt = altair()
+    safe = [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in r.items()} for r in rows]
+    return alt.Data(values=safe)
+
+
+def parallel_coordinates(data: ReportData) -> alt.TopLevelMixin:
+    """One line per plotted run over the params and the metric, each axis scaled to 0..1."""
+    alt = altair()
+    rows = data.plotted.to_pylist()
+    axes = [(a.key, a) for a in data.params] + [(data.metric, None)]
+    scaled: list[dict[str, Any]] = []
+    for i, row in enumerate(rows):
+        for position, (label, axis) in enumerate(axes):
+            raw = row["metric"] if axis is None else row[axis.column]
+            scaled.append({"run": i, "run_name": row["run_name"] or row["run_id"], "axis": label,
+                           "position": position, "value": _text(raw) if axis is not None and not axis.numeric
+                           else raw, "metric": row["metric"]})
+    ticks: list[dict[str, Any]] = []  # what the ends of a numeric axis and a category's place mean
+    for position, (label, axis) in enumerate(axes):
+        points = [p for p in scaled if p["position"] == position]
+        if axis is not None and not axis.numeric:
+            order = _category_order(data, axis)
+            rank = {v: i for i, v in enumerate(order)}
+            for p in points:
+                p["scaled"] = rank[p["value"]] / max(1, len(order) - 1)
+            ticks += [{"axis": label, "scaled": i / max(1, len(order) - 1), "text": v} for i, v in enumerate(order)]
+            continue
+        numbers = [p["value"] for p in points if isinstance(p["value"], (int, float)) and math.isfinite(p["value"])]
+        low, high = (min(numbers), max(numbers)) if numbers else (0.0, 1.0)
+        log = low > 0 and high / low > 100
+        to_axis = math.log10 if log else float
+        for p in points:
+            v = p["value"]
+            p["scaled"] = None if not isinstance(v, (int, float)) or not math.isfinite(v) else (
+                0.5 if high == low else (to_axis(v) - to_axis(low)) / (to_axis(high) - to_axis(low)))
+        if numbers:
+            ticks += [{"axis": label, "scaled": 0.0, "text": f"{low:.3g}"},
+                      {"axis": label, "scaled": 1.0, "text": f"{high:.3g}" + (" (log)" if log else "")}]
+    labels = [label for label, _ in axes]
+    lines = alt.Chart(_values(scaled)).mark_line(opacity=0.45, strokeWidth=1).encode(
+        x=alt.X("axis:N", sort=labels, title=None, axis=alt.Axis(labelAngle=-30)),
+        y=alt.Y("scaled:Q", title="scaled to the plotted runs", axis=alt.Axis(labels=False, ticks=False)),
+        color=alt.Color("metric:Q", title=data.metric, scale=alt.Scale(**_metric_scale(data))),
+        detail="run:N",
+        tooltip=[alt.Tooltip("run_name:N", title="run"), alt.Tooltip("metric:Q", title=data.metric)],
+    )
+    marks = alt.Chart(_values(ticks)).mark_text(align="left", dx=4, fontSize=10, color="#333").encode(
+        x=alt.X("axis:N", sort=labels), y=alt.Y("scaled:Q"), text="text:N")
+    return alt.layer(lines, marks).properties(
+        width=max(400, 110 * len(labels)), height=300,
+        title=f"Parallel coordinates: {len(rows)} runs, coloured by {data.metric}")
+
+
+def metric_by_param(data: ReportData) -> alt.TopLevelMixin:
+    """The metric against each param: scatter for numeric params, quartile boxes for the others."""
+    alt = altair()
+    panels = [_scatter(alt, data, a) if a.numeric else _boxes(alt, data, a) for a in data.params]
+    return alt.concat(*panels, columns=3).properties(title=f"{data.metric} against each param")
+
+
+def _scatter(alt: Any, data: ReportData, axis: ParamAxis) -> alt.TopLevelMixin:
+    rows = [{"x": r[axis.column], "metric": r["metric"], "run": r["run_name"] or r["run_id"]}
+            for r in data.plotted.select([axis.column, "metric", "run_name", "run_id"]).to_pylist()
+            if r[axis.column] is not None]
+    xs = [r["x"] for r in rows if isinstance(r["x"], (int, float)) and math.isfinite(r["x"])]
+    log = bool(xs) and min(xs) > 0 and max(xs) / min(xs) > 100
+    return alt.Chart(_values(rows)).mark_circle(size=24, opacity=0.6).encode(
+        x=alt.X("x:Q", title=axis.key, scale=alt.Scale(type="log" if log else "linear", zero=False)),
+        y=alt.Y("metric:Q", title=data.metric, scale=alt.Scale(zero=False)),
+        color=alt.Color("metric:Q", legend=None, scale=alt.Scale(**_metric_scale(data))),
+        tooltip=[alt.Tooltip("run:N"), alt.Tooltip("x:Q", title=axis.key), alt.Tooltip("metric:Q", title=data.metric)],
+    ).properties(width=WIDTH, height=HEIGHT, title=axis.key)
+
+
+def _boxes(alt: Any, data: ReportData, axis: ParamAxis) -> alt.TopLevelMixin:
+    stats = data.categories.get(axis.key, pa.table({}))
+    rows = stats.to_pylist()
+    order = [r["value"] for r in sorted(rows, key=lambda r: (r["median"] if data.ascending else -r["median"]))]
+    base = alt.Chart(_values(rows)).encode(x=alt.X("value:N", title=axis.key, sort=order))
+    tooltip = [alt.Tooltip("value:N", title=axis.key), "runs:Q", "min:Q", "q1:Q", "median:Q", "q3:Q", "max:Q"]
+    whiskers = base.mark_rule().encode(y=alt.Y("min:Q", title=data.metric, scale=alt.Scale(zero=False)), y2="max:Q")
+    boxes = base.mark_bar(size=14, opacity=0.8).encode(
+        y="q1:Q", y2="q3:Q", color=alt.Color("median:Q", legend=None, scale=alt.Scale(**_metric_scale(data))),
+        tooltip=tooltip)
+    medians = base.mark_tick(color="black", size=14).encode(y="median:Q")
+    return alt.layer(whiskers, boxes, medians).properties(width=WIDTH, height=HEIGHT, title=axis.key)
+
+
+def metric_curves(data: ReportData) -> alt.TopLevelMixin:
+    """The metric by step for each top run (its history)."""
+    alt = altair()
+    assert data.curves is not None
+    names = {r["run_id"]: r["run_name"] or r["run_id"] for r in data.top.select(["run_id", "run_name"]).to_pylist()}
+    rank = {run_id: i + 1 for i, run_id in enumerate(data.top.column("run_id").to_pylist())}
+    rows = [{"run": f"{rank[r['run_id']]}. {names[r['run_id']]}", "step": r["step"], "value": r["value"]}
+            for r in data.curves.to_pylist() if r["value"] is not None and math.isfinite(r["value"])]
+    order = sorted({r["run"] for r in rows}, key=lambda label: int(label.split(".", 1)[0]))
+    return alt.Chart(_values(rows)).mark_line(point=len(rows) <= 200).encode(
+        x=alt.X("step:Q"), y=alt.Y("value:Q", title=data.metric, scale=alt.Scale(zero=False)),
+        color=alt.Color("run:N", sort=order, title="top runs"),
+        tooltip=["run:N", "step:Q", alt.Tooltip("value:Q", title=data.metric)],
+    ).properties(width=620, height=300, title=f"{data.metric} by step, top {len(order)} runs")
