@@ -53,3 +53,21 @@ display(  # noqa: F821
         f"WHERE NOT isnan({column}) ORDER BY {column}, start_time DESC, run_id LIMIT 10"
     )
 )
+
+# COMMAND ----------
+
+# MAGIC %md
+# MAGIC ## Charts
+# MAGIC
+# MAGIC The report of the table for the metric: parallel coordinates of the params and the metric,
+# MAGIC the metric against each param, the top runs, and their metric curves where the table was
+# MAGIC built with `metric_history`. Only the top and a bounded selection of runs reach the driver.
+# MAGIC It needs the `report` extra (`%pip install 'mlflow-spark-tools[report]'`).
+# MAGIC `report.save("/Volumes/.../report.html", "png")` writes it as a file that opens offline.
+
+# COMMAND ----------
+
+from mlflow_spark_tools.report import experiment_report
+
+report = experiment_report(experiment_id, metric, engine=engine, database=database)
+displayHTML(report.html())  # noqa: F821

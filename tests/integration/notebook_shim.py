@@ -185,7 +185,8 @@ class DBUtils:
 
 
 class Display:
-    """``display``: records each object shown, Spark DataFrames converted to pandas."""
+    """``display`` (and ``displayHTML``): records each object shown, Spark DataFrames converted
+    to pandas."""
 
     def __init__(self) -> None:
         self.shown: list[Any] = []
@@ -214,7 +215,7 @@ class Notebook:
         self.dbutils = DBUtils(Widgets(self.widgets), Secrets(self.secrets))
         self.display = Display()
         self.namespace = {"__name__": "__main__", "spark": self.spark, "dbutils": self.dbutils,
-                          "display": self.display}
+                          "display": self.display, "displayHTML": self.display}
 
     @property
     def displayed(self) -> list[Any]:

@@ -121,9 +121,13 @@ def test_quickstart_finds_the_run_with_the_lowest_metric(env, engine, client, ex
     nb.run()
     best = nb.namespace["best"]
     assert (best.run_id, best.value, best.source) == (ids["b"], 0.2, "table")
-    (top,) = nb.displayed
+    top, report = nb.displayed
     assert list(top["run_id"]) == [ids["b"], ids["a"], ids["c"]]
     assert list(top["_m_rmse"]) == [0.2, 0.5, 0.9]
+    # the report's charts, shown with displayHTML: the top runs in order, two charts (no history)
+    assert report.startswith("<!DOCTYPE html>") and 'id="chart-parallel"' in report and 'id="chart-params"' in report
+    assert 'id="chart-curves"' not in report
+    assert report.index(ids["b"]) < report.index(ids["a"]) < report.index(ids["c"])
 
 
 def test_quickstart_stops_at_an_experiment_that_does_not_exist(env, engine, database):
