@@ -1,7 +1,7 @@
 """Public face of experiment reports: charts of an experiment's table for one metric.
 
 ``experiment_report(...)`` reads the table through Spark and returns an :class:`ExperimentReport`
-(``.charts``, ``.html()``, ``.save(path, fmt)``, ``.display()``). Implementation:
+(``.chart(name)``, ``.html()``, ``.save(path, fmt)``, ``.display()``). Implementation:
 :mod:`mlflow_spark_tools.reports`.
 """
 

@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -39,14 +41,56 @@ def altair() -> Any:
     return alt
 
 
-def build_charts(data: ReportData) -> dict[str, alt.TopLevelMixin]:
+class Datasets:
+    """The rows of a chart's data, kept apart from the chart: Altair validates inline values
+    against the Vega-Lite schema value by value (5 s for a 1,000-run parallel coordinates), so
+    the chart names its data and :meth:`spec` adds the rows after validating the rest."""
+
+    def __init__(self, chart: str) -> None:
+        self.chart = chart
+        self.values: dict[str, list[dict[str, Any]]] = {}
+
+    def add(self, rows: list[dict[str, Any]]) -> Any:
+        """Named data holding ``rows`` (infinite and NaN numbers become null: JSON has neither)."""
+        alt = altair()
+        name = f"{self.chart}-{len(self.values)}"
+        self.values[name] = [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in r.items()}
+                             for r in rows]
+        return alt.Data(name=name)
+
+
+@dataclass
+class ReportChart:
+    """One chart: the Altair chart (its data named) and the rows of that data."""
+
+    chart: Any
+    datasets: Datasets
+
+    def spec(self) -> dict[str, Any]:
+        """The whole Vega-Lite specification, rows included."""
+        spec: dict[str, Any] = self.chart.to_dict()
+        spec["datasets"] = self.datasets.values
+        return spec
+
+    def altair_chart(self) -> Any:
+        """The Altair chart with its rows, for a notebook (it validates them when shown)."""
+        chart = self.chart.copy(deep=False)
+        chart.datasets = self.datasets.values
+        return chart
+
+
+def build_charts(data: ReportData) -> dict[str, ReportChart]:
     """The report's charts by name: ``parallel``, ``params`` and, with a history, ``curves``."""
-    charts = {}
+    makers: dict[str, Callable[[ReportData, Datasets], Any]] = {}
     if data.params:
-        charts["parallel"] = parallel_coordinates(data)
-        charts["params"] = metric_by_param(data)
+        makers["parallel"] = parallel_coordinates
+        makers["params"] = metric_by_param
     if data.curves is not None:
-        charts["curves"] = metric_curves(data)
+        makers["curves"] = metric_curves
+    charts = {}
+    for name, make in makers.items():
+        datasets = Datasets(name)
+        charts[name] = ReportChart(make(data, datasets), datasets)
     return charts
 
 
@@ -68,14 +112,7 @@ def _text(value: Any) -> str:
     return "(none)" if value is None else str(value)
 
 
-def _values(rows: list[dict[str, Any]]) -> Any:
-    """Inline chart data that JSON can carry: infinite and NaN numbers become null."""
-    alt = altair()
-    safe = [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in r.items()} for r in rows]
-    return alt.Data(values=safe)
-
-
-def parallel_coordinates(data: ReportData) -> alt.TopLevelMixin:
+def parallel_coordinates(data: ReportData, datasets: Datasets) -> alt.TopLevelMixin:
     """One line per plotted run over the params and the metric, each axis scaled to 0..1."""
     alt = altair()
     rows = data.plotted.to_pylist()
@@ -109,34 +146,34 @@ def parallel_coordinates(data: ReportData) -> alt.TopLevelMixin:
             ticks += [{"axis": label, "scaled": 0.0, "text": f"{low:.3g}"},
                       {"axis": label, "scaled": 1.0, "text": f"{high:.3g}" + (" (log)" if log else "")}]
     labels = [label for label, _ in axes]
-    lines = alt.Chart(_values(scaled)).mark_line(opacity=0.45, strokeWidth=1).encode(
+    lines = alt.Chart(datasets.add(scaled)).mark_line(opacity=0.45, strokeWidth=1).encode(
         x=alt.X("axis:N", sort=labels, title=None, axis=alt.Axis(labelAngle=-30)),
         y=alt.Y("scaled:Q", title="scaled to the plotted runs", axis=alt.Axis(labels=False, ticks=False)),
         color=alt.Color("metric:Q", title=data.metric, scale=alt.Scale(**_metric_scale(data))),
         detail="run:N",
         tooltip=[alt.Tooltip("run_name:N", title="run"), alt.Tooltip("metric:Q", title=data.metric)],
     )
-    marks = alt.Chart(_values(ticks)).mark_text(align="left", dx=4, fontSize=10, color="#333").encode(
+    marks = alt.Chart(datasets.add(ticks)).mark_text(align="left", dx=4, fontSize=10, color="#333").encode(
         x=alt.X("axis:N", sort=labels), y=alt.Y("scaled:Q"), text="text:N")
     return alt.layer(lines, marks).properties(
         width=max(400, 110 * len(labels)), height=300,
         title=f"Parallel coordinates: {len(rows)} runs, coloured by {data.metric}")
 
 
-def metric_by_param(data: ReportData) -> alt.TopLevelMixin:
+def metric_by_param(data: ReportData, datasets: Datasets) -> alt.TopLevelMixin:
     """The metric against each param: scatter for numeric params, quartile boxes for the others."""
     alt = altair()
-    panels = [_scatter(alt, data, a) if a.numeric else _boxes(alt, data, a) for a in data.params]
+    panels = [_scatter(alt, data, a, datasets) if a.numeric else _boxes(alt, data, a, datasets) for a in data.params]
     return alt.concat(*panels, columns=3).properties(title=f"{data.metric} against each param")
 
 
-def _scatter(alt: Any, data: ReportData, axis: ParamAxis) -> alt.TopLevelMixin:
+def _scatter(alt: Any, data: ReportData, axis: ParamAxis, datasets: Datasets) -> alt.TopLevelMixin:
     rows = [{"x": r[axis.column], "metric": r["metric"], "run": r["run_name"] or r["run_id"]}
             for r in data.plotted.select([axis.column, "metric", "run_name", "run_id"]).to_pylist()
             if r[axis.column] is not None]
     xs = [r["x"] for r in rows if isinstance(r["x"], (int, float)) and math.isfinite(r["x"])]
     log = bool(xs) and min(xs) > 0 and max(xs) / min(xs) > 100
-    return alt.Chart(_values(rows)).mark_circle(size=24, opacity=0.6).encode(
+    return alt.Chart(datasets.add(rows)).mark_circle(size=24, opacity=0.6).encode(
         x=alt.X("x:Q", title=axis.key, scale=alt.Scale(type="log" if log else "linear", zero=False)),
         y=alt.Y("metric:Q", title=data.metric, scale=alt.Scale(zero=False)),
         color=alt.Color("metric:Q", legend=None, scale=alt.Scale(**_metric_scale(data))),
@@ -144,11 +181,11 @@ def _scatter(alt: Any, data: ReportData, axis: ParamAxis) -> alt.TopLevelMixin:
     ).properties(width=WIDTH, height=HEIGHT, title=axis.key)
 
 
-def _boxes(alt: Any, data: ReportData, axis: ParamAxis) -> alt.TopLevelMixin:
+def _boxes(alt: Any, data: ReportData, axis: ParamAxis, datasets: Datasets) -> alt.TopLevelMixin:
     stats = data.categories.get(axis.key, pa.table({}))
     rows = stats.to_pylist()
     order = [r["value"] for r in sorted(rows, key=lambda r: (r["median"] if data.ascending else -r["median"]))]
-    base = alt.Chart(_values(rows)).encode(x=alt.X("value:N", title=axis.key, sort=order))
+    base = alt.Chart(datasets.add(rows)).encode(x=alt.X("value:N", title=axis.key, sort=order))
     tooltip = [alt.Tooltip("value:N", title=axis.key), "runs:Q", "min:Q", "q1:Q", "median:Q", "q3:Q", "max:Q"]
     whiskers = base.mark_rule().encode(y=alt.Y("min:Q", title=data.metric, scale=alt.Scale(zero=False)), y2="max:Q")
     boxes = base.mark_bar(size=14, opacity=0.8).encode(
@@ -158,7 +195,7 @@ def _boxes(alt: Any, data: ReportData, axis: ParamAxis) -> alt.TopLevelMixin:
     return alt.layer(whiskers, boxes, medians).properties(width=WIDTH, height=HEIGHT, title=axis.key)
 
 
-def metric_curves(data: ReportData) -> alt.TopLevelMixin:
+def metric_curves(data: ReportData, datasets: Datasets) -> alt.TopLevelMixin:
     """The metric by step for each top run (its history)."""
     alt = altair()
     assert data.curves is not None
@@ -167,7 +204,7 @@ def metric_curves(data: ReportData) -> alt.TopLevelMixin:
     rows = [{"run": f"{rank[r['run_id']]}. {names[r['run_id']]}", "step": r["step"], "value": r["value"]}
             for r in data.curves.to_pylist() if r["value"] is not None and math.isfinite(r["value"])]
     order = sorted({r["run"] for r in rows}, key=lambda label: int(label.split(".", 1)[0]))
-    return alt.Chart(_values(rows)).mark_line(point=len(rows) <= 200).encode(
+    return alt.Chart(datasets.add(rows)).mark_line(point=len(rows) <= 200).encode(
         x=alt.X("step:Q"), y=alt.Y("value:Q", title=data.metric, scale=alt.Scale(zero=False)),
         color=alt.Color("run:N", sort=order, title="top runs"),
         tooltip=["run:N", "step:Q", alt.Tooltip("value:Q", title=data.metric)],

@@ -1,7 +1,8 @@
 """An experiment report as one self-contained HTML file, and its charts as PNG or SVG.
 
-The HTML carries the Vega, Vega-Lite and Vega-Embed libraries inline (from vl-convert), so it
-opens offline and from a job's output folder. Everything that comes from the runs (names,
+The HTML carries the Vega, Vega-Lite and Vega-Embed libraries inline (from vl-convert, see
+:mod:`~mlflow_spark_tools.reports.vega_libraries`), so it opens offline and from a job's output
+folder. Everything that comes from the runs (names,
 params, values) is escaped: HTML text through :func:`html.escape`, chart specifications as
 JSON in a ``<script type="application/json">`` block whose ``<``, ``>`` and ``&`` are written
 as ``\\u`` escapes, so no value can end a script or start a tag. When every chart has drawn,
@@ -21,6 +22,7 @@ from typing import Any
 from mlflow_spark_tools.errors import UsageError
 from mlflow_spark_tools.reports.charts import build_charts
 from mlflow_spark_tools.reports.report_data import ReportData
+from mlflow_spark_tools.reports.vega_libraries import javascript_libraries
 
 FORMATS = ("png", "svg")
 TITLES = {"parallel": "Parallel coordinates", "params": "The metric against each param",
@@ -78,17 +80,26 @@ def _cell(value: Any) -> tuple[str, bool]:
 class ExperimentReport:
     """The charts and top runs of one experiment's table for one metric.
 
-    ``charts`` are Altair charts (they display in notebooks); :meth:`html` is the whole report
-    as one offline document, :meth:`display` shows it in a Databricks or Jupyter notebook.
+    :meth:`html` is the whole report as one offline document, :meth:`display` shows it in a
+    Databricks or Jupyter notebook, :meth:`chart` gives one chart as an Altair chart.
     """
 
     def __init__(self, data: ReportData) -> None:
         self.data = data
-        self.charts = build_charts(data)
+        self._charts = build_charts(data)
+
+    @property
+    def chart_names(self) -> list[str]:
+        """``parallel``, ``params`` (when a param varies) and ``curves`` (with a history)."""
+        return list(self._charts)
+
+    def chart(self, name: str) -> Any:
+        """The chart ``name`` as an Altair chart with its data (it displays in notebooks)."""
+        return self._charts[name].altair_chart()
 
     def specs(self) -> dict[str, dict[str, Any]]:
-        """Each chart's Vega-Lite specification."""
-        return {name: chart.to_dict() for name, chart in self.charts.items()}
+        """Each chart's Vega-Lite specification, data included."""
+        return {name: chart.spec() for name, chart in self._charts.items()}
 
     def _top_table(self) -> str:
         data = self.data
@@ -106,13 +117,11 @@ class ExperimentReport:
 
     def html(self) -> str:
         """The report as one self-contained HTML document."""
-        import vl_convert
-
         data = self.data
         direction = "lowest" if data.ascending else "highest"
         refreshed = data.refreshed_at.strftime("%Y-%m-%d %H:%M UTC") if data.refreshed_at else "unknown"
         title = f"Experiment {data.experiment_id}: {data.metric}"
-        libraries = vl_convert.javascript_bundle()  # type: ignore[call-arg]  # its stub wants a snippet
+        libraries = javascript_libraries()
         parts = [
             "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
             f"<title>{html.escape(title)}</title><style>{_STYLE}</style>",
@@ -123,11 +132,12 @@ class ExperimentReport:
             f"{direction} is best.</p>",
             f"<h2>Top {data.top.num_rows} runs</h2>", self._top_table(),
         ]
-        if not self.charts:
+        if not self._charts:
             parts.append("<p>No param varies among these runs: nothing to chart.</p>")
-        for name in self.charts:
+        specs = self.specs()
+        for name in specs:
             parts.append(f"<h2>{html.escape(TITLES[name])}</h2><div class=\"chart\" id=\"chart-{name}\"></div>")
-        parts.append(f'<script type="application/json" id="report-specs">{_script_json(self.specs())}</script>')
+        parts.append(f'<script type="application/json" id="report-specs">{_script_json(specs)}</script>')
         parts.append(f"<script>{_SCRIPT}</script></body></html>")
         return "\n".join(parts)
 

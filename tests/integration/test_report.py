@@ -131,7 +131,8 @@ def test_the_python_report_holds_only_the_rows_it_draws(sweep, engine, tmp_path)
     assert set(sorted(expected, key=expected.get)[:5]) <= set(plotted)  # the best half
     # params that vary, those most runs have first: the constant seed is not charted
     assert [a.key for a in data.params] == ["depth", "lr"] and all(a.numeric for a in data.params)
-    assert set(report.charts) == {"parallel", "params", "curves"}
+    assert report.chart_names == ["parallel", "params", "curves"]
+    assert report.chart("curves").to_dict()["datasets"]  # an Altair chart with its rows
     curves = data.curves.to_pylist()
     assert {r["run_id"] for r in curves} == set(data.top.column("run_id").to_pylist())
     assert all(len([r for r in curves if r["run_id"] == run_id]) == 5 for run_id in {r["run_id"] for r in curves})
