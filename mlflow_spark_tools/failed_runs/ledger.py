@@ -1,9 +1,13 @@
-"""The replay ledger: one Delta row per payload a replay handled.
+"""The replay ledger: one Delta row per payload a replay handled, and the store's state.
 
 ``<database>.replay_log`` maps each payload id to the run it became (or the reason it could
 not), so the run id a Spark task returned for a deferred run can always be looked up::
 
     SELECT run_id FROM mlflow_exp.replay_log WHERE payload_id = '...'
+
+``<database>.replay_store_log`` has a row per replay pass that handled payloads or left some
+pending or quarantined: how many payloads the store held in each state after the pass, and what
+the pass did. The dashboard's backlog and the attention alert read it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,30 @@ LEDGER_SCHEMA = pa.schema([
 ])
 LEDGER_DDL = ("payload_id STRING, run_id STRING, experiment_id STRING, status STRING, attempts INT, "
               "error STRING, replayed_at TIMESTAMP")
+
+
+STORE_LOG_TABLE = "replay_store_log"
+STORE_LOG_SCHEMA = pa.schema([
+    ("recorded_at", pa.timestamp("ms", tz="UTC")),
+    ("replay_dir", pa.string()),
+    ("pending", pa.int64()),
+    ("claimed", pa.int64()),
+    ("quarantined", pa.int64()),
+    ("replayed", pa.int64()),
+    ("failed", pa.int64()),
+    ("throttled", pa.int64()),
+    ("seconds", pa.float64()),
+])
+STORE_LOG_DDL = ("recorded_at TIMESTAMP, replay_dir STRING, pending BIGINT, claimed BIGINT, quarantined BIGINT, "
+                 "replayed BIGINT, failed BIGINT, throttled BIGINT, seconds DOUBLE")
+
+
+def write_store_state(engine: Engine, database: str, row: dict[str, Any]) -> None:
+    """Append one row (the columns of ``STORE_LOG_SCHEMA``) to ``<database>.replay_store_log``."""
+    table = pa.Table.from_pylist([{name: row.get(name) for name in STORE_LOG_SCHEMA.names}], schema=STORE_LOG_SCHEMA)
+    db = Database(engine, database)
+    db.ensure()
+    db.append(to_dataframe(engine.spark, table, STORE_LOG_DDL), STORE_LOG_TABLE)
 
 
 def write_ledger(engine: Engine, database: str, rows: Sequence[dict[str, Any]]) -> int:

@@ -1,7 +1,8 @@
 """The replay job as the command line, ``jobs/replay_failed_runs.py`` and notebooks run it.
 
 One pass, passes until the store is empty, or passes every few seconds until stopped; after
-each pass the rows of the ledger go to ``<database>.replay_log`` and a JSON summary is printed.
+each pass the rows of the ledger go to ``<database>.replay_log``, the store's state to
+``<database>.replay_store_log``, and a JSON summary is printed.
 Exit code 0 when everything was replayed, 3 when payloads failed (quarantined), are still
 pending or the ledger could not be written, 2 for usage errors.
 """
@@ -14,6 +15,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from mlflow_spark_tools.config import Settings
 from mlflow_spark_tools.core.progress import Progress
@@ -88,7 +90,7 @@ def run_replay_job(settings: Settings, options: ReplayOptions, engine: Engine | 
         with Progress("Replay: payloads handled", "payloads", total=len(replayer.store.ids("pending"))) as progress:
             replayer.on_payload = lambda outcome: progress.update()
             summary = replayer.run() if options.mode == ONCE else replayer.run_until_empty()
-        ledger_report = _write_ledger(ledger, summary)
+        ledger_report = _write_ledger(ledger, summary, replayer)
         ledger_report |= _prune(replayer, retention)
         echo(json.dumps(summary.as_dict() | ledger_report, indent=2))
         partial = (summary.failed or summary.pending or "ledger_error" in ledger_report
@@ -108,7 +110,7 @@ def _loop(replayer: Replayer, options: ReplayOptions, ledger: _Ledger | None,
         started = time.monotonic()
         summary = replayer.run()
         done += 1
-        ledger_report = _write_ledger(ledger, summary) | _prune(replayer, retention)
+        ledger_report = _write_ledger(ledger, summary, replayer) | _prune(replayer, retention)
         failed += summary.failed + ("ledger_error" in ledger_report) + ("prune_error" in ledger_report)
         echo(json.dumps(summary.as_dict() | ledger_report | {"pass": done}))
         if passes is not None and done >= passes:
@@ -135,13 +137,14 @@ def _prune(replayer: Replayer, retention_days: float | None) -> dict[str, object
     return report
 
 
-def _write_ledger(ledger: _Ledger | None, summary: ReplaySummary) -> dict[str, object]:
-    """Write the pass's ledger rows; a failure is reported, not raised: the runs are replayed
-    and ``done/`` plus ``data/<payload_id>/result.json`` still map payloads to runs."""
+def _write_ledger(ledger: _Ledger | None, summary: ReplaySummary, replayer: Replayer) -> dict[str, object]:
+    """Write the pass's ledger rows and the store's state; a failure is reported, not raised:
+    the runs are replayed and ``done/`` plus ``data/<payload_id>/result.json`` still map
+    payloads to runs."""
     if ledger is None:
         return {"ledger_rows": 0}
     try:
-        return {"ledger_rows": ledger.write(summary)}
+        return {"ledger_rows": ledger.write(summary, replayer)}
     except Exception as exc:
         first = error_summary(exc, 500)
         log.error("Could not write the replay ledger: %s", first)
@@ -155,13 +158,24 @@ class _Ledger:
         self.settings = settings
         self.engine = EngineHandle(engine)
 
-    def write(self, summary: ReplaySummary) -> int:
-        from mlflow_spark_tools.failed_runs.ledger import write_ledger
+    def write(self, summary: ReplaySummary, replayer: Replayer) -> int:
+        """The pass's ledger rows, then a row of the store's state when the pass handled
+        payloads or the store holds pending or quarantined ones; returns the ledger rows."""
+        from mlflow_spark_tools.failed_runs.ledger import write_ledger, write_store_state
 
-        if not summary.ledger:
+        store = replayer.store
+        counts = {state: len(store.ids(state)) for state in ("pending", "claimed", "failed")}
+        if not summary.ledger and not counts["pending"] and not counts["failed"]:
             return 0
         e = self.settings.engine
-        return write_ledger(self.engine.get(e.remote, e.warehouse), self.settings.tables.database, summary.ledger)
+        engine = self.engine.get(e.remote, e.warehouse)
+        written = write_ledger(engine, self.settings.tables.database, summary.ledger)
+        write_store_state(engine, self.settings.tables.database, {
+            "recorded_at": datetime.now(timezone.utc), "replay_dir": str(store.root),
+            "pending": counts["pending"], "claimed": counts["claimed"], "quarantined": counts["failed"],
+            "replayed": summary.replayed + summary.resumed, "failed": summary.failed,
+            "throttled": sum(summary.throttled.values()), "seconds": round(summary.seconds, 3)})
+        return written
 
     def close(self) -> None:
         self.engine.close()

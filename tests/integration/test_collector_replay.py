@@ -138,6 +138,13 @@ def test_replay_command_prints_a_summary_and_writes_the_ledger(make_proxy, clien
     for row in ledger.values():
         assert row["status"] == "replayed" and row["error"] is None and row["experiment_id"] == experiment
         assert client.get_run(row["run_id"]).data.params["solver"] == "lbfgs"
+    # the store's state after the pass, for the dashboard's backlog and the attention alert
+    (state,) = engine.spark.sql(
+        "SELECT pending, claimed, quarantined, replayed, failed, recorded_at FROM replay_db.replay_store_log "
+        f"WHERE replay_dir = '{store_path}'").collect()
+    assert (state["pending"], state["claimed"], state["quarantined"], state["replayed"], state["failed"]) == (
+        0, 0, 0, len(payloads), 0)
+    assert state["recorded_at"] is not None
     runs = runs_by_index(client, experiment)
     assert all(len(runs[i]) == 1 for i in range(4))
     # every run carries the payload tag: a deferred run its payload's id, a logged one the id
