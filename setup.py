@@ -31,10 +31,11 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["mlflow_spark_tools", "mlflow_spark_tools.*"])
     + ["mlflow_spark_tools._conf", "mlflow_spark_tools._conf.rate_limits",
-       "mlflow_spark_tools._conf.jobs"],
+       "mlflow_spark_tools._conf.jobs", "mlflow_spark_tools._conf.dashboards", "mlflow_spark_tools._conf.alerts"],
     package_dir={"mlflow_spark_tools._conf": "conf"},
     package_data={"mlflow_spark_tools": ["py.typed"],
-                  "mlflow_spark_tools._conf": ["*.yaml", "rate_limits/*.yaml", "jobs/*.yaml"]},
+                  "mlflow_spark_tools._conf": ["*.yaml", "rate_limits/*.yaml", "jobs/*.yaml",
+                                               "dashboards/*.lvdash.json", "alerts/*.sql"]},
     install_requires=[
         "cloudpickle>=2.2",
         "databricks-sdk>=0.30",

@@ -130,3 +130,25 @@ def test_build_wheel_replaces_earlier_wheels_in_its_folder(tmp_path):
     assert built.name == wheel_filename() and built.parent == tmp_path
     assert not stale.exists() and other.read_bytes() == b"keep"
     assert {"build-tables", "replay"} <= set(Wheel.open(built).entry_points)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_bundle_deploys_the_dashboard_and_the_attention_alert(target):
+    from databricks.bundles.alerts import Alert
+    from databricks.bundles.dashboards import Dashboard
+
+    from mlflow_spark_tools.databricks.bundle import alert_query
+
+    resources = bundle.load_resources(Bundle(target=target, variables={"compute": ""}))
+    (dashboard,) = resources._resources["dashboards"].values()
+    (alert,) = resources._resources["alerts"].values()
+    dashboard, alert = dashboard.as_dict(), alert.as_dict()
+    assert Dashboard.from_dict(dashboard).as_dict() == dashboard and Alert.from_dict(alert).as_dict() == alert
+    definition = ROOT / dashboard["file_path"]  # relative to databricks.yml
+    assert definition.is_file() and definition.name.endswith(".lvdash.json")
+    assert dashboard["warehouse_id"] == alert["warehouse_id"] == "${var.warehouse_id}"
+    assert "warehouse_id" in DEFINITION["variables"]
+    database = load_environment(target).variables["database"]
+    assert alert["query_text"] == alert_query(database) and f"FROM {database}.replay_store_log" in alert["query_text"]
+    assert alert["evaluation"]["source"]["name"] == "needs_attention"
+    assert alert["evaluation"]["comparison_operator"] == "GREATER_THAN"

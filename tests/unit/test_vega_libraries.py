@@ -1,0 +1,54 @@
+"""The report's JavaScript libraries come from a cache only when nobody else could have written it:
+a report runs that script in the browser of whoever opens it."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from mlflow_spark_tools.reports import vega_libraries
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    monkeypatch.setenv(vega_libraries.CACHE_ENV, str(folder))
+    return folder
+
+
+def cached_file(folder):
+    (path,) = folder.glob("vega-libraries-*.js")
+    return path
+
+
+def test_the_bundle_is_cached_privately_and_read_back(cache):
+    bundle = vega_libraries.javascript_libraries()
+    assert "vegaEmbed" in bundle and len(bundle) > 100_000
+    path = cached_file(cache)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_IMODE(cache.stat().st_mode) == 0o700
+    assert path.read_text() == bundle
+    path.write_text("/* from the cache */")
+    assert vega_libraries.javascript_libraries() == "/* from the cache */"
+
+
+@pytest.mark.parametrize("tamper", ["file writable by others", "file is a link", "folder writable by others"])
+def test_a_cache_others_could_write_is_not_used(cache, tmp_path, tamper):
+    real = vega_libraries.javascript_libraries()
+    path = cached_file(cache)
+    planted = "document.body.setAttribute('data-pwned', '1')"
+    if tamper == "file writable by others":
+        path.write_text(planted)
+        os.chmod(path, 0o666)
+    elif tamper == "file is a link":
+        elsewhere = tmp_path / "elsewhere.js"
+        elsewhere.write_text(planted)
+        path.unlink()
+        path.symlink_to(elsewhere)
+    else:
+        path.write_text(planted)
+        os.chmod(cache, 0o777)
+    assert vega_libraries.javascript_libraries() == real
+    if tamper == "folder writable by others":
+        assert path.read_text() == planted  # and nothing is written into such a folder
