@@ -43,13 +43,15 @@ def _private(path: Path) -> bool:
 
 def javascript_libraries() -> str:
     """The libraries' JavaScript, from the cache or made by vl-convert (and cached)."""
-    import vl_convert
+    from importlib.metadata import version
 
     folder = cache_dir()
-    version = getattr(vl_convert, "__version__", None) or vl_convert.get_vega_embed_version()
-    path = folder / f"vega-libraries-vl-convert-{version}.js"
+    # the installed version names the file: vl-convert itself (12 MB) is not loaded for a cached bundle
+    path = folder / f"vega-libraries-vl-convert-{version('vl-convert-python')}.js"
     if _private(folder) and _private(path):
         return path.read_text(encoding="utf-8")
+    import vl_convert
+
     bundle: str = vl_convert.javascript_bundle()  # type: ignore[call-arg]  # its stub wants a snippet
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
