@@ -2,10 +2,10 @@
 
 The HTML carries the Vega, Vega-Lite and Vega-Embed libraries inline (from vl-convert, see
 :mod:`~mlflow_spark_tools.reports.vega_libraries`), so it opens offline and from a job's output
-folder. Everything that comes from the runs (names,
-params, values) is escaped: HTML text through :func:`html.escape`, chart specifications as
-JSON in a ``<script type="application/json">`` block whose ``<``, ``>`` and ``&`` are written
-as ``\\u`` escapes, so no value can end a script or start a tag. When every chart has drawn,
+folder. Everything that comes from the runs (names, params, values) is escaped: HTML text
+through :func:`html.escape`, chart specifications as JSON in a
+``<script type="application/json">`` block whose ``<``, ``>`` and ``&`` are written as ``\\u``
+escapes, so no value can end a script or start a tag. When every chart has drawn,
 the page sets ``data-rendered`` on ``<body>`` to their number, and ``data-errors`` to the
 script errors seen (``[]`` when none).
 """

@@ -90,6 +90,8 @@ def read_report_data(db: Database, experiment_id: str, metric: str, *, ascending
     order = [F.col("metric").asc() if ascending else F.col("metric").desc(), F.col("start_time").desc(),
              F.col("run_id")]
     count = runs.count()
+    if count == 0:
+        raise UsageError(f"No active run of {db.name(table)} has a value of {metric!r} that is a number.")
     base = ["run_id", "run_name", "status", "start_time", "metric"]
     param_columns = [quote(c) for _, c, _ in params]
     best_count = max(1, max_points // 2)
