@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from databricks.bundles.core import Bundle
-from databricks.bundles.jobs import Job
 
 from mlflow_spark_tools.cli.main import cli
 from mlflow_spark_tools.cli.wheel_arguments import check_arguments
@@ -25,9 +23,19 @@ DEFINITION = yaml.safe_load((ROOT / "databricks.yml").read_text())
 TARGETS = sorted(DEFINITION["targets"])
 
 
+def load(target: str, compute: str):
+    """The bundle's resources as the Databricks CLI loads them (databricks-bundles is imported
+    here: the oldest-stack venv that collects this module has no bundle tooling)."""
+    from databricks.bundles.core import Bundle
+
+    return bundle.load_resources(Bundle(target=target, variables={"compute": compute}))
+
+
 def loaded_jobs(target: str, compute: str) -> dict[str, dict]:
     """The bundle's jobs as the CLI receives them: databricks-bundles' Job classes, as dicts."""
-    resources = bundle.load_resources(Bundle(target=target, variables={"compute": compute}))
+    from databricks.bundles.jobs import Job
+
+    resources = load(target, compute)
     assert not resources.diagnostics.has_error()
     jobs = resources._resources["jobs"]
     return {key: (job.as_dict() if isinstance(job, Job) else job) for key, job in jobs.items()}
@@ -54,6 +62,8 @@ def test_the_bundle_names_the_resource_loader_the_targets_and_the_wheel():
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("compute", ["serverless", "job_cluster"])
 def test_every_task_runs_an_entry_point_of_the_wheel(built_wheel, target, compute):
+    from databricks.bundles.jobs import Job
+
     jobs = loaded_jobs(target, compute)
     assert sorted(jobs) == ["build_experiment_tables", "replay_failed_runs"]
     wheel = bundle.bundle_wheel_path()
@@ -139,7 +149,7 @@ def test_the_bundle_deploys_the_dashboard_and_the_attention_alert(target):
 
     from mlflow_spark_tools.databricks.bundle import alert_query
 
-    resources = bundle.load_resources(Bundle(target=target, variables={"compute": ""}))
+    resources = load(target, "")
     (dashboard,) = resources._resources["dashboards"].values()
     (alert,) = resources._resources["alerts"].values()
     dashboard, alert = dashboard.as_dict(), alert.as_dict()

@@ -13,7 +13,6 @@ import subprocess
 
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
 from mlflow_spark_tools.cli.main import cli
 from mlflow_spark_tools.report import experiment_report
@@ -107,6 +106,8 @@ def test_the_report_draws_every_chart_in_a_browser_offline_and_escapes_what_runs
     positions = [dom.index(run_id) for run_id in ranked]
     assert positions == sorted(positions)
     assert "<td>&lt;/script&gt;&lt;script&gt;document.body" in dom  # shown as text in the top runs
+
+    from PIL import Image
 
     images = sorted(p.name for p in out.parent.glob("*.png"))
     assert images == ["sweep report_curves.png", "sweep report_parallel.png", "sweep report_params.png"]
