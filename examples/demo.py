@@ -159,6 +159,8 @@ Query further (the tables stay under {base / 'warehouse'}):
       --experiment-id {experiment_id} --metric r2 --descending
   .venv/bin/mlflow-spark-tools --warehouse {base / 'warehouse'} sql \\
       "SELECT payload_id, run_id, status FROM mlflow_exp.replay_log"
+  .venv/bin/mlflow-spark-tools --warehouse {base / 'warehouse'} report \\
+      --experiment-id {experiment_id} --metric rmse --out {base / 'report.html'}   # charts; opens offline
 """)
 
 

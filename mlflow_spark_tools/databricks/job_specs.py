@@ -184,8 +184,19 @@ def serverless_job(settings: dict[str, Any], environment_version: str, dependenc
             task.pop(key, None)
         task["environment_key"] = SERVERLESS_ENVIRONMENT_KEY
     job["environments"] = [{"environment_key": SERVERLESS_ENVIRONMENT_KEY,
-                            "spec": {"environment_version": environment_version, "dependencies": dependencies}}]
+                            "spec": {_environment_version_field(): environment_version, "dependencies": dependencies}}]
     return job
+
+
+def _environment_version_field() -> str:
+    """``environment_version``, or ``client``, its former name, with a databricks-sdk that
+    predates it (0.30, as Databricks Runtime 15.4 LTS ships it); the Jobs API takes both."""
+    import dataclasses
+
+    from databricks.sdk.service.compute import Environment
+
+    return "environment_version" if "environment_version" in {f.name for f in dataclasses.fields(Environment)} \
+        else "client"
 
 
 def _check_serverless(settings: dict[str, Any], where: str) -> None:

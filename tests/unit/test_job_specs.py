@@ -45,7 +45,8 @@ def test_every_spec_is_sdk_job_settings_whose_wheel_tasks_parse(env, compute):
                 assert not task.libraries and task.job_cluster_key is None and not settings.job_clusters
                 (spec,) = [e.spec for e in settings.environments if e.environment_key == task.environment_key]
                 assert spec.dependencies == [environment.wheel_path, *environment.dependencies]
-                assert spec.environment_version == environment.environment_version
+                # `client` is the field's former name, all a databricks-sdk as old as 0.30 knows
+                assert (getattr(spec, "environment_version", None) or spec.client) == environment.environment_version
             wheel_task = task.python_wheel_task
             assert wheel_task.package_name == "mlflow_spark_tools"
             # the task's parameters are accepted by the command behind its entry point
