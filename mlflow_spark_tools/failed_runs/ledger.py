@@ -54,22 +54,24 @@ STORE_LOG_DDL = ("recorded_at TIMESTAMP, replay_dir STRING, pending BIGINT, clai
 
 def write_store_state(engine: Engine, database: str, row: dict[str, Any]) -> None:
     """Append one row (the columns of ``STORE_LOG_SCHEMA``) to ``<database>.replay_store_log``."""
-    table = pa.Table.from_pylist([{name: row.get(name) for name in STORE_LOG_SCHEMA.names}], schema=STORE_LOG_SCHEMA)
-    db = Database(engine, database)
-    db.ensure()
-    db.append(to_dataframe(engine.spark, table, STORE_LOG_DDL), STORE_LOG_TABLE)
+    _append(engine, database, STORE_LOG_TABLE, [row], STORE_LOG_SCHEMA, STORE_LOG_DDL)
 
 
 def write_ledger(engine: Engine, database: str, rows: Sequence[dict[str, Any]]) -> int:
     """Append the rows of one replay to ``<database>.replay_log``; returns how many."""
     if not rows:
         return 0
-    columns = {name: [row.get(name) for row in rows] for name in LEDGER_SCHEMA.names}
-    table = pa.Table.from_pydict(columns, schema=LEDGER_SCHEMA)
+    _append(engine, database, LEDGER_TABLE, rows, LEDGER_SCHEMA, LEDGER_DDL)
+    return len(rows)
+
+
+def _append(engine: Engine, database: str, table: str, rows: Sequence[dict[str, Any]], schema: pa.Schema,
+            ddl: str) -> None:
+    """Append ``rows`` (the columns of ``schema``; a missing one is null) to ``<database>.<table>``."""
+    data = pa.Table.from_pylist([{name: row.get(name) for name in schema.names} for row in rows], schema=schema)
     db = Database(engine, database)
     db.ensure()
-    db.append(to_dataframe(engine.spark, table, LEDGER_DDL), LEDGER_TABLE)
-    return len(rows)
+    db.append(to_dataframe(engine.spark, data, ddl), table)
 
 
 def existing_ledger(engine: Engine, database: str) -> str | None:
