@@ -69,7 +69,8 @@ def alert_settings(target: str) -> dict[str, Any]:
 
 def dashboard_settings(target: str) -> dict[str, Any]:
     """The dashboard of ``target``, its file relative to ``databricks.yml``."""
-    folder = conf_dir().relative_to(conf_dir().parent) if conf_dir().name == "conf" else conf_dir()
+    conf = conf_dir()
+    folder = conf.relative_to(conf.parent) if conf.name == "conf" else conf
     return {"display_name": f"mlflow-spark-tools: experiments and replay [{target}]",
             "file_path": f"{folder}/{DASHBOARD_FILE}", "warehouse_id": WAREHOUSE}
 

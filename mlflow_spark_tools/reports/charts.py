@@ -108,6 +108,16 @@ def _category_order(data: ReportData, axis: ParamAxis) -> list[str]:
     return sorted(means, key=lambda k: (means[k] if data.ascending else -means[k], k))
 
 
+def _finite(values: list[Any]) -> list[float]:
+    """The finite numbers among ``values``."""
+    return [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+
+
+def _log_axis(numbers: list[float]) -> bool:
+    """Whether an axis of ``numbers`` is logarithmic: all positive, spanning more than two decades."""
+    return bool(numbers) and min(numbers) > 0 and max(numbers) / min(numbers) > 100
+
+
 def _text(value: Any) -> str:
     return "(none)" if value is None else str(value)
 
@@ -133,9 +143,9 @@ def parallel_coordinates(data: ReportData, datasets: Datasets) -> alt.TopLevelMi
             scaled: list[float | None] = [rank[_text(v)] / max(1, len(order) - 1) for v in raw]
             ticks += [{"axis": label, "scaled": i / max(1, len(order) - 1), "text": v} for i, v in enumerate(order)]
         else:
-            numbers = [v for v in raw if isinstance(v, (int, float)) and math.isfinite(v)]
+            numbers = _finite(raw)
             low, high = (min(numbers), max(numbers)) if numbers else (0.0, 1.0)
-            log = low > 0 and high / low > 100
+            log = _log_axis(numbers)
             to_axis = math.log10 if log else float
             scaled = [None if not isinstance(v, (int, float)) or not math.isfinite(v) else
                       0.5 if high == low else (to_axis(v) - to_axis(low)) / (to_axis(high) - to_axis(low))
@@ -180,8 +190,7 @@ def metric_by_param(data: ReportData, datasets: Datasets) -> alt.TopLevelMixin:
 
 def _scatter(alt: Any, data: ReportData, axis: ParamAxis, field: str, shared: Any,
              rows: list[dict[str, Any]]) -> alt.TopLevelMixin:
-    xs = [r[field] for r in rows if isinstance(r[field], (int, float)) and math.isfinite(r[field])]
-    log = bool(xs) and min(xs) > 0 and max(xs) / min(xs) > 100
+    log = _log_axis(_finite([r[field] for r in rows]))
     return alt.Chart(shared).mark_circle(size=24, opacity=0.6).encode(
         x=alt.X(f"{field}:Q", title=axis.key, scale=alt.Scale(type="log" if log else "linear", zero=False)),
         y=alt.Y("metric:Q", title=data.metric, scale=alt.Scale(zero=False)),

@@ -117,6 +117,9 @@ class ExperimentReport:
 
     def html(self) -> str:
         """The report as one self-contained HTML document."""
+        return self._html(self.specs())
+
+    def _html(self, specs: dict[str, dict[str, Any]]) -> str:
         data = self.data
         direction = "lowest" if data.ascending else "highest"
         refreshed = data.refreshed_at.strftime("%Y-%m-%d %H:%M UTC") if data.refreshed_at else "unknown"
@@ -134,7 +137,6 @@ class ExperimentReport:
         ]
         if not self._charts:
             parts.append("<p>No param varies among these runs: nothing to chart.</p>")
-        specs = self.specs()
         for name in specs:
             parts.append(f"<h2>{html.escape(TITLES[name])}</h2><div class=\"chart\" id=\"chart-{name}\"></div>")
         parts.append(f'<script type="application/json" id="report-specs">{_script_json(specs)}</script>')
@@ -150,9 +152,10 @@ class ExperimentReport:
             raise UsageError(f"Unknown image format {fmt!r}: use png or svg.")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.html(), encoding="utf-8")
+        specs = self.specs()  # built once, for the HTML and the images
+        path.write_text(self._html(specs), encoding="utf-8")
         written = [path]
-        for name, spec in (self.specs().items() if fmt else ()):
+        for name, spec in (specs.items() if fmt else ()):
             image = path.with_name(f"{path.stem}_{name}.{fmt}")
             if fmt == "png":
                 image.write_bytes(vl_convert.vegalite_to_png(spec, scale=scale))
