@@ -9,7 +9,7 @@ COMPAT_VENV := .venv-compat
 COMPAT_BIN := $(COMPAT_VENV)/bin
 COMPAT_STAMP := $(COMPAT_VENV)/.installed
 
-.PHONY: install demo test unit integration lint bench compat clean browser
+.PHONY: install demo test unit integration lint bench compat clean browser fuse
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,14 +38,24 @@ browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
 	else echo "Chromium is missing (apt-get install chromium): the report tests will fail."; fi
 
-test: $(STAMP) lint browser
-	PYSPARK_PYTHON=$(abspath $(BIN)/python) $(BIN)/python -m pytest -q tests
+# The failed-run store is tested on a FUSE file system with the semantics of Databricks'
+# object-store mounts (tests/support/object_store_fuse.py): Debian's fuse3 (fusermount3 and
+# libfuse3), installed where missing and this user may (root with apt-get, as in CI). Without
+# /dev/fuse those tests are skipped, each with one line saying why (-rs).
+fuse:
+	@command -v fusermount3 >/dev/null 2>&1 && ldconfig -p 2>/dev/null | grep -q libfuse3 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends fuse3 libfuse3-3; \
+	else echo "fuse3 is missing (apt-get install fuse3): the object-store mount tests will be skipped."; fi
 
-unit: $(STAMP)
-	$(BIN)/python -m pytest -q tests/unit
+test: $(STAMP) lint browser fuse
+	PYSPARK_PYTHON=$(abspath $(BIN)/python) $(BIN)/python -m pytest -q -rs tests
 
-integration: $(STAMP) browser
-	PYSPARK_PYTHON=$(abspath $(BIN)/python) $(BIN)/python -m pytest -q tests/integration
+unit: $(STAMP) fuse
+	$(BIN)/python -m pytest -q -rs tests/unit
+
+integration: $(STAMP) browser fuse
+	PYSPARK_PYTHON=$(abspath $(BIN)/python) $(BIN)/python -m pytest -q -rs tests/integration
 
 # The oldest supported stack, Databricks Runtime 15.4 LTS ML (constraints-compat.txt): pyspark 3.5.0
 # (classic, and the Spark Connect client of the embedded engine), MLflow 2.13.1 (its `mlflow server`
@@ -57,11 +67,11 @@ $(COMPAT_BIN)/python:
 
 $(COMPAT_STAMP): $(COMPAT_BIN)/python setup.py constraints-compat.txt
 	$(COMPAT_BIN)/pip install --quiet --disable-pip-version-check -c constraints-compat.txt -e ".[local,database]" \
-		mlflow scikit-learn pytest pytest-timeout psutil setuptools wheel
+		mlflow scikit-learn pytest pytest-timeout psutil setuptools wheel mfusepy==3.1.1
 	touch $(COMPAT_STAMP)
 
-compat: $(COMPAT_STAMP)
-	PYSPARK_PYTHON=$(abspath $(COMPAT_BIN)/python) $(COMPAT_BIN)/python -m pytest -q -m compat \
+compat: $(COMPAT_STAMP) fuse
+	PYSPARK_PYTHON=$(abspath $(COMPAT_BIN)/python) $(COMPAT_BIN)/python -m pytest -q -rs -m compat \
 		-W ignore::DeprecationWarning tests
 
 bench: $(STAMP)

@@ -81,6 +81,8 @@ setup(
             "import-linter>=2.1",
             # the tests' mlflow server on a PostgreSQL backend store
             "psycopg2-binary>=2.9",
+            # the tests' FUSE mount with the semantics of Databricks' object-store mounts
+            "mfusepy>=3.1",
             "types-PyYAML",
             "types-requests",
             # builds the wheel without an isolated build environment (no download in tests)

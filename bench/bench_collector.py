@@ -12,6 +12,17 @@
    Target: storm wall time <= 1.2 x the unlimited one. Every deferred run is in the store.
    With ``--setups``, also on a direct artifact root and on the Databricks-shaped store of
    ``tests/support/databricks_artifacts.py`` (each run then logs a 4 KiB artifact).
+
+    .venv/bin/python bench/bench_collector.py --defer-runs 300 [--repetitions 3]
+        [--on local|objectstore] [--package-tree DIR]
+
+3. Only the time to defer a run: ``--defer-runs`` runs (10 params, 3 metrics x 20 steps, 5
+   tags, one 4 KiB artifact) logged with ``FailedRunCollector`` against a proxy that answers
+   every request 429, so each run is deferred at its first request (``fail_fast_seconds=0``):
+   the time of a ``with`` block is one 429 plus writing the payload. Per run: median and 90th
+   percentile; runs that could not be saved are counted. ``--on objectstore`` puts the store on
+   the tests' FUSE mount with the semantics of Databricks' object-store mounts;
+   ``--package-tree`` measures another checkout's package (the code before a change).
 """
 
 from __future__ import annotations
@@ -24,10 +35,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
-from bench_support import proxy_stats, start_proxy, write_report
+from bench_support import proxy_stats, start_proxy, store_root, use_package_tree, write_report
 
 HERE = Path(__file__).resolve()
 
@@ -66,6 +78,54 @@ def requests_per_run(server_url: str, client, runs: int) -> dict:
         proxy.terminate()
         proxy.wait(timeout=30)
     return {"collector": ours, "fluent_api": fluent}
+
+
+def defer_times(server_url: str, stores: Path, runs: int, repetitions: int) -> dict:
+    """Seconds each run takes to be deferred (see the module docstring, 3.)."""
+    from mlflow import MlflowClient
+
+    from mlflow_spark_tools.failed_runs.collector import FailedRunCollector
+
+    closed_profile = stores.parent / "closed.yaml"
+    closed_profile.write_text("limits:\n  experiment_management: 0.001\n  search_runs: 0.001\n"
+                              "  log_batch: 0.001\n  other: 0.001\nsafety_factor: 1.0\n")
+    proxy, url = start_proxy(server_url, str(closed_profile), 0)
+    experiment = MlflowClient(server_url).create_experiment(f"defer-{uuid.uuid4().hex[:8]}")
+    artifact = stores.parent / "report.bin"
+    artifact.write_bytes(os.urandom(4096))
+    per_rep: list[dict] = []
+    try:
+        for rep in range(repetitions):
+            collector = FailedRunCollector(stores / f"store-{rep}", tracking_uri=url, fail_fast_seconds=0)
+            times, lost, error = [], 0, None
+            for i in range(runs):
+                started = time.perf_counter()
+                try:
+                    with collector.start_run(experiment_id=experiment, run_name=f"defer-{i}") as run:
+                        run.log_params({f"p{k}": f"{i}-{k}" for k in range(10)})
+                        for step in range(20):
+                            run.log_metrics({"loss": 1 / (step + 1), "acc": step / 20, "lr": 0.1}, step=step)
+                        run.set_tags({f"t{k}": str(k) for k in range(5)})
+                        run.log_artifact(str(artifact), "reports")
+                except Exception as exc:  # the run is neither logged nor saved
+                    lost += 1
+                    error = error or f"{type(exc).__name__}: {str(exc)[:200]}"
+                    continue
+                times.append(time.perf_counter() - started)
+                if run.status != "deferred":
+                    raise SystemExit(f"run {i} was {run.status}, not deferred: the proxy let it through")
+            ordered = sorted(times)
+            one = {"runs": runs, "deferred": len(times), "not_saved": lost, "first_error": error,
+                   "median_ms": round(1000 * statistics.median(ordered), 2) if ordered else None,
+                   "p90_ms": round(1000 * ordered[int(0.9 * (len(ordered) - 1))], 2) if ordered else None}
+            print(f"rep {rep}: {one}", flush=True)
+            per_rep.append(one)
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=30)
+    medians = [r["median_ms"] for r in per_rep if r["median_ms"] is not None]
+    return {"median_of_median_ms": statistics.median(medians) if medians else None,
+            "not_saved": sum(r["not_saved"] for r in per_rep), "all": per_rep}
 
 
 def spark_job(url: str, experiment: str, store: Path, runs: int, artifact_bytes: int = 0,
@@ -122,8 +182,30 @@ def main() -> None:
                         help="Comma-separated artifact setups for the storm jobs: proxied (no artifacts, "
                         "as before), direct, databricks (each run logs a 4 KiB artifact).")
     parser.add_argument("--out", default=str(HERE.parent / "results" / "collector.json"))
+    parser.add_argument("--defer-runs", type=int, help="Measure only the time to defer a run (3.), with this "
+                        "many runs per repetition.")
+    parser.add_argument("--on", choices=("local", "objectstore"), default="local",
+                        help="With --defer-runs: the store on a local directory or on the object-store FUSE mount.")
+    parser.add_argument("--package-tree", help="With --defer-runs: the package of another checkout (the code "
+                        "before a change), for a comparison in the same session.")
     args = parser.parse_args()
+    use_package_tree(args.package_tree)
     logging.basicConfig(level=logging.ERROR)
+    if args.defer_runs:
+        from tests.support.local_server import LocalTrackingServer
+
+        base = Path(tempfile.mkdtemp(prefix="bench-defer-"))
+        stores, mount = store_root(args.on, base)
+        try:
+            with LocalTrackingServer(base / "mlflow", workers=2,
+                                     server_args=("--gunicorn-opts", "--log-level warning")) as server:
+                report = {"package": args.package_tree or "this checkout", "stores_on": args.on,
+                          **defer_times(server.url, stores, args.defer_runs, args.repetitions)}
+        finally:
+            if mount is not None:
+                mount.__exit__(None, None, None)
+        write_report(report, args.out)
+        return
 
     from mlflow import MlflowClient
 

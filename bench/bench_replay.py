@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_replay.py [--payloads 1000] [--repetitions 3]
         [--serial-payloads 150] [--naive-payloads 300] [--latency-ms 50] [--artifact-bytes N]
-        [--package-tree DIR]
+        [--package-tree DIR] [--on local|objectstore]
 
 A local MLflow server sits behind the rate-limit proxy (run as its own process, databricks
 profile, ``--latency-ms`` added to every request). ``--payloads`` deferred runs (10 params,
@@ -19,6 +19,11 @@ The floor is N / 47 seconds (one log_batch per payload at 47 qps; N / (47 x --sc
 scaled profile). Targets for (a): a rate of
 at least 90% of 47 payloads/s, and zero 429s. (b) and (c) run on fewer payloads (they are slow);
 rates are per second, so they compare directly.
+
+With ``--on objectstore`` the stores live on the tests' FUSE mount with the semantics of
+Databricks' object-store mounts (tests/support/object_store_fuse.py: no rename, files written
+once). A replayer that holds its store through a lease gets one on an embedded engine started
+before the timing starts; taking the lease is timed.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_support import proxy_stats, start_proxy, use_package_tree, write_report
+from bench_support import proxy_stats, replayer_for, start_proxy, store_root, use_package_tree, write_report
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
@@ -68,14 +73,19 @@ def payload_runs(store: Path) -> list[dict]:
     return [json.loads(p.read_text())["run"] for p in sorted((store / "pending").glob("*.json"))]
 
 
-def replay_ours(store: Path, url: str, experiment_id: str, profile_path: str) -> dict:
+def replay_ours(store: Path, url: str, experiment_id: str, profile_path: str, warehouse: Path) -> dict:
     from mlflow_spark_tools.config import RateLimitProfile
-    from mlflow_spark_tools.replay import Replayer
 
     _retarget(store, experiment_id)
-    started, cpu = time.perf_counter(), time.process_time()
-    summary = Replayer(str(store), url, RateLimitProfile.load(profile_path), max_workers=16).run_until_empty()
-    seconds = time.perf_counter() - started
+    replayer, engine = replayer_for(store, url, RateLimitProfile.load(profile_path), warehouse, max_workers=16)
+    try:
+        started, cpu = time.perf_counter(), time.process_time()
+        summary = replayer.run_until_empty()
+        seconds = time.perf_counter() - started
+    finally:
+        replayer.close()
+        if engine is not None:
+            engine.stop()
     return {"payloads": summary.replayed, "seconds": seconds, "failed": summary.failed,
             "client_429s": sum(summary.throttled.values()),
             "client_cpu_ms_per_payload": round((time.process_time() - cpu) * 1000 / max(1, summary.replayed), 2)}
@@ -126,11 +136,31 @@ def replay_naive_pool(runs: list[dict], url: str, experiment_id: str) -> dict:
 
 
 def _retarget(store: Path, experiment_id: str) -> None:
-    """Point every pending payload at another experiment (documents are unsigned here)."""
+    """Point every pending payload at another experiment (documents are unsigned here): each is
+    written anew, under the name its bytes hash to where the name carries a digest."""
     for path in (store / "pending").glob("*.json"):
         document = json.loads(path.read_text())
         document["run"]["experiment_id"] = experiment_id
-        path.write_text(json.dumps(document))
+        data = json.dumps(document, sort_keys=True).encode()
+        parts = path.name[:-5].rsplit(".", 2)
+        target = path if len(parts) < 3 else path.with_name(f"{parts[0]}.{parts[1]}.{_digest(data)}.json")
+        path.unlink()
+        target.write_bytes(data)
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    """Copy a store with new files only (the object-store mount takes no times, modes or renames)."""
+    for directory, _, names in os.walk(source):
+        out = target / Path(directory).relative_to(source)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            (out / name).write_bytes((Path(directory) / name).read_bytes())
+
+
+def _digest(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()[:32]
 
 
 def main() -> None:
@@ -149,6 +179,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE.parent / "results" / "replay.json"))
     parser.add_argument("--package-tree", help="Replay with the package of another checkout (the code "
                         "before a change), for a comparison in the same run.")
+    parser.add_argument("--on", choices=("local", "objectstore"), default="local",
+                        help="Where the stores live: a local directory, or the object-store FUSE mount.")
     args = parser.parse_args()
     use_package_tree(args.package_tree)
     os.environ.pop("MLFLOW_SPARK_TOOLS_SIGNING_KEY", None)  # plain payloads, no models
@@ -161,6 +193,7 @@ def main() -> None:
     from tests.support.local_server import LocalTrackingServer
 
     root = Path(tempfile.mkdtemp(prefix="bench-replay-"))
+    stores, mount = store_root(args.on, root)
     results: dict[str, list[dict]] = {"ours": [], "serial": [], "naive_pool": []}
     # gunicorn's sync workers serve MLflow's Flask app directly: about half the server CPU per
     # request of the default uvicorn bridge, so that on two cores the replayer, not the local
@@ -186,17 +219,19 @@ def main() -> None:
                                                               data=b"{}"), timeout=10).close()
             except urllib.error.HTTPError:
                 pass
-            master = root / "store"
+            master = stores / "store"
             started = time.perf_counter()
             write_payloads(master, closed_url, seed_experiment, args.payloads, args.artifact_bytes)
             print(f"wrote {args.payloads} payloads in {time.perf_counter() - started:.1f}s", flush=True)
             runs = payload_runs(master)
             for rep in range(args.repetitions):
-                store = root / f"store-{rep}"
-                shutil.copytree(master, store)
+                store = stores / f"store-{rep}"
+                _copy_tree(master, store)
+                time.sleep(0.5)  # a listing on the mount shows new files late
                 proxy_stats(url, reset=True)
                 time.sleep(1.5)  # the proxy's buckets refill
-                ours = replay_ours(store, url, client.create_experiment(f"ours-{rep}"), str(profile_path))
+                ours = replay_ours(store, url, client.create_experiment(f"ours-{rep}"), str(profile_path),
+                                   root / f"warehouse-{rep}")
                 ours["proxy_429s"] = sum(proxy_stats(url)["rate_limited"].values())
                 results["ours"].append(ours)
                 print(f"rep {rep} ours: {ours}", flush=True)
@@ -218,6 +253,8 @@ def main() -> None:
             for process in (proxy, closed):
                 process.terminate()
                 process.wait(timeout=30)
+            if mount is not None:
+                mount.__exit__(None, None, None)
 
     def rate(kind: str) -> float | None:
         if not results[kind]:
@@ -227,6 +264,8 @@ def main() -> None:
     floor = LOG_BATCH_LIMIT * args.scale
     ours = rate("ours")
     report = {
+        "package": "this checkout" if args.package_tree is None else args.package_tree,
+        "stores_on": args.on,
         "payloads": args.payloads,
         "latency_ms": args.latency_ms,
         "artifact_bytes": args.artifact_bytes,

@@ -147,3 +147,35 @@ def write_report(report: dict, out: str) -> None:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(report, indent=2))
     print(json.dumps({k: v for k, v in report.items() if k != "all"}, indent=2))
+
+
+def store_root(on: str, base: Path) -> tuple[Path, Any]:
+    """Where a benchmark's failed-run stores go: ``base`` on the local disk, or a folder of the
+    object-store FUSE mount of the tests (``on="objectstore"``); returns it and the mount to
+    close (None)."""
+    if on == "local":
+        return base, None
+    from tests.support.object_store_fuse import ObjectStoreMount, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason is not None:
+        raise SystemExit(f"No object-store FUSE mount here: {reason}")
+    mount = ObjectStoreMount(base / "backing", base / "mount")
+    return mount.__enter__() / "stores", mount
+
+
+def replayer_for(store: Path, url: str, profile: Any, engine_warehouse: Path, **kwargs: Any) -> tuple[Any, Any]:
+    """A ``Replayer`` of whichever package is loaded (this checkout's, or the one of
+    ``--package-tree``); with a package whose replayer holds its store through a lease, the
+    lease on an embedded engine started here. Returns it and the engine to stop (or None)."""
+    import inspect
+
+    from mlflow_spark_tools.failed_runs.replayer import Replayer
+
+    if "lease" not in inspect.signature(Replayer).parameters:
+        return Replayer(str(store), url, profile, **kwargs), None
+    from mlflow_spark_tools.failed_runs.lease import DeltaLease
+    from mlflow_spark_tools.spark.engine import start_embedded
+
+    engine = start_embedded(engine_warehouse)
+    return Replayer(str(store), url, profile, lease=DeltaLease(engine, "bench", store), **kwargs), engine

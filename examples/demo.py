@@ -28,7 +28,7 @@ from mlflow_spark_tools.collector import FailedRunCollector
 from mlflow_spark_tools.config import RateLimitProfile, load_settings
 from mlflow_spark_tools.failed_runs.ledger import write_ledger
 from mlflow_spark_tools.failed_runs.signing import KEY_ENV, load_signing_key
-from mlflow_spark_tools.replay import Replayer
+from mlflow_spark_tools.replay import DeltaLease, Replayer
 from mlflow_spark_tools.spark.arrow import to_arrow
 from mlflow_spark_tools.spark.engine import Engine, start_embedded
 from mlflow_spark_tools.tools.output import format_rows, render_table
@@ -118,8 +118,13 @@ def main(root: str = ".demo") -> None:
 
             print("3. Replaying the deferred runs within the limits ...", flush=True)
             proxy.reset()
-            replayer = Replayer(str(store), proxy.url, profile, max_workers=8, signing_key=load_signing_key())
-            summary = replayer.run_until_empty(pause=1.0)
+            lease = DeltaLease(engine, "mlflow_exp", store)  # one replay at a time works the store
+            replayer = Replayer(str(store), proxy.url, profile, lease=lease, max_workers=8,
+                                signing_key=load_signing_key())
+            try:
+                summary = replayer.run_until_empty(pause=1.0)
+            finally:
+                replayer.close()
             write_ledger(engine, "mlflow_exp", summary.ledger)
             print("   " + json.dumps(summary.as_dict()))
             print(f"   ledger: mlflow_exp.replay_log ({len(summary.ledger)} rows)")

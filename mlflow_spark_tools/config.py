@@ -339,17 +339,22 @@ class ReplayLimits:
 
 @dataclass(frozen=True)
 class ReplayConfig:
-    """The replay job: how large a payload may be before it is refused unread, and how long
-    what a replayed payload leaves in the store is kept (days; None keeps it)."""
+    """The replay job: how large a payload may be before it is refused unread, how long what a
+    replayed payload leaves in the store is kept (days; None keeps it), and how long a document
+    still being written is waited for."""
 
     limits: ReplayLimits = field(default_factory=ReplayLimits)
     retention_days: float | None = 7.0
+    torn_grace_seconds: float = 900.0
 
     def __post_init__(self) -> None:
         days = self.retention_days
         if days is not None and (isinstance(days, bool) or not isinstance(days, (int, float))
                                  or not math.isfinite(days) or days < 0):
             raise InvalidConfigError(f"replay.retention_days must be a number of days >= 0 or null, got {days!r}.")
+        grace = self.torn_grace_seconds
+        if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not math.isfinite(grace) or grace < 0:
+            raise InvalidConfigError(f"replay.torn_grace_seconds must be a number of seconds >= 0, got {grace!r}.")
         limits = self.limits
         if isinstance(limits, Mapping):
             known = {f.name for f in dataclasses.fields(ReplayLimits)}

@@ -38,6 +38,11 @@ class InvalidStoreError(UsageError):
     """The failed-run store cannot be used safely (a folder replaced by a link, for example)."""
 
 
+class RunNotSavedError(MlflowSparkToolsError):
+    """A run the tracking server did not take could not be written to the failed-run store
+    either: it is neither logged nor saved for replay."""
+
+
 class TrackingServerError(MlflowSparkToolsError):
     """The tracking server could not be reached or answered with an error."""
 

@@ -8,7 +8,9 @@
 # MAGIC `<database>.replay_log`: the run it became, or why it could not.
 # MAGIC
 # MAGIC * **replay_dir**: the store, `/Volumes/...` or `/dbfs/...`.
-# MAGIC * **database**: where `replay_log` lives (`schema` or `catalog.schema`).
+# MAGIC * **database**: where `replay_log` lives (`schema` or `catalog.schema`), and
+# MAGIC   `replay_lease`: one replay at a time works a store; while this notebook holds it, a replay
+# MAGIC   job of the same store replays nothing (and the other way round).
 # MAGIC * **profile**: rate-limit profile, `databricks` (the documented workspace limits),
 # MAGIC   `unlimited`, or the path of a YAML file of that shape.
 # MAGIC * **secret_scope** / **secret_key**: where the signing key is, when the cluster has no

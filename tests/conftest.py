@@ -1,4 +1,6 @@
-"""Shared fixtures: a real MLflow tracking server and the embedded Spark engine."""
+"""Shared fixtures: a real MLflow tracking server, the embedded Spark engine, replayers holding
+their store's lease on it, and the failed-run store on a local disk and on a FUSE mount with
+the semantics of Databricks' object-store mounts."""
 
 from __future__ import annotations
 
@@ -55,6 +57,56 @@ def engine(tmp_path_factory):
     eng = start_embedded(tmp_path_factory.mktemp("warehouse"))
     yield eng
     eng.stop()
+
+
+LISTING_DELAY = 0.25  # a listing on the object-store mount shows a new file this late
+
+
+@pytest.fixture(scope="session")
+def object_store(tmp_path_factory):
+    """A FUSE mount that refuses rename, link, symlink and utime, takes files written once and
+    sequentially only, lists new files late and reports mtimes from another clock
+    (tests/support/object_store_fuse.py)."""
+    from tests.support.object_store_fuse import ObjectStoreMount, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"no object-store FUSE mount: {reason}")
+    base = tmp_path_factory.mktemp("objectstore")
+    with ObjectStoreMount(base / "backing", base / "mount", listing_delay=LISTING_DELAY) as mount:
+        yield mount
+
+
+@pytest.fixture(params=["local disk", "object store"])
+def store_path(request, tmp_path):
+    """Where a test's failed-run store goes: a local directory, or a folder with a space in its
+    name on the object-store FUSE mount."""
+    if request.param == "local disk":
+        return tmp_path / "store"
+    return request.getfixturevalue("object_store") / f"store {uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def make_replayer(engine):
+    """``make_replayer(store_path, tracking_uri, profile=unlimited, lease_seconds=30, **kwargs)``:
+    a :class:`Replayer` holding its store's lease through the session's engine; closed (its
+    lease given up) after the test."""
+    from mlflow_spark_tools.config import RateLimitProfile
+    from mlflow_spark_tools.failed_runs.lease import DeltaLease
+    from mlflow_spark_tools.failed_runs.replayer import Replayer
+
+    made = []
+
+    def make(store, tracking_uri, profile=None, *, lease_seconds=30.0, **kwargs):
+        lease = DeltaLease(engine, "replay_leases", store, lease_seconds=lease_seconds)
+        replayer = Replayer(str(store), tracking_uri, profile or RateLimitProfile.load("unlimited"), lease=lease,
+                            **kwargs)
+        made.append(replayer)
+        return replayer
+
+    yield make
+    for replayer in made:
+        replayer.close()
 
 
 @pytest.fixture

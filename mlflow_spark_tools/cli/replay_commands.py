@@ -33,7 +33,9 @@ PROFILE_HELP = "Rate-limit profile name from conf/rate_limits or a YAML path (de
 @click.option("--interval", type=click.FloatRange(min=0), default=60.0, show_default=True,
               help="Seconds between passes with --loop.")
 @click.option("--lease-seconds", type=click.FloatRange(min=1), default=300.0, show_default=True,
-              help="A claim not renewed for this long is taken over (crashed replayer).")
+              help="The store's lease (<database>.replay_lease): a replayer that stopped renewing it is "
+              "taken over after this long; it sends nothing in the last half, so keep it above twice the "
+              "longest request.")
 @click.option("--trust-unsigned", is_flag=True, help="Unpickle model blobs without a valid "
               "signature. Unsafe on shared storage: a pickle runs code as this job.")
 @click.option("--secret-scope", help="Databricks secret scope holding the signing key.")
@@ -50,11 +52,13 @@ def replay_command(ctx: Context, replay_dir: str, profile_: str | None, max_work
                    retention_days: float | None) -> None:
     """Replay deferred runs into the tracking server within its rate limits.
 
-    Prints a JSON summary (replayed, resumed, failed, still pending, requests and 429s per API
-    class, seconds) and appends one row per payload to <database>.replay_log. The signing key
-    for model blobs comes from MLFLOW_SPARK_TOOLS_SIGNING_KEY or --secret-scope/--secret-key.
-    Exit code 0 when everything was replayed, 3 when payloads failed or are still pending,
-    2 for usage errors.
+    Holds the store's lease in <database>.replay_lease for as long as it runs: a second replay
+    of the same store replays nothing and says who holds it. Prints a JSON summary (replayed,
+    resumed, failed, still pending, requests and 429s per API class, seconds) and appends one
+    row per payload to <database>.replay_log. The signing key for model blobs comes from
+    MLFLOW_SPARK_TOOLS_SIGNING_KEY or --secret-scope/--secret-key. Exit code 0 when everything
+    was replayed (or another replay holds the store), 3 when payloads failed or are still
+    pending, 2 for usage errors (a store that cannot be used among them).
     """
     from mlflow_spark_tools.failed_runs.replay_job import (
         LOOP,
@@ -91,9 +95,10 @@ def replay_command(ctx: Context, replay_dir: str, profile_: str | None, max_work
 def prune_store_command(ctx: Context, replay_dir: str, older_than_days: float | None, dry_run: bool) -> None:
     """Remove what replayed payloads leave in the store once older than the retention period.
 
-    Removes done/<id>.json and data/<id>/ (artifact copies, model blobs, progress) of payloads
-    replayed --older-than-days ago; never anything pending, claimed or quarantined. The replay
-    job does the same at the end of each run. Prints a JSON count of payloads and bytes.
+    Removes done/<id>.json and data/<id>/ (artifact copies, model blobs, checkpoints) of
+    payloads replayed --older-than-days ago, by the replay time their record holds; never
+    anything pending or quarantined. The replay job does the same at the end of each run.
+    Prints a JSON count of payloads and bytes.
     """
     from mlflow_spark_tools.databricks.paths import to_fuse_path
     from mlflow_spark_tools.failed_runs.store import FailedRunStore

@@ -21,7 +21,9 @@ Each request gives up within ``fail_fast_seconds`` when the server answers 429 (
 client would retry for minutes); then the whole run (run info, params, every metric point with
 its step and timestamp, tags, copies of the artifacts, signed model blobs) is written to the
 failed-run store, and the replay job finishes it later. If the run was created before the
-rate limit hit, its run id stays valid: the replay completes that run.
+rate limit hit, its run id stays valid: the replay completes that run. The store takes only
+new files written once (a Unity Catalog volume gives no more); a run that cannot be saved
+there either raises :class:`~mlflow_spark_tools.errors.RunNotSavedError` in the task.
 
 The collector holds only plain values (no client, thread, lock or open file), so Spark can
 pickle it into closures, and it works in forked Python workers running many tasks each.
@@ -41,6 +43,7 @@ from typing import Any
 
 from mlflow_spark_tools.core.redaction import redact_uri
 from mlflow_spark_tools.databricks.paths import to_fuse_path
+from mlflow_spark_tools.errors import RunNotSavedError
 from mlflow_spark_tools.failed_runs.document import (
     PAYLOAD_TAG,
     canonical_json,
@@ -253,8 +256,17 @@ class BufferedRun:
             if verdict == RATE_LIMITED:
                 collector._storm_seen()
             if verdict == RATE_LIMITED or (verdict == TRANSIENT and collector.defer_transient):
-                self.payload_id = collector._defer(self, run, ops, done, exc,
-                                                   writer.logged_model_ids if writer is not None else {})
+                try:
+                    self.payload_id = collector._defer(self, run, ops, done, exc,
+                                                       writer.logged_model_ids if writer is not None else {})
+                except Exception as store_exc:
+                    if requests is not None and writer is not None and writer.run_id is not None:
+                        _end_as_failed(requests, writer.run_id)
+                    raise RunNotSavedError(
+                        f"Run {self._run_name or ''!r} was not logged ({verdict}: {error_summary(exc, 200)}) and "
+                        f"could not be saved to the failed-run store {collector.store_path} either: "
+                        f"{type(store_exc).__name__}: {error_summary(store_exc, 300)}. The run is not saved."
+                    ) from store_exc
                 self.status = DEFERRED
                 log.warning("Run %s deferred to %s (%s): %s", self._run_name or "", self.payload_id,
                             verdict, error_summary(exc, 200))
@@ -339,13 +351,22 @@ class FailedRunCollector:
         request_timeout: seconds for one HTTP attempt.
         storm_cooldown_seconds: after a run was deferred on a rate limit, runs of the same
             process defer on the first 429 (no retry) for this long; 0 turns it off.
+        check_store: try every file operation the store needs once, here (on the driver), so
+            that a store the tasks could not write (a read-only mount, a file system without
+            one of them) is one clear error before any task runs.
+
+    Raises:
+        InvalidStoreError: the store cannot be used (``check_store``).
     """
 
     def __init__(self, store_path: str | os.PathLike, tracking_uri: str | None = None,
                  fail_fast_seconds: float = 5.0, *, defer_transient: bool = False,
                  signing_key: str | bytes | SigningKey | None = None, request_timeout: float = 60.0,
-                 storm_cooldown_seconds: float = 30.0) -> None:
+                 storm_cooldown_seconds: float = 30.0, check_store: bool = True) -> None:
         self.store_path = to_fuse_path(os.fspath(store_path))
+        if check_store:
+            with FailedRunStore(self.store_path) as store:
+                store.check_usable()
         if tracking_uri is None:
             import mlflow
 

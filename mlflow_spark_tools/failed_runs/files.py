@@ -1,4 +1,5 @@
-"""The files of one payload, opened without following links and copied with their digests.
+"""The files of one payload, opened without following links and copied with their digests,
+and the few file operations the store is built from.
 
 Anyone who can write the failed-run store can put a symbolic link, a FIFO or a device where
 the collector put a file, or swap a folder for a link between a check and a use. The replay
@@ -9,7 +10,13 @@ component at a time relative to its parent's handle, with ``O_NOFOLLOW`` (a link
 fails) and ``O_NONBLOCK`` (a FIFO cannot stall the open), and only regular files and
 directories are accepted. Artifact files are copied into a private staging directory while
 their SHA-256 is computed; the replay uploads the copy, so a file changed after the check is
-never what gets uploaded.
+never what gets uploaded. Directory handles, ``O_NOFOLLOW`` and ``st_nlink`` are the kernel's,
+so they hold on the object-store FUSE mounts too; there a link cannot even be made.
+
+The store writes files only the way object storage takes them (:func:`write_once`): a new
+file, written sequentially from its first byte, closed; never renamed, appended to, rewritten
+or linked. :func:`move_entry` renames where the file system can and copies then removes where
+it cannot (as ``dbutils.fs.mv`` does).
 
 The collector, which writes the payload from the task's own files, uses :func:`copy_hashed`
 and :func:`copy_tree_hashed` to record the same digests (the run document's ``manifest``).
@@ -21,8 +28,8 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import stat
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,7 +42,11 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | _CLOEXEC
 _CHUNK = 1 << 20
 _MAX_DEPTH = 32
-_MAX_JSON = 1 << 20  # progress.json and result.json are a few hundred bytes
+_MAX_JSON = 1 << 20  # checkpoints and done records are a few hundred bytes
+# fsync of a file that the mount does not sync (it uploads at close): not an error
+_NO_SYNC = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
+# rename refused by the mount (object storage: ENOSYS), across mounts, or not allowed
+_NO_RENAME = frozenset({errno.ENOSYS, errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EINVAL})
 
 ManifestRow = tuple[str, int, str]  # (path inside the entry, size, sha256)
 
@@ -113,7 +124,7 @@ def copy_hashed(source: IO[bytes], target: Path, limit: int | None = None, what:
             out.write(chunk)
         if durable:
             out.flush()
-            os.fsync(out.fileno())
+            sync(out.fileno())
     return size, digest.hexdigest()
 
 
@@ -255,23 +266,41 @@ class PayloadFolder:
             raise PayloadError(f"data/{self.payload_id}/{name} is not a JSON object")
         return value
 
-    def write_json(self, name: str, data: Any) -> None:
-        """Replace ``name`` in this folder atomically (write, fsync, rename), never through a link."""
-        tmp = f".{name}.{uuid.uuid4().hex}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC, 0o644,
-                     dir_fd=self.fd)
+    def names(self, folder: str) -> list[str]:
+        """The entries of a subfolder of this payload's folder ([] if it is missing)."""
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, allow_nan=True, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
-        except BaseException:
-            try:
-                os.unlink(tmp, dir_fd=self.fd)
-            except OSError:
-                pass
-            raise
+            fd = open_dir(folder, self.fd, f"data/{self.payload_id}/{folder}")
+        except FileNotFoundError:
+            return []
+        try:
+            return os.listdir(fd)
+        finally:
+            os.close(fd)
+
+    def exists(self, relative: str) -> bool:
+        """Whether ``relative`` names an entry here (looked up by name, not in a listing)."""
+        try:
+            with self._parent(relative) as (parent, name):
+                return exists_at(name, parent)
+        except FileNotFoundError:
+            return False
+
+    def write_new_json(self, relative: str, data: Any) -> None:
+        """Write a new JSON file at ``relative`` (its folders made as needed), once, never
+        through a link.
+
+        Raises:
+            FileExistsError: a file of that name exists.
+        """
+        parts = relative.split("/")
+        for i in range(1, len(parts)):
+            with self._parent("/".join(parts[:i])) as (parent, folder):
+                try:
+                    os.mkdir(folder, 0o755, dir_fd=parent)
+                except FileExistsError:
+                    pass
+        with self._parent(relative) as (parent, name):
+            write_once(parent, name, json_bytes(data))
 
     def stage(self, relative: str, is_dir: bool, target: Path, budget: Budget,
               manifest: tuple[ManifestRow, ...] | None = None) -> list[ManifestRow]:
@@ -363,24 +392,130 @@ def exists_at(name: str, dir_fd: int) -> bool:
         return False
 
 
-def link_first(tmp: str, name: str, tmp_fd: int, target_fd: int, data: Any) -> bool:
-    """Give the written ``tmp`` the name ``name`` only if no file has it: a hard link is atomic
-    and first-wins; where links are not supported (some fuse mounts) an exclusive create is."""
-    try:
-        os.link(tmp, name, src_dir_fd=tmp_fd, dst_dir_fd=target_fd, follow_symlinks=False)
-        return True
-    except FileExistsError:
-        return False
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV):
-            raise
-    try:
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC, 0o644, dir_fd=target_fd)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, allow_nan=True, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    return True
+def json_bytes(data: Any) -> bytes:
+    """The bytes the store writes for a JSON value (NaN and infinities kept, keys sorted)."""
+    return json.dumps(data, allow_nan=True, sort_keys=True).encode("utf-8")
 
+
+def sync(fd: int) -> None:
+    """fsync, where the file system has it (a FUSE mount over object storage may upload at
+    close instead and refuse fsync)."""
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in _NO_SYNC:
+            raise
+
+
+def write_once(dir_fd: int, name: str, data: bytes) -> None:
+    """Create ``name`` in the folder ``dir_fd`` and write ``data`` into it: a new file,
+    written sequentially from its first byte, synced and closed; what object storage takes.
+
+    A failure (the write, the sync, or the close, where a FUSE mount over object storage
+    uploads) removes what was written, so no partial file is left under the name.
+
+    Raises:
+        FileExistsError: ``name`` exists already (seen by this host).
+    """
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC, 0o644, dir_fd=dir_fd)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            sync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        try:
+            os.unlink(name, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise
+
+
+def move_entry(name: str, src_fd: int, target: str, dst_fd: int) -> None:
+    """Give the file or folder ``name`` under ``src_fd`` the new name ``target`` under
+    ``dst_fd`` (which the caller made sure is free). A rename where the file system has one
+    (a local disk); where it has none (object storage answers ``ENOSYS``), a copy, then the
+    removal of the original, as ``dbutils.fs.mv`` does. Links are moved or removed, never
+    followed; a special file (a FIFO) has no content to copy and is removed.
+
+    Raises:
+        FileNotFoundError: ``name`` is gone.
+    """
+    try:
+        os.rename(name, target, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+        return
+    except OSError as exc:
+        if exc.errno not in _NO_RENAME:
+            raise
+    _copy_entry(name, src_fd, target, dst_fd, 0)
+    remove_entry(name, src_fd)
+
+
+def _copy_entry(name: str, src_fd: int, target: str, dst_fd: int, depth: int) -> None:
+    info = os.stat(name, dir_fd=src_fd, follow_symlinks=False)
+    if stat.S_ISDIR(info.st_mode):
+        if depth > _MAX_DEPTH:
+            return
+        os.mkdir(target, 0o755, dir_fd=dst_fd)
+        inner_src = open_dir(name, src_fd, name)
+        inner_dst = open_dir(target, dst_fd, target)
+        try:
+            for child in sorted(os.listdir(inner_src)):
+                _copy_entry(child, inner_src, child, inner_dst, depth + 1)
+        finally:
+            os.close(inner_src)
+            os.close(inner_dst)
+    elif stat.S_ISREG(info.st_mode):
+        fd = os.open(name, FILE_FLAGS, dir_fd=src_fd)
+        out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC, 0o644,
+                      dir_fd=dst_fd)
+        try:
+            with os.fdopen(fd, "rb") as source, os.fdopen(out, "wb") as sink:
+                shutil.copyfileobj(source, sink, _CHUNK)
+                sink.flush()
+                sync(sink.fileno())
+        except BaseException:
+            try:
+                os.unlink(target, dir_fd=dst_fd)
+            except OSError:
+                pass
+            raise
+
+
+def remove_entry(name: str, dir_fd: int) -> None:
+    """Remove ``name`` under ``dir_fd``: a folder with what it holds (links removed, never
+    followed), or a file or link; nothing if it is gone."""
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(info.st_mode):
+        shutil.rmtree(name, dir_fd=dir_fd)
+    else:
+        try:
+            os.unlink(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+
+
+def tree_size(name: str, dir_fd: int) -> int:
+    """Bytes of the regular files below ``name`` (a folder under ``dir_fd``), links not followed."""
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return 0
+    if not stat.S_ISDIR(info.st_mode):
+        return info.st_size if stat.S_ISREG(info.st_mode) else 0
+    total = 0
+    for _, _, files, fd in os.fwalk(name, dir_fd=dir_fd, follow_symlinks=False):
+        for file in files:
+            try:
+                entry = os.stat(file, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(entry.st_mode):
+                total += entry.st_size
+    return total

@@ -13,6 +13,7 @@ the pass did. The dashboard's backlog and the attention alert read it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
@@ -67,11 +68,31 @@ def write_ledger(engine: Engine, database: str, rows: Sequence[dict[str, Any]]) 
 
 def _append(engine: Engine, database: str, table: str, rows: Sequence[dict[str, Any]], schema: pa.Schema,
             ddl: str) -> None:
-    """Append ``rows`` (the columns of ``schema``; a missing one is null) to ``<database>.<table>``."""
-    data = pa.Table.from_pylist([{name: row.get(name) for name in schema.names} for row in rows], schema=schema)
+    """Append ``rows`` (the columns of ``schema``; a missing one is null) to ``<database>.<table>``.
+
+    A value of another type than its column's is written as null (a string column takes its
+    text), so one bad value never costs the other rows theirs.
+    """
+    data = pa.Table.from_pylist([{f.name: _cell(row.get(f.name), f.type) for f in schema} for row in rows],
+                                schema=schema)
     db = Database(engine, database)
     db.ensure()
     db.append(to_dataframe(engine.spark, data, ddl), table)
+
+
+def _cell(value: Any, kind: pa.DataType) -> Any:
+    if value is None:
+        return None
+    if pa.types.is_string(kind):
+        return value if isinstance(value, str) else str(value)[:1000]
+    if pa.types.is_integer(kind):
+        return value if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**62 else None
+    if pa.types.is_floating(kind):
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if pa.types.is_timestamp(kind):
+        return value if isinstance(value, datetime) or (isinstance(value, int) and not isinstance(value, bool)
+                                                         and 0 <= value < 2**53) else None
+    return value
 
 
 def existing_ledger(engine: Engine, database: str) -> str | None:

@@ -1,8 +1,17 @@
 """Replaying one payload: reading and checking its document, staging its artifacts, checking
 the run it names, and sending its remaining requests with a checkpoint after each.
 
-The passes over the store, the claims and the summary are the :class:`Replayer`'s
-(:mod:`mlflow_spark_tools.failed_runs.replayer`); this module is what happens to one claim.
+The passes over the store, the lease and the summary are the :class:`Replayer`'s
+(:mod:`mlflow_spark_tools.failed_runs.replayer`); this module is what happens to one document.
+
+Checkpoints are a log of new files in ``data/<payload_id>/progress/``: ``begun.json`` before
+the first request any replay of the payload sends, then ``<requests done>-<replayer>.json``
+after each request. A replay that finds any of them resumes: from the highest request count
+it can see, with every request from there on treated as one that may have reached the server
+already (a listing may not show the newest checkpoints yet; ``begun.json`` is looked up by
+name, so a replay never mistakes a resumed payload for a new one). The end is a record in
+``done/<payload_id>.json`` (the run, the document's SHA-256; signed with the key), written
+before the document is removed.
 """
 
 from __future__ import annotations
@@ -26,12 +35,23 @@ from mlflow_spark_tools.failed_runs.document import (
     canonical_json,
     check_document,
     check_progress,
+    check_run_id,
     is_local_artifact_uri,
 )
 from mlflow_spark_tools.failed_runs.files import Budget, PayloadFolder, manifest_difference
+from mlflow_spark_tools.failed_runs.lease import DeltaLease
 from mlflow_spark_tools.failed_runs.run_writer import RunWriter
-from mlflow_spark_tools.failed_runs.store import Claim, FailedRunStore
-from mlflow_spark_tools.failed_runs.store_entries import DocumentFile
+from mlflow_spark_tools.failed_runs.store import FailedRunStore, PendingDocument
+from mlflow_spark_tools.failed_runs.store_entries import (
+    BEGUN,
+    DONE_FORMAT,
+    FORMAT,
+    DocumentFile,
+    checkpoint_name,
+    checkpoint_ops,
+    digest,
+    parse_document,
+)
 from mlflow_spark_tools.runs.models import save_model_dir
 from mlflow_spark_tools.runs.run_data import (
     ARTIFACT,
@@ -56,12 +76,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REPLAYED, RESUMED, FAILED, RELEASED, LOST = "replayed", "resumed", "failed", "released", "lost"
+REPLAYED, RESUMED, FAILED, RELEASED, LOST, INCOMPLETE = (
+    "replayed", "resumed", "failed", "released", "lost", "incomplete")
 RUNNING = "RUNNING"
+PROGRESS = "progress"
 
 
 class Quarantine(Exception):
     """This payload cannot be replayed; the message is the reason."""
+
+
+class Incomplete(Exception):
+    """The document's bytes do not hash to its name yet: its writer may still be writing it."""
 
 
 class InFlightBytes:
@@ -121,8 +147,26 @@ class _PayloadWriter(RunWriter):
                 raise
 
     def log_batch(self, index: int, uncertain: bool) -> None:
-        if not (uncertain and self.replayer._batch_applied(self.created_run_id, self.chunks[index].metrics)):
+        if not (uncertain and self._batch_applied(index)):
             super().log_batch(index, uncertain)
+
+    def _batch_applied(self, index: int) -> bool:
+        """Whether batch ``index`` reached the server already (a batch is applied whole, so one
+        point tells). The earlier batches are applied, so the server holds the first point as
+        many times as they do, plus this batch's count if it was applied; a point logged twice
+        in the same millisecond is not taken for this batch's."""
+        metrics = self.chunks[index].metrics
+        if not metrics:
+            return False  # params and tags alone are safe to send again
+        key, _, ts, step = metrics[0]
+
+        def same(points: list[tuple[str, float, int, int]]) -> int:
+            return sum(1 for k, _, t, s in points if (k, t, s) == (key, ts, step))
+
+        earlier = sum(same(chunk.metrics) for chunk in self.chunks[:index])
+        on_server = sum(1 for point in self.requests.metric_history(self.created_run_id, key)
+                        if int(point.get("step", 0)) == step and int(point.get("timestamp", 0)) == ts)
+        return on_server >= earlier + same(metrics)
 
     def _artifact_root(self) -> str | None:
         artifact_uri = self.known_artifact_uri()
@@ -165,14 +209,16 @@ class _PayloadWriter(RunWriter):
 
 class PayloadSteps:
     """The steps of replaying one payload, for the :class:`Replayer` that holds the store, the
-    requests and the limits."""
+    lease, the requests and the limits."""
 
     store: FailedRunStore
+    lease: DeltaLease
     requests: TrackingRequests
     limits: ReplayLimits
     key: SigningKey | None
     trust_unsigned: bool
     owner: str
+    torn_grace_seconds: float
     _lock: threading.Lock
     _finished: set[str]
     _in_flight: InFlightBytes
@@ -181,15 +227,36 @@ class PayloadSteps:
                 error: str | None, attempts: int = 1) -> None:
         raise NotImplementedError
 
-    def _read(self, claim: Claim, handle: DocumentFile) -> tuple[Payload, bool]:
-        """The checked payload and whether its signature verified."""
+    def _foreign_quarantined(self) -> None:
+        """Count a file that is not the package's, moved to ``failed/``."""
+        raise NotImplementedError
+
+    def _document_bytes(self, document: PendingDocument, handle: DocumentFile) -> bytes:
+        """The document's bytes, once they are whole: a document written by the collector must
+        hash to its name. One that does not is still being written, or its writer died half
+        way: it is left alone for ``torn_grace_seconds`` after the time in its name, then
+        quarantined."""
         try:
-            document = handle.read(self.limits.max_document_bytes)
+            data = handle.read_bytes(self.limits.max_document_bytes)
         except ValueError as exc:
             raise Quarantine(str(exc)) from None
-        signed = self._signature_verified(document)
+        if document.digest is None or digest(data) == document.digest:
+            return data
+        age = time.time() - (document.written_ms or 0) / 1000.0
+        if -self.torn_grace_seconds < age < self.torn_grace_seconds:
+            raise Incomplete(document.name)
+        raise Quarantine(f"torn: the document is incomplete ({len(data)} bytes that do not hash to its name, "
+                         f"{age / 60:.0f} minutes after it was written): its writer stopped while writing it")
+
+    def _read(self, document: PendingDocument, data: bytes) -> tuple[Payload, bool]:
+        """The checked payload and whether its signature verified."""
         try:
-            payload = check_document(document, claim.payload_id, self.limits)
+            raw = parse_document(data)
+        except ValueError as exc:
+            raise Quarantine(str(exc)) from None
+        signed = self._signature_verified(raw)
+        try:
+            payload = check_document(raw, document.payload_id, self.limits)
         except PayloadError as exc:
             raise Quarantine(str(exc)) from None
         if signed and not self.trust_unsigned:
@@ -216,6 +283,11 @@ class PayloadSteps:
                              "signature was removed); collect with the key, or replay with --trust-unsigned "
                              "only if no one else can write the store")
         return False
+
+    def _signed_by_us(self, record: dict[str, Any]) -> bool:
+        """Whether a record the replay reads back (a checkpoint, a done record) is signed with
+        this replay's key; without a key, there is nothing to check."""
+        return self.key is None or self.key.verify(canonical_json(record), record.get("signature"))
 
     def _verified_blob(self, folder: PayloadFolder | None, entry: ModelEntry) -> bytes:
         assert entry.blob is not None
@@ -303,70 +375,182 @@ class PayloadSteps:
                              "a replay never writes into an ended run")
         return info
 
-    def _progress(self, folder: PayloadFolder | None, payload: Payload) -> tuple[dict[str, Any], str | None, int, int]:
-        """The checkpoint (raw, run id, requests done, attempts); signed when this replay holds a key."""
+    # ---- checkpoints and the done record ---------------------------------------------
+
+    def _progress(self, folder: PayloadFolder | None, payload: Payload) -> tuple[bool, bool, str | None, int, int]:
+        """(begun, resumed, run id, requests done, attempts) from the checkpoints.
+
+        ``begun``: ``begun.json`` exists (looked up by name). ``resumed``: any checkpoint
+        exists, an earlier release's ``progress.json`` included. The requests done are the
+        highest count any checkpoint can show; every checkpoint read is checked (and, with a
+        key, must be signed by this replay's key for this payload).
+        """
+        if folder is None:
+            return False, False, None, 0, 0
+        begun = folder.exists(f"{PROGRESS}/{BEGUN}")
+        names = [BEGUN] if begun else []
+        numbered = [(ops, name) for name in folder.names(PROGRESS) if (ops := checkpoint_ops(name)) is not None]
+        if numbered:
+            names.append(max(numbered)[1])
+        found = []
         try:
-            progress = (folder.read_json("progress.json") if folder is not None else None) or {}
-            if progress and self.key is not None and not (
-                    progress.get("payload_id") == payload.payload_id
-                    and self.key.verify(canonical_json(progress), progress.get("signature"))):
-                raise Quarantine("progress.json is not signed by this replay's key for this payload (edited, "
-                                 "or written by a replay without the key)")
-            return (progress, *check_progress(progress, payload))
+            for name in names:
+                found.append((f"{PROGRESS}/{name}", folder.read_json(f"{PROGRESS}/{name}")))
+            found.append(("progress.json", folder.read_json("progress.json")))  # an earlier release's
         except PayloadError as exc:
             raise Quarantine(str(exc)) from None
+        checked = []
+        for where, progress in found:
+            if progress is None:
+                continue
+            if self.key is not None and not (progress.get("payload_id") == payload.payload_id
+                                             and self._signed_by_us(progress)):
+                raise Quarantine(f"{where} is not signed by this replay's key for this payload (edited, or "
+                                 "written by a replay without the key)")
+            try:
+                checked.append(check_progress(progress, payload))
+            except PayloadError as exc:
+                raise Quarantine(f"{where}: {exc}") from None
+        if not checked:
+            return begun, bool(numbered), None, 0, 0
+        runs = {run_id for run_id, _, _ in checked if run_id is not None}
+        if len(runs) > 1:
+            raise Quarantine(f"the checkpoints name {len(runs)} different runs: {', '.join(sorted(runs))[:200]}")
+        done = max(ops for _, ops, _ in checked)
+        return begun, True, runs.pop() if runs else None, done, max(a for _, _, a in checked)
 
-    def _checkpoint(self, payload_id: str, run_id: str | None, done: int, attempts: int) -> None:
+    def _checkpoint(self, folder: PayloadFolder, payload_id: str, name: str, run_id: str | None, done: int,
+                    attempts: int) -> None:
+        """Write one checkpoint: a new file, never a rewrite. One of that name written before
+        by this replayer (a payload given back and taken again) says the same."""
         progress: dict[str, Any] = {"payload_id": payload_id, "run_id": run_id, "ops_done": done,
                                     "attempts": attempts, "owner": self.owner}
         if self.key is not None:
             progress["signature"] = self.key.sign(canonical_json(progress))
-        self.store.write_progress(payload_id, progress)
+        try:
+            folder.write_new_json(f"{PROGRESS}/{name}", progress)
+        except FileExistsError:
+            pass
+
+    def _done_record(self, payload_id: str) -> dict[str, Any] | None:
+        """The record of a replayed payload in ``done/``; None when there is none. A file there
+        that is not a valid record of this payload (unsigned with a key, malformed, planted) is
+        quarantined as foreign and does not count."""
+        try:
+            record = self.store.read_done(payload_id)
+            problem = None if record is None else self._record_problem(payload_id, record)
+        except PayloadError as exc:
+            record, problem = {}, str(exc)
+        if problem is None:
+            return record
+        if self.store.quarantine(self.store.root / "done" / f"{payload_id}.json", payload_id,
+                                 f"foreign file: done/{payload_id}.json is not a record of this payload's replay "
+                                 f"({problem}); the payload is replayed"):
+            self._foreign_quarantined()
+        return None
+
+    def _record_problem(self, payload_id: str, record: dict[str, Any]) -> str | None:
+        """What is wrong with a done record; None if it is a valid record of this payload."""
+        if record.get("payload_id") != payload_id:
+            return "it names another payload"
+        if record.get("format") == FORMAT:  # an earlier release moved the replayed document here
+            if self.key is not None and not self._signed_by_us(record):
+                return "an earlier release's document without a valid signature"
+            return None
+        if record.get("format") != DONE_FORMAT:
+            return "not a record of this package"
+        try:
+            check_run_id(record.get("run_id"), "done record")
+        except PayloadError as exc:
+            return str(exc)
+        for key in ("experiment_id", "document_sha256"):
+            if record.get(key) is not None and not (isinstance(record[key], str) and len(record[key]) <= 128):
+                return f"{key} is not a short string"
+        for key in ("attempts", "replayed_at"):
+            if isinstance(record.get(key), bool) or not isinstance(record.get(key), int):
+                return f"{key} is not an integer"
+        if not self._signed_by_us(record):
+            return "not signed by this replay's key"
+        return None
+
+    def _finish(self, document: PendingDocument, payload: Payload, data: bytes, run_id: str | None,
+                attempts: int, resumed: bool) -> str:
+        """Write the done record, then remove the document."""
+        record: dict[str, Any] = {
+            "format": DONE_FORMAT, "payload_id": payload.payload_id, "run_id": run_id,
+            "experiment_id": payload.run.experiment_id, "replayed_at": int(time.time() * 1000),
+            "attempts": attempts, "owner": self.owner, "document_sha256": hashlib.sha256(data).hexdigest()}
+        if self.key is not None:
+            record["signature"] = self.key.sign(canonical_json(record))
+        try:
+            self.store.write_done(payload.payload_id, record)
+        except FileExistsError:
+            # one appeared while this replay ran (it checked before the first request): not ours
+            self._done_record(payload.payload_id)
+            self.store.write_done(payload.payload_id, record)
+        self.store.remove(document)
+        with self._lock:
+            self._finished.add(payload.payload_id)
+        status = RESUMED if resumed else REPLAYED
+        self._ledger(payload.payload_id, run_id, payload.run.experiment_id, status, None, attempts)
+        return status
 
     # ---- one payload -----------------------------------------------------------------
 
-    def _replay(self, claim: Claim) -> str:
+    def _replay(self, document: PendingDocument) -> str:
         try:
-            handle = self.store.open_document(claim.path)
+            handle = self.store.open_document(document)
         except FileNotFoundError:
-            return LOST  # the claim is the document: another replayer took it over
+            return LOST  # removed meanwhile
         except ValueError as exc:
             raise Quarantine(str(exc)) from None
-        with handle, self._in_flight.hold(min(handle.size, self.limits.max_document_bytes)):
-            payload, signed = self._read(claim, handle)
-            folder = self.store.payload_folder(claim.payload_id)
+        with self._in_flight.hold(min(handle.size, self.limits.max_document_bytes)):
+            # read, then closed: a file held open cannot be removed on every FUSE mount
+            with handle:
+                data = self._document_bytes(document, handle)
+            record = self._done_record(document.payload_id)
+            if record is not None:
+                return self._leftover(document, data, record)
+            payload, signed = self._read(document, data)
+            folder = self.store.payload_folder(document.payload_id)
             try:
                 with tempfile.TemporaryDirectory(prefix="mlflow-spark-tools-replay-") as staging:
-                    return self._replay_payload(claim, payload, signed, folder, Path(staging))
+                    return self._replay_payload(document, data, payload, signed, folder, Path(staging))
             finally:
                 if folder is not None:
                     folder.close()
 
-    def _replay_payload(self, claim: Claim, payload: Payload, signed: bool, folder: PayloadFolder | None,
-                        staging: Path) -> str:
-        pid = claim.payload_id
-        run = payload.run
-        if self.store.is_done(pid) or pid in self._finished:
-            raise Quarantine("this payload was replayed already (it is in done/): a copy of a replayed "
-                             "document is not replayed again")
-        earlier = folder.read_json("result.json") if folder is not None else None
-        if earlier is not None:
-            # replayed, but the replayer stopped before moving the document to done/
-            if not self.store.finish(claim, earlier):
-                return LOST
-            self._finished.add(pid)
-            self._ledger(pid, earlier.get("run_id"), earlier.get("experiment_id"), RESUMED, None)
+    def _leftover(self, document: PendingDocument, data: bytes, record: dict[str, Any]) -> str:
+        """A document whose payload is replayed already. The very document a replay finished
+        (its record holds the document's SHA-256; the replay stopped between writing the record
+        and removing the document) is removed and gets its ledger row; any other copy is
+        quarantined, never replayed again."""
+        if record.get("format") == DONE_FORMAT and record.get("document_sha256") == hashlib.sha256(data).hexdigest():
+            self.store.remove(document)
+            with self._lock:
+                first = document.payload_id not in self._finished  # else its row is in this replay's ledger
+                self._finished.add(document.payload_id)
+            if first:
+                self._ledger(document.payload_id, record.get("run_id"), record.get("experiment_id"), RESUMED, None,
+                             record.get("attempts") or 1)
             return RESUMED
-        progress, progress_run_id, progress_done, attempts = self._progress(folder, payload)
-        resumed = bool(progress)
+        raise Quarantine("this payload was replayed already (it is in done/): a copy of a replayed "
+                         "document is not replayed again")
+
+    def _replay_payload(self, document: PendingDocument, data: bytes, payload: Payload, signed: bool,
+                        folder: PayloadFolder | None, staging: Path) -> str:
+        pid = document.payload_id
+        run = payload.run
+        begun, resumed, progress_run_id, progress_done, attempts = self._progress(folder, payload)
         attempts += 1
         run_id = progress_run_id or payload.run_id
         done = max(payload.ops_done, progress_done)
         ops = payload.ops
         staged = self._stage(folder, payload, done, staging)
         # The request a collector gave up on after a timeout or a 5xx may have been applied;
-        # after a 429 it was not. A resumed replay cannot know either way.
-        uncertain_start = resumed or not payload.reason.startswith(RATE_LIMITED)
+        # after a 429 it was not. A resumed replay cannot know how far the one before it got
+        # (its newest checkpoints may not be listed yet): every request from here is checked.
+        uncertain_first = resumed or not payload.reason.startswith(RATE_LIMITED)
         if run.experiment_id is None:
             try:
                 run.experiment_id = self.requests.experiment_id_by_name(payload.experiment_name or "")
@@ -382,26 +566,25 @@ class PayloadSteps:
             if info.get("status", RUNNING) != RUNNING:
                 done = len(ops)  # it ended: only the end remained, and it was sent
         writer = _PayloadWriter(self, payload, signed, folder, staged, run_id, artifact_uri)
-        # Written before the first request: the mark that a replay began, so that whoever
-        # resumes this payload after a crash treats its next request as uncertain.
-        self._checkpoint(pid, run_id, done, attempts)
-        for i in range(done, len(ops)):
-            if not self.store.heartbeat(claim):
-                return LOST
-            kind, index = ops[i]
-            writer.send(kind, index, uncertain=uncertain_start and i == done)
-            if not self.store.holds(claim):
-                return LOST
-            self._checkpoint(pid, writer.run_id, i + 1, attempts)
-        run_id = writer.run_id
-        result = {"run_id": run_id, "replayed_at": int(time.time() * 1000), "attempts": attempts,
-                  "experiment_id": run.experiment_id}
-        if not self.store.finish(claim, result):
-            return LOST
-        with self._lock:
-            self._finished.add(pid)
-        self._ledger(pid, run_id, run.experiment_id, RESUMED if resumed else REPLAYED, None, attempts)
-        return RESUMED if resumed else REPLAYED
+        # a payload without artifacts or models has no folder yet: its checkpoints make one
+        progress = folder if folder is not None else self.store.payload_folder(pid, create=True)
+        assert progress is not None
+        try:
+            # Written before the first request: the mark that a replay began, so that whoever
+            # resumes this payload treats its requests as uncertain.
+            self._checkpoint(progress, pid, checkpoint_name(done, self.owner) if begun else BEGUN, run_id, done,
+                             attempts)
+            for i in range(done, len(ops)):
+                self.lease.check()
+                kind, index = ops[i]
+                writer.send(kind, index, uncertain=resumed or (uncertain_first and i == done))
+                if i + 1 < len(ops):  # after the last one the done record says it all
+                    self._checkpoint(progress, pid, checkpoint_name(i + 1, self.owner), writer.run_id, i + 1,
+                                     attempts)
+        finally:
+            if progress is not folder:
+                progress.close()
+        return self._finish(document, payload, data, writer.run_id, attempts, resumed)
 
     def _model_saver(self, folder: PayloadFolder | None, entry: ModelEntry) -> Callable[[str], None]:
         """What saves a payload's model as an MLflow model directory; its blob is checked
@@ -419,14 +602,3 @@ class PayloadSteps:
                                  f"{type(exc).__name__}: {error_summary(exc, 300)}") from None
 
         return save_to
-
-    def _batch_applied(self, run_id: str, metrics: list[tuple[str, float, int, int]]) -> bool:
-        """Whether a batch already reached the server (log_batch is atomic: check one point)."""
-        if not metrics:
-            return False  # params and tags alone are safe to send again
-        key, value, ts, step = metrics[0]
-        for point in self.requests.metric_history(run_id, key):
-            if int(point.get("step", 0)) == step and int(point.get("timestamp", 0)) == ts:
-                return True
-        return False
-

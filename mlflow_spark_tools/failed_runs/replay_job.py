@@ -1,10 +1,12 @@
 """The replay job as the command line, ``jobs/replay_failed_runs.py`` and notebooks run it.
 
-One pass, passes until the store is empty, or passes every few seconds until stopped; after
-each pass the rows of the ledger go to ``<database>.replay_log``, the store's state to
-``<database>.replay_store_log``, and a JSON summary is printed.
-Exit code 0 when everything was replayed, 3 when payloads failed (quarantined), are still
-pending or the ledger could not be written, 2 for usage errors.
+The store is tried first (every file operation it needs), then its lease is taken on the job's
+engine (``<database>.replay_lease``): one pass, passes until the store is empty, or passes every
+few seconds until stopped; after each pass the rows of the ledger go to
+``<database>.replay_log``, the store's state to ``<database>.replay_store_log``, and a JSON
+summary is printed. Exit code 0 when everything was replayed (or another replay job holds the
+store: ``held_by`` in the summary), 3 when payloads failed (quarantined), are still pending or
+the ledger could not be written, 2 for usage errors (a store that cannot be used among them).
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from mlflow_spark_tools.config import Settings
 from mlflow_spark_tools.core.progress import Progress
 from mlflow_spark_tools.databricks.secrets import read_secret
 from mlflow_spark_tools.errors import EXIT_OK, EXIT_PARTIAL, InvalidConfigError, UsageError
+from mlflow_spark_tools.failed_runs.lease import DeltaLease
 from mlflow_spark_tools.failed_runs.replayer import Replayer, ReplaySummary
 from mlflow_spark_tools.failed_runs.signing import SigningKey, load_signing_key
+from mlflow_spark_tools.failed_runs.store import CLAIMED, FailedRunStore
 from mlflow_spark_tools.spark.engine import Engine, EngineHandle
 from mlflow_spark_tools.tracking.rate_limit_errors import error_summary
 
@@ -62,8 +66,7 @@ def run_replay_job(settings: Settings, options: ReplayOptions, engine: Engine | 
     """Run the job; returns its exit code.
 
     Args:
-        engine: for the ledger; default: the configured engine, started at the first ledger
-            write (no Spark is started when nothing was handled).
+        engine: for the store's lease and the ledger; default: the configured engine.
         passes: with ``mode=loop``, stop after this many passes (default: run until stopped).
     """
     # A Databricks job or notebook logs to its own workspace without MLFLOW_TRACKING_URI set.
@@ -74,22 +77,36 @@ def run_replay_job(settings: Settings, options: ReplayOptions, engine: Engine | 
         raise UsageError(f"Unknown replay mode {options.mode!r}.")
     if options.max_workers < 1:
         raise UsageError("--max-workers must be at least 1.")
+    # every operation the store needs, tried once before anything else (a read-only mount,
+    # a file system that lacks one: one line naming the path and the operation, exit 2)
+    with FailedRunStore(options.replay_dir) as store:
+        store.check_usable()
+        root = store.root
     key = replay_signing_key(options.signing_secret_scope, options.signing_secret_key)
     if key is None and not options.trust_unsigned:
         log.warning("No signing key (MLFLOW_SPARK_TOOLS_SIGNING_KEY): payloads with models will be "
                     "quarantined as unsigned unless --trust-unsigned is given")
-    replayer = Replayer(options.replay_dir, tracking_uri, settings.profile(),
-                        max_workers=options.max_workers, lease_seconds=options.lease_seconds,
-                        signing_key=key, trust_unsigned=options.trust_unsigned,
-                        limits=settings.replay.limits)
-    ledger = _Ledger(settings, engine) if options.ledger else None
-    retention = options.retention_days if options.retention_days is not None else settings.replay.retention_days
+    engines = EngineHandle(engine)
+    replayer: Replayer | None = None
     try:
+        e = settings.engine
+        # the engine starts when the lease is first needed: an empty store needs none
+        lease = DeltaLease(lambda: engines.get(e.remote, e.warehouse), settings.tables.database, root,
+                           lease_seconds=options.lease_seconds)
+        replayer = Replayer(str(root), tracking_uri, settings.profile(), lease=lease,
+                            max_workers=options.max_workers, signing_key=key, trust_unsigned=options.trust_unsigned,
+                            limits=settings.replay.limits, torn_grace_seconds=settings.replay.torn_grace_seconds)
+        ledger = _Ledger(settings, engines) if options.ledger else None
+        retention = options.retention_days if options.retention_days is not None else settings.replay.retention_days
         if options.mode == LOOP:
             return _loop(replayer, options, ledger, echo, passes, retention)
-        with Progress("Replay: payloads handled", "payloads", total=len(replayer.store.ids("pending"))) as progress:
+        with Progress("Replay: payloads handled", "payloads", total=replayer.waiting()) as progress:
             replayer.on_payload = lambda outcome: progress.update()
-            summary = replayer.run() if options.mode == ONCE else replayer.run_until_empty()
+            summary = replayer.run(release=False) if options.mode == ONCE else replayer.run_until_empty()
+        if summary.held_by is not None:
+            # another replay job works this store (a second schedule, a manual run): not a failure
+            echo(json.dumps(summary.as_dict(), indent=2))
+            return EXIT_OK
         ledger_report = _write_ledger(ledger, summary, replayer)
         ledger_report |= _prune(replayer, retention)
         echo(json.dumps(summary.as_dict() | ledger_report, indent=2))
@@ -97,9 +114,9 @@ def run_replay_job(settings: Settings, options: ReplayOptions, engine: Engine | 
                    or "prune_error" in ledger_report)
         return EXIT_PARTIAL if partial else EXIT_OK
     finally:
-        replayer.close()
-        if ledger is not None:
-            ledger.close()
+        if replayer is not None:
+            replayer.close()
+        engines.close()
 
 
 def _loop(replayer: Replayer, options: ReplayOptions, ledger: _Ledger | None,
@@ -108,9 +125,10 @@ def _loop(replayer: Replayer, options: ReplayOptions, ledger: _Ledger | None,
     done = 0
     while passes is None or done < passes:
         started = time.monotonic()
-        summary = replayer.run()
+        summary = replayer.run(release=False)  # held from pass to pass, given up at the end
         done += 1
-        ledger_report = _write_ledger(ledger, summary, replayer) | _prune(replayer, retention)
+        ledger_report = {} if summary.held_by is not None else \
+            _write_ledger(ledger, summary, replayer) | _prune(replayer, retention)
         failed += summary.failed + ("ledger_error" in ledger_report) + ("prune_error" in ledger_report)
         echo(json.dumps(summary.as_dict() | ledger_report | {"pass": done}))
         if passes is not None and done >= passes:
@@ -139,8 +157,7 @@ def _prune(replayer: Replayer, retention_days: float | None) -> dict[str, object
 
 def _write_ledger(ledger: _Ledger | None, summary: ReplaySummary, replayer: Replayer) -> dict[str, object]:
     """Write the pass's ledger rows and the store's state; a failure is reported, not raised:
-    the runs are replayed and ``done/`` plus ``data/<payload_id>/result.json`` still map
-    payloads to runs."""
+    the runs are replayed, and the records in ``done/`` still map payloads to runs."""
     if ledger is None:
         return {"ledger_rows": 0}
     try:
@@ -152,11 +169,11 @@ def _write_ledger(ledger: _Ledger | None, summary: ReplaySummary, replayer: Repl
 
 
 class _Ledger:
-    """Writes ledger rows, starting the engine only when there is something to write."""
+    """Writes ledger rows and the store's state on the job's engine."""
 
-    def __init__(self, settings: Settings, engine: Engine | None) -> None:
+    def __init__(self, settings: Settings, engine: EngineHandle) -> None:
         self.settings = settings
-        self.engine = EngineHandle(engine)
+        self.engine = engine
 
     def write(self, summary: ReplaySummary, replayer: Replayer) -> int:
         """The pass's ledger rows, then a row of the store's state when the pass handled
@@ -164,7 +181,7 @@ class _Ledger:
         from mlflow_spark_tools.failed_runs.ledger import write_ledger, write_store_state
 
         store = replayer.store
-        counts = {state: len(store.ids(state)) for state in ("pending", "claimed", "failed")}
+        counts = {state: len(store.ids(state)) for state in ("pending", CLAIMED, "failed")}
         if not summary.ledger and not counts["pending"] and not counts["failed"]:
             return 0
         e = self.settings.engine
@@ -176,6 +193,3 @@ class _Ledger:
             "replayed": summary.replayed + summary.resumed, "failed": summary.failed,
             "throttled": sum(summary.throttled.values()), "seconds": round(summary.seconds, 3)})
         return written
-
-    def close(self) -> None:
-        self.engine.close()

@@ -1,31 +1,37 @@
-"""A durable store of runs that could not be logged, on DBFS, a Volume or a local directory.
+"""A durable store of runs that could not be logged, on a Volume, DBFS or a local directory.
 
 Layout under the root::
 
-    data/<payload_id>/            artifacts, signed model blobs, progress.json (replay checkpoint)
-    pending/<payload_id>.json     run documents waiting for replay
-    claimed/<payload_id>@<owner>.json   documents a replayer holds (its lease: the file's mtime)
-    done/<payload_id>.json        replayed; data/<payload_id>/result.json holds the run id
-                                  (both removed by :meth:`FailedRunStore.prune_replayed` once
-                                  older than the retention period)
-    failed/<payload_id>.json      quarantined, beside failed/<payload_id>.reason.json
-    tmp/                          documents being written
+    pending/<payload_id>.<written ms>.<digest>.json   run documents waiting for replay, each
+                                  written once, whole, by the collector (see store_entries)
+    data/<payload_id>/            artifacts/<i>/... and models/<i>.pkl (the collector's);
+                                  progress/ (the replay's checkpoints: begun.json, then
+                                  <requests done>-<replayer>.json, a new file each)
+    done/<payload_id>.json        the record of a replayed payload: the run it became
+                                  (removed with data/<payload_id>/ after the retention period)
+    failed/<payload_id>.json      quarantined documents, beside <payload_id>.reason.json
 
-A payload appears in ``pending`` only when complete: its data files are written first, then
-the document is written under ``tmp/`` and renamed into ``pending/``. Every state change is
-the rename of one file, which is atomic on local disks and on the DBFS and Volumes fuse mounts,
-so two replayers can never both claim a document: the second rename finds no source.
+The store is built from what object storage gives (docs/REPLAY.md cites the sources):
+creating a folder; creating a new file, writing it once from its first byte and closing it;
+reading; listing; removing a file or an empty folder. Nothing here renames, links, appends,
+rewrites a file, sets a time or reads one: Unity Catalog volumes and DBFS are FUSE mounts
+over object storage, where rename and link are reported to answer ``ENOSYS``. A document is
+visible to the replay when its bytes hash to its name, so no rename is needed to publish it
+whole. Quarantine moves a document with :func:`~mlflow_spark_tools.failed_runs.files.move_entry`:
+a rename where the file system has one (a local disk), else a copy and a removal.
+
+Who may replay a store is decided by a lease held through a Delta table's commits
+(:mod:`mlflow_spark_tools.failed_runs.lease`), not by anything in the store.
+
+Stores written by earlier releases hold ``claimed/<payload_id>@<owner>.json`` (documents their
+replayers held), ``data/<payload_id>/progress.json`` and ``result.json``, and ``tmp/``: their
+documents are replayed from where their checkpoints say, and those files are never written.
 
 The store is shared storage that other users can write, so it is read as untrusted: its
-folders are opened once, without following links, and every rename, listing and file access
-happens relative to those handles (a folder swapped for a link later redirects nothing);
-names that are not payload ids or claims of this package are never used as paths; documents
+folders are opened once, without following links, and every listing and file access happens
+relative to those handles; names that are not payload ids are never used as paths; documents
 are opened without following links and refused unread above a size limit; a reason file is
 never overwritten (the first reason keeps its name, later ones are numbered).
-
-Payload ids hold the time, the host, the process and 12 random bytes: collision-free across
-thousands of tasks on many hosts. Run documents are JSON; only models are pickled, and those
-blobs carry an HMAC signature (:mod:`mlflow_spark_tools.failed_runs.signing`).
 """
 
 from __future__ import annotations
@@ -34,7 +40,6 @@ import errno
 import json
 import math
 import os
-import shutil
 import stat
 import threading
 import time
@@ -52,21 +57,29 @@ from mlflow_spark_tools.failed_runs.files import (
     PayloadFolder,
     copy_tree_hashed,
     exists_at,
-    link_first,
+    json_bytes,
+    move_entry,
     open_dir,
+    remove_entry,
+    tree_size,
+    write_once,
 )
 from mlflow_spark_tools.failed_runs.store_entries import (
+    DONE_FORMAT,
     DocumentFile,
     claim_parts,
-    is_owner_name,
+    document_name,
     is_payload_id,
+    parse_document_name,
     safe_name,
 )
 
-STATES = ("pending", "claimed", "done", "failed")
-FOLDERS = (*STATES, "data", "tmp")
+STATES = ("pending", "done", "failed")
+FOLDERS = (*STATES, "data")
+CLAIMED = "claimed"  # documents held by an earlier release's replayers; read, never written
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _MAX_REASON_FILES = 1000
+_MAX_RECORD = 1 << 20
 
 
 @dataclass
@@ -89,12 +102,20 @@ class PruneResult:
 
 
 @dataclass(frozen=True)
-class Claim:
-    """A replayer's hold on one payload: the claimed document's path."""
+class PendingDocument:
+    """A run document waiting for replay: ``pending/<name>``, or ``claimed/<name>`` (a claim of
+    an earlier release's replayer).
+
+    Attributes:
+        written_ms: when the collector wrote it, from its name; None for a plain name.
+        digest: what its bytes must hash to when whole (None for a plain name).
+    """
 
     payload_id: str
-    owner: str
-    path: Path
+    state: str
+    name: str
+    written_ms: int | None = None
+    digest: str | None = None
 
 
 class FailedRunStore:
@@ -115,14 +136,18 @@ class FailedRunStore:
         """Create the folders that are missing and open every folder without following links.
 
         Raises:
-            InvalidStoreError: a folder of the store is a link or not a directory.
+            InvalidStoreError: a folder of the store is a link or not a directory, or it cannot
+                be created here (a read-only mount, no permission).
         """
         with self._lock:
             if self._fds:
                 return self
-            self.root.mkdir(parents=True, exist_ok=True)
-            # the root is the operator's choice and may be a link; what is below it is not
-            root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                # the root is the operator's choice and may be a link; what is below it is not
+                root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
+            except OSError as exc:
+                raise _unusable(self.root, "creating and opening the store's folder", exc) from None
             fds: dict[str, int] = {}
             try:
                 for name in FOLDERS:
@@ -130,7 +155,13 @@ class FailedRunStore:
                         os.mkdir(name, 0o755, dir_fd=root_fd)
                     except FileExistsError:
                         pass
+                    except OSError as exc:
+                        raise _unusable(self.root, f"creating the folder {name}/", exc) from None
                     fds[name] = open_dir(name, root_fd, f"{name}/")
+                try:
+                    fds[CLAIMED] = open_dir(CLAIMED, root_fd, f"{CLAIMED}/")
+                except FileNotFoundError:
+                    pass
             except PayloadError as exc:
                 for fd in fds.values():
                     os.close(fd)
@@ -138,10 +169,48 @@ class FailedRunStore:
                     f"The failed-run store {self.root} is not safe to use: {exc}. Only this package "
                     "writes its folders; remove what replaced the folder and run again."
                 ) from None
+            except BaseException:
+                for fd in fds.values():
+                    os.close(fd)
+                raise
             finally:
                 os.close(root_fd)
             self._fds = fds
         return self
+
+    def check_usable(self) -> None:
+        """Try each operation the store is built from once, in a folder of its own under
+        ``data/``: make a folder, write a new file, read it, list the folder, remove both.
+
+        Raises:
+            InvalidStoreError: naming the path and the operation that failed (a read-only
+                mount, a file system without one of them, no permission).
+        """
+        data = self._fd("data")
+        probe = f".probe-{uuid.uuid4().hex}"
+        content = b'{"probe": "mlflow-spark-tools"}'
+        step = "creating a folder"
+        try:
+            os.mkdir(probe, 0o755, dir_fd=data)
+            fd = open_dir(probe, data, f"data/{probe}")
+            try:
+                step = "creating and writing a new file"
+                write_once(fd, "probe.json", content)
+                step = "reading a file"
+                read_fd = os.open("probe.json", FILE_FLAGS, dir_fd=fd)
+                with os.fdopen(read_fd, "rb") as f:
+                    if f.read(len(content) + 1) != content:
+                        raise OSError(errno.EIO, "the file read back differs from what was written")
+                step = "listing a folder"
+                os.listdir(fd)
+                step = "removing a file"
+                os.unlink("probe.json", dir_fd=fd)
+            finally:
+                os.close(fd)
+            step = "removing a folder"
+            os.rmdir(probe, dir_fd=data)
+        except (OSError, PayloadError) as exc:
+            raise _unusable(self.root / "data" / probe, step, exc) from None
 
     def close(self) -> None:
         with self._lock:
@@ -182,9 +251,11 @@ class FailedRunStore:
     # ---- writing (the collector) ---------------------------------------------------------
 
     def publish(self, payload_id: str, document: dict[str, Any]) -> Path:
-        """Make a payload visible in ``pending`` (its data files must be written already)."""
-        name = f"{payload_id}.json"
-        self._write_json(self._fd("tmp"), name, document, self._fd("pending"))
+        """Write a run document into ``pending/``, whole, once (its data files must be written
+        already); returns its path."""
+        data = json_bytes(document)
+        name = document_name(payload_id, int(time.time() * 1000), data)
+        write_once(self._fd("pending"), name, data)
         return self.root / "pending" / name
 
     def copy_into(self, payload_id: str, source: Path, relative: str) -> list[ManifestRow]:
@@ -196,145 +267,69 @@ class FailedRunStore:
     def write_blob(self, payload_id: str, relative: str, data: bytes) -> None:
         target = self.data_dir(payload_id) / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-
-    def _write_json(self, tmp_fd: int, name: str, data: Any, target_fd: int, *, exclusive: bool = False) -> bool:
-        """Write ``name`` into the folder of ``target_fd`` atomically; with ``exclusive`` only if
-        no file of that name exists (False then)."""
-        tmp = f".{name}.{uuid.uuid4().hex}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC, 0o644, dir_fd=tmp_fd)
+        folder = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, allow_nan=True, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            if not exclusive:
-                os.replace(tmp, name, src_dir_fd=tmp_fd, dst_dir_fd=target_fd)
-                return True
-            return link_first(tmp, name, tmp_fd, target_fd, data)
+            write_once(folder, target.name, data)
         finally:
-            try:
-                os.unlink(tmp, dir_fd=tmp_fd)
-            except FileNotFoundError:
-                pass
+            os.close(folder)
 
-    # ---- listing and claiming ----------------------------------------------------------
+    # ---- listing -------------------------------------------------------------------------
 
     def _entries(self, state: str) -> list[str]:
         if not self.exists_at():
             return []
+        if state == CLAIMED and CLAIMED not in self.ensure()._fds:
+            return []
         return os.listdir(self._fd(state))
 
-    def ids(self, state: str) -> list[str]:
-        """Payload ids in a state, oldest first (ids start with their creation time)."""
+    def documents(self) -> list[PendingDocument]:
+        """Every document waiting for replay, oldest payload first: ``pending/`` and the claims
+        of an earlier release's replayers."""
         out = []
-        for entry in self._entries(state):
-            if state == "claimed":
-                parts = claim_parts(entry)
-                if parts is not None:
-                    out.append(parts[0])
-            elif entry.endswith(".json") and is_payload_id(entry[:-5]):
-                out.append(entry[:-5])
-        return sorted(out)
-
-    def claims(self) -> list[tuple[Claim, float]]:
-        """Every well-formed claim with the time of its owner's last heartbeat."""
-        out = []
-        folder = self.root / "claimed"
-        for entry in self._entries("claimed"):
+        for entry in self._entries("pending"):
+            parsed = parse_document_name(entry)
+            if parsed is not None:
+                out.append(PendingDocument(parsed.payload_id, "pending", entry, parsed.written_ms, parsed.digest))
+        for entry in self._entries(CLAIMED):
             parts = claim_parts(entry)
-            if parts is None:
-                continue
-            try:
-                mtime = os.stat(entry, dir_fd=self._fd("claimed"), follow_symlinks=False).st_mtime
-            except FileNotFoundError:
-                continue
-            out.append((Claim(parts[0], parts[1], folder / entry), mtime))
-        return out
+            if parts is not None:
+                out.append(PendingDocument(parts[0], CLAIMED, entry))
+        return sorted(out, key=lambda d: (d.payload_id, d.state != CLAIMED, d.name))
 
-    def claim(self, payload_id: str, owner: str) -> Claim | None:
-        """Take a pending payload; None if another replayer took it first."""
-        return self._rename_to_claim("pending", f"{payload_id}.json", payload_id, owner)
-
-    def take_over(self, stale: Claim, owner: str) -> Claim | None:
-        """Take a claim whose lease expired; None if someone else did first."""
-        return self._rename_to_claim("claimed", stale.path.name, stale.payload_id, owner)
-
-    def _rename_to_claim(self, state: str, source: str, payload_id: str, owner: str) -> Claim | None:
-        """One rename decides who holds a payload; the winner's lease starts now."""
-        if not is_payload_id(payload_id) or not is_owner_name(owner):
-            raise ValueError(f"not a claim of a payload: {payload_id[:80]!r}@{owner[:80]!r}")
-        target = f"{payload_id}@{owner}.json"
-        claimed = self._fd("claimed")
-        if exists_at(target, claimed):
-            return None  # a rename would replace it: never two holds of one name
-        try:
-            os.rename(source, target, src_dir_fd=self._fd(state), dst_dir_fd=claimed)
-        except FileNotFoundError:
-            return None
-        self._touch(target)
-        return Claim(payload_id, owner, self.root / "claimed" / target)
-
-    def _touch(self, name: str) -> bool:
-        try:
-            os.utime(name, dir_fd=self._fd("claimed"), follow_symlinks=False)
-            return True
-        except FileNotFoundError:
-            return False
-
-    def is_done(self, payload_id: str) -> bool:
-        """Whether ``done/`` holds a document of this payload."""
-        return exists_at(f"{payload_id}.json", self._fd("done"))
-
-    def holds(self, claim: Claim) -> bool:
-        """Whether the claim is still this owner's (no one took the lease over)."""
-        try:
-            os.stat(claim.path.name, dir_fd=self._fd("claimed"), follow_symlinks=False)
-            return True
-        except FileNotFoundError:
-            return False
-
-    def heartbeat(self, claim: Claim) -> bool:
-        """Renew the lease; False when it was lost."""
-        return self._touch(claim.path.name)
-
-    def release(self, claim: Claim) -> None:
-        """Give a payload back to ``pending`` (for example after a crash of its replay)."""
-        try:
-            os.rename(claim.path.name, f"{claim.payload_id}.json",
-                      src_dir_fd=self._fd("claimed"), dst_dir_fd=self._fd("pending"))
-        except FileNotFoundError:
-            pass
+    def ids(self, state: str) -> list[str]:
+        """Payload ids in a state (``pending``, ``claimed``, ``done``, ``failed``), oldest first
+        (ids start with their creation time)."""
+        if state in ("pending", CLAIMED):
+            return sorted({d.payload_id for d in self.documents() if d.state == state})
+        return sorted(e[:-5] for e in self._entries(state) if e.endswith(".json") and is_payload_id(e[:-5]))
 
     def foreign_files(self, state: str = "pending") -> list[Path]:
-        """Entries of ``pending`` or ``claimed`` that are not documents or claims of this package
-        (by name): never replayed, never used as paths."""
+        """Entries of ``pending`` (or an earlier release's ``claimed``) that are not documents
+        of this package (by name): never replayed, never used as paths."""
         out = []
         for entry in sorted(self._entries(state)):
-            if state == "claimed":
-                known = claim_parts(entry) is not None
-            else:
-                known = entry.endswith(".json") and is_payload_id(entry[:-5])
+            known = (claim_parts(entry) if state == CLAIMED else parse_document_name(entry)) is not None
             if not known and not entry.startswith(".nfs"):
                 out.append(self.root / state / entry)
         return out
 
     # ---- reading ---------------------------------------------------------------------
 
-    def open_document(self, path: Path) -> DocumentFile:
+    def open_document(self, document: PendingDocument | Path) -> DocumentFile:
         """A run document opened without following a link, with its size known before it is read.
 
         Raises:
-            FileNotFoundError: the document is gone (another replayer moved it).
+            FileNotFoundError: the document is gone.
             ValueError: a link, not a regular file, or a file with other hard links.
         """
-        state = path.parent.name
-        dir_fd = self._fd(state) if state in STATES and path.parent == self.root / state else None
+        if isinstance(document, PendingDocument):
+            state, name = document.state, document.name
+        else:
+            state, name = document.parent.name, document.name
+            if document.parent != self.root / state:
+                raise ValueError(f"{document} is not in a folder of this store")
         try:
-            fd = os.open(path.name if dir_fd is not None else str(path), FILE_FLAGS, dir_fd=dir_fd)
+            fd = os.open(name, FILE_FLAGS, dir_fd=self._fd(state))
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise ValueError("the document is a symbolic link, not a file") from None
@@ -348,63 +343,108 @@ class FailedRunStore:
                              else "the document has other hard links: not a file this package wrote")
         return DocumentFile(fd, info.st_size)
 
-    def read_document(self, path: Path, max_bytes: int | None = None) -> dict[str, Any]:
+    def read_document(self, document: PendingDocument | Path, max_bytes: int | None = None) -> dict[str, Any]:
         """Parse a run document (see :meth:`open_document`); raises ``ValueError`` naming what is
         wrong (over ``max_bytes``, corrupt, foreign, newer version)."""
-        with self.open_document(path) as document:
-            return document.read(max_bytes)
+        with self.open_document(document) as handle:
+            return handle.read(max_bytes)
 
-    def read_progress(self, payload_id: str) -> dict[str, Any]:
-        """The replay checkpoint of a payload ({} if none).
+    def read_done(self, payload_id: str) -> dict[str, Any] | None:
+        """``done/<payload_id>.json`` as a JSON object, looked up by name; None if absent.
 
         Raises:
-            PayloadError: the folder or the file is a link, special, too large or not JSON.
+            PayloadError: it is a link, a special file, too large or not a JSON object.
         """
-        folder = self.payload_folder(payload_id)
-        if folder is None:
-            return {}
-        with folder:
-            return folder.read_json("progress.json") or {}
-
-    def write_progress(self, payload_id: str, progress: dict[str, Any]) -> None:
-        """Checkpoint replay progress (atomic replace, never through a link)."""
-        folder = self.payload_folder(payload_id, create=True)
-        assert folder is not None
-        with folder:
-            folder.write_json("progress.json", progress)
+        name = f"{payload_id}.json"
+        if not is_payload_id(payload_id):
+            raise ValueError(f"{payload_id[:80]!r} is not a payload id")
+        try:
+            fd = os.open(name, FILE_FLAGS, dir_fd=self._fd("done"))
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise PayloadError(f"done/{name} cannot be read: {exc.strerror or exc}") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > _MAX_RECORD:
+            os.close(fd)
+            raise PayloadError(f"done/{name} is not a record of this package")
+        with os.fdopen(fd, "rb") as f:
+            try:
+                value = json.loads(f.read(_MAX_RECORD + 1))
+            except (ValueError, RecursionError):
+                raise PayloadError(f"done/{name} is not valid JSON") from None
+        if not isinstance(value, dict):
+            raise PayloadError(f"done/{name} is not a JSON object")
+        return value
 
     def result(self, payload_id: str) -> dict[str, Any] | None:
-        """What the replay of a payload recorded (its run id), or None."""
-        if not self.exists_at():
-            return None
+        """The record of a payload's replay (its ``run_id``, ``attempts``, ``replayed_at``), or
+        None when it is not replayed (or its record cannot be read). Unchecked: the replay
+        checks a record's signature before it relies on it."""
         try:
-            folder = self.payload_folder(payload_id)
-        except PayloadError:
+            return self.read_done(payload_id) if self.exists_at() else None
+        except (PayloadError, OSError):
             return None
-        if folder is None:
-            return None
-        with folder:
-            try:
-                return folder.read_json("result.json")
-            except PayloadError:
-                return None
+
+    def document_of(self, payload_id: str) -> PendingDocument | None:
+        """The first document waiting for replay of a payload, or None."""
+        return next((d for d in self.documents() if d.payload_id == payload_id), None)
+
+    def path_of(self, document: PendingDocument) -> Path:
+        return self.root / document.state / document.name
 
     # ---- finishing -------------------------------------------------------------------
 
-    def finish(self, claim: Claim, result: dict[str, Any]) -> bool:
-        """Move a replayed payload to ``done`` with its result; False if the lease was lost."""
-        if not self.holds(claim):
-            return False
-        folder = self.payload_folder(claim.payload_id, create=True)
-        assert folder is not None
-        with folder:
-            folder.write_json("result.json", result)
+    def write_done(self, payload_id: str, record: dict[str, Any]) -> None:
+        """Write the record of a replayed payload, once.
+
+        Raises:
+            FileExistsError: a record of this payload exists.
+        """
+        if not is_payload_id(payload_id):
+            raise ValueError(f"{payload_id[:80]!r} is not a payload id")
+        write_once(self._fd("done"), f"{payload_id}.json", json_bytes(record))
+
+    def remove(self, document: PendingDocument) -> None:
+        """Remove a document that is replayed (its record is written) or quarantined."""
         try:
-            os.rename(claim.path.name, f"{claim.payload_id}.json",
-                      src_dir_fd=self._fd("claimed"), dst_dir_fd=self._fd("done"))
-            return True
+            os.unlink(document.name, dir_fd=self._fd(document.state))
+        except FileNotFoundError:
+            pass
+
+    def quarantine(self, path: Path, payload_id: str, reason: str, details: dict[str, Any] | None = None) -> bool:
+        """Move a document that cannot be replayed (or any entry of ``pending/``, ``claimed/``
+        or ``done/``) to ``failed`` and write its reason file; False if it is gone.
+
+        The reason file of a payload quarantined before keeps its content; the new reason goes
+        to ``<id>.reason.<n>.json``, and the document to ``<id>.<random>.json``.
+        """
+        state = path.parent.name
+        if state not in (*STATES, CLAIMED) or state == "failed" or path.parent != self.root / state:
+            raise ValueError(f"{path} is not in a folder of this store")
+        if is_payload_id(payload_id):
+            name = payload_id
+        else:
+            name = f"foreign-{uuid.uuid4().hex[:12]}-{safe_name(payload_id)[:80]}"
+        failed = self._fd("failed")
+        document = f"{name}.json"
+        if exists_at(document, failed):  # quarantined before: keep that file as it is
+            document = f"{name}.{uuid.uuid4().hex[:8]}.json"
+        try:
+            move_entry(path.name, self._fd(state), document, failed)
         except FileNotFoundError:
             return False
+        reason_doc = {"payload_id": payload_id, "reason": reason, "at": int(time.time() * 1000),
+                      "source": f"{state}/{path.name}", "document": document, **(details or {})}
+        data = json_bytes(reason_doc)
+        for n in range(1, _MAX_REASON_FILES + 1):
+            target = f"{name}.reason.json" if n == 1 else f"{name}.reason.{n}.json"
+            try:
+                write_once(failed, target, data)
+                return True
+            except FileExistsError:
+                continue
+        return True
 
     # ---- retention -----------------------------------------------------------------------
 
@@ -412,11 +452,12 @@ class FailedRunStore:
                        now: float | None = None) -> PruneResult:
         """Remove what replayed payloads leave behind once older than the retention period.
 
-        For every payload in ``done/`` whose document has not changed for ``older_than_seconds``
-        (its last heartbeat, about when it finished): ``data/<id>/`` (artifact copies, model
-        blobs, progress and result) and then ``done/<id>.json``. The replay ledger table keeps
-        the payload-to-run record. Nothing pending, claimed or quarantined is touched, nor a
-        data folder without a replayed document. Removal works on the folder handles and never
+        For every payload in ``done/`` replayed more than ``older_than_seconds`` ago (the time
+        its record says, on the replaying host's clock; never a file's modification time, which
+        comes from the storage's clock): ``data/<id>/`` (artifact copies, model blobs,
+        checkpoints) and then ``done/<id>.json``. The replay ledger table keeps the
+        payload-to-run record. Nothing pending, claimed or quarantined is touched, nor a data
+        folder without a replayed record. Removal works on the folder handles and never
         follows a link.
         """
         result = PruneResult()
@@ -428,30 +469,26 @@ class FailedRunStore:
         done_fd, data_fd = self._fd("done"), self._fd("data")
         # a payload also pending, claimed or quarantined (a copy put back, a planted document)
         # is not only replayed: its data stays
-        listed = {state: self.ids(state) for state in ("pending", "claimed", "failed")}
+        listed = {state: self.ids(state) for state in ("pending", CLAIMED, "failed")}
         result.untouched = {state: len(ids) for state, ids in listed.items()}
         elsewhere = {i for ids in listed.values() for i in ids}
         for payload_id in self.ids("done"):
             if payload_id in elsewhere:
                 continue
             # An id starts with its creation time (ms), and a payload is replayed after it was
-            # created: a young id is kept without a stat (thousands of them on a fuse mount).
-            if now - int(payload_id.split("-", 1)[0]) / 1000.0 < older_than_seconds:
+            # created: a young id is kept without a read (thousands of them on a fuse mount).
+            created = int(payload_id.split("-", 1)[0]) / 1000.0
+            if now - created < older_than_seconds:
+                result.kept_recent += 1
+                continue
+            if now - self._replayed_at(payload_id, created) < older_than_seconds:
                 result.kept_recent += 1
                 continue
             try:
                 info = os.stat(f"{payload_id}.json", dir_fd=done_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            if not stat.S_ISREG(info.st_mode):
-                continue
-            if now - info.st_mtime < older_than_seconds:
-                result.kept_recent += 1
-                continue
-            try:
-                size = info.st_size + _tree_size(payload_id, data_fd)
+                size = info.st_size + tree_size(payload_id, data_fd)
                 if not dry_run:
-                    _remove_entry(payload_id, data_fd)
+                    remove_entry(payload_id, data_fd)
                     os.unlink(f"{payload_id}.json", dir_fd=done_fd)
             except FileNotFoundError:
                 continue
@@ -462,65 +499,29 @@ class FailedRunStore:
             result.bytes += size
         return result
 
-    def quarantine(self, path: Path, payload_id: str, reason: str, details: dict[str, Any] | None = None) -> bool:
-        """Move a document that cannot be replayed to ``failed`` and write its reason file.
-
-        The document moves first: if it is gone (another replayer took the claim over) nothing
-        is written and False comes back. The reason file of a payload quarantined before keeps
-        its content; the new reason goes to ``<id>.reason.<n>.json``.
-        """
-        state = path.parent.name
-        if state not in STATES or path.parent != self.root / state:
-            raise ValueError(f"{path} is not in a folder of this store")
-        if is_payload_id(payload_id):
-            name = payload_id
-        else:
-            name = f"foreign-{uuid.uuid4().hex[:12]}-{safe_name(payload_id)[:80]}"
-        failed = self._fd("failed")
-        document = f"{name}.json"
-        if exists_at(document, failed):  # quarantined before: keep that file as it is
-            document = f"{name}.{uuid.uuid4().hex[:8]}.json"
+    def _replayed_at(self, payload_id: str, created: float) -> float:
+        """When a payload was replayed (seconds), from its record; an earlier release's record
+        is the document itself, its time in ``data/<id>/result.json``. The creation time when
+        neither says (a damaged record prunes no later than an intact one would)."""
         try:
-            os.rename(path.name, document, src_dir_fd=self._fd(state), dst_dir_fd=failed)
-        except FileNotFoundError:
-            return False
-        reason_doc = {"payload_id": payload_id, "reason": reason, "at": int(time.time() * 1000),
-                      "source": path.name, "document": document, **(details or {})}
-        for n in range(1, _MAX_REASON_FILES + 1):
-            target = f"{name}.reason.json" if n == 1 else f"{name}.reason.{n}.json"
-            if self._write_json(failed, target, reason_doc, failed, exclusive=True):
-                return True
-        return True
+            record = self.read_done(payload_id) or {}
+            when = record.get("replayed_at")
+            if record.get("format") != DONE_FORMAT:
+                folder = self.payload_folder(payload_id)
+                if folder is not None:
+                    with folder:
+                        when = (folder.read_json("result.json") or {}).get("replayed_at")
+        except (PayloadError, OSError):
+            return created
+        if isinstance(when, bool) or not isinstance(when, int) or not 0 < when < 2**53:
+            return created
+        return max(created, when / 1000.0)
 
 
-def _tree_size(name: str, dir_fd: int) -> int:
-    """Bytes of the regular files below ``name`` (a folder under ``dir_fd``), links not followed."""
-    try:
-        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return 0
-    if not stat.S_ISDIR(info.st_mode):
-        return info.st_size if stat.S_ISREG(info.st_mode) else 0
-    total = 0
-    for _, _, files, fd in os.fwalk(name, dir_fd=dir_fd, follow_symlinks=False):
-        for file in files:
-            try:
-                entry = os.stat(file, dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            if stat.S_ISREG(entry.st_mode):
-                total += entry.st_size
-    return total
-
-
-def _remove_entry(name: str, dir_fd: int) -> None:
-    """Remove ``name`` under ``dir_fd``: a folder with what it holds (links removed, never
-    followed), or a file or link planted under that name."""
-    try:
-        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(info.st_mode):
-        shutil.rmtree(name, dir_fd=dir_fd)
-    else:
-        os.unlink(name, dir_fd=dir_fd)
+def _unusable(path: Path, operation: str, exc: BaseException) -> InvalidStoreError:
+    detail = getattr(exc, "strerror", None) or str(exc)
+    return InvalidStoreError(
+        f"The failed-run store cannot be used at {path}: {operation} failed ({detail}). It needs a "
+        "directory where new files can be created, written once, read, listed and removed (a Unity "
+        "Catalog volume, DBFS or a local directory) and that this identity may write."
+    )

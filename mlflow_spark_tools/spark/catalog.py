@@ -32,6 +32,18 @@ MAX_KEYS_NAMED = 2000
 MAX_INLINE_BYTES = 48 << 20
 
 
+def delta_missing(exc: BaseException) -> EngineError | None:
+    """The one-line error for a Spark session without Delta Lake, when ``exc`` says so."""
+    text = str(exc)
+    if "DATA_SOURCE_NOT_FOUND" in text or "Failed to find data source: delta" in text:
+        return EngineError(
+            "This Spark session cannot write Delta tables. On Databricks Delta is built "
+            "in; for local Spark install delta-spark and configure it "
+            "(configure_spark_with_delta_pip), or use the embedded engine or --remote."
+        )
+    return None
+
+
 class Database:
     """The Delta tables of one database (``schema`` or ``catalog.schema``) on an engine."""
 
@@ -162,13 +174,9 @@ class Database:
         try:
             writer.saveAsTable(f"{self.database}.{table}")
         except Exception as exc:
-            text = str(exc)
-            if "DATA_SOURCE_NOT_FOUND" in text or "Failed to find data source: delta" in text:
-                raise EngineError(
-                    "This Spark session cannot write Delta tables. On Databricks Delta is built "
-                    "in; for local Spark install delta-spark and configure it "
-                    "(configure_spark_with_delta_pip), or use the embedded engine or --remote."
-                ) from exc
+            missing = delta_missing(exc)
+            if missing is not None:
+                raise missing from exc
             raise
 
     def merge(

@@ -14,7 +14,8 @@ While a :class:`PacingScope` is active (:func:`paced` for the calling thread, or
 scope's tracking host on a tracking API path:
 
 - takes a token of its API class (:mod:`mlflow_spark_tools.core.endpoints`) from the scope's
-  limiter first;
+  limiter first, then passes the scope's fence (the replay's lease: a replayer that no longer
+  holds its store sends nothing more, :class:`StopSending`);
 - is sent once: urllib3's own retries are turned off for it, so no attempt escapes the
   pacing and every retry is decided by the caller's policy;
 - is counted per API class and per endpoint with its status (:class:`RequestCounts`);
@@ -53,6 +54,11 @@ class RateLimitedResponse(Exception):
         self.retry_after = retry_after
 
 
+class StopSending(Exception):
+    """Raised by a scope's fence: this process may send no more requests for the scope's work
+    (a replayer whose lease on its store was lost). Never retried."""
+
+
 class RequestCounts:
     """Requests and 429s per API class and per endpoint; thread-safe."""
 
@@ -87,12 +93,15 @@ class PacingScope:
             None counts without pacing (a collector in a Spark task fails fast instead).
         counts: where every attempt is counted.
         on_attempt: also called with (api_class, status) after every attempt.
+        fence: called before every request is sent (after its token); raises
+            :class:`StopSending` when no more may be sent.
     """
 
     hosts: frozenset[tuple[str, int]]
     limiter: Any = None
     counts: RequestCounts = field(default_factory=RequestCounts)
     on_attempt: Callable[[str, int | None], None] | None = None
+    fence: Callable[[], None] | None = None
 
     @classmethod
     def for_uri(cls, base_url: str, **kwargs: Any) -> PacingScope:
@@ -203,6 +212,8 @@ def install() -> None:
             endpoint = endpoint_label(path)
             if scope.limiter is not None:
                 scope.limiter.acquire(api_class)
+            if scope.fence is not None:
+                scope.fence()
             if len(args) >= 3:  # urlopen(method, url, body, headers, retries, ...)
                 args = (*args[:2], once, *args[3:])
             else:

@@ -23,10 +23,11 @@ from typing import TypeVar
 import tenacity
 
 from mlflow_spark_tools.config import RetrySettings
-from mlflow_spark_tools.tracking.pacing import retry_after_of
+from mlflow_spark_tools.tracking.pacing import StopSending, retry_after_of
 from mlflow_spark_tools.tracking.rate_limit_errors import (
     classify,
     error_summary,
+    exception_chain,
     is_rate_limited,
     is_retryable,
     is_unreachable,
@@ -128,7 +129,7 @@ def call_with_retries(
         return clock() - started
 
     def retryable(exc: BaseException) -> bool:
-        if not isinstance(exc, Exception):
+        if not isinstance(exc, Exception) or any(isinstance(e, StopSending) for e in exception_chain(exc)):
             return False
         if is_rate_limited(exc):
             bound = policy.rate_limit_deadline if policy.rate_limit_deadline is not None else policy.deadline

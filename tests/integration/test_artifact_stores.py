@@ -28,7 +28,6 @@ import pytest
 
 from mlflow_spark_tools.config import RateLimitProfile
 from mlflow_spark_tools.failed_runs.collector import DEFERRED, FailedRunCollector
-from mlflow_spark_tools.failed_runs.replayer import Replayer
 from mlflow_spark_tools.failed_runs.signing import load_signing_key
 from mlflow_spark_tools.tools.proxy import RateLimitProxy
 from tests.support.databricks_artifacts import DEFAULT_ARTIFACT_ROOT, DatabricksArtifactStore, routes
@@ -111,7 +110,8 @@ def _log(collector, experiment: str, i: int, tmp: Path):
 
 
 @pytest.mark.parametrize("name", SETUPS)
-def test_replay_paces_every_request_and_delivers_the_same_bytes(name, setups, tmp_path, monkeypatch, signing_key):
+def test_replay_paces_every_request_and_delivers_the_same_bytes(name, setups, tmp_path, monkeypatch, signing_key,
+                                                               make_replayer):
     setup = setups[name]
     from mlflow import MlflowClient
 
@@ -132,8 +132,8 @@ def test_replay_paces_every_request_and_delivers_the_same_bytes(name, setups, tm
             expected[i] = files
         tight.reset()
         profile = RateLimitProfile(name="tight", limits=TIGHT, safety_factor=0.9)
-        summary = Replayer(str(tmp_path / "store"), tight.url, profile, max_workers=4,
-                           signing_key=load_signing_key()).run_until_empty(pause=0.2)
+        summary = make_replayer(tmp_path / "store", tight.url, profile, max_workers=4,
+                                signing_key=load_signing_key()).run_until_empty(pause=0.2)
         seen = tight.stats()
     finally:
         closed.stop()
@@ -187,7 +187,7 @@ def assert_model_logged(setup: Setup, client, run, i: int) -> None:
 JOB = Path(__file__).parents[1] / "support" / "udf_sweep_job.py"
 
 
-def test_udf_sweep_on_a_databricks_shaped_store_loses_nothing(setups, tmp_path, signing_key):
+def test_udf_sweep_on_a_databricks_shaped_store_loses_nothing(setups, tmp_path, signing_key, make_replayer):
     """Collector in the Python workers of classic Spark, artifacts through MLflow's Databricks
     repository, limits that defer runs mid-way: every run once, every artifact in storage."""
     setup = setups["databricks"]
@@ -214,9 +214,9 @@ def test_udf_sweep_on_a_databricks_shaped_store_loses_nothing(setups, tmp_path, 
         proxy.reset()
         os.environ["DATABRICKS_HOST"], os.environ["DATABRICKS_TOKEN"] = proxy.url, setup.token
         try:
-            summary = Replayer(str(tmp_path / "store"), proxy.url,
-                               RateLimitProfile(name="t", limits=proxy.profile.limits, safety_factor=0.9),
-                               max_workers=8, signing_key=load_signing_key()).run_until_empty(pause=0.2)
+            summary = make_replayer(tmp_path / "store", proxy.url,
+                                    RateLimitProfile(name="t", limits=proxy.profile.limits, safety_factor=0.9),
+                                    max_workers=8, signing_key=load_signing_key()).run_until_empty(pause=0.2)
         finally:
             del os.environ["DATABRICKS_HOST"], os.environ["DATABRICKS_TOKEN"]
         assert summary.failed == 0 and summary.pending == 0 and sum(summary.throttled.values()) == 0
@@ -235,7 +235,7 @@ def test_udf_sweep_on_a_databricks_shaped_store_loses_nothing(setups, tmp_path, 
 
 
 def test_a_replay_meeting_429s_slows_down_and_goes_on_with_the_same_payloads(closed_proxy, make_proxy, client,
-                                                                          experiment, tmp_path, signing_key):
+                                                                          experiment, tmp_path, signing_key, make_replayer):
     """Back-pressure: with a profile far above what the server grants, 429s lower the rate and
     are waited out; no payload goes back to pending for them."""
     from .run_content import assert_run_complete, log_sample_run
@@ -246,7 +246,7 @@ def test_a_replay_meeting_429s_slows_down_and_goes_on_with_the_same_payloads(clo
     stingy = make_proxy({"other": 4, "log_batch": 2}, safety_factor=1.0)
     generous = RateLimitProfile(name="generous", limits=dict.fromkeys(
         ("experiment_management", "search_runs", "log_batch", "other"), 50), safety_factor=1.0)
-    summary = Replayer(str(tmp_path / "store"), stingy.url, generous, max_workers=8).run()
+    summary = make_replayer(tmp_path / "store", stingy.url, generous, max_workers=8).run()
     assert summary.replayed == 10 and summary.released == 0 and summary.failed == 0
     assert summary.throttled["other"] > 0  # the server pushed back...
     assert summary.rates["other"] < 50  # ...and the class slowed down

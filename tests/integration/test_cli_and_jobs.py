@@ -342,17 +342,23 @@ def test_replay_job_with_spark_submit_remote_writes_the_ledger(tmp_path, trackin
         assert run.data.params["i"] == run.info.run_name.split("-")[1]
 
 
-def test_replay_on_spark_without_delta_replays_and_reports_the_ledger_error(tmp_path, tracking_server, client,
-                                                                            experiment, make_proxy):
+def test_replay_on_spark_without_delta_refuses_before_sending_anything(tmp_path, tracking_server, client,
+                                                                       experiment, make_proxy):
+    """The store's lease is a Delta table: without Delta no replay may hold the store, so none
+    starts (one line saying how to add Delta), and every payload stays pending."""
     store_path = tmp_path / "store"
     payloads = _deferred_payloads(make_proxy, store_path, experiment)
+    before = {r.info.run_id for r in client.search_runs([experiment])}
     job = subprocess.run(
         [str(BIN / "spark-submit"), "--master", "local[2]", str(ROOT / "jobs" / "replay_failed_runs.py"),
          "--replay-dir", str(store_path), "--until-empty"],
         env=_env(tracking_server.url), capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )
-    assert job.returncode == 3, job.stdout[-3000:]  # partial: replayed, but no ledger
-    assert '"ledger_error"' in job.stdout and "cannot write Delta tables" in job.stdout
-    assert f'"replayed": {len(payloads)}' in job.stdout
-    done = sorted(p.stem for p in (store_path / "done").glob("*.json"))
-    assert done == payloads
+    assert job.returncode == 1, job.stdout[-3000:]
+    errors = [line for line in (job.stdout + job.stderr).splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "replay_lease" in errors[0] and "cannot write Delta tables" in errors[0], errors
+    assert "Traceback" not in job.stdout + job.stderr
+    from mlflow_spark_tools.failed_runs.store import FailedRunStore
+
+    assert FailedRunStore(store_path).ids("pending") == payloads
+    assert {r.info.run_id for r in client.search_runs([experiment])} == before

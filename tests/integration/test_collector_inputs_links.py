@@ -12,12 +12,12 @@ import pytest
 
 from mlflow_spark_tools.config import RateLimitProfile
 from mlflow_spark_tools.failed_runs.collector import DEFERRED, LOGGED, FailedRunCollector
-from mlflow_spark_tools.failed_runs.replayer import Replayer
 from mlflow_spark_tools.failed_runs.signing import load_signing_key
 from mlflow_spark_tools.failed_runs.store import FailedRunStore
 from mlflow_spark_tools.tools.proxy import RateLimitProxy
 
 from .run_content import MLFLOW_3, logged_models_of
+from .store_files import read_document, replace_document
 
 UNLIMITED = RateLimitProfile.load("unlimited")
 T0 = 1_700_000_000_000
@@ -90,13 +90,13 @@ def test_inputs_and_links_logged_directly(tracking_server, client, experiment, t
 
 @pytest.mark.compat
 def test_inputs_and_links_deferred_and_replayed(tracking_server, client, experiment, tmp_path, closed_proxy,
-                                                signing_key):
+                                                signing_key, make_replayer):
     collector = FailedRunCollector(tmp_path / "store", tracking_uri=closed_proxy.url, fail_fast_seconds=0)
     run = log_run_with_inputs(collector, experiment)
     assert run.status == DEFERRED
-    document = json.loads((tmp_path / "store" / "pending" / f"{run.payload_id}.json").read_text())
+    document = read_document(tmp_path / "store", run.payload_id)
     assert [d["name"] for d in document["run"]["inputs"]] == ["train", "test"]
-    summary = Replayer(str(tmp_path / "store"), tracking_server.url, UNLIMITED,
+    summary = make_replayer(tmp_path / "store", tracking_server.url, UNLIMITED,
                        signing_key=load_signing_key()).run()
     assert summary.replayed == 1 and summary.failed == 0
     run_id = FailedRunStore(tmp_path / "store").result(run.payload_id)["run_id"]
@@ -125,7 +125,7 @@ class RefusingProxy(RateLimitProxy):
     ("POST /api/2.0/mlflow/runs/log-batch", 2),    # inputs logged, the dataset links not
 ])
 def test_a_run_deferred_at_its_inputs_or_links_is_finished_once(refuse, nth, tracking_server, client, experiment,
-                                                                 tmp_path, signing_key):
+                                                                 tmp_path, signing_key, make_replayer):
     proxy = RefusingProxy(tracking_server.url, refuse, nth).start()
     try:
         collector = FailedRunCollector(tmp_path / "store", tracking_uri=proxy.url, fail_fast_seconds=0)
@@ -133,7 +133,7 @@ def test_a_run_deferred_at_its_inputs_or_links_is_finished_once(refuse, nth, tra
     finally:
         proxy.stop()
     assert run.status == DEFERRED and run.run_id is not None
-    summary = Replayer(str(tmp_path / "store"), tracking_server.url, UNLIMITED,
+    summary = make_replayer(tmp_path / "store", tracking_server.url, UNLIMITED,
                        signing_key=load_signing_key()).run()
     assert summary.replayed == 1 and summary.failed == 0
     assert_like_the_oracle(client, run.run_id, fluent_oracle(tracking_server.url, experiment))
@@ -141,7 +141,7 @@ def test_a_run_deferred_at_its_inputs_or_links_is_finished_once(refuse, nth, tra
 
 @pytest.mark.skipif(not MLFLOW_3, reason="metric links are MLflow 3's")
 def test_a_payload_cannot_link_points_to_another_runs_model(tracking_server, client, experiment, tmp_path,
-                                                             closed_proxy, monkeypatch):
+                                                             closed_proxy, monkeypatch, make_replayer):
     """An attacker who can write the store edits unsigned payloads to link their points to a
     victim's logged model, from the payload's own experiment or from the victim's (the document
     names it): the points are logged, the victim's model gains nothing; a link to a model name
@@ -163,21 +163,21 @@ def test_a_payload_cannot_link_points_to_another_runs_model(tracking_server, cli
         with collector.start_run(experiment_id=experiment, run_name="hostile") as run:
             run.log_metric("score", 0.5, step=0, timestamp=T0, model_id="m-0000000000000000000000000000000a")
         ids.append(run.payload_id)
-    pending = tmp_path / "store" / "pending"
-    first = json.loads((pending / f"{ids[0]}.json").read_text())
+    store = tmp_path / "store"
+    first = read_document(store, ids[0])
     first["run"]["links"][0][5] = victim.model_id
-    (pending / f"{ids[0]}.json").write_text(json.dumps(first))
-    second = json.loads((pending / f"{ids[1]}.json").read_text())
+    replace_document(store, ids[0], first)
+    second = read_document(store, ids[1])
     second["run"]["links"][0][4:6] = ["not-a-model-of-the-run", None]
-    (pending / f"{ids[1]}.json").write_text(json.dumps(second))
+    replace_document(store, ids[1], second)
 
-    third = json.loads((pending / f"{ids[2]}.json").read_text())
+    third = read_document(store, ids[2])
     third["run"]["experiment_id"] = victim_experiment
     third["run"]["links"][0][5] = victim.model_id
     third["run"]["links"].append(["only_linked", 9.0, T0, 0, None, victim.model_id, None, None])
-    (pending / f"{ids[2]}.json").write_text(json.dumps(third))
+    replace_document(store, ids[2], third)
 
-    summary = Replayer(str(tmp_path / "store"), tracking_server.url, UNLIMITED, trust_unsigned=True).run()
+    summary = make_replayer(tmp_path / "store", tracking_server.url, UNLIMITED, trust_unsigned=True).run()
     assert (summary.replayed, summary.failed) == (2, 1)
     for payload_id in (ids[0], ids[2]):
         run_id = FailedRunStore(tmp_path / "store").result(payload_id)["run_id"]

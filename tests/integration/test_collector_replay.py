@@ -13,9 +13,9 @@ from mlflow_spark_tools.cli.main import cli
 from mlflow_spark_tools.config import RateLimitProfile
 from mlflow_spark_tools.failed_runs.collector import DEFERRED, LOGGED, FailedRunCollector
 from mlflow_spark_tools.failed_runs.document import PAYLOAD_TAG
-from mlflow_spark_tools.failed_runs.replayer import Replayer
 from mlflow_spark_tools.failed_runs.signing import load_signing_key
 from mlflow_spark_tools.failed_runs.store import FailedRunStore
+from tests.support.object_store_fuse import settle
 
 from .run_content import assert_model_loads, assert_run_complete, log_sample_run, runs_by_index
 
@@ -62,10 +62,9 @@ def test_failed_block_is_logged_as_failed_and_the_error_raised(make_proxy, clien
 
 
 @pytest.mark.compat
-def test_rate_limited_runs_are_deferred_then_replayed_exactly_once(make_proxy, client, experiment,
-                                                                   tmp_path, signing_key, tracking_server):
+def test_rate_limited_runs_are_deferred_then_replayed_exactly_once(make_proxy, client, experiment, store_path,
+                                                                   signing_key, tracking_server, make_replayer):
     proxy = make_proxy({"other": 30, "log_batch": 2})
-    store_path = tmp_path / "store"
     collector = FailedRunCollector(store_path, tracking_uri=proxy.url, fail_fast_seconds=1)
     n = 16
     started = time.monotonic()
@@ -79,18 +78,19 @@ def test_rate_limited_runs_are_deferred_then_replayed_exactly_once(make_proxy, c
         assert (payload_id is not None) == (status == DEFERRED)
         assert status == DEFERRED or run_id is not None
     store = FailedRunStore(store_path)
+    settle(store_path)
     assert sorted(store.ids("pending")) == sorted(p for _, _, p in results if p)
     # every deferred payload is whole: document, artifact copy, signed model blob
     for _, _, payload_id in results:
         if payload_id:
-            document = store.read_document(store.root / "pending" / f"{payload_id}.json")
+            document = store.read_document(store.document_of(payload_id))
             assert document["signature"]
             for model in document["models"]:
                 assert model["blob"] is None or model["signature"]
 
     profile = RateLimitProfile(name="tight", limits=proxy.profile.limits, safety_factor=0.9)
     proxy.reset()
-    replayer = Replayer(str(store_path), proxy.url, profile, max_workers=8, signing_key=load_signing_key())
+    replayer = make_replayer(store_path, proxy.url, profile, max_workers=8, signing_key=load_signing_key())
     summary = replayer.run_until_empty(pause=0.5)
     assert summary.replayed == statuses.count(DEFERRED)
     assert summary.failed == 0 and summary.pending == 0
@@ -114,13 +114,13 @@ def test_rate_limited_runs_are_deferred_then_replayed_exactly_once(make_proxy, c
 
 @pytest.mark.compat
 def test_replay_command_prints_a_summary_and_writes_the_ledger(make_proxy, client, experiment, tmp_path,
-                                                               settings, engine, signing_key):
+                                                               store_path, settings, engine, signing_key):
     proxy = make_proxy({"other": 1000, "log_batch": 1})
-    store_path = tmp_path / "store"
     collector = FailedRunCollector(store_path, tracking_uri=proxy.url, fail_fast_seconds=0.5)
     results = [log_sample_run(collector, experiment, i, with_model=False) for i in range(4)]
     payloads = [p for _, _, p in results if p]
     assert payloads
+    settle(store_path)
     result = CliRunner().invoke(
         cli, ["replay", "--replay-dir", str(store_path), "--until-empty", "--tracking-uri", proxy.url,
               "--profile", "unlimited", "--database", "replay_db"],
@@ -156,6 +156,7 @@ def test_replay_command_prints_a_summary_and_writes_the_ledger(make_proxy, clien
         assert len(token) == 32 and (tag_payload == payload_id if payload_id else tag_payload not in payloads)
     # retention: the run kept today's replayed payloads (7 days by default); prune-store removes
     # them once past the retention asked for, and nothing else
+    settle(store_path)
     assert summary["pruned"] == 0 and len(FailedRunStore(store_path).ids("done")) == len(payloads)
     store_files = sorted(p.name for p in (store_path / "data").iterdir())
     dry = CliRunner().invoke(cli, ["prune-store", "--replay-dir", str(store_path), "--older-than-days", "0",
@@ -167,6 +168,7 @@ def test_replay_command_prints_a_summary_and_writes_the_ledger(make_proxy, clien
     report = json.loads(pruned.output)
     assert report["pruned"] == len(payloads) and report["pruned_bytes"] > 0
     assert report["untouched"] == {"pending": 0, "claimed": 0, "failed": 0}
+    settle(store_path)
     assert not list((store_path / "done").iterdir()) and not list((store_path / "data").iterdir())
     # no store is made where there is none, a dry run least of all; days must be finite
     for args, words in (([str(tmp_path / "nope"), "--dry-run"], "does not exist"),
@@ -266,3 +268,33 @@ def test_a_run_whose_model_cannot_be_saved_ends_failed_and_the_error_reaches_the
     if hasattr(client, "search_logged_models"):  # nothing created for the model
         assert list(client.search_logged_models(experiment_ids=[experiment])) == []
     assert not (tmp_path / "store" / "pending").exists() or not list((tmp_path / "store" / "pending").iterdir())
+
+
+@pytest.mark.compat
+def test_a_store_that_cannot_be_written_is_refused_before_any_run_and_never_drops_one(closed_proxy, experiment,
+                                                                                       tmp_path, settings, engine):
+    """A read-only mount: the collector refuses it on the driver, the replay job at start
+    (exit 2, one line naming the path and the operation); a collector told not to check
+    raises in the task that the run was not saved."""
+    from mlflow_spark_tools.errors import InvalidStoreError, RunNotSavedError
+    from tests.support.object_store_fuse import ObjectStoreMount, unavailable_reason
+
+    if unavailable_reason() is not None:
+        pytest.skip(f"no object-store FUSE mount: {unavailable_reason()}")
+    (tmp_path / "backing" / "store").mkdir(parents=True)
+    with ObjectStoreMount(tmp_path / "backing", tmp_path / "read only", read_only=True) as mount:
+        store_path = mount / "store"
+        with pytest.raises(InvalidStoreError) as refused:
+            FailedRunCollector(store_path, tracking_uri=closed_proxy.url)
+        assert str(store_path) in str(refused.value) and "Read-only file system" in str(refused.value)
+        unchecked = FailedRunCollector(store_path, tracking_uri=closed_proxy.url, fail_fast_seconds=0.2,
+                                       check_store=False)
+        with pytest.raises(RunNotSavedError, match="was not logged .* could not be saved .* The run is not saved"):
+            with unchecked.start_run(experiment_id=experiment, run_name="lost?") as run:
+                run.log_param("a", 1)
+        replay = CliRunner().invoke(cli, ["replay", "--replay-dir", str(store_path), "--tracking-uri",
+                                          closed_proxy.url], obj={"settings": settings, "engine": engine})
+        assert replay.exit_code == 2
+        lines = [line for line in replay.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and str(store_path) in lines[0] and "Read-only file system" in lines[0], lines
+        assert "Traceback" not in replay.output

@@ -19,6 +19,7 @@ from mlflow_spark_tools.failed_runs.collector import DEFERRED, FailedRunCollecto
 from tests.support.local_server import free_port
 
 from .run_content import log_sample_run
+from .store_files import document_path
 
 PASSWORD = "S3cretPW-planted"
 
@@ -80,18 +81,18 @@ def test_the_collector_keeps_the_password_out_of_documents_logs_and_repr(closed_
     collector = FailedRunCollector(tmp_path / "store", tracking_uri=uri, fail_fast_seconds=0.2)
     status, _, payload_id = log_sample_run(collector, experiment, 0, with_model=False)
     assert status == DEFERRED
-    document = (tmp_path / "store" / "pending" / f"{payload_id}.json").read_text()
+    document = document_path(tmp_path / "store", payload_id).read_text()
     assert PASSWORD not in document and json.loads(document)["reason"].startswith("rate_limited")
     assert PASSWORD not in caplog.text and "deferred" in caplog.text
     assert PASSWORD not in repr(collector)
 
 
-def test_the_replayer_keeps_the_password_out_of_logs_summaries_and_the_store(experiment, tmp_path, caplog):
+def test_the_replayer_keeps_the_password_out_of_logs_summaries_and_the_store(experiment, tmp_path, caplog,
+                                                                              make_replayer):
     import logging
 
     from mlflow_spark_tools.config import RateLimitProfile
     from mlflow_spark_tools.core.redaction import RedactingFormatter
-    from mlflow_spark_tools.failed_runs.replayer import Replayer
     from mlflow_spark_tools.tracking.retries import RetryPolicy
 
     down = f"http://alice:{PASSWORD}@127.0.0.1:{free_port()}"
@@ -99,10 +100,10 @@ def test_the_replayer_keeps_the_password_out_of_logs_summaries_and_the_store(exp
     collector = FailedRunCollector(store, tracking_uri=down, fail_fast_seconds=0.2, defer_transient=True)
     assert log_sample_run(collector, experiment, 0, with_model=False)[0] == DEFERRED
     caplog.set_level(logging.DEBUG, logger="mlflow_spark_tools")
-    replayer = Replayer(str(store), down, RateLimitProfile.load("unlimited"),
-                        retry=RetryPolicy(attempts=1, deadline=1.0))
+    replayer = make_replayer(store, down, RateLimitProfile.load("unlimited"),
+                             retry=RetryPolicy(attempts=1, deadline=1.0))
     summary = replayer.run()
-    assert summary.released == 1 and "goes back to pending" in caplog.text
+    assert summary.released == 1 and "stays pending" in caplog.text
     formatter = RedactingFormatter("%(message)s")
     shown = "\n".join(formatter.format(r) for r in caplog.records) + json.dumps(summary.as_dict())
     assert PASSWORD not in shown

@@ -3,7 +3,10 @@
 Each case asserts its quarantine reason; every test also asserts what must never happen:
 a file outside the payload read (the planted secret found anywhere in the server's artifact
 store), a write outside the payload's own run (the victim run unchanged), a file written
-outside the store (the attacker's directory unchanged), or the replayer stopping.
+outside the store (the attacker's directory unchanged), or the replayer stopping. What an
+attacker can do on object storage too (edit documents, checkpoints and records, replace files)
+is tried on the object-store FUSE mount as well; links, FIFOs and sparse files only exist on a
+local disk.
 """
 
 from __future__ import annotations
@@ -24,8 +27,11 @@ from mlflow_spark_tools.failed_runs.document import PAYLOAD_TAG, canonical_json
 from mlflow_spark_tools.failed_runs.replayer import LOST, Replayer
 from mlflow_spark_tools.failed_runs.signing import KEY_ENV, SigningKey
 from mlflow_spark_tools.failed_runs.store import FailedRunStore
+from mlflow_spark_tools.failed_runs.store_entries import DONE_FORMAT
+from tests.support.object_store_fuse import mount_of, settle
 
 from .run_content import assert_run_complete, log_sample_run, runs_by_index
+from .store_files import document_path, move, read_document, replace_document, replace_file
 
 UNLIMITED = RateLimitProfile.load("unlimited")
 
@@ -82,18 +88,23 @@ class Payloads:
         self.store = FailedRunStore(store_path)
         self.ids = ids
         self.key = key
+        settle(store_path)
 
     def path(self, i: int) -> Path:
-        return self.store.root / "pending" / f"{self.ids[i]}.json"
+        return document_path(self.store.root, self.ids[i])
 
     def doc(self, i: int) -> dict:
-        return json.loads(self.path(i).read_text())
+        return read_document(self.store.root, self.ids[i])
 
     def put(self, i: int, document: dict, sign: bool = False) -> None:
         document.pop("signature", None)
         if sign:
             document["signature"] = self.key.sign(canonical_json(document))
-        self.path(i).write_text(json.dumps(document))
+        replace_document(self.store.root, self.ids[i], document)
+
+    def write(self, i: int, data: str) -> None:
+        """Replace the document's bytes (named by their digest: whole, whatever they hold)."""
+        replace_document(self.store.root, self.ids[i], data)
 
     def data(self, i: int) -> Path:
         return self.store.root / "data" / self.ids[i]
@@ -125,7 +136,7 @@ def _secret_leaked(tracking_server, value: str) -> list[str]:
 
 
 def test_unsigned_store_payloads_cannot_read_or_redirect(closed_proxy, tracking_server, client, experiment,
-                                                         tmp_path, secret, victim, monkeypatch):
+                                                         tmp_path, secret, victim, monkeypatch, make_replayer):
     """No signing key anywhere: the replay still refuses every file reference outside the
     payload and every run it did not create."""
     monkeypatch.delenv(KEY_ENV, raising=False)
@@ -133,7 +144,7 @@ def test_unsigned_store_payloads_cannot_read_or_redirect(closed_proxy, tracking_
     victim_id, victim_artifact_uri, victim_snapshot = victim
     before = victim_snapshot()
     store_path = tmp_path / "store"
-    p = Payloads(store_path, _defer(closed_proxy, store_path, experiment, 24))
+    p = Payloads(store_path, _defer(closed_proxy, store_path, experiment, 25))
     other = _defer(closed_proxy, tmp_path / "other-store", experiment, 1, with_model=True,
                    signing_key=SigningKey("k" * 32))
     other_blob = tmp_path / "other-store" / "data" / other[0] / "models" / "0.pkl"
@@ -201,9 +212,13 @@ def test_unsigned_store_payloads_cannot_read_or_redirect(closed_proxy, tracking_
     d.update(run_id=victim_id, ops_done=1)
     p.put(10, d)
     expected[10] = f"run_id {victim_id} names a run this payload did not create"
-    # 11: the victim's run id in the replay checkpoint
+    # 11: the victim's run id in the replay checkpoint (an earlier release's, and one of this one's)
     (p.data(11) / "progress.json").write_text(json.dumps({"run_id": victim_id, "ops_done": 1, "attempts": 1}))
     expected[11] = "names a run this payload did not create"
+    (p.data(24) / "progress").mkdir(parents=True)
+    (p.data(24) / "progress" / "000001-attacker.json").write_text(json.dumps({"run_id": victim_id, "ops_done": 1,
+                                                                             "attempts": 1}))
+    expected[24] = "names a run this payload did not create"
     # 12: the artifact path climbs into the victim's artifacts
     d = p.doc(12)
     exp_id = client.get_run(victim_id).info.experiment_id
@@ -233,11 +248,12 @@ def test_unsigned_store_payloads_cannot_read_or_redirect(closed_proxy, tracking_
     # 17: the pending document a link to a valid document outside the store
     d = p.doc(17)
     (outside / "doc17.json").write_text(json.dumps(d))
-    p.path(17).unlink()
-    p.path(17).symlink_to(outside / "doc17.json")
+    path17 = p.path(17)
+    path17.unlink()
+    path17.symlink_to(outside / "doc17.json")
     expected[17] = "the document is a symbolic link"
     # 18: JSON nested too deeply for the parser
-    p.path(18).write_text("[" * 200_000 + "]" * 200_000)
+    p.write(18, "[" * 200_000 + "]" * 200_000)
     expected[18] = "nested too deeply"
     # 19: the victim's artifact URI in the document: ignored, the server's URI is used
     d = p.doc(19)
@@ -253,20 +269,21 @@ def test_unsigned_store_payloads_cannot_read_or_redirect(closed_proxy, tracking_
     d["artifacts"][0]["artifact_path"] = "s3://bucket/x"
     p.put(21, d)
     expected[21] = "must be relative"
-    # 22: a stale claim whose name is not a claim (it would have been replayed as id '..')
+    # 22: a claim of an earlier release whose name is not a claim (it would be replayed as id '..')
+    (p.store.root / "claimed").mkdir(exist_ok=True)
     (p.store.root / "claimed" / "..@x.json").write_text(json.dumps(p.doc(22)))
     # 23: untouched
     good = [19, 22, 23]
 
     listing_before = sorted(str(q.relative_to(outside)) for q in outside.rglob("*"))
-    replayer = Replayer(str(store_path), tracking_server.url, UNLIMITED, max_workers=4)
+    replayer = make_replayer(store_path, tracking_server.url, UNLIMITED, max_workers=4)
     summary = _replay_in_thread(replayer)
     for i, reason in expected.items():
         assert reason in p.reason(i), (i, p.reason(i))
     assert summary.failed == len(expected) + 1  # the foreign claim too
     assert summary.replayed == len(good)
     foreign = [json.loads(f.read_text()) for f in (p.store.root / "failed").glob("foreign-*.reason.json")]
-    assert [r["source"] for r in foreign] == ["..@x.json"] and "not a claim" in foreign[0]["reason"]
+    assert [r["source"] for r in foreign] == ["claimed/..@x.json"] and "foreign file" in foreign[0]["reason"]
     assert not (p.store.root / "progress.json").exists() and not (p.store.root / "result.json").exists()
     # nothing read outside the payloads, nothing written outside the store or the runs
     assert _secret_leaked(tracking_server, value) == []
@@ -281,15 +298,19 @@ def test_unsigned_store_payloads_cannot_read_or_redirect(closed_proxy, tracking_
 
 
 def test_with_a_key_only_the_collectors_own_documents_and_files_replay(
-        closed_proxy, tracking_server, client, experiment, tmp_path, secret, victim, signing_key):
+        closed_proxy, tracking_server, client, experiment, store_path, secret, victim, signing_key, make_replayer,
+        engine):
     """With a signing key the attacker cannot sign: every edit of a document, of the files it
-    names or of the replay checkpoint is caught."""
+    names, of a replay checkpoint or of a done record is caught; a planted record neither maps
+    a payload to another run nor stops its replay, nor costs any payload its ledger row."""
+    from mlflow_spark_tools.failed_runs.ledger import write_ledger
+
     outside, value = secret
     victim_id, _, victim_snapshot = victim
     before = victim_snapshot()
     key = SigningKey(signing_key)
-    store_path = tmp_path / "store"
-    p = Payloads(store_path, _defer(closed_proxy, store_path, experiment, 8, with_model=True), key)
+    on_object_store = mount_of(store_path) is not None
+    p = Payloads(store_path, _defer(closed_proxy, store_path, experiment, 12, with_model=True), key)
     expected: dict[int, str] = {}
     # 0: signature removed, run id and artifact path pointed at the victim
     d = p.doc(0)
@@ -299,53 +320,80 @@ def test_with_a_key_only_the_collectors_own_documents_and_files_replay(
     expected[0] = "document is not signed"
     # 1: the artifact's bytes replaced by as many other bytes (name, type and document untouched)
     report = p.data(1) / "artifacts" / "0" / "report.txt"
-    report.write_bytes(value.encode().ljust(report.stat().st_size, b"#")[: report.stat().st_size])
+    replace_file(report, value.encode().ljust(report.stat().st_size, b"#")[: report.stat().st_size])
     expected[1] = "artifacts/0/report.txt: the file changed after it was collected"
-    # 7: a sparse gigabyte where the collector copied a few hundred bytes: refused unread
-    with open(p.data(7) / "artifacts" / "0" / "report.txt", "r+b") as f:
-        f.truncate(1 << 30)
+    # 7: a gigabyte (sparse where files can be) where the collector copied a few hundred bytes: refused unread
+    big = p.data(7) / "artifacts" / "0" / "report.txt"
+    if on_object_store:  # no sparse files on object storage: a mere megabyte more
+        replace_file(big, b"#" * (1 << 20))
+    else:
+        with open(big, "r+b") as f:
+            f.truncate(1 << 30)
     expected[7] = "artifacts/0/report.txt changed after it was collected"
     # 2: another payload's signed model blob copied over this one's, document edited to match
-    shutil.copy(p.data(3) / "models" / "0.pkl", p.data(2) / "models" / "0.pkl")
+    replace_file(p.data(2) / "models" / "0.pkl", (p.data(3) / "models" / "0.pkl").read_bytes())
     d = p.doc(2)
     d["models"][0].update(p.doc(3)["models"][0])
     p.put(2, d)
     expected[2] = "document is not signed"
-    # 4: the checkpoint names the victim's run
+    # 4: the checkpoint names the victim's run (an earlier release's checkpoint, and this one's)
     (p.data(4) / "progress.json").write_text(json.dumps({"run_id": victim_id, "ops_done": 1, "attempts": 1}))
     expected[4] = "progress.json is not signed by this replay's key"
+    (p.data(11) / "progress").mkdir()
+    (p.data(11) / "progress" / "begun.json").write_text(json.dumps({"payload_id": p.ids[11], "run_id": victim_id,
+                                                                     "ops_done": 1, "attempts": 1}))
+    expected[11] = "progress/begun.json is not signed by this replay's key"
     # 5: a document signed with another key
     d = p.doc(5)
     d["signature"] = SigningKey("another key of 32 bytes or more..").sign(canonical_json(d))
-    p.path(5).write_text(json.dumps(d))
+    replace_document(store_path, p.ids[5], d)
     expected[5] = "signature does not verify"
     # 6: a file added to the payload's artifact folder is not uploaded: only what the manifest names
     (p.data(6) / "artifacts" / "0" / "extra.txt").write_text(value)
-    good = [3, 6]
+    # 8: a done record naming the victim's run, as if the payload had been replayed into it
+    record = {"format": DONE_FORMAT, "payload_id": p.ids[8], "run_id": victim_id, "experiment_id": experiment,
+              "replayed_at": 1, "attempts": 1}
+    (store_path / "done" / f"{p.ids[8]}.json").write_text(json.dumps(record))
+    # 9: an earlier release's result.json naming the victim's run (it made a signed payload "resumed")
+    (p.data(9) / "result.json").write_text(json.dumps({"run_id": victim_id, "experiment_id": experiment}))
+    # 10: a malformed done record (it failed the ledger write of every payload of the pass)
+    (store_path / "done" / f"{p.ids[10]}.json").write_text(json.dumps({**record, "payload_id": p.ids[10],
+                                                                       "run_id": {"not": "a string"}}))
+    good = [3, 6, 8, 9, 10]
+    settle(store_path)
 
-    summary = _replay_in_thread(Replayer(str(store_path), tracking_server.url, UNLIMITED, max_workers=4,
-                                         signing_key=key))
+    summary = _replay_in_thread(make_replayer(store_path, tracking_server.url, UNLIMITED, max_workers=4,
+                                              signing_key=key))
+    settle(store_path)
     for i, reason in expected.items():
         assert reason in p.reason(i), (i, p.reason(i))
-    assert summary.failed == len(expected) and summary.replayed == len(good)
+    assert summary.failed == len(expected) + 2 and summary.replayed == len(good)  # + the two planted records
+    planted = [json.loads(f.read_text())["reason"] for f in (store_path / "failed").glob("*.reason*.json")]
+    assert sum("foreign file: done/" in r for r in planted) == 2
     assert _secret_leaked(tracking_server, value) == []
     assert victim_snapshot() == before
     runs = runs_by_index(client, experiment)
     assert sorted(runs) == good
     for i in good:
         assert_run_complete(client, runs[i][0], i)
+        assert p.store.result(p.ids[i])["run_id"] == runs[i][0].info.run_id
+    ledger = {row["payload_id"]: row for row in summary.ledger}
+    assert all(ledger[p.ids[i]]["run_id"] == runs[i][0].info.run_id for i in good)
+    assert write_ledger(engine, "hostile_ledger", summary.ledger) == len(summary.ledger)
+    rows = engine.spark.sql("SELECT payload_id, run_id FROM hostile_ledger.replay_log").collect()
+    assert {r["payload_id"] for r in rows} >= {p.ids[i] for i in good + list(expected)}
+    assert victim_id not in {r["run_id"] for r in rows}
 
 
 def test_payloads_over_the_limits_are_refused_unread(closed_proxy, tracking_server, client, experiment,
-                                                     tmp_path, monkeypatch):
+                                                     store_path, monkeypatch, make_replayer):
     monkeypatch.delenv(KEY_ENV, raising=False)
-    store_path = tmp_path / "store"
     p = Payloads(store_path, _defer(closed_proxy, store_path, experiment, 9))
     limits = ReplayLimits(max_document_bytes=20_000, max_params=5, max_tags=5, max_metric_points=20,
                           max_artifacts=2, max_files=3, max_artifact_bytes=5_000, max_model_bytes=100)
     expected = {}
     # 0: a document over the size limit (not even JSON: the reason proves it was never parsed)
-    p.path(0).write_text("x" * 30_000)
+    p.write(0, "x" * 30_000)
     expected[0] = "the document holds 30000 bytes, the limit is 20000 (replay.limits.max_document_bytes)"
     d = p.doc(1)
     d["run"]["metrics"] *= 3
@@ -366,7 +414,7 @@ def test_payloads_over_the_limits_are_refused_unread(closed_proxy, tracking_serv
     d = p.doc(5)
     d["artifacts"][0]["manifest"] = None  # a document without digests: the byte budget alone holds it
     p.put(5, d)
-    (p.data(5) / "artifacts" / "0" / "report.txt").write_text("y" * 6_000)
+    replace_file(p.data(5) / "artifacts" / "0" / "report.txt", "y" * 6_000)
     expected[5] = "replay.limits.max_artifact_bytes"
     d = p.doc(6)
     d["artifacts"][0].update(name="many", is_dir=True, file="artifacts/0/many", manifest=None)
@@ -382,7 +430,8 @@ def test_payloads_over_the_limits_are_refused_unread(closed_proxy, tracking_serv
     (p.data(7) / "models").mkdir()
     (p.data(7) / "models" / "0.pkl").write_bytes(b"\x80" * 500)
     expected[7] = "models/0.pkl holds 500 bytes, the limit is 100"
-    summary = Replayer(str(store_path), tracking_server.url, UNLIMITED, max_workers=4, limits=limits,
+    settle(store_path)
+    summary = make_replayer(store_path, tracking_server.url, UNLIMITED, max_workers=4, limits=limits,
                        trust_unsigned=True).run()
     for i, reason in expected.items():
         assert reason in p.reason(i), (i, p.reason(i))
@@ -390,47 +439,51 @@ def test_payloads_over_the_limits_are_refused_unread(closed_proxy, tracking_serv
     assert sorted(runs_by_index(client, experiment)) == [8]
 
 
-def test_a_claim_taken_over_is_lost_not_failed(closed_proxy, tracking_server, experiment, tmp_path, monkeypatch):
-    """The replayer that lost a claim to another writes no reason and counts it as lost."""
+def test_a_replayer_that_lost_its_lease_sends_nothing_more_and_leaves_the_payload(
+        closed_proxy, tracking_server, client, experiment, tmp_path, monkeypatch, make_replayer):
+    """Another replayer took the store over (this one stalled past its lease): this one stops
+    before its next request, writes no reason, and counts the payload as lost."""
     monkeypatch.delenv(KEY_ENV, raising=False)
     store_path = tmp_path / "store"
-    (pid,) = _defer(closed_proxy, store_path, experiment, 1)
-    replayer = Replayer(str(store_path), tracking_server.url, UNLIMITED)
-    claim = replayer.store.claim(pid, replayer.owner)
-    taken = replayer.store.take_over(claim, "another-replayer")  # its lease expired meanwhile
-    assert taken is not None
-    assert replayer._replay_claim_outcome(claim) == LOST
-    assert replayer.store.ids("failed") == [] and list((store_path / "failed").iterdir()) == []
-    assert replayer.store.ids("claimed") == [pid]
+    _defer(closed_proxy, store_path, experiment, 1)
+    replayer = make_replayer(store_path, tracking_server.url, UNLIMITED)
+    assert replayer.lease.acquire() is None
+    lease = replayer.lease
+    engine = lease.engine
+    engine.spark.sql(f"UPDATE {lease.table} SET generation = generation + 1, owner = 'another-replayer' "
+                     f"WHERE store_key = '{lease.key}'").collect()
+    assert not lease._renew()  # it notices at its next renewal
+    (document,) = replayer.store.documents()
+    assert replayer._outcome(document) == LOST
+    assert list((store_path / "failed").iterdir()) == [] and replayer.store.documents() == [document]
+    assert runs_by_index(client, experiment) == {}  # not even the create was sent
 
 
-def test_queued_claims_keep_their_lease(closed_proxy, make_proxy, tracking_server, client, experiment, tmp_path,
-                                        monkeypatch):
-    """Claims waiting for a worker are heartbeated: a second replayer with the same lease
-    does not take them over, so no payload is replayed by one and quarantined by the other."""
+def test_a_second_replayer_replays_nothing_while_the_first_holds_the_store(
+        closed_proxy, make_proxy, tracking_server, client, experiment, store_path, monkeypatch, make_replayer):
     monkeypatch.delenv(KEY_ENV, raising=False)
     n = 6
-    store_path = tmp_path / "store"
     _defer(closed_proxy, store_path, experiment, n)
-    slow = make_proxy(latency_ms=200)  # about 1 s per payload: the second claim waits past the lease
-    first = Replayer(str(store_path), slow.url, UNLIMITED, max_workers=1, lease_seconds=0.5)
+    settle(store_path)
+    slow = make_proxy(latency_ms=200)  # about 1 s per payload
+    first = make_replayer(store_path, slow.url, UNLIMITED, max_workers=1, lease_seconds=2)
     done = {}
     thread = threading.Thread(target=lambda: done.setdefault("first", first.run()))
     thread.start()
     time.sleep(1.5)
-    second = Replayer(str(store_path), tracking_server.url, UNLIMITED, max_workers=2, lease_seconds=0.5)
-    summaries = [second.run()]
+    second = make_replayer(store_path, tracking_server.url, UNLIMITED, max_workers=2, lease_seconds=2)
+    held = second.run()
+    assert held.replayed == 0 and first.owner in held.held_by
     thread.join(120)
-    summaries.append(done["first"])
-    assert sum(s.failed for s in summaries) == 0, [s.as_dict() for s in summaries]
-    assert sum(s.replayed for s in summaries) == n
+    assert done["first"].replayed == n and done["first"].failed == 0
     assert list((store_path / "failed").iterdir()) == []
     runs = runs_by_index(client, experiment)
     assert sorted(runs) == list(range(n)) and all(len(runs[i]) == 1 for i in range(n))
+    assert second.run().held_by is None  # released at the end of the first one's pass
 
 
 def test_local_errors_are_named_as_local(closed_proxy, tracking_server, client, experiment, tmp_path,
-                                         monkeypatch):
+                                         monkeypatch, make_replayer):
     """A bug or a failed local step is not reported as the tracking server's refusal; a local
     I/O error gives the payload back instead of quarantining it."""
     monkeypatch.delenv(KEY_ENV, raising=False)
@@ -447,7 +500,7 @@ def test_local_errors_are_named_as_local(closed_proxy, tracking_server, client, 
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(replay_module, "upload_artifact", broken_upload)
-    summary = Replayer(str(store_path), tracking_server.url, UNLIMITED, max_workers=1).run()
+    summary = make_replayer(store_path, tracking_server.url, UNLIMITED, max_workers=1).run()
     assert summary.failed == 1 and summary.released == 1
     (failed,) = p.store.ids("failed")
     reason = json.loads((p.store.root / "failed" / f"{failed}.reason.json").read_text())["reason"]
@@ -456,25 +509,30 @@ def test_local_errors_are_named_as_local(closed_proxy, tracking_server, client, 
     assert len(p.store.ids("pending")) == 1  # the I/O error: back to pending, retried next pass
 
 
-def test_a_reason_file_is_never_overwritten(closed_proxy, tracking_server, experiment, tmp_path, monkeypatch):
+def test_a_reason_file_is_never_overwritten(closed_proxy, tracking_server, experiment, store_path, monkeypatch,
+                                            make_replayer):
     monkeypatch.delenv(KEY_ENV, raising=False)
-    store_path = tmp_path / "store"
     p = Payloads(store_path, _defer(closed_proxy, store_path, experiment, 1))
     d = p.doc(0)
     d["run"]["status"] = "PWNED"
     p.put(0, d)
-    Replayer(str(store_path), tracking_server.url, UNLIMITED).run()
+    settle(store_path)
+    make_replayer(store_path, tracking_server.url, UNLIMITED).run()
     first = p.reason(0)
-    # moved back after a "fix" that is not one: quarantined again, the first reason kept
-    os.rename(p.store.root / "failed" / f"{p.ids[0]}.json", p.path(0))
+    # moved back by hand (copied, then removed) after a "fix" that is not one: quarantined
+    # again, the first reason kept
+    put_back = p.store.root / "pending" / f"{p.ids[0]}.json"
+    move(p.store.root / "failed" / f"{p.ids[0]}.json", put_back)
+    settle(store_path)
     d["run"]["status"] = "ALSO BAD"
     p.put(0, d)
-    Replayer(str(store_path), tracking_server.url, UNLIMITED).run()
+    settle(store_path)
+    make_replayer(store_path, tracking_server.url, UNLIMITED).run()
     assert p.reason(0) == first
     second = json.loads((p.store.root / "failed" / f"{p.ids[0]}.reason.2.json").read_text())["reason"]
     assert "ALSO BAD" in second
-    # a second replayer quarantining a payload that the first already moved writes nothing
-    assert p.store.quarantine(p.path(0), p.ids[0], "late") is False
+    # quarantining a document that is gone writes nothing
+    assert p.store.quarantine(put_back, p.ids[0], "late") is False
     assert not (p.store.root / "failed" / f"{p.ids[0]}.reason.3.json").exists()
 
 
@@ -486,7 +544,7 @@ def _log_normally(url, experiment, store_path, i):
 
 
 def test_a_readable_payload_tag_does_not_open_a_run(closed_proxy, tracking_server, client, experiment, tmp_path,
-                                                    monkeypatch):
+                                                    monkeypatch, make_replayer):
     """The payload id on a run is public; writing into the run takes the run secret too."""
     monkeypatch.delenv(KEY_ENV, raising=False)
     store_path = tmp_path / "store"
@@ -506,7 +564,7 @@ def test_a_readable_payload_tag_does_not_open_a_run(closed_proxy, tracking_serve
         os.rename(data, p.data(i))
         d["payload_id"] = p.ids[i]
         p.put(i, d)
-    summary = Replayer(str(store_path), tracking_server.url, UNLIMITED, max_workers=2).run()
+    summary = make_replayer(store_path, tracking_server.url, UNLIMITED, max_workers=2).run()
     assert summary.failed == 2 and summary.replayed == 0
     for i in range(2):
         assert "is not this payload's" in p.reason(i) or "has ended" in p.reason(i), p.reason(i)
@@ -515,10 +573,12 @@ def test_a_readable_payload_tag_does_not_open_a_run(closed_proxy, tracking_serve
     assert len(client.get_metric_history(victim_id, "loss")) == len(history)
 
 
-def test_ended_runs_are_never_written_again(make_proxy, tracking_server, client, experiment, tmp_path,
-                                           signing_key):
-    """A replayed document copied or moved back to pending does not log its run again."""
-    store_path = tmp_path / "store"
+def test_ended_runs_are_never_written_again(make_proxy, tracking_server, client, experiment, store_path,
+                                           signing_key, make_replayer):
+    """Replayed documents put back in pending do not log their runs again: the very same bytes
+    (as a replay that stopped between its record and removing the document leaves them) are
+    removed; the same document written anew is quarantined; one put back with every trace of
+    its replay removed meets a run that has ended."""
     # runs are created, then their log_batch meets 429s: the documents carry the run ids
     proxy = make_proxy({"log_batch": 0.001})
     import urllib.request
@@ -529,27 +589,34 @@ def test_ended_runs_are_never_written_again(make_proxy, tracking_server, client,
     except Exception:
         pass
     collector = FailedRunCollector(store_path, tracking_uri=proxy.url, fail_fast_seconds=0.3)
-    results = [log_sample_run(collector, experiment, i, with_model=False) for i in range(2)]
+    results = [log_sample_run(collector, experiment, i, with_model=False) for i in range(3)]
     assert all(status == DEFERRED and run_id for status, run_id, _ in results)
     key = SigningKey(signing_key)
-    first = Replayer(str(store_path), tracking_server.url, UNLIMITED, signing_key=key)
-    assert first.run().replayed == 2
     p = Payloads(store_path, [pid for _, _, pid in results], key)
-    done = p.store.root / "done"
-    shutil.copy(done / f"{p.ids[0]}.json", p.path(0))                # copied back
-    os.rename(done / f"{p.ids[1]}.json", p.path(1))                  # moved back, traces removed
-    for name in ("progress.json", "result.json"):
-        (p.data(1) / name).unlink()
-    summary = Replayer(str(store_path), tracking_server.url, UNLIMITED, signing_key=key).run()
-    assert summary.failed == 2 and summary.replayed == 0
-    assert "it is in done/" in p.reason(0)
-    assert "has ended (FINISHED)" in p.reason(1)
+    kept = {i: (p.path(i).name, p.path(i).read_bytes()) for i in range(3)}  # copies the attacker keeps
+    first = make_replayer(store_path, tracking_server.url, UNLIMITED, signing_key=key)
+    assert first.run().replayed == 3
+    first.close()
+    pending = p.store.root / "pending"
+    (pending / kept[0][0]).write_bytes(kept[0][1])                          # the very same document
+    (pending / f"{p.ids[1]}.json").write_text(json.dumps(json.loads(kept[1][1]), indent=2))  # written anew
+    (pending / kept[2][0]).write_bytes(kept[2][1])                          # put back, traces removed
+    (p.store.root / "done" / f"{p.ids[2]}.json").unlink()
+    settle(store_path)
+    shutil.rmtree(p.data(2) / "progress")
+    settle(store_path)
+    summary = make_replayer(store_path, tracking_server.url, UNLIMITED, signing_key=key).run()
+    assert (summary.failed, summary.resumed) == (2, 1)
+    assert "it is in done/" in p.reason(1)
+    assert "has ended (FINISHED)" in p.reason(2)
+    assert p.store.documents() == [] and not (p.store.root / "failed" / f"{p.ids[0]}.json").exists()
     for _, run_id, _ in results:
         assert len(client.get_metric_history(run_id, "loss")) == 8  # not one point twice
 
 
-def test_a_checkpoint_cannot_move_a_payload_to_another_experiment(closed_proxy, tracking_server, client, experiment,
-                                                                  tmp_path, monkeypatch):
+@pytest.mark.parametrize("checkpoint", ["progress.json", "progress/000001-attacker.json"])
+def test_a_checkpoint_cannot_move_a_payload_to_another_experiment(checkpoint, closed_proxy, tracking_server, client,
+                                                                  experiment, tmp_path, monkeypatch, make_replayer):
     """Without a key the run secret is readable in the document: an MLflow user can tag a run of
     their own experiment with it, but the payload's experiment is checked too."""
     monkeypatch.delenv(KEY_ENV, raising=False)
@@ -560,36 +627,38 @@ def test_a_checkpoint_cannot_move_a_payload_to_another_experiment(closed_proxy, 
     own = client.create_experiment(f"attacker-{uuid.uuid4().hex[:8]}")
     tag = payload_tag_value(p.ids[0], p.doc(0)["run_secret"])
     decoy = client.create_run(own, tags={PAYLOAD_TAG: tag}).info.run_id
-    (p.data(0) / "progress.json").write_text(json.dumps({"run_id": decoy, "ops_done": 1, "attempts": 1}))
-    summary = Replayer(str(store_path), tracking_server.url, UNLIMITED).run()
+    (p.data(0) / checkpoint).parent.mkdir(parents=True, exist_ok=True)
+    (p.data(0) / checkpoint).write_text(json.dumps({"run_id": decoy, "ops_done": 1, "attempts": 1}))
+    summary = make_replayer(store_path, tracking_server.url, UNLIMITED).run()
     assert summary.failed == 1
     assert f"names a run of experiment {own}, not of the payload's experiment {experiment}" in p.reason(0)
     assert client.get_run(decoy).data.params == {}
 
 
-def test_a_planted_claim_beside_the_document_replays_it_once(closed_proxy, tracking_server, client, experiment,
-                                                             tmp_path, signing_key):
+def test_claims_of_an_earlier_release_beside_the_document_replay_it_once(closed_proxy, tracking_server, client,
+                                                                         experiment, tmp_path, signing_key,
+                                                                         make_replayer):
+    """Copies of a document planted as an earlier release's claims: the payload's run is logged
+    once; the copies, the same bytes, are removed once it is replayed."""
     store_path = tmp_path / "store"
     p = Payloads(store_path, _defer(closed_proxy, store_path, experiment, 2), SigningKey(signing_key))
+    (p.store.root / "claimed").mkdir()
     planted = [p.store.root / "claimed" / f"{p.ids[0]}@someone-else.json",
                p.store.root / "claimed" / f"{p.ids[0]}@someone-other.json"]
     for path in planted:
         shutil.copy(p.path(0), path)
-        os.utime(path, (1, 1))  # an old lease
-    replayer = Replayer(str(store_path), tracking_server.url, UNLIMITED, max_workers=4,
-                        signing_key=SigningKey(signing_key))
+    replayer = make_replayer(store_path, tracking_server.url, UNLIMITED, max_workers=4,
+                             signing_key=SigningKey(signing_key))
     summary = replayer.run_until_empty(pause=0)
-    assert summary.replayed == 2
+    assert summary.failed == 0 and replayer.store.documents() == []
     runs = runs_by_index(client, experiment)
     assert sorted(runs) == [0, 1] and [len(runs[i]) for i in (0, 1)] == [1, 1]
-    reasons = [json.loads(f.read_text())["reason"] for f in (p.store.root / "failed").glob("*.reason*.json")]
-    assert sorted(r.split(":")[0] for r in reasons) == ["duplicate claim", "this payload was replayed already (it is in done/)"]
+    assert sorted(row["payload_id"] for row in summary.ledger) == sorted(p.ids)  # a row each, once
 
 
-def test_one_bad_payload_cannot_end_the_pass(closed_proxy, tracking_server, client, experiment, tmp_path,
-                                             monkeypatch):
+def test_one_bad_payload_cannot_end_the_pass(closed_proxy, tracking_server, client, experiment, store_path,
+                                             monkeypatch, make_replayer):
     monkeypatch.delenv(KEY_ENV, raising=False)
-    store_path = tmp_path / "store"
     p = Payloads(store_path, _defer(closed_proxy, store_path, experiment, 4))
     d = p.doc(0)
     d["run"]["status"] = "PWNED"
@@ -599,17 +668,20 @@ def test_one_bad_payload_cannot_end_the_pass(closed_proxy, tracking_server, clie
     # a flood of junk names ahead of the payloads
     for k in range(150):
         (p.store.root / "pending" / f"junk-{k:04d}.txt").write_text("x")
-    summary = Replayer(str(store_path), tracking_server.url, UNLIMITED, max_workers=2).run()
+    settle(store_path)
+    summary = make_replayer(store_path, tracking_server.url, UNLIMITED, max_workers=2).run()
     assert summary.replayed == 3 and summary.failed == 1 + 100
+    settle(store_path)
     reason_files = list((p.store.root / "failed").glob(f"{p.ids[0]}.reason.*.json"))
     assert len(reason_files) == 1 and "PWNED" in reason_files[0].read_text()
     assert json.loads(reason_files[0].read_text())["document"].startswith(p.ids[0] + ".")
+    settle(store_path)
     assert len(list((p.store.root / "pending").glob("junk-*"))) == 50  # the next pass takes the rest
 
 
 @pytest.mark.parametrize("model_only", [False, True])
 def test_unsigned_documents_cannot_make_the_replay_write_local_files(model_only, closed_proxy, tracking_server,
-                                                                     client, experiment, tmp_path, monkeypatch):
+                                                                     client, experiment, tmp_path, monkeypatch, make_replayer):
     monkeypatch.delenv(KEY_ENV, raising=False)
     target = tmp_path / "written-by-replay"
     local = client.create_experiment(f"local-{uuid.uuid4().hex[:8]}", artifact_location=target.as_uri())
@@ -620,7 +692,7 @@ def test_unsigned_documents_cannot_make_the_replay_write_local_files(model_only,
     if model_only:  # refused before the model is saved or a logged model created
         d["artifacts"] = []
     p.put(0, d)
-    summary = Replayer(str(store_path), tracking_server.url, UNLIMITED).run()
+    summary = make_replayer(store_path, tracking_server.url, UNLIMITED).run()
     reason = "model blob models/0.pkl is unsigned" if model_only else "go to a path on this host"
     assert summary.failed == 1 and reason in p.reason(0)
     assert not target.exists() or [f for f in target.rglob("*") if f.is_file()] == []
@@ -628,11 +700,11 @@ def test_unsigned_documents_cannot_make_the_replay_write_local_files(model_only,
         assert list(client.search_logged_models(experiment_ids=[local])) == []
 
 
-def test_a_hard_linked_document_is_not_read(closed_proxy, tracking_server, experiment, tmp_path, monkeypatch):
+def test_a_hard_linked_document_is_not_read(closed_proxy, tracking_server, experiment, tmp_path, monkeypatch, make_replayer):
     monkeypatch.delenv(KEY_ENV, raising=False)
     store_path = tmp_path / "store"
     p = Payloads(store_path, _defer(closed_proxy, store_path, experiment, 1))
     outside = tmp_path / "outside.json"
     os.link(p.path(0), outside)
-    summary = Replayer(str(store_path), tracking_server.url, UNLIMITED).run()
+    summary = make_replayer(store_path, tracking_server.url, UNLIMITED).run()
     assert summary.failed == 1 and "other hard links" in p.reason(0)

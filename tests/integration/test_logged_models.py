@@ -3,7 +3,6 @@ however the write of one is interrupted; an MLflow 2 server gets them in the run
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,7 +11,6 @@ import pytest
 
 from mlflow_spark_tools.config import RateLimitProfile
 from mlflow_spark_tools.failed_runs.collector import DEFERRED, LOGGED, FailedRunCollector
-from mlflow_spark_tools.failed_runs.replayer import Replayer
 from mlflow_spark_tools.failed_runs.signing import load_signing_key
 from mlflow_spark_tools.failed_runs.store import FailedRunStore
 from mlflow_spark_tools.tools.proxy import RateLimitProxy
@@ -28,6 +26,7 @@ from .run_content import (
     log_sample_run,
     logged_models_of,
 )
+from .store_files import read_document, replace_document
 
 pytestmark = pytest.mark.skipif(not MLFLOW_3, reason="logged models are MLflow 3's")
 
@@ -63,7 +62,7 @@ class RefusingProxy(RateLimitProxy):
     ("PATCH /api/2.0/mlflow/logged-models/", 1),       # every file uploaded, not finalized
 ])
 def test_a_run_deferred_half_way_through_its_model_is_finished_with_the_same_model(
-        refuse, nth, tracking_server, client, experiment, tmp_path, signing_key):
+        refuse, nth, tracking_server, client, experiment, tmp_path, signing_key, make_replayer):
     proxy = RefusingProxy(tracking_server.url, refuse, nth).start()
     try:
         collector = FailedRunCollector(tmp_path / "store", tracking_uri=proxy.url, fail_fast_seconds=0)
@@ -71,14 +70,14 @@ def test_a_run_deferred_half_way_through_its_model_is_finished_with_the_same_mod
     finally:
         proxy.stop()
     assert proxy.refused and status == DEFERRED and run_id is not None
-    document = json.loads((tmp_path / "store" / "pending" / f"{payload_id}.json").read_text())
+    document = read_document(tmp_path / "store", payload_id)
     (entry,) = document["models"]
     started = logged_models_of(client, client.get_run(run_id), "model")
     assert [m.model_id for m in started] == [entry["logged_model_id"]]
     assert started[0].status.to_int() != READY
 
-    summary = Replayer(str(tmp_path / "store"), tracking_server.url, UNLIMITED,
-                       signing_key=load_signing_key()).run()
+    summary = make_replayer(tmp_path / "store", tracking_server.url, UNLIMITED,
+                            signing_key=load_signing_key()).run()
     assert summary.replayed == 1 and summary.failed == 0
     run = client.get_run(run_id)
     assert_run_complete(client, run, 1)  # one READY model, linked once, every metric point once
@@ -111,7 +110,7 @@ def test_a_resumed_write_finds_the_model_an_interrupted_one_created(tracking_ser
 
 
 def test_a_payload_naming_another_runs_model_cannot_write_into_it(tracking_server, client, experiment, tmp_path,
-                                                                   closed_proxy, monkeypatch):
+                                                                   closed_proxy, monkeypatch, make_replayer):
     """An attacker who can write the store (unsigned, replayed with --trust-unsigned) points a
     payload's model at a victim's logged model: the victim's model is untouched, the payload's
     run gets a model of its own."""
@@ -127,12 +126,11 @@ def test_a_payload_naming_another_runs_model_cannot_write_into_it(tracking_serve
     collector = FailedRunCollector(tmp_path / "store", tracking_uri=closed_proxy.url, fail_fast_seconds=0)
     status, _, payload_id = log_sample_run(collector, experiment, 2)
     assert status == DEFERRED
-    path = tmp_path / "store" / "pending" / f"{payload_id}.json"
-    document = json.loads(path.read_text())
+    document = read_document(tmp_path / "store", payload_id)
     document["models"][0]["logged_model_id"] = victim.model_id
-    path.write_text(json.dumps(document))
+    replace_document(tmp_path / "store", payload_id, document)
 
-    summary = Replayer(str(tmp_path / "store"), tracking_server.url, UNLIMITED, trust_unsigned=True).run()
+    summary = make_replayer(tmp_path / "store", tracking_server.url, UNLIMITED, trust_unsigned=True).run()
     assert summary.replayed == 1 and summary.failed == 0
     run_id = FailedRunStore(tmp_path / "store").result(payload_id)["run_id"]
     (own,) = logged_models_of(client, client.get_run(run_id), "model")

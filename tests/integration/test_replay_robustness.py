@@ -1,4 +1,5 @@
-"""Replay under crashes, concurrency and bad input, against a real server."""
+"""Replay under crashes, concurrency and bad input, against a real server, with the store on a
+local disk and on the object-store FUSE mount."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ import time
 from mlflow_spark_tools.config import RateLimitProfile
 from mlflow_spark_tools.failed_runs.collector import DEFERRED, FailedRunCollector
 from mlflow_spark_tools.failed_runs.document import canonical_json
-from mlflow_spark_tools.failed_runs.replayer import Replayer
 from mlflow_spark_tools.failed_runs.signing import SigningKey
 from mlflow_spark_tools.failed_runs.store import FailedRunStore
+from mlflow_spark_tools.failed_runs.store_entries import digest, parse_document_name
+from tests.support.object_store_fuse import settle
 
 from .run_content import assert_model_loads, assert_run_complete, log_sample_run, runs_by_index
+from .store_files import document_path, read_document, replace_document, replace_file
 
 UNLIMITED = RateLimitProfile.load("unlimited")
 
@@ -34,35 +37,37 @@ def _defer(closed_proxy, store_path, experiment, indices, with_model=False, sign
     return out
 
 
-def _replay_cli(store_path, tracking_uri, *extra):
+def _replay_cli(store_path, tracking_uri, warehouse, *extra):
+    """The replay command in its own process; its lease lives in the tables under ``warehouse``
+    (one catalog for every replay job of a test, as on one workspace)."""
     env = dict(os.environ, RUST_LOG="error")
     for name in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "SPARK_LOCAL_REMOTE"):
         env.pop(name, None)
-    return [sys.executable, "-m", "mlflow_spark_tools.cli", "replay", "--replay-dir", str(store_path),
-            "--tracking-uri", tracking_uri, "--profile", "unlimited", "--no-ledger", *extra], env
+    return [sys.executable, "-m", "mlflow_spark_tools.cli", "--warehouse", str(warehouse), "replay",
+            "--replay-dir", str(store_path), "--tracking-uri", tracking_uri, "--profile", "unlimited",
+            "--no-ledger", *extra], env
 
 
 def test_bad_payloads_are_quarantined_with_reasons(closed_proxy, tracking_server, client, experiment,
-                                                   tmp_path, signing_key):
-    store_path = tmp_path / "store"
+                                                   store_path, tmp_path, signing_key):
     store = FailedRunStore(store_path)
     # every payload is signed with the key from the environment; the edits below sign the
     # document again (as a writer holding the key would), except the ones about signatures
     key = SigningKey(signing_key)
-    ids = _defer(closed_proxy, store_path, experiment, range(11), with_model=True)
-    pending = store.root / "pending"
+    ids = _defer(closed_proxy, store_path, experiment, range(12), with_model=True)
+    settle(store_path)
 
     def doc(i):
-        return json.loads((pending / f"{ids[i]}.json").read_text())
+        return read_document(store_path, ids[i])
 
     def put(i, document, sign=True):
         if sign:
             document["signature"] = key.sign(canonical_json(document))
-        (pending / f"{ids[i]}.json").write_text(json.dumps(document))
+        replace_document(store_path, ids[i], document)
 
     reasons = {}
-    # corrupt: not JSON
-    (pending / f"{ids[0]}.json").write_text('{"format": "mlflow-spark-tools/failed-run", "run": {')
+    # corrupt: not JSON (named by its digest: it is whole, and wrong)
+    replace_document(store_path, ids[0], '{"format": "mlflow-spark-tools/failed-run", "run": {')
     reasons[0] = "not valid JSON"
     # truncated: the artifact copy is gone
     os.remove(store.data_dir(ids[1]) / doc(1)["artifacts"][0]["file"])
@@ -73,7 +78,7 @@ def test_bad_payloads_are_quarantined_with_reasons(closed_proxy, tracking_server
     put(2, d, sign=False)
     reasons[2] = "signature does not verify"
     # the model blob replaced by another pickle (checksum and signature no longer match)
-    (store.data_dir(ids[4]) / doc(4)["models"][0]["blob"]).write_bytes(b"\x80\x04K\x01.")
+    replace_file(store.data_dir(ids[4]) / doc(4)["models"][0]["blob"], b"\x80\x04K\x01.")
     reasons[4] = "corrupt or truncated"
     # the document signature removed
     d = doc(5)
@@ -100,13 +105,21 @@ def test_bad_payloads_are_quarantined_with_reasons(closed_proxy, tracking_server
     d["models"][0]["signature"] = None
     put(10, d)
     reasons[10] = "model blob models/0.pkl is unsigned"
+    # torn: its writer was killed half way through, an hour ago (bytes that do not hash to its name)
+    whole = document_path(store_path, ids[11])
+    torn = whole.parent / whole.name.replace(whole.name.split(".")[-3], str(int((time.time() - 3600) * 1000)))
+    data = whole.read_bytes()
+    whole.unlink()
+    torn.write_bytes(data[: len(data) // 2])
+    reasons[11] = "torn: the document is incomplete"
     # foreign files
-    (pending / "notes.txt").write_text("hello")
-    (pending / "1700000000000-host-1-0123456789abcdef01234567.json").write_text('{"format": "other"}')
+    (store.root / "pending" / "notes.txt").write_text("hello")
+    (store.root / "pending" / "1700000000000-host-1-0123456789abcdef01234567.json").write_text('{"format": "other"}')
     good = [ids[3], ids[9]]
     reasons = {ids[i]: reason for i, reason in reasons.items()}
+    settle(store_path)
 
-    command, env = _replay_cli(store_path, tracking_server.url, "--until-empty")
+    command, env = _replay_cli(store_path, tracking_server.url, tmp_path / "warehouse", "--until-empty")
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 3, result.stderr  # partial: some payloads failed
     summary = json.loads(result.stdout)
@@ -116,6 +129,7 @@ def test_bad_payloads_are_quarantined_with_reasons(closed_proxy, tracking_server
         text = json.loads((failed / f"{payload_id}.reason.json").read_text())["reason"]
         assert reason in text, (payload_id, text)
         assert (failed / f"{payload_id}.json").exists()  # kept, never deleted
+    assert (failed / f"{ids[11]}.json").read_bytes() == data[: len(data) // 2]
     foreign = [json.loads(p.read_text())["reason"] for p in failed.glob("foreign-*.reason.json")]
     foreign += [json.loads(p.read_text())["reason"] for p in failed.glob("1700000000000-*.reason.json")]
     assert len(foreign) == 2 and all("foreign" in r for r in foreign)
@@ -127,8 +141,29 @@ def test_bad_payloads_are_quarantined_with_reasons(closed_proxy, tracking_server
     assert_model_loads(runs[3][0].info.run_id, 3, tracking_server.url)
 
 
+def test_a_document_still_being_written_is_left_alone(closed_proxy, tracking_server, experiment, store_path,
+                                                      make_replayer, monkeypatch):
+    """Bytes that do not hash to the name within the grace period: a writer still at work. The
+    replay neither reads it as a document nor quarantines it; once whole, it is replayed."""
+    monkeypatch.delenv("MLFLOW_SPARK_TOOLS_SIGNING_KEY", raising=False)
+    (pid,) = _defer(closed_proxy, store_path, experiment, [0]).values()
+    settle(store_path)
+    whole = document_path(store_path, pid)
+    data = whole.read_bytes()
+    whole.unlink()
+    whole.write_bytes(data[:100])
+    settle(store_path)
+    replayer = make_replayer(store_path, tracking_server.url)
+    summary = replayer.run()
+    assert (summary.incomplete, summary.failed, summary.replayed, summary.pending) == (1, 0, 0, 1)
+    assert list((store_path / "failed").iterdir()) == []
+    replace_file(whole, data)
+    settle(store_path)
+    assert replayer.run().replayed == 1
+
+
 def test_unsigned_models_replay_only_when_trusted(closed_proxy, tracking_server, client, experiment,
-                                                  tmp_path, monkeypatch, caplog):
+                                                  tmp_path, monkeypatch, caplog, make_replayer):
     import mlflow_spark_tools.failed_runs.collector as collector_module
 
     monkeypatch.delenv("MLFLOW_SPARK_TOOLS_SIGNING_KEY", raising=False)
@@ -138,10 +173,9 @@ def test_unsigned_models_replay_only_when_trusted(closed_proxy, tracking_server,
     # the collector said so at once, once per process
     warnings = [r for r in caplog.records if "without a signing key" in r.getMessage()]
     assert len(warnings) == 1 and "MLFLOW_SPARK_TOOLS_SIGNING_KEY" in warnings[0].getMessage()
-    os.rename(store_path / "pending" / f"{FailedRunStore(store_path).ids('pending')[1]}.json",
-              tmp_path / "set-aside.json")
-    replayer = Replayer(str(store_path), tracking_server.url, UNLIMITED, max_workers=2,
-                        signing_key=SigningKey("another key, not the one"))
+    os.rename(document_path(store_path, FailedRunStore(store_path).ids("pending")[1]), tmp_path / "set-aside.json")
+    replayer = make_replayer(store_path, tracking_server.url, UNLIMITED, max_workers=2,
+                             signing_key=SigningKey("another key, not the one"))
     assert replayer.run().failed == 1
     store = FailedRunStore(store_path)
     (failed_id,) = store.ids("failed")
@@ -149,34 +183,38 @@ def test_unsigned_models_replay_only_when_trusted(closed_proxy, tracking_server,
     assert reason.startswith("document is not signed")
     # an operator who trusts the directory moves it back and replays with --trust-unsigned
     os.rename(store.root / "failed" / f"{failed_id}.json", store.root / "pending" / f"{failed_id}.json")
-    trusting = Replayer(str(store_path), tracking_server.url, UNLIMITED, trust_unsigned=True)
+    replayer.close()
+    trusting = make_replayer(store_path, tracking_server.url, UNLIMITED, trust_unsigned=True)
     assert trusting.run().replayed == 1
     assert_model_loads(runs_by_index(client, experiment)[0][0].info.run_id, 0, tracking_server.url)
 
 
 def test_replayer_killed_again_and_again_leaves_every_run_exactly_once(
-        closed_proxy, make_proxy, tracking_server, client, experiment, tmp_path, signing_key):
+        closed_proxy, make_proxy, tracking_server, client, experiment, store_path, tmp_path, signing_key):
+    """kill -9 at random moments: on the object-store mount the newest checkpoints of a killed
+    replayer are not even listed yet when the next one resumes."""
     n = 40
-    store_path = tmp_path / "store"
     _defer(closed_proxy, store_path, experiment, range(n))
+    settle(store_path)
     slow = make_proxy(latency_ms=150)  # slow enough to be killed in every phase of a payload
     rng = random.Random(7)
     kills = 0
     for _ in range(8):
-        command, env = _replay_cli(store_path, slow.url, "--until-empty", "--lease-seconds", "1",
-                                   "--max-workers", "2")
+        command, env = _replay_cli(store_path, slow.url, tmp_path / "warehouse", "--until-empty",
+                                   "--lease-seconds", "1", "--max-workers", "2")
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(2.0, 4.0))
+        time.sleep(rng.uniform(4.0, 6.0))
         if process.poll() is None:
             os.kill(process.pid, signal.SIGKILL)
             kills += 1
         process.wait()
     assert kills >= 3
-    command, env = _replay_cli(store_path, slow.url, "--until-empty", "--lease-seconds", "1")
+    command, env = _replay_cli(store_path, slow.url, tmp_path / "warehouse", "--until-empty", "--lease-seconds", "1")
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
+    settle(store_path)
     store = FailedRunStore(store_path)
-    assert store.ids("pending") == [] and store.claims() == [] and store.ids("failed") == []
+    assert store.documents() == [] and store.ids("failed") == []
     assert len(store.ids("done")) == n
     # the kills hit payloads mid-way: some were finished by a later replayer from a checkpoint
     assert any(store.result(p)["attempts"] > 1 for p in store.ids("done"))
@@ -187,15 +225,18 @@ def test_replayer_killed_again_and_again_leaves_every_run_exactly_once(
         assert_run_complete(client, runs[i][0], i, with_model=False)
 
 
-def test_two_replayers_on_one_directory_replay_each_payload_once(
-        closed_proxy, make_proxy, tracking_server, client, experiment, tmp_path, signing_key):
+def test_two_replayers_on_one_store_replay_each_payload_once(
+        closed_proxy, make_proxy, tracking_server, client, experiment, store_path, tmp_path, signing_key):
+    """Two replay jobs at once (a second schedule, a manual run beside the job): one holds the
+    store, the other says who does and replays nothing."""
     n = 30
-    store_path = tmp_path / "store"
     _defer(closed_proxy, store_path, experiment, range(n))
+    settle(store_path)
     proxy = make_proxy(latency_ms=10)
     processes = []
     for _ in range(2):
-        command, env = _replay_cli(store_path, proxy.url, "--until-empty", "--max-workers", "4")
+        command, env = _replay_cli(store_path, proxy.url, tmp_path / "warehouse", "--until-empty",
+                                   "--max-workers", "4")
         processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                           text=True))
     summaries = [json.loads(p.communicate(timeout=600)[0]) for p in processes]
@@ -211,18 +252,20 @@ def _writer(args):
     return [log_sample_run(collector, experiment, i, with_model=False)[2] for i in range(first, first + 3)]
 
 
-def test_32_processes_write_payloads_at_once(closed_proxy, tracking_server, client, experiment, tmp_path,
-                                             signing_key):
-    store_path = str(tmp_path / "store")
+def test_32_processes_write_payloads_at_once(closed_proxy, tracking_server, client, experiment, store_path,
+                                             signing_key, make_replayer):
     context = multiprocessing.get_context("fork")
     with context.Pool(32) as pool:
-        written = pool.map(_writer, [(closed_proxy.url, store_path, experiment, 3 * k) for k in range(32)])
+        written = pool.map(_writer, [(closed_proxy.url, str(store_path), experiment, 3 * k) for k in range(32)])
     payloads = [p for batch in written for p in batch]
     assert len(payloads) == 96 and None not in payloads and len(set(payloads)) == 96
+    settle(store_path)
     store = FailedRunStore(store_path)
     assert sorted(store.ids("pending")) == sorted(payloads)
-    assert not any(store.root.joinpath("tmp").iterdir())  # every document was renamed into place
-    summary = Replayer(store_path, tracking_server.url, UNLIMITED, max_workers=8).run()
+    # nothing in pending/ but whole documents: each was written once, under the digest of its bytes
+    for name in os.listdir(store_path / "pending"):
+        assert digest((store_path / "pending" / name).read_bytes()) == parse_document_name(name).digest
+    summary = make_replayer(store_path, tracking_server.url, UNLIMITED, max_workers=8).run()
     assert summary.replayed == 96 and summary.failed == 0
     runs = runs_by_index(client, experiment)
     assert sorted(runs) == list(range(96)) and all(len(runs[i]) == 1 for i in range(96))
