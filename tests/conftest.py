@@ -99,6 +99,7 @@ def make_replayer(engine):
 
     def make(store, tracking_uri, profile=None, *, lease_seconds=30.0, **kwargs):
         lease = DeltaLease(engine, "replay_leases", store, lease_seconds=lease_seconds)
+        kwargs.setdefault("marker_settle_seconds", 0.2)
         replayer = Replayer(str(store), tracking_uri, profile or RateLimitProfile.load("unlimited"), lease=lease,
                             **kwargs)
         made.append(replayer)

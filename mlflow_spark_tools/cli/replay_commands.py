@@ -111,7 +111,7 @@ def prune_store_command(ctx: Context, replay_dir: str, older_than_days: float | 
     if not root.is_dir():  # never create a store here, a dry run least of all
         what = "is not a directory" if root.exists() else "does not exist"
         raise UsageError(f"The failed-run store {root} {what}.")
-    with FailedRunStore(root) as store:
+    with FailedRunStore(root, create=False) as store:  # a folder that is missing has nothing to prune
         pruned = store.prune_replayed(days * 86400.0, dry_run=dry_run)
     click.echo(json.dumps(pruned.as_dict() | {"dry_run": dry_run, "older_than_days": days}, indent=2))
     if pruned.errors:

@@ -357,6 +357,7 @@ class FailedRunCollector:
 
     Raises:
         InvalidStoreError: the store cannot be used (``check_store``).
+        InvalidConfigError: the signing key (given, or in the environment) is too short.
     """
 
     def __init__(self, store_path: str | os.PathLike, tracking_uri: str | None = None,
@@ -364,6 +365,8 @@ class FailedRunCollector:
                  signing_key: str | bytes | SigningKey | None = None, request_timeout: float = 60.0,
                  storm_cooldown_seconds: float = 30.0, check_store: bool = True) -> None:
         self.store_path = to_fuse_path(os.fspath(store_path))
+        if signing_key is None:
+            load_signing_key()  # a key in the environment that is too short: said here, not in a task
         if check_store:
             with FailedRunStore(self.store_path) as store:
                 store.check_usable()

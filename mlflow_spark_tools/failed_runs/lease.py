@@ -155,6 +155,13 @@ class DeltaLease:
         return Database(self.engine, self.database)
 
     @property
+    def place(self) -> str:
+        """Where this lease lives: its table, and the warehouse holding the table's files when
+        the engine has one (two embedded engines' tables of one name are two tables)."""
+        warehouse = self.engine.warehouse
+        return self.table if warehouse is None else f"{self.table} at {warehouse}"
+
+    @property
     def interval(self) -> float:
         """Seconds between renewals."""
         return self.lease_seconds / 4

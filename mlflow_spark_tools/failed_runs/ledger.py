@@ -70,8 +70,8 @@ def _append(engine: Engine, database: str, table: str, rows: Sequence[dict[str, 
             ddl: str) -> None:
     """Append ``rows`` (the columns of ``schema``; a missing one is null) to ``<database>.<table>``.
 
-    A value of another type than its column's is written as null (a string column takes its
-    text), so one bad value never costs the other rows theirs.
+    Every value is made one its column takes (:func:`_cell`), so one bad value never costs the
+    other rows theirs.
     """
     data = pa.Table.from_pylist([{f.name: _cell(row.get(f.name), f.type) for f in schema} for row in rows],
                                 schema=schema)
@@ -81,17 +81,23 @@ def _append(engine: Engine, database: str, table: str, rows: Sequence[dict[str, 
 
 
 def _cell(value: Any, kind: pa.DataType) -> Any:
+    """``value`` as a value of an Arrow column of ``kind``: text as valid UTF-8 (a lone surrogate,
+    from a file name or a document's bytes, escaped), numbers within the column's range, and
+    null for anything else."""
     if value is None:
         return None
     if pa.types.is_string(kind):
-        return value if isinstance(value, str) else str(value)[:1000]
+        text = value if isinstance(value, str) else str(value)
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")[:10_000]
+    if isinstance(value, bool):
+        return None
     if pa.types.is_integer(kind):
-        return value if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**62 else None
+        bound = 2 ** (kind.bit_width - 1)
+        return value if isinstance(value, int) and -bound <= value < bound else None
     if pa.types.is_floating(kind):
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        return float(value) if isinstance(value, (int, float)) else None
     if pa.types.is_timestamp(kind):
-        return value if isinstance(value, datetime) or (isinstance(value, int) and not isinstance(value, bool)
-                                                         and 0 <= value < 2**53) else None
+        return value if isinstance(value, datetime) or (isinstance(value, int) and 0 <= value < 2**53) else None
     return value
 
 

@@ -47,6 +47,7 @@ from mlflow_spark_tools.failed_runs.store_entries import (
     DONE_FORMAT,
     FORMAT,
     DocumentFile,
+    DocumentGrew,
     checkpoint_name,
     checkpoint_ops,
     digest,
@@ -238,6 +239,8 @@ class PayloadSteps:
         quarantined."""
         try:
             data = handle.read_bytes(self.limits.max_document_bytes)
+        except DocumentGrew:
+            raise Incomplete(document.name) from None  # its writer is at work: read it whole next pass
         except ValueError as exc:
             raise Quarantine(str(exc)) from None
         if document.digest is None or digest(data) == document.digest:
@@ -466,9 +469,9 @@ class PayloadSteps:
         for key in ("experiment_id", "document_sha256"):
             if record.get(key) is not None and not (isinstance(record[key], str) and len(record[key]) <= 128):
                 return f"{key} is not a short string"
-        for key in ("attempts", "replayed_at"):
-            if isinstance(record.get(key), bool) or not isinstance(record.get(key), int):
-                return f"{key} is not an integer"
+        for key, top in (("attempts", 1_000_000), ("replayed_at", 2**53)):
+            if isinstance(record.get(key), bool) or not isinstance(record.get(key), int) or not 0 <= record[key] <= top:
+                return f"{key} is not an integer from 0 to {top}"
         if not self._signed_by_us(record):
             return "not signed by this replay's key"
         return None

@@ -77,11 +77,18 @@ def run_replay_job(settings: Settings, options: ReplayOptions, engine: Engine | 
         raise UsageError(f"Unknown replay mode {options.mode!r}.")
     if options.max_workers < 1:
         raise UsageError("--max-workers must be at least 1.")
+    root = FailedRunStore(options.replay_dir, create=False).root
+    if not root.is_dir():
+        # never made here: a typo in --replay-dir must not become an empty store that looks replayed
+        what = "is not a directory" if root.exists() else "does not exist"
+        log.warning("The failed-run store %s %s: nothing to replay (a FailedRunCollector makes it; check "
+                    "--replay-dir if the collectors write elsewhere)", root, what)
+        echo(json.dumps({"replayed": 0, "still_pending": 0, "store": f"{what}: {root}"}, indent=2))
+        return EXIT_OK
     # every operation the store needs, tried once before anything else (a read-only mount,
     # a file system that lacks one: one line naming the path and the operation, exit 2)
-    with FailedRunStore(options.replay_dir) as store:
+    with FailedRunStore(root) as store:
         store.check_usable()
-        root = store.root
     key = replay_signing_key(options.signing_secret_scope, options.signing_secret_key)
     if key is None and not options.trust_unsigned:
         log.warning("No signing key (MLFLOW_SPARK_TOOLS_SIGNING_KEY): payloads with models will be "

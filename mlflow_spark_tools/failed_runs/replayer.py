@@ -37,8 +37,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlflow_spark_tools.config import API_CLASSES, RateLimitProfile, ReplayConfig, ReplayLimits
+from mlflow_spark_tools.errors import InvalidStoreError
 from mlflow_spark_tools.failed_runs.document import (
     PayloadError,
+    canonical_json,
 )
 from mlflow_spark_tools.failed_runs.lease import DeltaLease
 from mlflow_spark_tools.failed_runs.payload_replay import (
@@ -71,6 +73,7 @@ log = logging.getLogger(__name__)
 
 FOREIGN_PER_PASS = 100
 LOCAL_FAILURES_TO_QUARANTINE = 3
+LEASE_MARKER_FORMAT = "mlflow-spark-tools/store-lease"
 
 
 @dataclass
@@ -125,13 +128,19 @@ class Replayer(PayloadSteps):
             hash to its name is left alone (being written) before it is quarantined as torn.
         retry: the policy for one request (429s honour ``Retry-After``).
         sleep: waiting function (injectable for tests).
+        marker_settle_seconds: the first replay of a store writes where its lease lives
+            (``lease.json``) and reads it back this much later, so that of two first replays at
+            once with different databases, one refuses.
     """
 
     def __init__(self, store_path: str, tracking_uri: str, profile: RateLimitProfile, *, lease: DeltaLease,
                  max_workers: int = 16, signing_key: SigningKey | None = None, trust_unsigned: bool = False,
                  limits: ReplayLimits | None = None, torn_grace_seconds: float = ReplayConfig.torn_grace_seconds,
-                 retry: RetryPolicy | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+                 retry: RetryPolicy | None = None, sleep: Callable[[float], None] = time.sleep,
+                 marker_settle_seconds: float = 2.0) -> None:
         self.store = FailedRunStore(store_path).ensure()
+        self.marker_settle_seconds = marker_settle_seconds
+        self._lease_placed = False
         self.tracking_uri = tracking_uri
         self.lease = lease
         self.limiter = RateLimiter(profile, sleep=sleep)
@@ -223,6 +232,7 @@ class Replayer(PayloadSteps):
         if took and not self.store.documents() and not self.store.foreign_files():
             summary.seconds = time.perf_counter() - started
             return summary  # nothing to do: no lease taken (no engine started)
+        self._check_lease_place()
         holder = self.lease.acquire()
         if holder is not None:
             log.warning("Another replayer holds the store %s: %s; nothing replayed", self.store.root, holder)
@@ -236,6 +246,51 @@ class Replayer(PayloadSteps):
                 self.lease.release()
         summary.seconds = time.perf_counter() - started
         return summary
+
+    def _check_lease_place(self) -> None:
+        """Refuse to replay a store whose lease lives elsewhere than this replayer's.
+
+        A replay with another ``--database`` (or another embedded warehouse) would hold another
+        lease of the same store and replay beside the first. The first replay of a store
+        writes ``lease.json`` naming its lease's place (signed with the key); every replay
+        checks it.
+
+        Raises:
+            InvalidStoreError: the store names another place, or a marker this replay cannot trust.
+        """
+        if self._lease_placed:
+            return
+        place = self.lease.place
+        problem: str | None = None
+        try:
+            marker = self.store.read_lease_marker()
+            if marker is None:
+                record: dict[str, Any] = {"format": LEASE_MARKER_FORMAT, "lease": place, "written_by": self.owner}
+                if self.key is not None:
+                    record["signature"] = self.key.sign(canonical_json(record))
+                try:
+                    self.store.write_lease_marker(record)
+                except FileExistsError:
+                    pass
+                # two first replays at once: the marker written last is the one both read back
+                self.requests.sleep(self.marker_settle_seconds)
+                marker = self.store.read_lease_marker()
+        except PayloadError as exc:
+            marker, problem = None, str(exc)
+        root = self.store.root
+        if marker is None or marker.get("format") != LEASE_MARKER_FORMAT or not isinstance(marker.get("lease"), str):
+            problem = problem or "it is not a lease marker of this package"
+        elif self.key is not None and not self._signed_by_us(marker):
+            problem = "it is not signed by this replay's key"
+        if problem is not None or marker is None:
+            raise InvalidStoreError(f"The failed-run store {root} names where its lease lives in {root / 'lease.json'}, "
+                                    f"but {problem}: remove that file (the next replay writes it again).")
+        if marker["lease"] != place:
+            raise InvalidStoreError(
+                f"The failed-run store {root} is replayed with its lease in {marker['lease'][:300]}, and this "
+                f"replay's lease is {place}: run it with that database (--database), so that two replays never "
+                f"work the store at once; if the store moved on purpose, remove {root / 'lease.json'}.")
+        self._lease_placed = True
 
     def _pass(self, summary: ReplaySummary) -> None:
         self._quarantine_foreign(summary)

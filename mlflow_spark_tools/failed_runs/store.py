@@ -74,6 +74,7 @@ from mlflow_spark_tools.failed_runs.store_entries import (
     safe_name,
 )
 
+LEASE_MARKER = "lease.json"  # where the store's lease lives, written by its first replay
 STATES = ("pending", "done", "failed")
 FOLDERS = (*STATES, "data")
 CLAIMED = "claimed"  # documents held by an earlier release's replayers; read, never written
@@ -125,10 +126,13 @@ class FailedRunStore:
 
     Args:
         root: a local, ``/dbfs/...``, ``dbfs:/...`` or ``/Volumes/...`` directory.
+        create: make the root and the folders that are missing; without, only the folders
+            that exist are opened (a store that is only looked at is never made).
     """
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, *, create: bool = True) -> None:
         self.root = Path(to_fuse_path(os.fspath(root)))
+        self.create = create
         self._fds: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -143,25 +147,27 @@ class FailedRunStore:
             if self._fds:
                 return self
             try:
-                self.root.mkdir(parents=True, exist_ok=True)
+                if self.create:
+                    self.root.mkdir(parents=True, exist_ok=True)
                 # the root is the operator's choice and may be a link; what is below it is not
                 root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
             except OSError as exc:
-                raise _unusable(self.root, "creating and opening the store's folder", exc) from None
+                raise _unusable(self.root, "creating and opening the store's folder" if self.create
+                                else "opening the store's folder", exc) from None
             fds: dict[str, int] = {}
             try:
-                for name in FOLDERS:
+                for name in (*FOLDERS, CLAIMED):
+                    if self.create and name != CLAIMED:
+                        try:
+                            os.mkdir(name, 0o755, dir_fd=root_fd)
+                        except FileExistsError:
+                            pass
+                        except OSError as exc:
+                            raise _unusable(self.root, f"creating the folder {name}/", exc) from None
                     try:
-                        os.mkdir(name, 0o755, dir_fd=root_fd)
-                    except FileExistsError:
-                        pass
-                    except OSError as exc:
-                        raise _unusable(self.root, f"creating the folder {name}/", exc) from None
-                    fds[name] = open_dir(name, root_fd, f"{name}/")
-                try:
-                    fds[CLAIMED] = open_dir(CLAIMED, root_fd, f"{CLAIMED}/")
-                except FileNotFoundError:
-                    pass
+                        fds[name] = open_dir(name, root_fd, f"{name}/")
+                    except FileNotFoundError:
+                        pass  # an earlier release's claimed/, or a folder of a store only looked at
             except PayloadError as exc:
                 for fd in fds.values():
                     os.close(fd)
@@ -276,9 +282,7 @@ class FailedRunStore:
     # ---- listing -------------------------------------------------------------------------
 
     def _entries(self, state: str) -> list[str]:
-        if not self.exists_at():
-            return []
-        if state == CLAIMED and CLAIMED not in self.ensure()._fds:
+        if not self.exists_at() or state not in self.ensure()._fds:
             return []
         return os.listdir(self._fd(state))
 
@@ -393,6 +397,46 @@ class FailedRunStore:
     def path_of(self, document: PendingDocument) -> Path:
         return self.root / document.state / document.name
 
+    def read_lease_marker(self) -> dict[str, Any] | None:
+        """``lease.json`` at the store's root (where the store's lease lives), looked up by name;
+        None if absent.
+
+        Raises:
+            PayloadError: it is a link, a special file, too large or not a JSON object.
+        """
+        root = os.open(self.ensure().root, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
+        try:
+            fd = os.open(LEASE_MARKER, FILE_FLAGS, dir_fd=root)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise PayloadError(f"{LEASE_MARKER} cannot be read: {exc.strerror or exc}") from None
+        finally:
+            os.close(root)
+        with os.fdopen(fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_size > 65536:
+                raise PayloadError(f"{LEASE_MARKER} is not a file of this package")
+            try:
+                value = json.loads(f.read(65537))
+            except (ValueError, RecursionError):
+                raise PayloadError(f"{LEASE_MARKER} is not valid JSON") from None
+        if not isinstance(value, dict):
+            raise PayloadError(f"{LEASE_MARKER} is not a JSON object")
+        return value
+
+    def write_lease_marker(self, marker: dict[str, Any]) -> None:
+        """Write ``lease.json`` once.
+
+        Raises:
+            FileExistsError: it exists (seen by this host).
+        """
+        root = os.open(self.ensure().root, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
+        try:
+            write_once(root, LEASE_MARKER, json_bytes(marker))
+        finally:
+            os.close(root)
+
     # ---- finishing -------------------------------------------------------------------
 
     def write_done(self, payload_id: str, record: dict[str, Any]) -> None:
@@ -466,7 +510,9 @@ class FailedRunStore:
         if not math.isfinite(older_than_seconds) or older_than_seconds < 0:
             raise ValueError(f"a retention of {older_than_seconds!r} seconds")
         now = time.time() if now is None else now
-        done_fd, data_fd = self._fd("done"), self._fd("data")
+        if "done" not in self.ensure()._fds:
+            return result
+        done_fd, data_fd = self._fd("done"), self._fds.get("data")
         # a payload also pending, claimed or quarantined (a copy put back, a planted document)
         # is not only replayed: its data stays
         listed = {state: self.ids(state) for state in ("pending", CLAIMED, "failed")}
@@ -486,9 +532,10 @@ class FailedRunStore:
                 continue
             try:
                 info = os.stat(f"{payload_id}.json", dir_fd=done_fd, follow_symlinks=False)
-                size = info.st_size + tree_size(payload_id, data_fd)
+                size = info.st_size + (tree_size(payload_id, data_fd) if data_fd is not None else 0)
                 if not dry_run:
-                    remove_entry(payload_id, data_fd)
+                    if data_fd is not None:
+                        remove_entry(payload_id, data_fd)
                     os.unlink(f"{payload_id}.json", dir_fd=done_fd)
             except FileNotFoundError:
                 continue

@@ -135,6 +135,10 @@ def parse_document(data: bytes) -> dict[str, Any]:
     return document
 
 
+class DocumentGrew(ValueError):
+    """The document grew while it was read: its writer is still at work."""
+
+
 class DocumentFile:
     """An open run document: its size is known before its bytes are read, and no more bytes
     than that size are ever read (a file that grows or is swapped meanwhile is refused)."""
@@ -149,7 +153,7 @@ class DocumentFile:
                              f"{max_bytes} (replay.limits.max_document_bytes)")
         data = self._file.read(self.size + 1)
         if len(data) > self.size:
-            raise ValueError("the document grew while it was read")
+            raise DocumentGrew("the document grew while it was read")
         return data
 
     def read(self, max_bytes: int | None = None) -> dict[str, Any]:

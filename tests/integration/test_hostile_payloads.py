@@ -708,3 +708,38 @@ def test_a_hard_linked_document_is_not_read(closed_proxy, tracking_server, exper
     os.link(p.path(0), outside)
     summary = make_replayer(store_path, tracking_server.url, UNLIMITED).run()
     assert summary.failed == 1 and "other hard links" in p.reason(0)
+
+
+def test_bad_values_in_one_payload_never_cost_the_others_their_ledger_rows(closed_proxy, tracking_server, client,
+                                                                            experiment, store_path, settings, engine,
+                                                                            signing_key):
+    """A planted document whose text is not valid UTF-8 once parsed (a lone surrogate, carried
+    into its quarantine reason) and rows with values their columns cannot hold: every other
+    payload still gets its ledger row."""
+    from mlflow_spark_tools.failed_runs.ledger import write_ledger
+    from mlflow_spark_tools.failed_runs.replay_job import ONCE, ReplayOptions, run_replay_job
+
+    database = f"bad_values_{uuid.uuid4().hex[:8]}"
+    ids = _defer(closed_proxy, store_path, experiment, 3)
+    planted = f"{int(time.time() * 1000)}-evil-1-{'ab' * 12}"
+    (store_path / "pending" / f"{planted}.json").write_text('{"format": "mlflow-spark-tools/failed-run", '
+                                                             '"version": "\\udcff"}')
+    settle(store_path)
+    lines: list[str] = []
+    code = run_replay_job(settings.with_overrides(tables__database=database),
+                          ReplayOptions(replay_dir=str(store_path), mode=ONCE), engine=engine, echo=lines.append)
+    summary = json.loads(lines[-1])
+    assert code == 3 and summary["replayed"] == 3 and summary["failed"] == 1
+    assert summary["ledger_rows"] == 4 and "ledger_error" not in summary, summary
+    rows = engine.spark.sql(f"SELECT payload_id, status, error FROM {database}.replay_log").collect()
+    assert {r["payload_id"] for r in rows} == {*ids, planted}
+    assert "\\udcff" in next(r["error"] for r in rows if r["payload_id"] == planted)
+    # values no column holds become null; the rows beside them are written
+    assert write_ledger(engine, database, [
+        {"payload_id": "x\udcff", "run_id": {"not": "a string"}, "attempts": 2**40, "status": "replayed",
+         "replayed_at": True},
+        {"payload_id": "fine", "run_id": "r" * 32, "attempts": 1, "status": "replayed"},
+    ]) == 2
+    (odd,) = engine.spark.sql(f"SELECT run_id, attempts, replayed_at FROM {database}.replay_log "
+                              "WHERE payload_id = 'x\\\\udcff'").collect()
+    assert (odd["run_id"], odd["attempts"], odd["replayed_at"]) == ("{'not': 'a string'}", None, None)

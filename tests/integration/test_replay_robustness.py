@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from mlflow_spark_tools.config import RateLimitProfile
 from mlflow_spark_tools.failed_runs.collector import DEFERRED, FailedRunCollector
 from mlflow_spark_tools.failed_runs.document import canonical_json
@@ -289,3 +291,77 @@ def test_after_a_deferral_the_process_defers_on_the_first_429(closed_proxy, expe
     before = creates()
     assert log_sample_run(calm, experiment, 2, with_model=False)[0] == DEFERRED
     assert creates() - before >= 2 and not calm.in_storm()
+
+
+def test_a_replay_with_another_database_refuses_the_store(closed_proxy, tracking_server, client, experiment,
+                                                          store_path, tmp_path, signing_key):
+    """Two replay jobs of one store at once, with different --database values (a notebook's
+    default beside the deployed job's): the store names where its lease lives, so the one
+    whose lease is elsewhere refuses (exit 2) instead of replaying beside the other."""
+    n = 15
+    _defer(closed_proxy, store_path, experiment, range(n))
+    settle(store_path)
+    processes = []
+    for database in ("jobs_db", "notebook_db"):
+        command, env = _replay_cli(store_path, tracking_server.url, tmp_path / "warehouse", "--until-empty",
+                                   "--max-workers", "4")
+        command[command.index("replay") + 1:command.index("replay") + 1] = ["--database", database]
+        processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=600) for p in processes]
+    codes = sorted(p.returncode for p in processes)
+    assert codes in ([0, 2], [0, 0]), outputs  # both 0 only when one finished before the other began
+    refused = [err for (out, err), p in zip(outputs, processes) if p.returncode == 2]
+    for err in refused:
+        lines = [line for line in err.splitlines() if line.startswith("Error:")]
+        assert len(lines) == 1 and "lease.json" in lines[0] and "--database" in lines[0], err[-2000:]
+    runs = runs_by_index(client, experiment)
+    assert sorted(runs) == list(range(n)) and all(len(runs[i]) == 1 for i in range(n))
+    # later, the other database is refused at once, whatever the timing was
+    command, env = _replay_cli(store_path, tracking_server.url, tmp_path / "warehouse")
+    command[command.index("replay") + 1:command.index("replay") + 1] = ["--database", "third_db"]
+    _defer(closed_proxy, store_path, experiment, [n])
+    settle(store_path)
+    third = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert third.returncode == 2 and "lease.json" in third.stderr, third.stderr[-2000:]
+
+
+def test_a_missing_store_is_neither_made_nor_replayed(tracking_server, tmp_path):
+    command, env = _replay_cli(tmp_path / "typo" / "store", tracking_server.url, tmp_path / "warehouse")
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["store"].startswith("does not exist")
+    assert "nothing to replay" in result.stderr and not (tmp_path / "typo").exists()
+    prune = subprocess.run([*command[:command.index("replay")], "prune-store", "--replay-dir", str(tmp_path),
+                            "--older-than-days", "0", "--dry-run"], env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert prune.returncode == 0, prune.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # a dry run made no folders
+
+
+def test_a_document_that_grows_while_read_is_left_for_a_later_pass(closed_proxy, tracking_server, experiment,
+                                                                    tmp_path, make_replayer, monkeypatch):
+    from mlflow_spark_tools.failed_runs.payload_replay import Incomplete
+
+    monkeypatch.delenv("MLFLOW_SPARK_TOOLS_SIGNING_KEY", raising=False)
+    store_path = tmp_path / "store"
+    (pid,) = _defer(closed_proxy, store_path, experiment, [0]).values()
+    path = document_path(store_path, pid)
+    data = path.read_bytes()
+    path.write_bytes(data[:200])  # the writer is half way
+    replayer = make_replayer(store_path, tracking_server.url)
+    (document,) = replayer.store.documents()
+    handle = replayer.store.open_document(document)
+    with open(path, "ab") as f:  # and goes on writing while the replay reads
+        f.write(data[200:])
+    with pytest.raises(Incomplete):
+        replayer._document_bytes(document, handle)
+    handle.close()
+    assert replayer.run().replayed == 1
+
+
+def test_a_signing_key_too_short_is_said_on_the_driver(monkeypatch, tmp_path):
+    from mlflow_spark_tools.errors import InvalidConfigError
+
+    monkeypatch.setenv("MLFLOW_SPARK_TOOLS_SIGNING_KEY", "short")
+    with pytest.raises(InvalidConfigError, match="at least 16 bytes"):
+        FailedRunCollector(tmp_path / "store", tracking_uri="http://127.0.0.1:9")
