@@ -248,23 +248,13 @@ class PayloadFolder:
             raise PayloadError(f"over the limits: {relative} grew over {limit} bytes while read")
         return data
 
-    def read_json(self, name: str) -> dict[str, Any] | None:
-        """A small JSON object the replay wrote here; None if absent.
-
-        Raises:
-            PayloadError: it is not a regular file, too large or not a JSON object.
-        """
+    def read_json(self, relative: str) -> dict[str, Any] | None:
+        """A small JSON object the replay wrote here (see :func:`read_json_file`); None if absent."""
         try:
-            data = self.read_bytes(name, _MAX_JSON)
+            with self._parent(relative) as (parent, name):
+                return read_json_file(parent, name, f"data/{self.payload_id}/{relative}")
         except FileNotFoundError:
             return None
-        try:
-            value = json.loads(data)
-        except (ValueError, RecursionError):
-            raise PayloadError(f"data/{self.payload_id}/{name} is not valid JSON") from None
-        if not isinstance(value, dict):
-            raise PayloadError(f"data/{self.payload_id}/{name} is not a JSON object")
-        return value
 
     def names(self, folder: str) -> list[str]:
         """The entries of a subfolder of this payload's folder ([] if it is missing)."""
@@ -390,6 +380,32 @@ def exists_at(name: str, dir_fd: int) -> bool:
         return True
     except FileNotFoundError:
         return False
+
+
+def read_json_file(dir_fd: int, name: str, what: str) -> dict[str, Any] | None:
+    """A small JSON object the package wrote (a checkpoint, a done record, the lease marker),
+    opened without following a link; None if absent.
+
+    Raises:
+        PayloadError: a link, not a regular file, one with other hard links, too large, or not
+            a JSON object.
+    """
+    try:
+        fd, info = _open_entry(name, dir_fd, what)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(info.st_mode) or info.st_size > _MAX_JSON:
+        os.close(fd)
+        raise PayloadError(f"{what} is not a file of this package (not a regular file, or too large)")
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(_MAX_JSON + 1)
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        raise PayloadError(f"{what} is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise PayloadError(f"{what} is not a JSON object")
+    return value
 
 
 def json_bytes(data: Any) -> bytes:

@@ -37,7 +37,6 @@ never overwritten (the first reason keeps its name, later ones are numbered).
 from __future__ import annotations
 
 import errno
-import json
 import math
 import os
 import stat
@@ -60,6 +59,7 @@ from mlflow_spark_tools.failed_runs.files import (
     json_bytes,
     move_entry,
     open_dir,
+    read_json_file,
     remove_entry,
     tree_size,
     write_once,
@@ -80,7 +80,6 @@ FOLDERS = (*STATES, "data")
 CLAIMED = "claimed"  # documents held by an earlier release's replayers; read, never written
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _MAX_REASON_FILES = 1000
-_MAX_RECORD = 1 << 20
 
 
 @dataclass
@@ -357,29 +356,15 @@ class FailedRunStore:
         """``done/<payload_id>.json`` as a JSON object, looked up by name; None if absent.
 
         Raises:
-            PayloadError: it is a link, a special file, too large or not a JSON object.
+            PayloadError: it cannot be read, or is a link, a special file, too large or not a
+                JSON object.
         """
-        name = f"{payload_id}.json"
         if not is_payload_id(payload_id):
             raise ValueError(f"{payload_id[:80]!r} is not a payload id")
         try:
-            fd = os.open(name, FILE_FLAGS, dir_fd=self._fd("done"))
-        except FileNotFoundError:
-            return None
+            return read_json_file(self._fd("done"), f"{payload_id}.json", f"done/{payload_id}.json")
         except OSError as exc:
-            raise PayloadError(f"done/{name} cannot be read: {exc.strerror or exc}") from None
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > _MAX_RECORD:
-            os.close(fd)
-            raise PayloadError(f"done/{name} is not a record of this package")
-        with os.fdopen(fd, "rb") as f:
-            try:
-                value = json.loads(f.read(_MAX_RECORD + 1))
-            except (ValueError, RecursionError):
-                raise PayloadError(f"done/{name} is not valid JSON") from None
-        if not isinstance(value, dict):
-            raise PayloadError(f"done/{name} is not a JSON object")
-        return value
+            raise PayloadError(f"done/{payload_id}.json cannot be read: {exc.strerror or exc}") from None
 
     def result(self, payload_id: str) -> dict[str, Any] | None:
         """The record of a payload's replay (its ``run_id``, ``attempts``, ``replayed_at``), or
@@ -402,28 +387,16 @@ class FailedRunStore:
         None if absent.
 
         Raises:
-            PayloadError: it is a link, a special file, too large or not a JSON object.
+            PayloadError: it cannot be read, or is a link, a special file, too large or not a
+                JSON object.
         """
         root = os.open(self.ensure().root, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
         try:
-            fd = os.open(LEASE_MARKER, FILE_FLAGS, dir_fd=root)
-        except FileNotFoundError:
-            return None
+            return read_json_file(root, LEASE_MARKER, LEASE_MARKER)
         except OSError as exc:
             raise PayloadError(f"{LEASE_MARKER} cannot be read: {exc.strerror or exc}") from None
         finally:
             os.close(root)
-        with os.fdopen(fd, "rb") as f:
-            info = os.fstat(f.fileno())
-            if not stat.S_ISREG(info.st_mode) or info.st_size > 65536:
-                raise PayloadError(f"{LEASE_MARKER} is not a file of this package")
-            try:
-                value = json.loads(f.read(65537))
-            except (ValueError, RecursionError):
-                raise PayloadError(f"{LEASE_MARKER} is not valid JSON") from None
-        if not isinstance(value, dict):
-            raise PayloadError(f"{LEASE_MARKER} is not a JSON object")
-        return value
 
     def write_lease_marker(self, marker: dict[str, Any]) -> None:
         """Write ``lease.json`` once.

@@ -138,7 +138,7 @@ def test_done_records_are_read_by_name_and_checked(store_path):
     pid = new_payload_id()
     assert store.read_done(pid) is None
     (store_path / "done" / f"{pid}.json").mkdir()
-    with pytest.raises(PayloadError, match="not a record"):
+    with pytest.raises(PayloadError, match="not a file of this package"):
         store.read_done(pid)
     other = new_payload_id()
     (store_path / "done" / f"{other}.json").write_text("[1, 2]")
