@@ -129,18 +129,20 @@ class Replayer(PayloadSteps):
         retry: the policy for one request (429s honour ``Retry-After``).
         sleep: waiting function (injectable for tests).
         marker_settle_seconds: the first replay of a store writes where its lease lives
-            (``lease.json``) and reads it back this much later, so that of two first replays at
-            once with different databases, one refuses.
+            (``lease.json``) and reads it back after taking the lease, at least this much later
+            (taking a lease takes longer: several queries), so that of two first replays at once
+            with different databases, one refuses.
     """
 
     def __init__(self, store_path: str, tracking_uri: str, profile: RateLimitProfile, *, lease: DeltaLease,
                  max_workers: int = 16, signing_key: SigningKey | None = None, trust_unsigned: bool = False,
                  limits: ReplayLimits | None = None, torn_grace_seconds: float = ReplayConfig.torn_grace_seconds,
                  retry: RetryPolicy | None = None, sleep: Callable[[float], None] = time.sleep,
-                 marker_settle_seconds: float = 2.0) -> None:
+                 marker_settle_seconds: float = 0.25) -> None:
         self.store = FailedRunStore(store_path).ensure()
         self.marker_settle_seconds = marker_settle_seconds
         self._lease_placed = False
+        self._marker_written: float | None = None
         self.tracking_uri = tracking_uri
         self.lease = lease
         self.limiter = RateLimiter(profile, sleep=sleep)
@@ -240,6 +242,7 @@ class Replayer(PayloadSteps):
             summary.seconds = time.perf_counter() - started
             return summary
         try:
+            self._check_lease_place(confirm=True)
             self._pass(summary)
         finally:
             if release and took:
@@ -247,13 +250,15 @@ class Replayer(PayloadSteps):
         summary.seconds = time.perf_counter() - started
         return summary
 
-    def _check_lease_place(self) -> None:
+    def _check_lease_place(self, *, confirm: bool = False) -> None:
         """Refuse to replay a store whose lease lives elsewhere than this replayer's.
 
         A replay with another ``--database`` (or another embedded warehouse) would hold another
         lease of the same store and replay beside the first. The first replay of a store
         writes ``lease.json`` naming its lease's place (signed with the key); every replay
-        checks it.
+        checks it before it takes the lease. The replay that wrote it checks it once more after
+        taking the lease, at least ``marker_settle_seconds`` after writing: of two first
+        replays at once, both then read the marker written last, and the other one refuses.
 
         Raises:
             InvalidStoreError: the store names another place, or a marker this replay cannot trust.
@@ -263,17 +268,19 @@ class Replayer(PayloadSteps):
         place = self.lease.place
         problem: str | None = None
         try:
+            if confirm:
+                written = time.monotonic() if self._marker_written is None else self._marker_written
+                self.requests.sleep(max(0.0, self.marker_settle_seconds - (time.monotonic() - written)))
             marker = self.store.read_lease_marker()
-            if marker is None:
+            if marker is None and not confirm:
                 record: dict[str, Any] = {"format": LEASE_MARKER_FORMAT, "lease": place, "written_by": self.owner}
                 if self.key is not None:
                     record["signature"] = self.key.sign(canonical_json(record))
                 try:
                     self.store.write_lease_marker(record)
+                    self._marker_written = time.monotonic()
                 except FileExistsError:
                     pass
-                # two first replays at once: the marker written last is the one both read back
-                self.requests.sleep(self.marker_settle_seconds)
                 marker = self.store.read_lease_marker()
         except PayloadError as exc:
             marker, problem = None, str(exc)
@@ -290,7 +297,7 @@ class Replayer(PayloadSteps):
                 f"The failed-run store {root} is replayed with its lease in {marker['lease'][:300]}, and this "
                 f"replay's lease is {place}: run it with that database (--database), so that two replays never "
                 f"work the store at once; if the store moved on purpose, remove {root / 'lease.json'}.")
-        self._lease_placed = True
+        self._lease_placed = confirm or self._marker_written is None
 
     def _pass(self, summary: ReplaySummary) -> None:
         self._quarantine_foreign(summary)
