@@ -1,6 +1,12 @@
-"""Shared fixtures: a real MLflow tracking server, the embedded Spark engine, replayers holding
-their store's lease on it, and the failed-run store on a local disk and on a FUSE mount with
-the semantics of Databricks' object-store mounts."""
+"""Shared fixtures: a real MLflow tracking server, the Spark engine (the embedded one, or classic
+local JVM Spark with Delta Lake), replayers holding their store's lease on it, and the failed-run
+store on a local disk and on a FUSE mount with the semantics of Databricks' object-store mounts.
+
+A test process runs on one engine, named by ``MLFLOW_SPARK_TOOLS_TEST_ENGINE``: ``embedded``
+(the default: every test) or ``classic`` (only the tests marked ``jvm``). pyspark cannot hold a
+classic session and a Spark Connect session in one process, so ``make test`` runs the marked
+tests a second time in a process of their own.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +22,10 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
 
 UNIT_TESTS = Path(__file__).parent / "unit"
+EMBEDDED, CLASSIC = "embedded", "classic"
+TEST_ENGINE = os.environ.get("MLFLOW_SPARK_TOOLS_TEST_ENGINE", EMBEDDED)
+if TEST_ENGINE not in (EMBEDDED, CLASSIC):
+    raise SystemExit(f"MLFLOW_SPARK_TOOLS_TEST_ENGINE={TEST_ENGINE!r}: use {EMBEDDED} or {CLASSIC}.")
 
 
 def pytest_configure(config):
@@ -23,6 +33,11 @@ def pytest_configure(config):
         "markers",
         "compat: part of `make compat`, the run on the oldest supported stack (Databricks Runtime "
         "15.4 LTS ML: pyspark 3.5.0, MLflow 2.13.1, pandas 1.5.3, pyarrow 14; constraints-compat.txt)",
+    )
+    config.addinivalue_line(
+        "markers",
+        "jvm: also run on classic local JVM Spark (local[2]) with Delta Lake's jars, the engine "
+        "Databricks runs (MLFLOW_SPARK_TOOLS_TEST_ENGINE=classic; `make test` and `make compat` do)",
     )
 
 
@@ -32,6 +47,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if UNIT_TESTS in item.path.parents:
             item.add_marker(pytest.mark.compat)
+    if TEST_ENGINE == CLASSIC:
+        kept = [item for item in items if item.get_closest_marker("jvm")]
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
 
 
 @pytest.fixture(scope="session")
@@ -52,11 +71,29 @@ def client(tracking_server):
 
 @pytest.fixture(scope="session")
 def engine(tmp_path_factory):
+    """The process's Spark engine (see the module docstring)."""
+    if TEST_ENGINE == CLASSIC:
+        from tests.support.classic_spark import start_classic
+
+        eng = start_classic(tmp_path_factory.mktemp("warehouse"))
+        yield eng
+        eng.spark.stop()
+        return
     from mlflow_spark_tools.spark.engine import start_embedded
 
     eng = start_embedded(tmp_path_factory.mktemp("warehouse"))
     yield eng
     eng.stop()
+
+
+@pytest.fixture(autouse=True)
+def _stays_classic():
+    """On the classic engine, a test that opened a Spark Connect session has switched the whole
+    process to Spark Connect: fail it by name rather than every test after it."""
+    yield
+    if TEST_ENGINE == CLASSIC and "SPARK_CONNECT_MODE_ENABLED" in os.environ:
+        pytest.fail("This test opened a Spark Connect session in the classic engine's process; "
+                    "give it the `engine` fixture or leave it out of the `jvm` tests.")
 
 
 LISTING_DELAY = 0.25  # a listing on the object-store mount shows a new file this late

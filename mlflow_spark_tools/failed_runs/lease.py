@@ -54,7 +54,7 @@ from mlflow_spark_tools.core.identifiers import qualified_name, sql_string
 from mlflow_spark_tools.errors import EngineError
 from mlflow_spark_tools.failed_runs.store_entries import is_owner_name, new_owner
 from mlflow_spark_tools.spark.arrow import to_dataframe
-from mlflow_spark_tools.spark.catalog import Database, delta_missing
+from mlflow_spark_tools.spark.catalog import Database, delta_missing, spark_version
 from mlflow_spark_tools.spark.engine import Engine
 from mlflow_spark_tools.tracking.pacing import StopSending
 from mlflow_spark_tools.tracking.rate_limit_errors import error_summary
@@ -74,6 +74,23 @@ LEASE_SCHEMA = pa.schema([
 LEASE_DDL = ("store_key STRING, store STRING, row_id STRING, generation BIGINT, owner STRING, heartbeat BIGINT, "
              "renewed_ms BIGINT")
 
+
+
+# How often, and how far apart, a replayer tries to create or register the lease table while
+# another one is creating it.
+CREATE_ATTEMPTS = 10
+CREATE_WAIT_SECONDS = 0.5
+# Immediate retries of an UPDATE that met a concurrent commit (see DeltaLease._update).
+CONFLICT_RETRIES = 3
+_CONFLICT_MARKERS = ("DELTA_CONCURRENT", "ConcurrentAppendException", "ConcurrentDeleteReadException",
+                     "ConcurrentDeleteDeleteException", "ConcurrentTransactionException", "ConcurrentWriteException",
+                     "conflicting commit", "Transaction conflict")
+
+
+def _is_commit_conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` is Delta refusing a commit because another one came first."""
+    text = f"{type(exc).__name__}: {exc}"
+    return any(marker in text for marker in _CONFLICT_MARKERS)
 
 class LeaseLost(StopSending):
     """This replayer no longer holds its store: it must send nothing more."""
@@ -178,23 +195,28 @@ class DeltaLease:
             return list(self.engine.spark.sql(text).collect())
 
     def _ensure_table(self) -> None:
+        """Create the lease table, or register the one at the warehouse path (the embedded
+        engine forgets tables between processes). Replayers starting at once may each try to
+        create it: one does, and the others, refused while its first commit is not there yet,
+        wait for that commit and register it."""
         db = self.db
         db.ensure()
-        if db.exists(LEASE_TABLE):
-            return
         location = self.engine.table_location(db.database, LEASE_TABLE)
-        if location is not None and (Path(location) / "_delta_log").is_dir():
-            # the embedded engine forgets tables between processes: register it again
-            self._sql(f"CREATE TABLE IF NOT EXISTS {self.table} USING delta LOCATION {sql_string(location)}")
-            return
-        where = "" if location is None else f" LOCATION {sql_string(location)}"
-        try:
-            self._sql(f"CREATE TABLE IF NOT EXISTS {self.table} ({LEASE_DDL}) USING delta{where}")
-        except Exception:
-            if not db.exists(LEASE_TABLE):  # another replayer created it meanwhile: use it
-                if location is None or not (Path(location) / "_delta_log").is_dir():
-                    raise
+        for attempt in range(CREATE_ATTEMPTS):
+            if db.exists(LEASE_TABLE):
+                return
+            if location is not None and any((Path(location) / "_delta_log").glob("*.json")):
                 self._sql(f"CREATE TABLE IF NOT EXISTS {self.table} USING delta LOCATION {sql_string(location)}")
+                return
+            where = "" if location is None else f" LOCATION {sql_string(location)}"
+            try:
+                self._sql(f"CREATE TABLE IF NOT EXISTS {self.table} ({LEASE_DDL}) USING delta{where}")
+                return
+            except Exception:
+                if attempt == CREATE_ATTEMPTS - 1:
+                    raise
+                log.debug("Creating %s failed; another replayer may be creating it", self.table, exc_info=True)
+                self.sleep(CREATE_WAIT_SECONDS)
 
     def _state(self) -> LeaseState | None:
         rows = self._sql(f"SELECT row_id, generation, owner, heartbeat, renewed_ms FROM {self.table} "
@@ -216,12 +238,24 @@ class DeltaLease:
 
     def _update(self, assignments: str, condition: str) -> None:
         """One conditional UPDATE; a commit conflict is not an error here (the rows are read
-        back after every change to see what holds)."""
-        try:
-            self._sql(f"UPDATE {self.table} SET {assignments} WHERE store_key = {sql_string(self.key)} "
-                      f"AND {condition}")
-        except Exception as exc:
-            log.debug("Lease update of %s did not commit: %s", self.store, error_summary(exc, 200))
+        back after every change to see what holds).
+
+        Open-source Delta Lake detects conflicts by file, not by row: an UPDATE of one store's
+        row conflicts with a concurrent UPDATE of another store's row in the same file. Such a
+        conflict is tried again at once, up to :data:`CONFLICT_RETRIES` times: the condition is
+        evaluated again on the new version, so a retry changes nothing that moved meanwhile.
+        """
+        for attempt in range(CONFLICT_RETRIES + 1):
+            try:
+                self._sql(f"UPDATE {self.table} SET {assignments} WHERE store_key = {sql_string(self.key)} "
+                          f"AND {condition}")
+                return
+            except Exception as exc:
+                if attempt < CONFLICT_RETRIES and _is_commit_conflict(exc):
+                    log.debug("Lease update of %s met a concurrent commit; trying again", self.store)
+                    continue
+                log.debug("Lease update of %s did not commit: %s", self.store, error_summary(exc, 200))
+                return
 
     # ---- acquiring -----------------------------------------------------------------------
 
@@ -239,7 +273,7 @@ class DeltaLease:
                 self._insert_first_row()
                 state = self._state()
         except Exception as exc:
-            missing = delta_missing(exc)
+            missing = delta_missing(exc, spark_version(self.engine.spark))
             if missing is not None:
                 raise EngineError(f"The replay holds its store through the Delta table {self.table}: {missing}") \
                     from None

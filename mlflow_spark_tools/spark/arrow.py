@@ -134,4 +134,4 @@ def frame_with_maps(spark: SparkSession, data: pa.Table, columns: Sequence[tuple
     df = to_dataframe(spark, data, staged)
     if not any(_is_map(t) for _, t in columns):
         return df
-    return df.select(*(map_from_entries(df[n]).alias(n) if _is_map(t) else df[n] for n, t in columns))
+    return df.select(*(map_from_entries(df[n], spark).alias(n) if _is_map(t) else df[n] for n, t in columns))

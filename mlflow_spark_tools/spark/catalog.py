@@ -32,16 +32,48 @@ MAX_KEYS_NAMED = 2000
 MAX_INLINE_BYTES = 48 << 20
 
 
-def delta_missing(exc: BaseException) -> EngineError | None:
-    """The one-line error for a Spark session without Delta Lake, when ``exc`` says so."""
+# The Delta Lake release for each Spark minor version (docs.delta.io/releases: 3.2.x for 3.5.x,
+# 4.0.x for 4.0.x; Delta 4.1.0 is built on Spark 4.1.0), as Maven coordinates for the Scala that
+# pip's pyspark ships (2.12 for 3.5, 2.13 for Spark 4). The 3.5 and 4.1 ones are those the tests run.
+DELTA_PACKAGES = {
+    "3.5": "io.delta:delta-spark_2.12:3.2.0",
+    "4.0": "io.delta:delta-spark_2.13:4.0.0",
+    "4.1": "io.delta:delta-spark_2.13:4.1.0",
+}
+DELTA_SETTINGS = ("spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension",
+                  "spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog")
+
+
+def delta_package(spark_version: str) -> str | None:
+    """The Maven coordinates of the delta-spark release for a Spark version, if one is known."""
+    return DELTA_PACKAGES.get(".".join(spark_version.split(".")[:2]))
+
+
+def delta_missing(exc: BaseException, spark_version: str | None = None) -> EngineError | None:
+    """The one-line error for a Spark session without Delta Lake, when ``exc`` says so: the two
+    settings, and the jars that match the running Spark (``spark_version``)."""
     text = str(exc)
-    if "DATA_SOURCE_NOT_FOUND" in text or "Failed to find data source: delta" in text:
-        return EngineError(
-            "This Spark session cannot write Delta tables. On Databricks Delta is built "
-            "in; for local Spark install delta-spark and configure it "
-            "(configure_spark_with_delta_pip), or use the embedded engine or --remote."
-        )
-    return None
+    if "DATA_SOURCE_NOT_FOUND" not in text and "Failed to find data source: delta" not in text:
+        return None
+    package = delta_package(spark_version) if spark_version else None
+    jars = (f"--packages {package}" if package else
+            f"--packages io.delta:delta-spark_<scala>:<version> (the release for Spark {spark_version}, "
+            "docs.delta.io/releases)" if spark_version else "--packages io.delta:delta-spark_2.13:<version>")
+    running = f"Spark {spark_version}" if spark_version else "local Spark"
+    return EngineError(
+        "This Spark session cannot write Delta tables. On Databricks Delta is built in; for "
+        f"{running} add Delta's jars and its two settings: {jars} "
+        + " ".join(f"--conf {setting}" for setting in DELTA_SETTINGS)
+        + " (or configure_spark_with_delta_pip), or use the embedded engine or --remote."
+    )
+
+
+def spark_version(spark: Any) -> str | None:
+    """The session's Spark version, or None when it cannot say."""
+    try:
+        return str(spark.version)
+    except Exception:  # a session that is gone: the error is about something else anyway
+        return None
 
 
 class Database:
@@ -174,7 +206,7 @@ class Database:
         try:
             writer.saveAsTable(f"{self.database}.{table}")
         except Exception as exc:
-            missing = delta_missing(exc)
+            missing = delta_missing(exc, spark_version(self.spark))
             if missing is not None:
                 raise missing from exc
             raise

@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 EMBEDDED = "embedded"
 REMOTE = "remote"
 ACTIVE = "active"
+# What executes the SQL and writes the Delta tables, whoever holds the session: Sail (the embedded
+# engine, or a Sail server reached with --remote) or Spark with Delta Lake's JVM writer
+# (Databricks, classic spark-submit, a Spark Connect server of Spark).
+SAIL = "sail"
+SPARK = "spark"
 DEFAULT_WAREHOUSE = "spark-warehouse"
 # Paths the embedded engine writes Delta tables under as given. Sail 0.7 percent-encodes
 # other characters (a space, a non-ASCII letter) in the Delta log's path and encodes the data
@@ -68,6 +73,11 @@ class Engine:
         if self.engine_warehouse is None:
             self.engine_warehouse = self.warehouse
 
+    @property
+    def executor(self) -> str:
+        """:data:`SAIL` or :data:`SPARK` (:func:`executor_of`)."""
+        return executor_of(self.spark)
+
     def table_location(self, database: str, table: str) -> str | None:
         """Where a table's files go: a path for the embedded engine, else the catalog's choice."""
         if self.engine_warehouse is None:
@@ -85,6 +95,30 @@ class Engine:
                 self._server = None
                 if self._remove_link is not None:
                     self._remove_link()
+
+
+_EXECUTOR_ATTRIBUTE = "_mlflow_spark_tools_executor"
+
+
+def executor_of(spark: Any) -> str:
+    """:data:`SAIL` when the session's SQL runs on Sail, else :data:`SPARK`; asked once per
+    session. SQL ``version()`` is Spark's version and build on Spark (``4.1.1 c0690c7...``) and
+    Sail's release on Sail (``0.7.2``); an engine that cannot answer is taken for Spark."""
+    known = getattr(spark, _EXECUTOR_ATTRIBUTE, None)
+    if known is not None:
+        return str(known)
+    try:
+        version = str(spark.sql("SELECT version() AS v").collect()[0][0])
+    except Exception:  # an engine without version(): not Sail, which has it
+        log.debug("version() failed; taking the engine for Spark", exc_info=True)
+        version = ""
+    major = re.match(r"(\d+)\.", version)
+    executor = SAIL if major is not None and int(major.group(1)) < 3 else SPARK
+    try:
+        setattr(spark, _EXECUTOR_ATTRIBUTE, executor)
+    except AttributeError:  # a session object that takes no attributes: ask again next time
+        pass
+    return executor
 
 
 def _runtime_session() -> Any | None:
@@ -137,6 +171,7 @@ def start_embedded(warehouse: Path | str) -> Engine:
     # The server stops when it is garbage-collected; a caller may keep only the session
     # (get_engine(...).spark), so the session holds the server as long as it lives.
     setattr(spark, "_mlflow_spark_tools_server", server)  # noqa: B010 - an attribute of our own
+    setattr(spark, _EXECUTOR_ATTRIBUTE, SAIL)
     # the link lives as long as the session that writes through it, or until stop()
     remove_link = weakref.finalize(spark, shutil.rmtree, link_dir, ignore_errors=True) if link_dir else None
     engine = Engine(spark=spark, kind=EMBEDDED, warehouse=warehouse, _server=server,

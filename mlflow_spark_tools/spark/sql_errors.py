@@ -21,6 +21,7 @@ _MISSING_TABLE = re.compile(r"TABLE_OR_VIEW_NOT_FOUND\]\s*(?:Table or view not f
                             r"`?(?P<name>[^`\s]+)`?")
 _UNKNOWN_FUNCTION = re.compile(r"(?:unknown function:\s*|UNRESOLVED_ROUTINE\][^`]*`)(?P<name>[\w.]+)")
 _SAIL_SYNTAX = re.compile(r"^invalid argument: (?P<what>found .*)$")
+_SPARK_SYNTAX = re.compile(r"\[PARSE_SYNTAX_ERROR\]\s*Syntax error (?P<what>.*?)\.?\s*(?:SQLSTATE|$)")
 _TABLES_READ = re.compile(r"\b(?:FROM|JOIN)\s+(?P<name>`[^`]+`(?:\.`[^`]+`)*|[\w.]+)", re.IGNORECASE)
 _KEY_PREFIXES = ("_p_", "_m_", "_t_")
 # the query plan and error context Spark appends after the message
@@ -68,6 +69,8 @@ def describe_sql_error(exc: BaseException, query: str,
         return f"unknown function {function.group('name')}."
     if (syntax := _SAIL_SYNTAX.match(first)) is not None:
         return f"syntax error: {syntax.group('what')}."
+    if (syntax := _SPARK_SYNTAX.search(first)) is not None:
+        return f"syntax error {syntax.group('what')}."
     return _SPARK_TAIL.sub("", first).strip() or type(exc).__name__
 
 

@@ -243,7 +243,8 @@ def latest_metrics(points: DataFrame) -> DataFrame:
     latest = points.groupBy("run_id", "key").agg(
         F.max_by(F.col("value"), F.struct(F.col("step"), F.col("timestamp"), F.col("value"))).alias("value"))
     return latest.groupBy("run_id").agg(
-        map_from_entries(F.collect_list(F.struct(F.col("key"), F.col("value")))).alias("metrics"))
+        map_from_entries(F.collect_list(F.struct(F.col("key"), F.col("value"))), points.sparkSession)
+        .alias("metrics"))
 
 
 def _cluster_workspace(spark: SparkSession) -> str | None:

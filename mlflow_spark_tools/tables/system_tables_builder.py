@@ -239,7 +239,8 @@ def summary_maps(summaries: DataFrame) -> DataFrame:
     from pyspark.sql import functions as F
 
     return summaries.groupBy("run_id").agg(map_from_entries(F.collect_list(
-        F.struct("key", F.struct(*(F.col(c) for _, c, _ in _SUMMARY_FIELDS))))).alias("summaries"))
+        F.struct("key", F.struct(*(F.col(c) for _, c, _ in _SUMMARY_FIELDS)))), summaries.sparkSession)
+        .alias("summaries"))
 
 
 def key_summaries(points: DataFrame) -> DataFrame:

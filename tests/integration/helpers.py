@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from mlflow.entities import Metric, Param
 
@@ -53,3 +55,19 @@ def column_types(engine, database, experiment_id):
 def column_map(engine, database, experiment_id):
     rows = engine.spark.table(f"{database}.exp_{experiment_id}_columns").collect()
     return {(r["kind"], r["key"]): (r["column_name"], r["data_type"]) for r in rows}
+
+
+def warehouse_dir(engine) -> Path:
+    """The directory holding the tables' files: the engine's warehouse, or the directory where
+    a classic session's catalog puts managed tables (``spark.sql.warehouse.dir``)."""
+    if engine.warehouse is not None:
+        return engine.warehouse
+    return Path(unquote(urlparse(engine.spark.conf.get("spark.sql.warehouse.dir")).path))
+
+
+def table_dir(engine, database, table) -> Path:
+    """Where a table's files are: ``<warehouse>/<database>/<table>`` under the engine's warehouse,
+    else where the catalog put it (``<database>.db/<table>`` for managed tables)."""
+    if engine.warehouse is not None:
+        return engine.warehouse.joinpath(*database.split("."), table)
+    return warehouse_dir(engine) / f"{database}.db" / table

@@ -19,7 +19,7 @@ from mlflow_spark_tools.tracking.ratelimit import RateLimiter
 from mlflow_spark_tools.tracking.source import TrackingSource
 from tests.support.local_server import free_port
 
-from .helpers import build, log_run
+from .helpers import build, log_run, table_dir, warehouse_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -42,6 +42,7 @@ def _env(tracking_uri):
 
 
 @pytest.mark.compat
+@pytest.mark.jvm
 def test_unknown_experiment_is_named_and_the_others_are_built(settings, engine, client, experiment):
     log_run(client, experiment, metrics={"m": 1.0})
     result = invoke(settings, engine, "build-tables", "--experiment-ids", f"{experiment},987654",
@@ -88,22 +89,24 @@ def test_an_experiment_name_with_commas_and_spaces_is_taken_as_it_is(settings, e
 
 
 @pytest.mark.compat
+@pytest.mark.jvm
 def test_invalid_database_is_rejected_before_anything_is_written(settings, engine, experiment):
-    before = sorted(p.name for p in engine.warehouse.iterdir())
+    before = sorted(p.name for p in warehouse_dir(engine).iterdir())
     result = invoke(settings, engine, "build-tables", "--experiment-ids", experiment,
                     "--database", "bad-name;drop")
     assert result.exit_code == 2
     assert "bad-name;drop" in result.stderr
-    assert sorted(p.name for p in engine.warehouse.iterdir()) == before
+    assert sorted(p.name for p in warehouse_dir(engine).iterdir()) == before
     schemas = [r[0] for r in engine.spark.sql("SHOW SCHEMAS").collect()]
     assert not any("bad" in s for s in schemas)
 
 
 @pytest.mark.compat
+@pytest.mark.jvm
 def test_unreachable_tracking_server_leaves_tables_untouched(settings, engine, client, experiment):
     log_run(client, experiment, metrics={"m": 1.0})
     build(settings, experiment, engine)
-    log_dir = engine.warehouse / DB / f"exp_{experiment}" / "_delta_log"
+    log_dir = table_dir(engine, DB, f"exp_{experiment}") / "_delta_log"
     commits = sorted(log_dir.glob("*.json"))
     dead = settings.with_overrides(tracking_uri=f"http://127.0.0.1:{free_port()}")
     result = invoke(dead, engine, "build-tables", "--experiment-ids", experiment)
@@ -113,6 +116,7 @@ def test_unreachable_tracking_server_leaves_tables_untouched(settings, engine, c
 
 
 @pytest.mark.compat
+@pytest.mark.jvm
 def test_sql_prints_table_json_and_csv(settings, engine, client, experiment):
     a = log_run(client, experiment, params={"depth": 3}, metrics={"rmse": 0.5})
     b = log_run(client, experiment, params={"depth": 5}, metrics={"rmse": math.nan})
@@ -144,6 +148,7 @@ def test_sql_prints_table_json_and_csv(settings, engine, client, experiment):
 
 
 @pytest.mark.compat
+@pytest.mark.jvm
 def test_sql_exports_every_row_and_a_cut_table_says_so(settings, engine):
     query = "SELECT id FROM range(1500)"
     for fmt in ("csv", "json"):
@@ -160,6 +165,7 @@ def test_sql_exports_every_row_and_a_cut_table_says_so(settings, engine):
 
 
 @pytest.mark.compat
+@pytest.mark.jvm
 def test_best_and_last_run_agree_between_table_and_server(settings, engine, client, experiment):
     top = log_run(client, experiment, metrics={"rmse": 0.3, "acc": 0.7}, run_name="top")
     log_run(client, experiment, metrics={"rmse": math.nan, "acc": 0.1})
@@ -296,7 +302,19 @@ def test_classic_spark_submit_without_delta_fails_with_a_clear_error(tmp_path, t
     )
     assert job.returncode == 1
     # spark-submit passes the application's stderr through its own stdout
-    assert "cannot write Delta tables" in job.stdout + job.stderr, job.stdout[-2000:]
+    errors = [line for line in (job.stdout + job.stderr).splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "cannot write Delta tables" in errors[0], job.stdout[-2000:]
+    # the jars it names are the release that matches this Spark: the ones `make jars` fetched for it
+    import pyspark
+
+    from mlflow_spark_tools.spark.catalog import delta_package
+    from tests.support.classic_spark import delta_jars
+
+    package = delta_package(pyspark.__version__)
+    assert f"--packages {package} " in errors[0]
+    _, artifact, version = package.split(":")
+    assert f"{artifact}-{version}.jar" in [jar.name for jar in delta_jars()]
+    assert "spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog" in errors[0]
 
 
 def _deferred_payloads(make_proxy, store_path, experiment, n=2):

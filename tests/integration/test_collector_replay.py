@@ -113,6 +113,7 @@ def test_rate_limited_runs_are_deferred_then_replayed_exactly_once(make_proxy, c
 
 
 @pytest.mark.compat
+@pytest.mark.jvm
 def test_replay_command_prints_a_summary_and_writes_the_ledger(make_proxy, client, experiment, tmp_path,
                                                                store_path, settings, engine, signing_key):
     proxy = make_proxy({"other": 1000, "log_batch": 1})
@@ -193,6 +194,7 @@ def test_replay_usage_errors_exit_2(settings, engine, tmp_path):
 
 
 @pytest.mark.compat
+@pytest.mark.jvm
 def test_replay_job_entry_point_writes_a_ledger_a_new_process_can_read(make_proxy, client, experiment,
                                                                         tmp_path, signing_key):
     import os

@@ -16,6 +16,9 @@ from mlflow_spark_tools.failed_runs.ledger import write_ledger, write_store_stat
 
 from .helpers import build, log_run
 
+pytestmark = pytest.mark.jvm
+
+
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = json.loads((ROOT / "conf" / "dashboards" / "mlflow_spark_tools.lvdash.json").read_text())
 DATASETS = {d["name"]: d for d in DASHBOARD["datasets"]}
@@ -44,6 +47,21 @@ def run_dataset(spark, name: str, **values):
     return spark.sql("".join(dataset["queryLines"]), args=args)
 
 
+# Classic pyspark 4.1.1 binds no parameter inside IDENTIFIER(...) through spark.sql(args=...),
+# not even IDENTIFIER(:t) (NOT_A_CONSTANT_STRING), unless parameters are substituted the way
+# earlier releases did; Databricks SQL, where the dashboard runs, and Spark 3.5 take them as written.
+LEGACY_PARAMETERS = "spark.sql.legacy.parameterSubstitution.constantsOnly"
+
+
+def _bind_parameters_as_databricks_sql_does(spark) -> None:
+    import pyspark
+
+    from mlflow_spark_tools.spark.engine import SPARK, executor_of
+
+    if executor_of(spark) == SPARK and tuple(int(p) for p in pyspark.__version__.split(".")[:2]) >= (4, 1):
+        spark.conf.set(LEGACY_PARAMETERS, "true")
+
+
 @pytest.fixture(scope="module")
 def tables(tracking_server, engine, tmp_path_factory):
     """A sweep of 12 runs with a history, and a replay ledger and store log of two stores."""
@@ -51,6 +69,7 @@ def tables(tracking_server, engine, tmp_path_factory):
 
     from mlflow_spark_tools.config import load_settings
 
+    _bind_parameters_as_databricks_sql_does(engine.spark)
     client = MlflowClient(tracking_server.url)
     experiment = client.create_experiment(f"dashboard-{tmp_path_factory.mktemp('d').name}")
     final = {}

@@ -96,6 +96,7 @@ def log_rich_runs(client, tracking_uri, experiment_id):
 
 
 @pytest.mark.compat
+@pytest.mark.jvm
 def test_database_source_builds_the_same_tables_as_rest_and_refreshes_them_alike(
         settings, engine, client, tracking_server, experiment):
     backend = f"sqlite:///{tracking_server.db_path}"
@@ -263,6 +264,7 @@ def test_tables_larger_than_one_spark_connect_message_go_in_slices(settings, eng
     assert leftovers == []
 
 
+@pytest.mark.jvm
 def test_builds_staged_chunk_by_chunk_make_the_same_tables(settings, engine, client, tracking_server, experiment):
     """An experiment bigger than tables.chunk_runs is staged in Spark chunk by chunk and shaped
     there (from the database, and through REST with parallel page intervals): the tables are

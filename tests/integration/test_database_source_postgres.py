@@ -25,7 +25,7 @@ def backend_uri(postgres):  # noqa: F811
     return postgres.url("mlflow", driver=None)
 
 
-@pytest.fixture(params=["adbc", "sqlalchemy"])
+@pytest.fixture(params=[pytest.param("adbc", marks=pytest.mark.jvm), "sqlalchemy"])
 def reader_uri(request, postgres, pg_server, monkeypatch):  # noqa: F811
     """The store's URI, read through ADBC, or through SQLAlchemy and psycopg2 as where the ADBC
     driver is not installed."""

@@ -22,7 +22,7 @@ from mlflow_spark_tools.tools.proxy import RateLimitProxy
 from mlflow_spark_tools.tracking import metric_history
 from mlflow_spark_tools.tracking.source import TrackingSource
 from tests.conftest import cells_equal
-from tests.integration.helpers import build, column_map, log_run, read_table
+from tests.integration.helpers import build, column_map, log_run, read_table, table_dir
 from tests.integration.run_content import MLFLOW_3
 
 DB = "mlflow_exp"
@@ -118,6 +118,7 @@ def test_history_table_and_summaries_equal_the_client_nan_and_infinities_include
 
 
 @pytest.mark.compat
+@pytest.mark.jvm
 def test_incremental_history_reads_only_runs_that_may_have_new_points(settings, engine, client, experiment):
     settings = settings.with_overrides(tables__watermark_margin_seconds=0)
     done = [log_run(client, experiment, metrics={"loss": [(float(10 - s), s) for s in range(5)]}) for _ in range(3)]
@@ -148,7 +149,7 @@ def test_incremental_history_reads_only_runs_that_may_have_new_points(settings, 
     later = log_run(client, experiment, metrics={"loss": [(float("nan"), 0), (2.0, 1)]}, finish=False)
     third = build(settings, experiment, engine, metric_history="all")
     assert third.mode == "incremental" and third.history_runs == 1  # `later` only
-    log_dir = engine.warehouse / DB / f"exp_{experiment}_metrics" / "_delta_log"
+    log_dir = table_dir(engine, DB, f"exp_{experiment}_metrics") / "_delta_log"
     last = [json.loads(line) for line in sorted(log_dir.glob("*.json"))[-1].read_text().splitlines()]
     assert not [a for a in last if "remove" in a] and len([a for a in last if "add" in a]) >= 1
     assert_history_equals_client(engine, client, experiment, [*done, open_run, new, later])
@@ -158,6 +159,7 @@ def test_incremental_history_reads_only_runs_that_may_have_new_points(settings, 
 
 
 @pytest.mark.compat
+@pytest.mark.jvm
 def test_a_key_selection_and_changing_it(settings, engine, client, experiment):
     run_ids = [log_run(client, experiment, metrics={"loss": [(1.0, 0), (0.5, 1)], "acc": [(0.7, 0)]})
                for _ in range(2)]
@@ -195,7 +197,7 @@ def test_cut_bulk_answers_and_runs_longer_than_an_answer_lose_no_point(settings,
     assert_summaries_match(engine, client, experiment, ["loss"])
     staging = f"exp_{experiment}_metrics__staging"
     assert not engine.spark.catalog.tableExists(f"{DB}.{staging}")
-    assert not (engine.warehouse / DB / staging).exists()
+    assert not table_dir(engine, DB, staging).exists()
     # an incremental refresh through the staging table too
     client.set_terminated(run_ids[0])
     more = log_run(client, experiment, metrics={"loss": [(float(s), s) for s in range(70)]})
@@ -269,6 +271,7 @@ def test_a_server_without_the_bulk_endpoint_is_read_run_by_run_paced(settings, e
     assert sum(stats["rate_limited"].values()) == 0
 
 
+@pytest.mark.jvm
 def test_best_run_by_history_from_table_and_server_agree(settings, engine, client, experiment):
     curves = {
         "a": [(5.0, 0), (2.0, 1), (3.0, 2), (float("nan"), 3)],

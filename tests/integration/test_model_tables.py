@@ -28,8 +28,10 @@ from mlflow_spark_tools.tracking.client import RetryingClient
 from mlflow_spark_tools.tracking.model_search import RegistryReader
 from tests.conftest import cells_equal
 
-from .helpers import build, log_run
+from .helpers import build, log_run, table_dir
 from .run_content import MLFLOW_3
+
+pytestmark = pytest.mark.jvm
 
 DB = "mlflow_exp"
 UNLIMITED = RateLimitProfile("unlimited", {"experiment_management": 1e6, "search_runs": 1e6,
@@ -46,7 +48,7 @@ def as_dict(entries):
 
 
 def delta_commits(engine, database, table):
-    return len(list((engine.warehouse / database / table / "_delta_log").glob("*.json")))
+    return len(list((table_dir(engine, database, table) / "_delta_log").glob("*.json")))
 
 
 def dataset(name, values, source="s3://bucket/data.csv"):

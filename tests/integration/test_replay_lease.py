@@ -13,14 +13,21 @@ from pathlib import Path
 import pytest
 
 from mlflow_spark_tools.failed_runs.lease import LEASE_SCHEMA, DeltaLease, LeaseLost, LeaseState
+from mlflow_spark_tools.spark.engine import SAIL, SPARK
 
 DATABASE = "lease_tests"
+
+
+# A lease a few operations long: a lease operation takes milliseconds on the embedded engine and
+# about a second on classic local Spark with Delta Lake.
+SHORT_LEASE = {SAIL: 2.0, SPARK: 8.0}
 
 
 def _lease(engine, store, **kwargs):
     return DeltaLease(engine, DATABASE, store, **kwargs)
 
 
+@pytest.mark.jvm
 def test_one_holder_then_the_next_once_released(engine, tmp_path):
     store = tmp_path / "store one"
     first, second = _lease(engine, store, lease_seconds=20), _lease(engine, store, lease_seconds=20)
@@ -39,6 +46,7 @@ def test_one_holder_then_the_next_once_released(engine, tmp_path):
     assert _lease(engine, tmp_path / "store two").acquire() is None
 
 
+@pytest.mark.jvm
 def test_a_holder_that_stopped_renewing_is_taken_over_after_a_whole_lease(engine, tmp_path):
     store = tmp_path / "store"
     stalled = _lease(engine, store, lease_seconds=1.5)
@@ -58,9 +66,10 @@ def test_a_live_holder_whose_clock_looks_stale_is_not_taken_over(engine, tmp_pat
     """The holder's renewal time is only a hint: a holder whose clock is far behind still
     renews, and the contender, watching, sees its heartbeat move."""
     store = tmp_path / "store"
-    behind = _lease(engine, store, lease_seconds=2, wall=lambda: time.time() - 3600)
+    short = SHORT_LEASE[engine.executor]
+    behind = _lease(engine, store, lease_seconds=short, wall=lambda: time.time() - 3600)
     assert behind.acquire() is None
-    contender = _lease(engine, store, lease_seconds=2)
+    contender = _lease(engine, store, lease_seconds=short)
     holder = contender.acquire()
     assert holder is not None and behind.owner in holder and not contender.held
     behind.check()
@@ -97,17 +106,31 @@ def test_rows_appended_twice_and_a_late_stale_row_never_make_two_holders(engine,
 
 _RACER = textwrap.dedent('''
     import json, os, sys, time
-    from mlflow_spark_tools.spark.engine import start_embedded
-    from mlflow_spark_tools.failed_runs.lease import DeltaLease
+    from pathlib import Path
+    from mlflow_spark_tools.spark.engine import get_engine, start_embedded
+    from mlflow_spark_tools.failed_runs.lease import DeltaLease, LeaseLost
     warehouse, store, marks, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    engine = start_embedded(warehouse)
-    held, overlaps, busy = 0, 0, 0
-    deadline = time.monotonic() + 90
+    lease_seconds, seconds, pause = float(sys.argv[5]), float(sys.argv[6]), float(sys.argv[7])
+    if os.environ.get("MLFLOW_SPARK_TOOLS_TEST_ENGINE") == "classic":
+        # its own JVM, the lease table at the shared warehouse path (spark-submit --warehouse)
+        from tests.support.classic_spark import start_classic
+        spark = start_classic(Path(warehouse).parent / f"managed-{os.getpid()}").spark
+        engine = get_engine(spark=spark, warehouse=warehouse)
+    else:
+        engine = start_embedded(warehouse)
+    held, overlaps, busy, lost = 0, 0, 0, 0
+    deadline = time.monotonic() + seconds
     while held < rounds and time.monotonic() < deadline:
-        lease = DeltaLease(engine, "lease_tests", store, lease_seconds=4)
+        lease = DeltaLease(engine, "lease_tests", store, lease_seconds=lease_seconds)
         if lease.acquire() is not None:
             busy += 1
-            time.sleep(0.05)
+            time.sleep(pause)
+            continue
+        try:  # as the replayer's fence does before every request
+            lease.check()
+        except LeaseLost:  # taking it outlasted the lease (a loaded machine): it acts on nothing
+            lost += 1
+            lease.release()
             continue
         try:  # the store is ours: nobody else may be here now
             fd = os.open(os.path.join(marks, "holder"), os.O_WRONLY | os.O_CREAT | os.O_EXCL)
@@ -121,29 +144,35 @@ _RACER = textwrap.dedent('''
             os.unlink(os.path.join(marks, "holder"))
         held += 1
         lease.release()
-    print(json.dumps({"held": held, "overlaps": overlaps, "busy": busy}))
-    engine.stop()
+    print(json.dumps({"held": held, "overlaps": overlaps, "busy": busy, "lost": lost}))
+    engine.stop() if engine.kind == "embedded" else engine.spark.stop()
 ''')
 
 
+@pytest.mark.jvm
 def test_replayers_racing_in_several_processes_hold_the_store_one_at_a_time(tmp_path):
-    """Four processes, each with its own engine on one warehouse (as two replay jobs on one
+    """Several processes, each with its own engine on one warehouse (as two replay jobs on one
     workspace share one catalog), take the same store's lease again and again: while one holds
-    it, no other does."""
+    it, no other does. On classic Spark each racer is a JVM with Delta Lake's own conflict
+    detection; a lease operation there takes about a second, so the lease is longer."""
+    classic = os.environ.get("MLFLOW_SPARK_TOOLS_TEST_ENGINE") == "classic"
+    processes, rounds, lease_seconds, seconds, pause = (2, 3, 12, 240, 0.5) if classic else (4, 4, 4, 90, 0.05)
     warehouse, marks = tmp_path / "warehouse", tmp_path / "marks"
     marks.mkdir()
     script = tmp_path / "racer.py"
     script.write_text(_RACER)
     env = dict(os.environ, RUST_LOG="error", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    racers = [subprocess.Popen([sys.executable, str(script), str(warehouse), str(tmp_path / "store"), str(marks), "4"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(4)]
+    racers = [subprocess.Popen([sys.executable, str(script), str(warehouse), str(tmp_path / "store"), str(marks),
+                                str(rounds), str(lease_seconds), str(seconds), str(pause)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+              for _ in range(processes)]
     results = []
     for racer in racers:
-        out, err = racer.communicate(timeout=240)
+        out, err = racer.communicate(timeout=seconds + 150)
         assert racer.returncode == 0, err[-2000:]
         results.append(json.loads(out.strip().splitlines()[-1]))
     assert sum(r["overlaps"] for r in results) == 0, results
-    assert sum(r["held"] for r in results) == 16, results
+    assert sum(r["held"] for r in results) == processes * rounds, results
     assert sum(r["busy"] for r in results) > 0, results  # they did contend
 
 

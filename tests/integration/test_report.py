@@ -19,6 +19,8 @@ from mlflow_spark_tools.report import experiment_report
 
 from .helpers import build, log_run
 
+pytestmark = pytest.mark.jvm
+
 DATABASE = "report_db"
 # a run name that would run script and set a marker if the report did not escape it
 HOSTILE = ("</script><script>document.body.setAttribute('data-pwned','1')</script>"

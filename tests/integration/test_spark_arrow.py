@@ -13,6 +13,8 @@ from mlflow_spark_tools.spark.arrow import arrow_native, rows_to_arrow, to_arrow
 
 from ..conftest import cells_equal
 
+pytestmark = pytest.mark.jvm
+
 UTC = datetime.timezone.utc
 QUERY = (
     "SELECT TIMESTAMP'2024-01-01 12:00:00' AS ts, CAST(NULL AS BIGINT) AS n, 7L AS big, 1 AS small, "

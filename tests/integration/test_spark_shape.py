@@ -12,6 +12,8 @@ from mlflow_spark_tools.spark.arrow import frame_with_maps
 from mlflow_spark_tools.tables import param_types
 from mlflow_spark_tools.tables.spark_shape import key_stats, shape
 
+pytestmark = pytest.mark.jvm
+
 VALUES = {
     "ints": ["007", "-3", "9223372036854775807"],
     "too_big": ["1", "99999999999999999999"],

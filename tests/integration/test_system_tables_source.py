@@ -39,6 +39,7 @@ def assert_same_tables(engine, experiment_id):
 
 
 @pytest.mark.compat
+@pytest.mark.jvm
 def test_system_tables_build_the_same_tables_as_rest_and_refresh_them(settings, engine, client, tracking_server,
                                                                      experiment):
     runs = log_rich_runs(client, tracking_server.url, experiment)
@@ -126,6 +127,7 @@ def test_a_history_step_column_named_step_is_read_too(settings, engine, client, 
     assert tuple(row) == (2.0, 1.0, 5, 0)
 
 
+@pytest.mark.jvm
 def test_every_run_keeps_its_own_metric_values_when_a_partition_holds_many_runs(engine, tmp_path):
     """20,000 runs with 5 metrics: the lists an aggregate emits are slices of bigger ones, which
     the embedded engine's map functions misread (each map built from a sorted copy instead)."""

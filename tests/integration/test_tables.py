@@ -14,6 +14,8 @@ from mlflow_spark_tools.runs.columns import INFO_COLUMNS
 from ..conftest import cells_equal
 from .helpers import build, column_map, column_types, log_run, read_table
 
+pytestmark = pytest.mark.jvm
+
 DB = "mlflow_exp"
 
 

@@ -28,6 +28,9 @@ def test_qualified_columns_tables_functions_and_syntax():
     assert describe_sql_error(Exception("unknown function: nofunc"), "") == "unknown function nofunc."
     syntax = "invalid argument: found SELEC at 0:5 expected something else, ';', statement, or end of input"
     assert describe_sql_error(Exception(syntax), "SELEC 1").startswith("syntax error: found SELEC at 0:5")
+    spark_syntax = ("[PARSE_SYNTAX_ERROR] Syntax error at or near 'SELEC'. SQLSTATE: 42601 (line 1, pos 0)\n\n"
+                    "== SQL ==\nSELEC 1\n^^^\n")
+    assert describe_sql_error(Exception(spark_syntax), "SELEC 1") == "syntax error at or near 'SELEC'."
     # anything else: its first line, without the plan Spark appends
     other = "[DIVIDE_BY_ZERO] Division by zero. SQLSTATE: 22012\n== SQL (line 1, position 8) =="
     assert describe_sql_error(Exception(other), "SELECT 1/0") == "[DIVIDE_BY_ZERO] Division by zero."
