@@ -12,6 +12,7 @@ import logging
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,26 @@ def delta_missing(exc: BaseException, spark_version: str | None = None) -> Engin
         + " ".join(f"--conf {setting}" for setting in DELTA_SETTINGS)
         + " (or configure_spark_with_delta_pip), or use the embedded engine or --remote."
     )
+
+
+@dataclass(frozen=True)
+class MergeCounts:
+    """What one MERGE changed, as Delta Lake answers it."""
+
+    updated: int
+    deleted: int
+    inserted: int
+
+    @classmethod
+    def of(cls, answer: Sequence[Any]) -> MergeCounts | None:
+        """The counts in a MERGE's answer (one row of ``num_*_rows``), or None without them."""
+        if len(answer) != 1:
+            return None
+        row = answer[0].asDict()
+        names = ("num_updated_rows", "num_deleted_rows", "num_inserted_rows")
+        if not all(isinstance(row.get(name), int) for name in names):
+            return None
+        return cls(*(int(row[name]) for name in names))
 
 
 def spark_version(spark: Any) -> str | None:
@@ -219,7 +240,8 @@ class Database:
         delete_condition: str | None = None,
         insert_condition: str | None = None,
         key: str = "run_id",
-    ) -> None:
+        update_condition: str | None = None,
+    ) -> MergeCounts | None:
         """Upsert rows of a temporary view into ``table`` by ``key`` in one MERGE.
 
         Args:
@@ -227,6 +249,12 @@ class Database:
             columns: the table's columns; every matched row is replaced whole.
             delete_condition: SQL condition on ``s`` for matched rows to delete instead.
             insert_condition: SQL condition on ``s`` for unmatched rows to insert.
+            update_condition: SQL condition on ``s`` and ``t`` for matched rows to replace;
+                the others are left as they are.
+
+        Returns:
+            The rows the MERGE updated, deleted and inserted, when the engine says (Delta
+            Lake's MERGE answers them; the embedded engine's does not), else None.
         """
         sets = ", ".join(f"t.{quote(c)} = s.{quote(c)}" for c in columns)
         cols = ", ".join(quote(c) for c in columns)
@@ -234,15 +262,17 @@ class Database:
         clauses = []
         if delete_condition is not None:
             clauses.append(f"WHEN MATCHED AND {delete_condition} THEN DELETE")
-        clauses.append(f"WHEN MATCHED THEN UPDATE SET {sets}")
+        matched = "WHEN MATCHED" if update_condition is None else f"WHEN MATCHED AND {update_condition}"
+        clauses.append(f"{matched} THEN UPDATE SET {sets}")
         not_matched = "WHEN NOT MATCHED"
         if insert_condition is not None:
             not_matched += f" AND {insert_condition}"
         clauses.append(f"{not_matched} THEN INSERT ({cols}) VALUES ({vals})")
-        self.spark.sql(
+        answer = self.spark.sql(
             f"MERGE INTO {self.name(table)} t USING {quote(source_view)} s "
             f"ON t.{quote(key)} = s.{quote(key)} " + " ".join(clauses)
         ).collect()
+        return MergeCounts.of(answer)
 
     def replace_rows(
         self,

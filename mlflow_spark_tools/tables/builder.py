@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from mlflow_spark_tools.backend_store.run_reader import DatabaseRunReader
 from mlflow_spark_tools.core.identifiers import experiment_table_name, quote, sql_string, sql_strings
-from mlflow_spark_tools.errors import EXIT_FAILURE, MlflowSparkToolsError
+from mlflow_spark_tools.errors import EXIT_FAILURE, EngineError, MlflowSparkToolsError
 from mlflow_spark_tools.runs.columns import (
     INFO,
     INFO_COLUMNS,
@@ -43,7 +43,7 @@ from mlflow_spark_tools.runs.columns import (
 from mlflow_spark_tools.runs.run_batches import INFO_SCHEMA, concat_pages, split_raw_name
 from mlflow_spark_tools.spark.arrow import to_arrow, to_dataframe
 from mlflow_spark_tools.spark.catalog import Database
-from mlflow_spark_tools.spark.engine import Engine
+from mlflow_spark_tools.spark.engine import SAIL, Engine
 from mlflow_spark_tools.tables import param_types
 from mlflow_spark_tools.tables.fetch import RunFetcher, merge_changes, missing_ids
 from mlflow_spark_tools.tables.inputs_table import InputsWriter, inputs_table_name
@@ -472,14 +472,25 @@ class ExperimentTableBuilder:
             view = f"__mst_changes_{table}"
             with self.db.arrow_frame(full, ddl(all_specs), f"{table}__rows", STATS_COLUMNS) as frame:
                 frame.createOrReplaceTempView(view)
-                self._count_changes(view, table, include_deleted, summary, all_specs)
-                self.db.merge(
+                # Delta Lake answers what its MERGE changed: rows whose every value is what the
+                # table holds are left alone and not counted. The embedded engine's MERGE answers
+                # nothing: the changes are counted first, with one more read of the table.
+                counted = self.db.engine.executor == SAIL
+                if counted:
+                    self._count_changes(view, table, include_deleted, summary, all_specs)
+                counts = self.db.merge(
                     view,
                     table,
                     [s.column_name for s in all_specs],
                     delete_condition=None if include_deleted else "s.lifecycle_stage = 'deleted'",
                     insert_condition=None if include_deleted else "s.lifecycle_stage <> 'deleted'",
+                    update_condition=None if counted else f"NOT ({_all_same(all_specs)})",
                 )
+                if not counted:
+                    if counts is None:
+                        raise EngineError(f"The MERGE into {table} did not say what it changed")
+                    summary.rows_updated, summary.rows_deleted = counts.updated, counts.deleted
+                    summary.rows_inserted = counts.inserted
                 self.spark.catalog.dropTempView(view)
         summary.inputs_table, summary.inputs = self.inputs.write(
             table, kept, replace_all=False, replaced_run_ids=raw["run_id"].to_pylist())
@@ -513,7 +524,7 @@ class ExperimentTableBuilder:
         """Rows the merge inserts, deletes and changes: a run re-read within the watermark
         margin whose every value is what the table holds is not counted as updated."""
         deleted = "FALSE" if include_deleted else "s.lifecycle_stage = 'deleted'"
-        same = " AND ".join(_same_value(s) for s in specs)
+        same = _all_same(specs)
         row = self.spark.sql(
             f"SELECT "
             f"count_if(t.run_id IS NOT NULL AND {deleted}) AS deleted, "
@@ -599,6 +610,11 @@ def _align(data: pa.Table, specs: list[ColumnSpec]) -> pa.Table:
         else:
             columns.append(pa.nulls(data.num_rows, ARROW_TYPES[spec.data_type]))
     return pa.table(columns, names=[s.column_name for s in specs])
+
+
+def _all_same(specs: list[ColumnSpec]) -> str:
+    """SQL: every column of the change equals the table's."""
+    return " AND ".join(_same_value(s) for s in specs)
 
 
 def _same_value(spec: ColumnSpec) -> str:
