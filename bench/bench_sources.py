@@ -1,7 +1,7 @@
 """Benchmark: table builds through REST and from the backend database, 20k to 200k runs.
 
     .venv/bin/python bench/bench_sources.py [--runs 20000,100000,200000] [--repetitions 2]
-        [--backends sqlite,postgresql] [--rest-max 200000]
+        [--backends sqlite,postgresql] [--rest-max 200000] [--engines embedded,classic]
 
 For each size, one experiment of that many runs (20 params, 20 metrics, 20 tags each) is seeded
 straight into a fresh MLflow sqlite store served by ``mlflow server`` (4 workers) and, with
@@ -14,6 +14,11 @@ own, so that the build's peak RSS is the driver's alone (the engine's is reporte
 - ``database_sqlite`` / ``database_postgresql``: the same build with ``--source database``;
 - after 1% of the runs (left RUNNING at the build) log a new latest value and finish, each
   source's incremental refresh (``*_incremental``).
+
+With ``classic`` in ``--engines``, every build runs a second time on classic local JVM Spark
+(``local[2]``) with Delta Lake's jars (``make jars``), in the worker's own JVM, tables at their
+own warehouse path; its results are keyed ``<source>@classic`` and ``engine_peak_rss_mb`` is
+that JVM's (driver and executors are one process in local mode).
 
 Every build's row count is checked. Targets (issue 16): the 200k/20k time ratio <= 11 for each
 source; peak memory growing sub-linearly; ``database`` >= 10x faster than REST at 200k runs;
@@ -31,7 +36,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_support import peak_rss_mb, serve_engine, start_engine, timed_build, worker_result, write_report
+from bench_support import (
+    CLASSIC,
+    jvm_peak_rss_mb,
+    peak_rss_mb,
+    serve_engine,
+    start_engine,
+    timed_build,
+    worker_result,
+    write_report,
+)
 
 HERE = Path(__file__).resolve()
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -51,19 +65,29 @@ def measure_build(source: str, target: str, experiment_id: str, database: str, w
                                           full_refresh=full)
     summary = result.summaries[0]
     rows = engine.spark.sql(f"SELECT count(*) AS n FROM {database}.exp_{experiment_id}").collect()[0]["n"]
-    return {"seconds": seconds, "mode": summary.mode, "rows": rows, "runs_fetched": summary.runs_fetched,
-            "peak_rss_mb": peak_rss_mb()}
+    measured = {"seconds": seconds, "mode": summary.mode, "rows": rows, "runs_fetched": summary.runs_fetched,
+                "peak_rss_mb": peak_rss_mb()}
+    if remote == CLASSIC:
+        measured["engine_peak_rss_mb"] = jvm_peak_rss_mb()
+    return measured
 
 
-def run_worker(source: str, target: str, experiment_id: str, database: str, warehouse: str, full: bool) -> dict:
+def run_worker(source: str, target: str, experiment_id: str, database: str, warehouse: str, full: bool,
+               engine_kind: str = "embedded") -> dict:
+    arguments = [source, "--target", target, "--experiment-id", experiment_id, "--database", database,
+                 "--warehouse", warehouse, *(["--full"] if full else [])]
+    if engine_kind == CLASSIC:
+        return worker_result(HERE, [*arguments, "--remote", CLASSIC], None)
     engine, remote = start_engine(HERE)
     try:
-        return worker_result(HERE, [source, "--target", target, "--experiment-id", experiment_id,
-                                    "--database", database, "--warehouse", warehouse, "--remote", remote,
-                                    *(["--full"] if full else [])], engine.pid)
+        return worker_result(HERE, [*arguments, "--remote", remote], engine.pid)
     finally:
         engine.kill()
         engine.wait()
+
+
+def _named(source: str, engine_kind: str) -> str:
+    return source if engine_kind == "embedded" else f"{source}@{engine_kind}"
 
 
 def execute(target: str, statements: list[tuple[str, list]]) -> None:
@@ -102,6 +126,7 @@ def main() -> None:
     parser.add_argument("--repetitions", type=int, default=2)
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--rest-max", type=int, default=200000)
+    parser.add_argument("--engines", default="embedded", help="embedded, classic or both, comma-separated")
     parser.add_argument("--out", default=str(HERE.parent / "results" / "sources.json"))
     parser.add_argument("--worker")
     parser.add_argument("--target")
@@ -126,6 +151,7 @@ def main() -> None:
     from tests.support.sqlite_seed import SeedSpec, seed_runs
 
     sizes = [int(n) for n in args.runs.split(",")]
+    engines = [e for e in args.engines.split(",") if e]
     backends = [b for b in args.backends.split(",") if b]
     root = Path(tempfile.mkdtemp(prefix="bench-sources-"))
     results: dict[str, dict[str, list[dict]]] = {}
@@ -154,23 +180,27 @@ def main() -> None:
                     changed = run_ids[rep * changed_per_rep:(rep + 1) * changed_per_rep]
                     for store in {t[1] for t in targets.values()}:
                         mark_running(store, changed)
-                    for source, (target, _, exp) in targets.items():
-                        kind = "rest" if source == "rest" else "database"
-                        r = run_worker(kind, target, exp, source, str(root / f"warehouse-{size}"), full=True)
+                    builds = [(source, target, exp, engine_kind) for engine_kind in engines
+                              for source, (target, _, exp) in targets.items()]
+                    for source, target, exp, engine_kind in builds:
+                        kind, name = "rest" if source == "rest" else "database", _named(source, engine_kind)
+                        r = run_worker(kind, target, exp, source, str(root / f"warehouse-{size}-{engine_kind}"),
+                                       full=True, engine_kind=engine_kind)
                         if r["rows"] != size:
-                            raise SystemExit(f"{source} built {r['rows']} rows of {size}")
-                        per_size.setdefault(source, []).append(r)
-                        print(f"{size} rep {rep} {source}: {r}", flush=True)
+                            raise SystemExit(f"{name} built {r['rows']} rows of {size}")
+                        per_size.setdefault(name, []).append(r)
+                        print(f"{size} rep {rep} {name}: {r}", flush=True)
                     now_ms = int(time.time() * 1000)
                     for store in {t[1] for t in targets.values()}:
                         finish(store, changed, now_ms)
-                    for source, (target, _, exp) in targets.items():
-                        kind = "rest" if source == "rest" else "database"
-                        r = run_worker(kind, target, exp, source, str(root / f"warehouse-{size}"), full=False)
+                    for source, target, exp, engine_kind in builds:
+                        kind, name = "rest" if source == "rest" else "database", _named(source, engine_kind)
+                        r = run_worker(kind, target, exp, source, str(root / f"warehouse-{size}-{engine_kind}"),
+                                       full=False, engine_kind=engine_kind)
                         if r["mode"] != "incremental" or r["runs_fetched"] < len(changed):
-                            raise SystemExit(f"{source}: the incremental refresh did not see the changes: {r}")
-                        per_size.setdefault(f"{source}_incremental", []).append(r)
-                        print(f"{size} rep {rep} {source} incremental: {r}", flush=True)
+                            raise SystemExit(f"{name}: the incremental refresh did not see the changes: {r}")
+                        per_size.setdefault(f"{name}_incremental", []).append(r)
+                        print(f"{size} rep {rep} {name} incremental: {r}", flush=True)
     finally:
         if postgres is not None:
             postgres.stop()
@@ -199,6 +229,12 @@ def main() -> None:
     for kind in ("database_sqlite", "database_postgresql"):
         if rest and med(large, kind, "seconds"):
             ratios[f"rest/{kind} at {large}"] = rest / med(large, kind, "seconds")
+    for kind in kinds:  # classic JVM Delta against the embedded engine, same source, same size
+        if "@" in kind:
+            for n in sizes:
+                jvm, embedded = med(n, kind, "seconds"), med(n, kind.replace("@" + CLASSIC, ""), "seconds")
+                if jvm and embedded:
+                    ratios[f"{kind}/embedded at {n}"] = jvm / embedded
     report["ratios"] = ratios
     report["all"] = results
     write_report(report, args.out)

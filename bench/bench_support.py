@@ -92,6 +92,36 @@ def serve_engine() -> None:
         time.sleep(3600)
 
 
+CLASSIC = "classic"  # in place of a Spark Connect URL: classic local JVM Spark with Delta, in the worker
+
+
+def classic_engine(warehouse: str) -> Any:
+    """Classic local JVM Spark (``local[2]``) with the venv's Delta jars (``make jars``), its
+    tables at ``warehouse`` (registered again by each new process, as with ``spark-submit
+    --warehouse``)."""
+    from pyspark.sql import SparkSession
+
+    from mlflow_spark_tools.spark.engine import get_engine
+    from tests.support.classic_spark import session_conf
+
+    builder = SparkSession.builder.master("local[2]").appName("mlflow-spark-tools-bench")
+    for key, value in session_conf(Path(warehouse).parent / "spark-managed").items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return get_engine(spark=spark, warehouse=warehouse)
+
+
+def jvm_peak_rss_mb() -> float:
+    """The peak resident memory of this process's JVM child (classic Spark's driver and
+    executors in local mode), in MB; 0 without one."""
+    import psutil
+
+    peaks = [peak_rss_of(child.pid) for child in psutil.Process().children(recursive=True)
+             if child.name() == "java"]
+    return max(peaks, default=0.0)
+
+
 def start_engine(script: Path) -> tuple[subprocess.Popen, str]:
     """``script --serve-engine`` in a process of its own, so that a build's peak memory is the
     driver's alone; returns the process and its Spark Connect URL."""
@@ -120,7 +150,7 @@ def timed_build(remote: str, warehouse: str, overrides: dict, **build_arguments)
     from mlflow_spark_tools.spark.engine import get_engine
     from mlflow_spark_tools.tables.build import build_experiment_tables
 
-    engine = get_engine(remote=remote, warehouse=warehouse)
+    engine = classic_engine(warehouse) if remote == CLASSIC else get_engine(remote=remote, warehouse=warehouse)
     settings = load_settings().with_overrides(**overrides)
     started = time.perf_counter()
     result = build_experiment_tables(settings, engine=engine, **build_arguments)
@@ -131,14 +161,15 @@ def timed_build(remote: str, warehouse: str, overrides: dict, **build_arguments)
     return seconds, result, engine
 
 
-def worker_result(script: Path, arguments: list[str], engine_pid: int) -> dict:
+def worker_result(script: Path, arguments: list[str], engine_pid: int | None) -> dict:
     """``script --worker ...arguments`` in a fresh process: the JSON of its last output line,
     with the engine's peak RSS so far; a failed worker ends this process with its stderr's end."""
     out = subprocess.run([sys.executable, str(script), "--worker", *arguments], capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"{script.name} worker {arguments[:1]} failed:\n{out.stderr[-3000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    result["engine_peak_rss_mb"] = peak_rss_of(engine_pid)
+    if engine_pid is not None:  # else the worker ran its engine itself and said its peak
+        result["engine_peak_rss_mb"] = peak_rss_of(engine_pid)
     return result
 
 
