@@ -73,9 +73,6 @@ LEASE_SCHEMA = pa.schema([
 ])
 LEASE_DDL = ("store_key STRING, store STRING, row_id STRING, generation BIGINT, owner STRING, heartbeat BIGINT, "
              "renewed_ms BIGINT")
-
-
-
 # How often, and how far apart, a replayer tries to create or register the lease table while
 # another one is creating it.
 CREATE_ATTEMPTS = 10
@@ -91,6 +88,7 @@ def _is_commit_conflict(exc: BaseException) -> bool:
     """Whether ``exc`` is Delta refusing a commit because another one came first."""
     text = f"{type(exc).__name__}: {exc}"
     return any(marker in text for marker in _CONFLICT_MARKERS)
+
 
 class LeaseLost(StopSending):
     """This replayer no longer holds its store: it must send nothing more."""
