@@ -99,17 +99,10 @@ def classic_engine(warehouse: str) -> Any:
     """Classic local JVM Spark (``local[2]``) with the venv's Delta jars (``make jars``), its
     tables at ``warehouse`` (registered again by each new process, as with ``spark-submit
     --warehouse``)."""
-    from pyspark.sql import SparkSession
-
     from mlflow_spark_tools.spark.engine import get_engine
-    from tests.support.classic_spark import session_conf
+    from tests.support.classic_spark import start_classic
 
-    builder = SparkSession.builder.master("local[2]").appName("mlflow-spark-tools-bench")
-    for key, value in session_conf(Path(warehouse).parent / "spark-managed").items():
-        builder = builder.config(key, value)
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel("ERROR")
-    return get_engine(spark=spark, warehouse=warehouse)
+    return get_engine(spark=start_classic(Path(warehouse).parent / "spark-managed").spark, warehouse=warehouse)
 
 
 def jvm_peak_rss_mb() -> float:

@@ -119,6 +119,12 @@ class Database:
         self.name(table)  # validates
         return bool(self.spark.catalog.tableExists(f"{self.database}.{table}"))
 
+    def has_rows(self, table: str, where: str | None = None) -> bool:
+        """Whether ``table`` holds a row (matching the SQL condition ``where``): one read that
+        stops at the first row and that statistics narrow, cheaper than a commit."""
+        condition = f" WHERE {where}" if where is not None else ""
+        return bool(self.spark.sql(f"SELECT 1 FROM {self.name(table)}{condition} LIMIT 1").collect())
+
     def columns(self, table: str) -> dict[str, str]:
         """Column name -> Spark SQL type name, in table order."""
         schema = self.spark.table(self.name(table)).schema

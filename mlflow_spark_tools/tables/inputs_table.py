@@ -65,8 +65,11 @@ class InputsWriter:
             self.db.overwrite(frame_with_maps(self.spark, data, INPUT_COLUMNS), target, INPUT_STATS_COLUMNS)
             return self.db.name(target), data.num_rows
         replaced = sorted(set(replaced_run_ids) | set(data["run_id"].to_pylist()))
-        if replaced and data.num_rows == 0 and not self._holds_any(target, replaced):
-            replaced = []  # no inputs before or after: no commit (most experiments log none)
+        if replaced and data.num_rows == 0:
+            # the runs named when few, so that the key column's statistics narrow the read
+            named = f"run_id IN ({sql_strings(replaced)})" if len(replaced) <= MAX_KEYS_NAMED else None
+            if not self.db.has_rows(target, named):
+                replaced = []  # no inputs before or after: no commit (most experiments log none)
         if replaced:  # else nothing changed: no commit
             view = f"__mst_inputs_{table}"
             frame_with_maps(self.spark, data, INPUT_COLUMNS).createOrReplaceTempView(view)
@@ -75,13 +78,6 @@ class InputsWriter:
             finally:
                 self.spark.catalog.dropTempView(view)
         return self.db.name(target), data.num_rows
-
-    def _holds_any(self, target: str, run_ids: list[str]) -> bool:
-        """Whether the inputs table has a row of any of these runs (one read that the key
-        column's statistics narrow, against a MERGE's rewrite)."""
-        keys = run_ids if len(run_ids) <= MAX_KEYS_NAMED else None
-        where = f" WHERE run_id IN ({sql_strings(keys)})" if keys is not None else ""
-        return bool(self.spark.sql(f"SELECT 1 FROM {self.db.name(target)}{where} LIMIT 1").collect())
 
     def staged(self, table: str) -> StagedInputs:
         """A full build's writer of the inputs of runs that come chunk by chunk."""

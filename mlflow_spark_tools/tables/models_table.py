@@ -129,8 +129,7 @@ class ModelsWriter:
             return None, 0
         data = models_arrow(models)
         target = models_table_name(table)
-        if data.num_rows == 0 and self.db.exists(target) and \
-                not self.db.spark.sql(f"SELECT 1 FROM {self.db.name(target)} LIMIT 1").collect():
+        if data.num_rows == 0 and self.db.exists(target) and not self.db.has_rows(target):
             return self.db.name(target), 0  # empty before and after: no commit
         self.db.overwrite(frame_with_maps(self.db.spark, data, MODEL_COLUMNS), target, MODEL_STATS_COLUMNS)
         return self.db.name(target), data.num_rows

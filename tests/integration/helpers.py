@@ -68,6 +68,5 @@ def warehouse_dir(engine) -> Path:
 def table_dir(engine, database, table) -> Path:
     """Where a table's files are: ``<warehouse>/<database>/<table>`` under the engine's warehouse,
     else where the catalog put it (``<database>.db/<table>`` for managed tables)."""
-    if engine.warehouse is not None:
-        return engine.warehouse.joinpath(*database.split("."), table)
-    return warehouse_dir(engine) / f"{database}.db" / table
+    location = engine.table_location(database, table)
+    return Path(location) if location is not None else warehouse_dir(engine) / f"{database}.db" / table

@@ -35,8 +35,8 @@ def _env(tracking_uri):
     env.update(MLFLOW_TRACKING_URI=tracking_uri, RUST_LOG="error", PYSPARK_PYTHON=sys.executable,
                MLFLOW_SPARK_TOOLS_PROFILE="unlimited")
     # pyspark marks a process that opened a Spark Connect session (this one did) in the
-    # environment; the child processes choose their own engine.
-    for name in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "SPARK_LOCAL_REMOTE"):
+    # environment; the child processes choose their own engine, whatever engine the tests run on.
+    for name in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "SPARK_LOCAL_REMOTE", "MLFLOW_SPARK_TOOLS_TEST_ENGINE"):
         env.pop(name, None)
     return env
 

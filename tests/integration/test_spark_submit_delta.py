@@ -5,7 +5,6 @@ by another Delta reader (delta-rs) and compared cell by cell with the embedded e
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,21 +13,11 @@ from tests.support.classic_spark import submit_arguments
 
 from ..conftest import cells_equal
 from .helpers import build, log_run, read_table
-from .test_cli_and_jobs import _deferred_payloads
+from .test_cli_and_jobs import _deferred_payloads, _env
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 DB = "mlflow_exp"
-
-
-def _env(tracking_uri: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(MLFLOW_TRACKING_URI=tracking_uri, PYSPARK_PYTHON=sys.executable, MLFLOW_SPARK_TOOLS_PROFILE="unlimited")
-    # pyspark marks a process that opened a Spark Connect session in its environment: the
-    # applications below are classic ones
-    for name in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "SPARK_LOCAL_REMOTE", "MLFLOW_SPARK_TOOLS_TEST_ENGINE"):
-        env.pop(name, None)
-    return env
 
 
 def _submit(job: str, args: list[str], warehouse: Path, tracking_uri: str, cwd: Path) -> subprocess.CompletedProcess:
