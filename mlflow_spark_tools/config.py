@@ -104,6 +104,12 @@ class TablesConfig:
     # Runs the driver holds at once in a full build: a bigger experiment is staged in Spark in
     # chunks of this many runs and shaped there.
     chunk_runs: int = 20_000
+    # Build in full where the last full build took less time than the last incremental refresh
+    # (scaled to the run count); false refreshes incrementally wherever it can.
+    refresh_by_cost: bool = True
+    # delta.enableDeletionVectors of the tables a build writes on Spark with Delta Lake; null
+    # leaves the platform's default.
+    deletion_vectors: bool | None = None
     # Metric keys whose every point goes to exp_<id>_metrics: null (none), "all", or keys.
     metric_history: str | list[str] | None = None
     # The most points kept per run and metric key (Databricks allows 1,000,000 steps per run).
@@ -148,6 +154,11 @@ class TablesConfig:
         _positive_int("tables", "fetch_workers", self.fetch_workers)
         _positive_int("tables", "watermark_margin_seconds", self.watermark_margin_seconds, 0)
         _positive_int("tables", "chunk_runs", self.chunk_runs)
+        if self.deletion_vectors is not None and not isinstance(self.deletion_vectors, bool):
+            raise InvalidConfigError(
+                f"tables.deletion_vectors must be true, false or null, got {self.deletion_vectors!r}.")
+        if not isinstance(self.refresh_by_cost, bool):
+            raise InvalidConfigError(f"tables.refresh_by_cost must be true or false, got {self.refresh_by_cost!r}.")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import pytest
 
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+os.environ.setdefault("MLFLOW_SPARK_TOOLS_CONF", str(Path(__file__).parent / "support" / "tests_conf.yaml"))
 
 UNIT_TESTS = Path(__file__).parent / "unit"
 EMBEDDED, CLASSIC = "embedded", "classic"
@@ -151,8 +152,10 @@ def make_replayer(engine):
 def settings(tracking_server):
     from mlflow_spark_tools.config import load_settings
 
+    # Tests assert which kind of refresh a build makes: not chosen by the time the last ones
+    # took (tests/integration/test_refresh_cost.py tests that choice).
     return load_settings(environ={}).with_overrides(
-        tracking_uri=tracking_server.url, rate_limit_profile="unlimited"
+        tracking_uri=tracking_server.url, rate_limit_profile="unlimited", tables__refresh_by_cost=False
     )
 
 

@@ -21,7 +21,7 @@ import pyarrow as pa
 from mlflow_spark_tools.core.identifiers import qualified_name, quote, sql_strings, validate_database
 from mlflow_spark_tools.errors import EngineError
 from mlflow_spark_tools.spark.arrow import to_dataframe
-from mlflow_spark_tools.spark.engine import Engine
+from mlflow_spark_tools.spark.engine import SAIL, Engine
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +98,20 @@ def spark_version(spark: Any) -> str | None:
 
 
 class Database:
-    """The Delta tables of one database (``schema`` or ``catalog.schema``) on an engine."""
+    """The Delta tables of one database (``schema`` or ``catalog.schema``) on an engine.
 
-    def __init__(self, engine: Engine, database: str) -> None:
+    ``deletion_vectors``: tables this object creates or overwrites on Spark with Delta Lake get
+    ``delta.enableDeletionVectors`` set to it, so that a MERGE marks the rows it replaces
+    instead of rewriting their files; None leaves the platform's default (on Databricks the
+    workspace's "auto-enable deletion vectors" setting). The embedded engine writes none.
+    """
+
+    def __init__(self, engine: Engine, database: str, deletion_vectors: bool | None = None) -> None:
         validate_database(database)
         self.engine = engine
         self.spark = engine.spark
         self.database = database
+        self.deletion_vectors = deletion_vectors
 
     def name(self, table: str) -> str:
         """The quoted, qualified name of a table for SQL."""
@@ -199,6 +206,8 @@ class Database:
             .option("overwriteSchema", "true")
             .option("delta.dataSkippingStatsColumns", ",".join(stats_columns))
         )
+        if self.deletion_vectors is not None and self.engine.executor != SAIL:
+            writer = writer.option("delta.enableDeletionVectors", str(self.deletion_vectors).lower())
         self._save(writer, table)
 
     def append(self, df: Any, table: str, *, merge_schema: bool = False) -> None:

@@ -179,7 +179,7 @@ def build_experiment_tables(
             return result
         handle = stack.enter_context(EngineHandle(engine, spark))
         run_on = handle.get(settings.engine.remote, settings.engine.warehouse)
-        db = Database(run_on, settings.tables.database)
+        db = Database(run_on, settings.tables.database, settings.tables.deletion_vectors)
         if experiments:
             builder = _builder(settings, run_on, db, selection, source, backend, run_reader)
             _build_all(builder, experiments, result, full_refresh, include_deleted)
@@ -208,7 +208,7 @@ def _build_from_system_tables(settings: Settings, selection: HistorySelection | 
     source = TrackingSource.from_settings(settings)
     with EngineHandle(engine, spark) as handle:
         run_on = handle.get(settings.engine.remote, settings.engine.warehouse)
-        db = Database(run_on, settings.tables.database)
+        db = Database(run_on, settings.tables.database, settings.tables.deletion_vectors)
         tables = SystemTables(run_on.spark, settings.tables.system_schema, settings.tables.system_workspace_id)
         system: SystemTables | None = tables
         try:
@@ -243,7 +243,8 @@ def _build_from_system_tables(settings: Settings, selection: HistorySelection | 
             assert system is not None
             builder: ExperimentTableBuilder = SystemTablesBuilder(
                 run_on, system, settings.tables.database, settings.tables.watermark_margin_seconds,
-                selection=selection, models=models)
+                selection=selection, models=models, refresh_by_cost=settings.tables.refresh_by_cost,
+                deletion_vectors=settings.tables.deletion_vectors)
             _build_all(builder, from_system, result, full_refresh, include_deleted, (1, total))
         if through_rest:
             rest = _builder(settings, run_on, db, selection, source, None, None)
@@ -286,7 +287,8 @@ def _builder(settings: Settings, run_on: Engine, db: Database, selection: Histor
     history = MetricHistoryWriter(db, history_reader, tables.history_workers) if selection is not None else None
     return ExperimentTableBuilder(run_on, fetcher, tables.database, tables.watermark_margin_seconds,
                                   history=history, selection=selection, models=ModelsWriter(db, models),
-                                  chunk_runs=tables.chunk_runs)
+                                  chunk_runs=tables.chunk_runs, refresh_by_cost=tables.refresh_by_cost,
+                                  deletion_vectors=tables.deletion_vectors)
 
 
 def _build_registry(db: Database, source: TrackingSource, registry_uri: str | None) -> RegistrySummary:
@@ -318,9 +320,10 @@ def _build_one(builder: ExperimentTableBuilder, exp: ExperimentInfo, position: s
         log.debug("Experiment %s (%s) failed", exp.experiment_id, exp.name, exc_info=True)
         log.warning("Experiment %s %s failed: %s", position, exp.experiment_id, exc)
         return RefreshSummary.failed(exp.experiment_id, exp.name, exc)
-    log.info("Experiment %s %s: %s refresh of %s, %d runs fetched, %d rows, %.1f s",
+    log.info("Experiment %s %s: %s refresh of %s%s, %d runs fetched, %d rows, %.1f s",
              position, exp.experiment_id, summary.mode, summary.table,
-             summary.runs_fetched, summary.row_count, summary.seconds)
+             f" ({summary.reason})" if summary.reason else "", summary.runs_fetched, summary.row_count,
+             summary.seconds)
     if summary.metrics_table:
         log.info("Experiment %s %s: metric history of %d runs, %d points in %d requests into %s",
                  position, exp.experiment_id, summary.history_runs, summary.history_points,

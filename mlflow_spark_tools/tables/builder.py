@@ -54,6 +54,7 @@ from mlflow_spark_tools.tables.metric_history import (
     with_summaries,
 )
 from mlflow_spark_tools.tables.models_table import ModelsWriter, models_table_name
+from mlflow_spark_tools.tables.refresh_cost import COST_COLUMNS, cheaper_full_build, measurements
 from mlflow_spark_tools.tables.staged_runs import StagedRuns
 from mlflow_spark_tools.tracking.source import ExperimentInfo
 
@@ -76,6 +77,7 @@ INDEX_COLUMNS: tuple[tuple[str, str], ...] = (
     ("metrics_table", "string"),
     ("inputs_table", "string"),
     ("models_table", "string"),
+    *COST_COLUMNS,
 )
 COLUMNS_TABLE_SCHEMA = "`column_name` string, `kind` string, `key` string, `data_type` string"
 UNFINISHED = ("RUNNING", "SCHEDULED")
@@ -89,14 +91,16 @@ ARROW_TYPES = {**param_types.ARROW_TYPES, "timestamp": pa.timestamp("ms", tz="UT
 class RefreshSummary:
     """What one refresh of one experiment table did.
 
-    ``inputs`` counts the dataset inputs written (of the runs fetched), ``models`` the rows of
-    the models table; ``models_table`` is None when the server has no logged models.
+    ``reason`` says why a refresh was a full build (None for an incremental one); ``inputs``
+    counts the dataset inputs written (of the runs fetched), ``models`` the rows of the models
+    table; ``models_table`` is None when the server has no logged models.
     """
 
     experiment_id: str
     experiment_name: str | None = None
     table: str | None = None
     mode: str | None = None
+    reason: str | None = None
     runs_fetched: int = 0
     rows_inserted: int = 0
     rows_updated: int = 0
@@ -133,6 +137,16 @@ class RefreshSummary:
 
 
 @dataclass
+class _Measure:
+    """What the index row records about the refresh under way: when it started, the row it
+    found, and whether it is a full build chosen because it is cheaper (refresh_cost)."""
+
+    started: float
+    previous: dict[str, Any] | None
+    by_cost: bool
+
+
+@dataclass
 class _TableState:
     """What is known about an existing table before a refresh."""
 
@@ -161,6 +175,10 @@ class ExperimentTableBuilder:
         models: writes the logged models tables; None builds none.
         chunk_runs: the most runs a full build holds in the driver; an experiment with more is
             staged in Spark chunk by chunk (:class:`StagedRuns`). None holds every run.
+        refresh_by_cost: build in full where that took less time than an incremental refresh
+            (:mod:`refresh_cost`); False refreshes incrementally wherever it can.
+        deletion_vectors: ``delta.enableDeletionVectors`` of the tables written on Spark with
+            Delta Lake (:class:`Database`); None leaves the platform's default.
     """
 
     def __init__(
@@ -174,11 +192,13 @@ class ExperimentTableBuilder:
         selection: HistorySelection | None = None,
         models: ModelsWriter | None = None,
         chunk_runs: int | None = None,
+        refresh_by_cost: bool = True,
+        deletion_vectors: bool | None = None,
     ) -> None:
         self.engine = engine
         self.spark = engine.spark
         self.fetcher = fetcher
-        self.db = Database(engine, database)
+        self.db = Database(engine, database, deletion_vectors)
         self.margin_ms = int(watermark_margin_seconds * 1000)
         self.clock = clock
         self.selection = selection if history is not None else None
@@ -186,6 +206,8 @@ class ExperimentTableBuilder:
         self.inputs: InputsWriter | None = InputsWriter(self.db)
         self.models = models
         self.chunk_runs = chunk_runs
+        self.refresh_by_cost = refresh_by_cost
+        self._measure = _Measure(time.perf_counter(), None, False)
         self._models_written = False
         self._db_ready = False
 
@@ -271,15 +293,6 @@ class ExperimentTableBuilder:
         exists = self.db.exists(table)
         index = self._index_row(experiment.experiment_id) if exists else None
         label = self.selection.label if self.selection is not None else None
-        incremental = (
-            not full_refresh
-            and index is not None
-            and index.get("watermark_ms") is not None
-            and bool(index.get("include_deleted")) == include_deleted
-            and index.get("metric_history") == label
-            and (label is None or self.db.exists(history_table_name(table)))
-            and (self.inputs is None or self.db.exists(inputs_table_name(table)))
-        )
         if index is not None and not full_refresh and index.get("metric_history") != label:
             # a scheduled build without --metric-history undoes a build with it: say so
             log.log(logging.WARNING if label is None else logging.INFO,
@@ -287,12 +300,41 @@ class ExperimentTableBuilder:
                     "full refresh%s", table, index.get("metric_history") or "none", label or "none",
                     "; its summary columns are dropped and its history table is no longer refreshed"
                     if label is None else "")
-        refreshed = incremental and self._refresh_incremental(experiment, table, index, include_deleted, summary)
+        reason = self._full_build_reason(table, exists, index, full_refresh, include_deleted, label)
+        by_cost = reason is None and index is not None and self.refresh_by_cost
+        if by_cost:
+            assert index is not None
+            reason = cheaper_full_build(index)
+            by_cost = reason is not None
+        self._measure = _Measure(started, index, by_cost)
+        refreshed = reason is None and self._refresh_incremental(experiment, table, index, include_deleted, summary)
         if not refreshed:
+            summary.reason = reason or f"columns no longer fit their type: {', '.join(summary.columns_widened)}"
             state = self._state(table, exists, index)
             self._refresh_full(experiment, table, state, include_deleted, summary)
         summary.seconds = round(time.perf_counter() - started, 3)
         return summary
+
+    def _full_build_reason(self, table: str, exists: bool, index: dict[str, Any] | None, full_refresh: bool,
+                           include_deleted: bool, label: str | None) -> str | None:
+        """Why the table must be built in full, or None when it can be refreshed incrementally."""
+        if not exists:
+            return "no table yet"
+        if full_refresh:
+            return "a full refresh was asked for"
+        if index is None:
+            return "the table has no row in the index table"
+        if index.get("watermark_ms") is None:
+            return "the index row has no watermark"
+        if bool(index.get("include_deleted")) != include_deleted:
+            return "deleted runs are " + ("included now" if include_deleted else "no longer included")
+        if index.get("metric_history") != label:
+            return "the metric history selection changed"
+        if label is not None and not self.db.exists(history_table_name(table)):
+            return f"{history_table_name(table)} is missing"
+        if self.inputs is not None and not self.db.exists(inputs_table_name(table)):
+            return f"{inputs_table_name(table)} is missing"
+        return None
 
     def _refresh_full(self, experiment, table, state, include_deleted, summary) -> None:
         assert self.fetcher is not None and self.inputs is not None
@@ -472,25 +514,7 @@ class ExperimentTableBuilder:
             view = f"__mst_changes_{table}"
             with self.db.arrow_frame(full, ddl(all_specs), f"{table}__rows", STATS_COLUMNS) as frame:
                 frame.createOrReplaceTempView(view)
-                # Delta Lake answers what its MERGE changed: rows whose every value is what the
-                # table holds are left alone and not counted. The embedded engine's MERGE answers
-                # nothing: the changes are counted first, with one more read of the table.
-                counted = self.db.engine.executor == SAIL
-                if counted:
-                    self._count_changes(view, table, include_deleted, summary, all_specs)
-                counts = self.db.merge(
-                    view,
-                    table,
-                    [s.column_name for s in all_specs],
-                    delete_condition=None if include_deleted else "s.lifecycle_stage = 'deleted'",
-                    insert_condition=None if include_deleted else "s.lifecycle_stage <> 'deleted'",
-                    update_condition=None if counted else f"NOT ({_all_same(all_specs)})",
-                )
-                if not counted:
-                    if counts is None:
-                        raise EngineError(f"The MERGE into {table} did not say what it changed")
-                    summary.rows_updated, summary.rows_deleted = counts.updated, counts.deleted
-                    summary.rows_inserted = counts.inserted
+                self._merge_changes(view, table, include_deleted, summary, all_specs)
                 self.spark.catalog.dropTempView(view)
         summary.inputs_table, summary.inputs = self.inputs.write(
             table, kept, replace_all=False, replaced_run_ids=raw["run_id"].to_pylist())
@@ -519,6 +543,32 @@ class ExperimentTableBuilder:
             return INFO, column
         raise KeyError(column)
 
+    def _merge_changes(self, view: str, table: str, include_deleted: bool, summary: RefreshSummary,
+                       specs: list[ColumnSpec]) -> None:
+        """MERGE the rows of ``view`` (every column of ``specs``) into ``table`` and count what
+        changed in ``summary``: deleted runs leave the table unless they are included.
+
+        Delta Lake answers what its MERGE changed: rows whose every value is what the table
+        holds are left alone and not counted. The embedded engine's MERGE answers nothing: the
+        changes are counted first, with one more read of the table.
+        """
+        counted = self.db.engine.executor == SAIL
+        if counted:
+            self._count_changes(view, table, include_deleted, summary, specs)
+        counts = self.db.merge(
+            view,
+            table,
+            [s.column_name for s in specs],
+            delete_condition=None if include_deleted else "s.lifecycle_stage = 'deleted'",
+            insert_condition=None if include_deleted else "s.lifecycle_stage <> 'deleted'",
+            update_condition=None if counted else f"NOT ({_all_same(specs)})",
+        )
+        if not counted:
+            if counts is None:
+                raise EngineError(f"The MERGE into {table} did not say what it changed")
+            summary.rows_updated, summary.rows_deleted = counts.updated, counts.deleted
+            summary.rows_inserted = counts.inserted
+
     def _count_changes(self, view: str, table: str, include_deleted: bool, summary,
                        specs: list[ColumnSpec]) -> None:
         """Rows the merge inserts, deletes and changes: a run re-read within the watermark
@@ -539,18 +589,24 @@ class ExperimentTableBuilder:
     # ---- companion tables ------------------------------------------------------------
 
     def _write_columns(self, table: str, specs: list[ColumnSpec], previous: list[ColumnSpec]) -> None:
-        """Store the column mapping; names of keys no longer present stay reserved (not those
-        of history summaries: they follow their metric's name, which stays reserved)."""
+        """Store the column mapping (unless it is the one stored); names of keys no longer present
+        stay reserved (not those of history summaries: they follow their metric's name, which
+        stays reserved)."""
         current = {s.column_name for s in specs}
         kept = [s for s in previous if s.column_name not in current and s.kind != INFO
                 and s.kind not in SUMMARY_KINDS]
         rows = [(s.column_name, s.kind, s.key, s.data_type) for s in sort_specs(specs + kept)]
+        if set(rows) == {(s.column_name, s.kind, s.key, s.data_type) for s in previous}:
+            return  # the same mapping: no commit
         data = pa.table(list(zip(*rows)), names=["column_name", "kind", "key", "data_type"])
         self.db.overwrite(
             to_dataframe(self.spark, data, COLUMNS_TABLE_SCHEMA), table + "_columns", ["column_name"]
         )
 
     def _write_index(self, experiment, table, run_count, column_count, include_deleted, watermark, mode) -> None:
+        measure = self._measure
+        cost = measurements(measure.previous, mode, time.perf_counter() - measure.started, run_count,
+                            measure.by_cost)
         row = pa.table(
             {
                 "experiment_id": [experiment.experiment_id],
@@ -572,6 +628,7 @@ class ExperimentTableBuilder:
                 "models_table": pa.array(
                     [f"{self.db.database}.{models_table_name(table)}" if self._models_written else None],
                     pa.string()),
+                **{name: pa.array([cost[name]], ARROW_TYPES[data_type]) for name, data_type in COST_COLUMNS},
             }
         )
         schema = ", ".join(f"{quote(n)} {t}" for n, t in INDEX_COLUMNS)

@@ -83,12 +83,16 @@ class SystemTablesBuilder(ExperimentTableBuilder):
             incremental refresh looks again.
         selection: the metric keys whose history is kept; None builds none.
         models: writes the logged models tables; None builds none.
+        refresh_by_cost: build in full where that took less time than an incremental refresh.
+        deletion_vectors: ``delta.enableDeletionVectors`` of the tables written on JVM Delta.
     """
 
     def __init__(self, engine: Engine, system: SystemTables, database: str, watermark_margin_seconds: int = 600,
                  clock: Callable[[], float] = time.time, selection: HistorySelection | None = None,
-                 models: ModelsWriter | None = None) -> None:
-        super().__init__(engine, None, database, watermark_margin_seconds, clock, models=models)
+                 models: ModelsWriter | None = None, refresh_by_cost: bool = True,
+                 deletion_vectors: bool | None = None) -> None:
+        super().__init__(engine, None, database, watermark_margin_seconds, clock, models=models,
+                         refresh_by_cost=refresh_by_cost, deletion_vectors=deletion_vectors)
         self.system = system
         self.selection = selection
         self.inputs = None
@@ -160,10 +164,7 @@ class SystemTablesBuilder(ExperimentTableBuilder):
                                  else F.lit(None).cast(s.data_type).alias(s.column_name) for s in all_specs))
             view = f"__mst_changes_{table}"
             full.createOrReplaceTempView(view)
-            self._count_changes(view, table, include_deleted, summary, all_specs)
-            self.db.merge(view, table, [s.column_name for s in all_specs],
-                          delete_condition=None if include_deleted else "s.lifecycle_stage = 'deleted'",
-                          insert_condition=None if include_deleted else "s.lifecycle_stage <> 'deleted'")
+            self._merge_changes(view, table, include_deleted, summary, all_specs)
             self.spark.catalog.dropTempView(view)
         self._write_models(experiment, table, summary)
         summary.row_count = (index.get("run_count") or 0) + summary.rows_inserted - summary.rows_deleted

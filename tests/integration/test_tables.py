@@ -77,6 +77,31 @@ def test_key_names_unicode_slashes_collisions_and_250_characters(settings, engin
 
 
 @pytest.mark.compat
+def test_deletion_vectors_on_jvm_delta_when_asked_for(settings, engine, client, experiment):
+    """tables.deletion_vectors: true makes JVM Delta's incremental MERGE mark the replaced row
+    instead of rewriting its file, with the same rows; the embedded engine writes none."""
+    from mlflow_spark_tools.spark.engine import SAIL
+
+    ids = [log_run(client, experiment, params={"i": i}, metrics={"m": float(i)}) for i in range(8)]
+    dv = settings.with_overrides(tables__deletion_vectors=True)
+    build(dv, experiment, engine)
+    client.set_tag(ids[0], "reviewed", "yes")
+    summary = build(dv, experiment, engine)
+    assert (summary.mode, summary.rows_updated) == ("incremental", 1)
+    history = engine.spark.sql(f"DESCRIBE HISTORY {DB}.exp_{experiment}").collect() \
+        if engine.executor != SAIL else []
+    rows = {r["run_id"]: r for r in read_table(engine, DB, experiment)}
+    assert len(rows) == 8 and rows[ids[0]]["_t_reviewed"] == "yes" and rows[ids[1]]["_t_reviewed"] is None
+    if engine.executor == SAIL:
+        return
+    properties = engine.spark.sql(f"DESCRIBE DETAIL {DB}.exp_{experiment}").collect()[0]["properties"]
+    assert properties.get("delta.enableDeletionVectors") == "true"
+    merge = next(h for h in history if h["operation"] == "MERGE")
+    assert int(merge["operationMetrics"]["numTargetRowsCopied"]) == 0  # no other row rewritten
+    assert int(merge["operationMetrics"].get("numTargetDeletionVectorsAdded", 0)) == 1
+
+
+@pytest.mark.compat
 def test_widening_a_typed_column_to_string(settings, engine, client, experiment):
     log_run(client, experiment, params={"batch": "32", "lr": "0.1"})
     build(settings, experiment, engine)
