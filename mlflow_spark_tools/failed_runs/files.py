@@ -382,11 +382,17 @@ def exists_at(name: str, dir_fd: int) -> bool:
         return False
 
 
+class EmptyFile(PayloadError):
+    """A file of the package's that holds no byte: created by a process killed before its one
+    write (:func:`write_once` writes a non-empty JSON object at once), or planted empty."""
+
+
 def read_json_file(dir_fd: int, name: str, what: str) -> dict[str, Any] | None:
     """A small JSON object the package wrote (a checkpoint, a done record, the lease marker),
     opened without following a link; None if absent.
 
     Raises:
+        EmptyFile: it holds no byte (a write cut short by a kill).
         PayloadError: a link, not a regular file, one with other hard links, too large, or not
             a JSON object.
     """
@@ -399,6 +405,8 @@ def read_json_file(dir_fd: int, name: str, what: str) -> dict[str, Any] | None:
         raise PayloadError(f"{what} is not a file of this package (not a regular file, or too large)")
     with os.fdopen(fd, "rb") as f:
         data = f.read(_MAX_JSON + 1)
+    if not data:
+        raise EmptyFile(f"{what} is empty (its writer was killed before it wrote it)")
     try:
         value = json.loads(data)
     except (ValueError, RecursionError):

@@ -38,7 +38,7 @@ from mlflow_spark_tools.failed_runs.document import (
     check_run_id,
     is_local_artifact_uri,
 )
-from mlflow_spark_tools.failed_runs.files import Budget, PayloadFolder, manifest_difference
+from mlflow_spark_tools.failed_runs.files import Budget, EmptyFile, PayloadFolder, manifest_difference
 from mlflow_spark_tools.failed_runs.lease import DeltaLease
 from mlflow_spark_tools.failed_runs.run_writer import RunWriter
 from mlflow_spark_tools.failed_runs.store import FailedRunStore, PendingDocument
@@ -391,15 +391,17 @@ class PayloadSteps:
         if folder is None:
             return False, False, None, 0, 0
         begun = folder.exists(f"{PROGRESS}/{BEGUN}")
-        names = [BEGUN] if begun else []
         numbered = [(ops, name) for name in folder.names(PROGRESS) if (ops := checkpoint_ops(name)) is not None]
-        if numbered:
-            names.append(max(numbered)[1])
         found = []
         try:
-            for name in names:
-                found.append((f"{PROGRESS}/{name}", folder.read_json(f"{PROGRESS}/{name}")))
-            found.append(("progress.json", folder.read_json("progress.json")))  # an earlier release's
+            if begun:
+                found.append((f"{PROGRESS}/{BEGUN}", _read_checkpoint(folder, f"{PROGRESS}/{BEGUN}")))
+            for _, name in sorted(numbered, reverse=True):  # the newest that holds anything
+                progress = _read_checkpoint(folder, f"{PROGRESS}/{name}")
+                if progress is not None:
+                    found.append((f"{PROGRESS}/{name}", progress))
+                    break
+            found.append(("progress.json", _read_checkpoint(folder, "progress.json")))  # an earlier release's
         except PayloadError as exc:
             raise Quarantine(str(exc)) from None
         checked = []
@@ -442,6 +444,12 @@ class PayloadSteps:
         try:
             record = self.store.read_done(payload_id)
             problem = None if record is None else self._record_problem(payload_id, record)
+        except EmptyFile:
+            # a replayer killed between creating the record and writing it: the checkpoints
+            # tell how far it got, and the record is written again when the payload is finished
+            if self.store.remove_empty_done(payload_id):
+                log.info("done/%s.json was empty (its writer was killed): removed", payload_id)
+            return None
         except PayloadError as exc:
             record, problem = {}, str(exc)
         if problem is None:
@@ -605,3 +613,15 @@ class PayloadSteps:
                                  f"{type(exc).__name__}: {error_summary(exc, 300)}") from None
 
         return save_to
+
+
+def _read_checkpoint(folder: PayloadFolder, relative: str) -> dict[str, Any] | None:
+    """A checkpoint, or None when it is absent or empty: a replayer killed between creating it
+    and writing it, which counts as not written (the requests after the newest checkpoint are
+    uncertain anyway: docs/REPLAY.md, "Exactly once")."""
+    try:
+        return folder.read_json(relative)
+    except EmptyFile:
+        log.info("%s of payload %s is empty (its writer was killed): it does not count", relative,
+                 folder.payload_id)
+        return None

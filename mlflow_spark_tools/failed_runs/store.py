@@ -422,6 +422,21 @@ class FailedRunStore:
             raise ValueError(f"{payload_id[:80]!r} is not a payload id")
         write_once(self._fd("done"), f"{payload_id}.json", json_bytes(record))
 
+    def remove_empty_done(self, payload_id: str) -> bool:
+        """Remove ``done/<payload_id>.json`` if it is an empty regular file (a record whose
+        writer was killed before it wrote it: it says nothing); whether it was removed."""
+        if not is_payload_id(payload_id):
+            raise ValueError(f"{payload_id[:80]!r} is not a payload id")
+        name, folder = f"{payload_id}.json", self._fd("done")
+        try:
+            info = os.stat(name, dir_fd=folder, follow_symlinks=False)
+            if not stat.S_ISREG(info.st_mode) or info.st_size:
+                return False
+            os.unlink(name, dir_fd=folder)
+        except FileNotFoundError:
+            return False
+        return True
+
     def remove(self, document: PendingDocument) -> None:
         """Remove a document that is replayed (its record is written) or quarantined."""
         try:

@@ -228,6 +228,37 @@ def test_replayer_killed_again_and_again_leaves_every_run_exactly_once(
         assert_run_complete(client, runs[i][0], i, with_model=False)
 
 
+def test_files_a_killed_replayer_created_but_never_wrote_count_as_not_written(
+        closed_proxy, tracking_server, client, experiment, store_path, signing_key, make_replayer):
+    """kill -9 between creating a file and its one write leaves it empty: an empty checkpoint
+    counts as not written, an empty done record is removed and written again; nothing is
+    quarantined and every run exists once."""
+    ids = _defer(closed_proxy, store_path, experiment, range(2))
+    settle(store_path)
+    store = FailedRunStore(store_path)
+    documents = {d.payload_id: (store.path_of(d), store.path_of(d).read_bytes()) for d in store.documents()}
+    first = make_replayer(store_path, tracking_server.url, UNLIMITED)
+    assert first.run().replayed == 2
+    first.close()
+    settle(store_path)
+    for pid in ids.values():  # killed before the documents were removed
+        (store.root / "done" / f"{pid}.json").unlink()
+        path, data = documents[pid]
+        path.write_bytes(data)
+    (store.root / "done" / f"{ids[0]}.json").write_bytes(b"")  # its record created, never written
+    (store.data_dir(ids[1]) / "progress" / "999999-killed.json").write_bytes(b"")  # a checkpoint so
+    settle(store_path)
+    summary = make_replayer(store_path, tracking_server.url, UNLIMITED).run()
+    reasons = [(store.root / "failed" / f"{p}.reason.json").read_text() for p in store.ids("failed")]
+    assert (summary.failed, summary.resumed, reasons) == (0, 2, [])
+    settle(store_path)
+    assert store.documents() == [] and store.read_done(ids[0])["payload_id"] == ids[0]
+    runs = runs_by_index(client, experiment)
+    assert sorted(runs) == [0, 1] and [len(runs[i]) for i in (0, 1)] == [1, 1]
+    for i in (0, 1):
+        assert_run_complete(client, runs[i][0], i, with_model=False)
+
+
 def test_two_replayers_on_one_store_replay_each_payload_once(
         closed_proxy, make_proxy, tracking_server, client, experiment, store_path, tmp_path, signing_key):
     """Two replay jobs at once (a second schedule, a manual run beside the job): one holds the
