@@ -301,9 +301,9 @@ class ExperimentTableBuilder:
                     "; its summary columns are dropped and its history table is no longer refreshed"
                     if label is None else "")
         reason = self._full_build_reason(table, exists, index, full_refresh, include_deleted, label)
-        by_cost = reason is None and index is not None and self.refresh_by_cost
-        if by_cost:
-            assert index is not None
+        by_cost = False
+        if reason is None and self.refresh_by_cost:
+            assert index is not None  # no reason to build in full: the index row is there
             reason = cheaper_full_build(index)
             by_cost = reason is not None
         self._measure = _Measure(started, index, by_cost)
