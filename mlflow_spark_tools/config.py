@@ -357,6 +357,10 @@ class ReplayConfig:
     limits: ReplayLimits = field(default_factory=ReplayLimits)
     retention_days: float | None = 7.0
     torn_grace_seconds: float = 900.0
+    # Hosts (host or host:port) other than the tracking server's that runs' artifacts may be
+    # uploaded to over http(s):// or mlflow-artifacts://; the uploads carry the replay's
+    # tracking credentials.
+    artifact_hosts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         days = self.retention_days
@@ -366,6 +370,12 @@ class ReplayConfig:
         grace = self.torn_grace_seconds
         if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not math.isfinite(grace) or grace < 0:
             raise InvalidConfigError(f"replay.torn_grace_seconds must be a number of seconds >= 0, got {grace!r}.")
+        hosts = self.artifact_hosts
+        if hosts is None:
+            hosts = ()
+        if isinstance(hosts, str) or not all(isinstance(h, str) and h.strip() for h in hosts):
+            raise InvalidConfigError(f"replay.artifact_hosts must be a list of host or host:port names, got {hosts!r}.")
+        object.__setattr__(self, "artifact_hosts", tuple(h.strip() for h in hosts))
         limits = self.limits
         if isinstance(limits, Mapping):
             known = {f.name for f in dataclasses.fields(ReplayLimits)}

@@ -132,6 +132,47 @@ def is_local_artifact_uri(uri: str | None) -> bool:
     return scheme in LOCAL_ARTIFACT_SCHEMES or (len(scheme) == 1 and uri[1:3] in (":\\", ":/"))
 
 
+# Artifact URIs whose requests carry the tracking server's credentials (MLflow attaches
+# MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN to whatever host such a URI names).
+HOST_ADDRESSED_SCHEMES = {"http": 80, "https": 443, "mlflow-artifacts": None}
+
+
+def _host_port(uri: str) -> tuple[str, int | None] | None:
+    """The host and port a URI names (userinfo left out, the scheme's default port filled in),
+    or None when it names no host."""
+    parts = urllib.parse.urlsplit(uri)
+    scheme = parts.scheme.lower()
+    if not parts.hostname:
+        return None
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1  # a port that is not one: no host matches it
+    return parts.hostname.lower(), port if port is not None else HOST_ADDRESSED_SCHEMES.get(scheme)
+
+
+def foreign_artifact_host(artifact_uri: str | None, tracking_uri: str, allowed: tuple[str, ...] = ()) -> str | None:
+    """The ``host[:port]`` a run's artifact URI sends requests to when it is neither the
+    tracking server's nor in ``allowed`` (``host`` or ``host:port`` entries), else None.
+
+    Uploads to an ``http(s)://`` or ``mlflow-artifacts://<host>`` location carry the replay
+    identity's tracking credentials, and whoever creates an experiment chooses its artifact
+    location: a location naming another host would receive them.
+    """
+    if not artifact_uri or urllib.parse.urlsplit(artifact_uri).scheme.lower() not in HOST_ADDRESSED_SCHEMES:
+        return None
+    target = _host_port(artifact_uri)
+    if target is None or target == _host_port(tracking_uri):
+        return None
+    host, port = target
+    named = host if port is None else f"{host}:{port}"
+    for entry in allowed:
+        entry = entry.strip().lower()
+        if entry == named or (":" not in entry and entry == host):
+            return None
+    return named
+
+
 def check_run_id(value: Any, where: str) -> str | None:
     """A run id of MLflow's shape, or None."""
     if value is None:

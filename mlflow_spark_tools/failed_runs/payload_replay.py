@@ -36,6 +36,7 @@ from mlflow_spark_tools.failed_runs.document import (
     check_document,
     check_progress,
     check_run_id,
+    foreign_artifact_host,
     is_local_artifact_uri,
 )
 from mlflow_spark_tools.failed_runs.files import Budget, EmptyFile, PayloadFolder, manifest_difference
@@ -190,6 +191,11 @@ class _PayloadWriter(RunWriter):
         return False
 
     def check_destination(self, artifact_uri: str | None) -> None:
+        host = foreign_artifact_host(artifact_uri, self.replayer.tracking_uri, self.replayer.artifact_hosts)
+        if host is not None:
+            raise Quarantine(f"the run's artifacts go to {host[:200]}, which is not the tracking server: the uploads "
+                             "would carry the replay's tracking credentials there; if that host is yours, add it "
+                             "to replay.artifact_hosts")
         if is_local_artifact_uri(artifact_uri) and not (self.signed or self.replayer.trust_unsigned):
             raise Quarantine(f"the run's artifacts go to a path on this host ({str(artifact_uri)[:200]}): "
                              "an unsigned document cannot make the replay write local files; collect "
@@ -220,6 +226,8 @@ class PayloadSteps:
     trust_unsigned: bool
     owner: str
     torn_grace_seconds: float
+    tracking_uri: str
+    artifact_hosts: tuple[str, ...]
     _lock: threading.Lock
     _finished: set[str]
     _in_flight: InFlightBytes

@@ -102,7 +102,8 @@ def run_replay_job(settings: Settings, options: ReplayOptions, engine: Engine | 
                            lease_seconds=options.lease_seconds)
         replayer = Replayer(str(root), tracking_uri, settings.profile(), lease=lease,
                             max_workers=options.max_workers, signing_key=key, trust_unsigned=options.trust_unsigned,
-                            limits=settings.replay.limits, torn_grace_seconds=settings.replay.torn_grace_seconds)
+                            limits=settings.replay.limits, torn_grace_seconds=settings.replay.torn_grace_seconds,
+                            artifact_hosts=settings.replay.artifact_hosts)
         ledger = _Ledger(settings, engines) if options.ledger else None
         retention = options.retention_days if options.retention_days is not None else settings.replay.retention_days
         if options.mode == LOOP:

@@ -132,13 +132,16 @@ class Replayer(PayloadSteps):
             (``lease.json``) and reads it back after taking the lease, at least this much later
             (taking a lease takes longer: several queries), so that of two first replays at once
             with different databases, one refuses.
+        artifact_hosts: hosts besides the tracking server's that runs' artifacts may be
+            uploaded to over http(s) or ``mlflow-artifacts://<host>`` (with the tracking
+            credentials); a payload whose artifacts would go elsewhere is quarantined.
     """
 
     def __init__(self, store_path: str, tracking_uri: str, profile: RateLimitProfile, *, lease: DeltaLease,
                  max_workers: int = 16, signing_key: SigningKey | None = None, trust_unsigned: bool = False,
                  limits: ReplayLimits | None = None, torn_grace_seconds: float = ReplayConfig.torn_grace_seconds,
                  retry: RetryPolicy | None = None, sleep: Callable[[float], None] = time.sleep,
-                 marker_settle_seconds: float = 0.25) -> None:
+                 marker_settle_seconds: float = 0.25, artifact_hosts: tuple[str, ...] = ()) -> None:
         self.store = FailedRunStore(store_path).ensure()
         self.marker_settle_seconds = marker_settle_seconds
         self._lease_placed = False
@@ -151,6 +154,7 @@ class Replayer(PayloadSteps):
         self.trust_unsigned = trust_unsigned
         self.limits = limits or ReplayLimits()
         self.torn_grace_seconds = torn_grace_seconds
+        self.artifact_hosts = tuple(artifact_hosts)
         self.owner = lease.owner
         self.on_payload: Callable[[str], None] | None = None  # told each payload's outcome
         self._lock = threading.Lock()

@@ -743,3 +743,78 @@ def test_bad_values_in_one_payload_never_cost_the_others_their_ledger_rows(close
     (odd,) = engine.spark.sql(f"SELECT run_id, attempts, replayed_at FROM {database}.replay_log "
                               "WHERE payload_id = 'x\\\\udcff'").collect()
     assert (odd["run_id"], odd["attempts"], odd["replayed_at"]) == ("{'not': 'a string'}", None, None)
+
+
+class _Listener:
+    """An HTTP server on loopback that answers every request with 200 and keeps what came:
+    (method, path, Authorization header)."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        seen = self.requests = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                seen.append((self.command, self.path, self.headers.get("Authorization")))
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            do_GET = do_PUT = do_POST = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_an_experiment_cannot_send_the_replay_credentials_to_its_artifact_host(
+        closed_proxy, tmp_path, signing_key, monkeypatch, make_replayer):
+    """On a server that allows host-addressed artifact locations, an experiment user sets one
+    to a host of theirs: the replay would upload the run's artifacts there with its tracking
+    credentials (MLflow attaches them to whatever host the location names). It quarantines the
+    payload instead, naming the host, and uploads there only when the host is listed in
+    replay.artifact_hosts."""
+    from mlflow import MlflowClient
+
+    from tests.support.local_server import LocalTrackingServer
+
+    monkeypatch.setenv("MLFLOW_ALLOWED_HOST_ADDRESSED_ARTIFACT_SCHEMES", "http")
+    listener = _Listener()
+    try:
+        tracking_server = LocalTrackingServer(tmp_path / "server", workers=1).start()
+        client = MlflowClient(tracking_server.url)
+        experiment = client.create_experiment(f"exfil-{uuid.uuid4().hex[:8]}",
+                                              artifact_location=f"http://{listener.address}/artifacts")
+        store_path = tmp_path / "store"
+        ids = _defer(closed_proxy, store_path, experiment, 2)
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "replay-identity")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "replay-secret")
+        store = FailedRunStore(store_path)
+        pending = {d.payload_id: d for d in store.documents()}
+        aside = tmp_path / "aside.json"
+        os.rename(store.path_of(pending[ids[1]]), aside)
+        summary = make_replayer(store_path, tracking_server.url, UNLIMITED).run()
+        assert summary.failed == 1
+        reason = json.loads((store.root / "failed" / f"{ids[0]}.reason.json").read_text())["reason"]
+        assert f"the run's artifacts go to {listener.address}, which is not the tracking server" in reason
+        assert listener.requests == []
+        # the same upload with the host allowed: it goes there, credentials attached
+        os.rename(aside, store.path_of(pending[ids[1]]))
+        allowed = make_replayer(store_path, tracking_server.url, UNLIMITED, artifact_hosts=(listener.address,))
+        assert allowed.run().replayed == 1
+        assert any(method == "PUT" and auth and auth.startswith("Basic ") for method, _, auth in listener.requests)
+        tracking_server.stop()
+    finally:
+        listener.close()
