@@ -28,7 +28,6 @@ from mlflow_spark_tools.errors import (
     EXIT_PARTIAL,
     EXIT_USAGE,
     ExperimentNotFoundError,
-    MlflowSparkToolsError,
     UsageError,
 )
 from mlflow_spark_tools.spark.catalog import Database
@@ -316,10 +315,13 @@ def _build_one(builder: ExperimentTableBuilder, exp: ExperimentInfo, position: s
             finally:
                 if fetcher is not None:
                     fetcher.on_runs = None
-    except MlflowSparkToolsError as exc:
+    except Exception as exc:
+        # the package's own errors, and any other (the engine's, a library's): this experiment
+        # fails with one line, the others are still built
+        summary = RefreshSummary.failed(exp.experiment_id, exp.name, exc)
         log.debug("Experiment %s (%s) failed", exp.experiment_id, exp.name, exc_info=True)
-        log.warning("Experiment %s %s failed: %s", position, exp.experiment_id, exc)
-        return RefreshSummary.failed(exp.experiment_id, exp.name, exc)
+        log.warning("Experiment %s %s failed: %s", position, exp.experiment_id, summary.error)
+        return summary
     log.info("Experiment %s %s: %s refresh of %s%s, %d runs fetched, %d rows, %.1f s",
              position, exp.experiment_id, summary.mode, summary.table,
              f" ({summary.reason})" if summary.reason else "", summary.runs_fetched, summary.row_count,

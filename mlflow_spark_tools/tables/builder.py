@@ -56,6 +56,7 @@ from mlflow_spark_tools.tables.metric_history import (
 from mlflow_spark_tools.tables.models_table import ModelsWriter, models_table_name
 from mlflow_spark_tools.tables.refresh_cost import COST_COLUMNS, cheaper_full_build, measurements
 from mlflow_spark_tools.tables.staged_runs import StagedRuns
+from mlflow_spark_tools.tracking.rate_limit_errors import error_summary
 from mlflow_spark_tools.tracking.source import ExperimentInfo
 
 log = logging.getLogger(__name__)
@@ -123,10 +124,13 @@ class RefreshSummary:
 
     @classmethod
     def failed(cls, experiment_id: str, experiment_name: str | None, exc: Exception) -> RefreshSummary:
-        """The summary of an experiment that could not be built: the error's message and its
-        exit code (2 for usage errors such as an unknown experiment, else 1)."""
-        code = exc.exit_code if isinstance(exc, MlflowSparkToolsError) else EXIT_FAILURE
-        return cls(experiment_id, experiment_name, error=str(exc), error_exit_code=code)
+        """The summary of an experiment that could not be built: the error's message (an error
+        that is not the package's own: its type and first line) and its exit code (2 for usage
+        errors such as an unknown experiment, else 1)."""
+        if isinstance(exc, MlflowSparkToolsError):
+            return cls(experiment_id, experiment_name, error=str(exc), error_exit_code=exc.exit_code)
+        return cls(experiment_id, experiment_name, error=f"{type(exc).__name__}: {error_summary(exc, 500)}",
+                   error_exit_code=EXIT_FAILURE)
 
     @property
     def ok(self) -> bool:

@@ -136,6 +136,34 @@ def test_metric_values_are_what_the_server_returns(settings, engine, client, exp
     assert rows[ids["inf"]]["_m_m"] > 1e308
 
 
+def test_an_error_that_is_not_the_packages_own_fails_one_experiment_only(settings, engine, client, monkeypatch):
+    """One experiment whose build fails with an engine's or a library's error (say Spark
+    Connect's RESOURCE_EXHAUSTED on a huge dataset profile) is reported in one line; the
+    experiments after it are still built."""
+    from mlflow_spark_tools.errors import EXIT_PARTIAL
+    from mlflow_spark_tools.tables.build import build_experiment_tables
+    from mlflow_spark_tools.tables.builder import ExperimentTableBuilder
+
+    first, second = (client.create_experiment(f"isolated-{i}-{os.urandom(4).hex()}") for i in range(2))
+    for experiment in (first, second):
+        log_run(client, experiment, params={"a": 1})
+    refresh = ExperimentTableBuilder.refresh
+
+    def failing(self, experiment, **kwargs):
+        if experiment.experiment_id == first:
+            raise RuntimeError("RESOURCE_EXHAUSTED: Sent message larger than max (335553003 vs. 134217728)\n"
+                               "\tat org.apache.spark.Something(Stack.java:1)")
+        return refresh(self, experiment, **kwargs)
+
+    monkeypatch.setattr(ExperimentTableBuilder, "refresh", failing)
+    result = build_experiment_tables(settings, experiment_ids=[first, second], engine=engine)
+    failed, built = result.summaries
+    assert failed.error == "RuntimeError: RESOURCE_EXHAUSTED: Sent message larger than max (335553003 vs. 134217728)"
+    assert failed.error_exit_code == 1 and not failed.ok
+    assert built.ok and built.row_count == 1
+    assert result.exit_code == EXIT_PARTIAL
+
+
 @pytest.mark.compat
 def test_empty_experiment_gets_a_table_with_info_columns(settings, engine, experiment):
     summary = build(settings, experiment, engine)
