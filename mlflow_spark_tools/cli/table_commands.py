@@ -21,6 +21,7 @@ from mlflow_spark_tools.cli.app import (
 )
 from mlflow_spark_tools.core.redaction import redact
 from mlflow_spark_tools.errors import EXIT_FAILURE, UsageError
+from mlflow_spark_tools.tables.refresh_cost import OBVIOUS_REASONS
 from mlflow_spark_tools.tools.output import FORMATS, format_rows, render_table, to_json
 
 TABLE_MAX_ROWS = 1000
@@ -97,6 +98,9 @@ def _print_summaries(summaries: Any, registry: Any, fmt: str) -> None:
         return
     if summaries:
         _print_experiment_table(summaries)
+        for s in summaries:  # a full build the user did not ask for says why
+            if s.reason is not None and s.reason not in OBVIOUS_REASONS:
+                click.echo(f"Experiment {s.experiment_id}: full build: {s.reason}")
     if registry is not None:
         click.echo(render_table(
             ["registry", "registered_models", "models", "model_versions", "versions", "seconds"],

@@ -54,7 +54,13 @@ from mlflow_spark_tools.tables.metric_history import (
     with_summaries,
 )
 from mlflow_spark_tools.tables.models_table import ModelsWriter, models_table_name
-from mlflow_spark_tools.tables.refresh_cost import COST_COLUMNS, cheaper_full_build, measurements
+from mlflow_spark_tools.tables.refresh_cost import (
+    ASKED_FOR,
+    COST_COLUMNS,
+    NO_TABLE_YET,
+    cheaper_full_build,
+    measurements,
+)
 from mlflow_spark_tools.tables.staged_runs import StagedRuns
 from mlflow_spark_tools.tracking.rate_limit_errors import error_summary
 from mlflow_spark_tools.tracking.source import ExperimentInfo
@@ -323,9 +329,9 @@ class ExperimentTableBuilder:
                            include_deleted: bool, label: str | None) -> str | None:
         """Why the table must be built in full, or None when it can be refreshed incrementally."""
         if not exists:
-            return "no table yet"
+            return NO_TABLE_YET
         if full_refresh:
-            return "a full refresh was asked for"
+            return ASKED_FOR
         if index is None:
             return "the table has no row in the index table"
         if index.get("watermark_ms") is None:

@@ -26,6 +26,10 @@ COST_COLUMNS: tuple[tuple[str, str], ...] = (
     ("fulls_by_cost", "bigint"),
 )
 REPROBE_AFTER = 8
+# Why a table is built in full, where the user knows it already (no other reason is printed).
+NO_TABLE_YET = "no table yet"
+ASKED_FOR = "a full refresh was asked for"
+OBVIOUS_REASONS = (NO_TABLE_YET, ASKED_FOR)
 
 
 def cheaper_full_build(index_row: dict[str, Any]) -> str | None:

@@ -101,6 +101,17 @@ def test_invalid_database_is_rejected_before_anything_is_written(settings, engin
     assert not any("bad" in s for s in schemas)
 
 
+@pytest.mark.jvm
+def test_a_full_build_nobody_asked_for_says_why(settings, engine, client, experiment):
+    log_run(client, experiment, params={"batch": "32"})
+    first = invoke(settings, engine, "build-tables", "--experiment-ids", experiment)
+    assert first.exit_code == 0 and "full build" not in first.stdout  # a first build: obvious
+    log_run(client, experiment, params={"batch": "auto"})
+    widened = invoke(settings, engine, "build-tables", "--experiment-ids", experiment)
+    assert widened.exit_code == 0
+    assert f"Experiment {experiment}: full build: columns no longer fit their type: _p_batch" in widened.stdout
+
+
 @pytest.mark.compat
 @pytest.mark.jvm
 def test_unreachable_tracking_server_leaves_tables_untouched(settings, engine, client, experiment):
