@@ -15,6 +15,7 @@ one MERGE). What an incremental refresh cannot see is listed in docs/TABLES.md.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ import pyarrow.compute as pc
 
 from mlflow_spark_tools.backend_store.run_reader import DatabaseRunReader
 from mlflow_spark_tools.core.identifiers import experiment_table_name, quote, sql_string, sql_strings
-from mlflow_spark_tools.errors import EXIT_FAILURE, EngineError, MlflowSparkToolsError
+from mlflow_spark_tools.errors import EXIT_FAILURE, EngineError, MlflowSparkToolsError, UsageError
 from mlflow_spark_tools.runs.columns import (
     INFO,
     INFO_COLUMNS,
@@ -232,13 +233,33 @@ class ExperimentTableBuilder:
         ).collect()
         return rows[0].asDict() if rows else None
 
+    def _column_specs(self, table: str) -> list[ColumnSpec]:
+        """The column mapping stored in ``<table>_columns`` ([] without one)."""
+        if not self.db.exists(table + "_columns"):
+            return []
+        return [ColumnSpec(r["column_name"], r["kind"], r["key"], r["data_type"])
+                for r in self.spark.table(self.db.name(table + "_columns")).collect()]
+
+    def _check_selection(self, table: str, experiment_id: str) -> None:
+        """Refuse a new metric history selection that names keys the table has never seen (a
+        typo would otherwise replace the history table and its summary columns with nothing)."""
+        if self.selection is None or self.selection.keys is None:
+            return
+        known = {s.key for s in self._column_specs(table) if s.kind == METRIC}
+        unknown = sorted(self.selection.keys - known)
+        if not unknown:
+            return
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, sorted(known), n=2)
+            hints.append(f"{key} (did you mean {' or '.join(close)}?)" if close else key)
+        raise UsageError(
+            f"--metric-history names metric keys that no run of experiment {experiment_id} has logged: "
+            f"{', '.join(hints)}. Nothing was written. Name keys the experiment has, or `all`; a key that "
+            f"new runs have just logged is taken with --full-refresh.")
+
     def _state(self, table: str, exists: bool, index_row: dict[str, Any] | None) -> _TableState:
-        specs: list[ColumnSpec] = []
-        if self.db.exists(table + "_columns"):
-            specs = [
-                ColumnSpec(r["column_name"], r["kind"], r["key"], r["data_type"])
-                for r in self.spark.table(self.db.name(table + "_columns")).collect()
-            ]
+        specs = self._column_specs(table)
         if not exists:
             return _TableState(False, {}, specs, None)
         return _TableState(True, self.db.columns(table), specs, index_row)
@@ -303,6 +324,8 @@ class ExperimentTableBuilder:
         exists = self.db.exists(table)
         index = self._index_row(experiment.experiment_id) if exists else None
         label = self.selection.label if self.selection is not None else None
+        if index is not None and not full_refresh and index.get("metric_history") != label:
+            self._check_selection(table, experiment.experiment_id)
         if index is not None and not full_refresh and index.get("metric_history") != label:
             # a scheduled build without --metric-history undoes a build with it: say so
             log.log(logging.WARNING if label is None else logging.INFO,

@@ -180,6 +180,29 @@ def test_a_key_selection_and_changing_it(settings, engine, client, experiment):
     assert [k for k in column_map(engine, DB, experiment) if k[0].startswith("metric_m")] == []
 
 
+def test_a_mistyped_key_is_refused_before_the_history_is_touched(settings, engine, client, experiment):
+    """`--metric-history val_los` on a table built with `all`: exit 2 naming the key and the
+    close one, and the history table and its summary columns stay as they were."""
+    from mlflow_spark_tools.tables.build import build_experiment_tables
+
+    run_ids = [log_run(client, experiment, metrics={"val_loss": [(1.0, 0), (0.5, 1)], "acc": [(0.7, 0)]})
+               for _ in range(2)]
+    build(settings, experiment, engine, metric_history="all")
+    points = engine.spark.table(f"{DB}.exp_{experiment}_metrics").count()
+    result = build_experiment_tables(settings, experiment_ids=[experiment], engine=engine, metric_history="val_los")
+    assert result.exit_code == 2
+    error = result.summaries[0].error
+    assert "metric keys that no run of experiment" in error and "val_los (did you mean val_loss?)" in error
+    assert engine.spark.table(f"{DB}.exp_{experiment}_metrics").count() == points == 6
+    assert "_mmin_val_loss" in engine.spark.table(f"{DB}.exp_{experiment}").columns
+    # the keys it has are taken; a key new runs have just logged, with --full-refresh
+    assert build(settings, experiment, engine, metric_history="val_loss").mode == "full"
+    log_run(client, experiment, metrics={"f1": [(0.1, 0)]})
+    assert build(settings, experiment, engine, metric_history="val_loss,f1", full_refresh=True).ok
+    keys = [r["key"] for r in engine.spark.table(f"{DB}.exp_{experiment}_metrics").collect()]
+    assert sorted(keys) == ["f1"] + ["val_loss"] * 4 and len(run_ids) == 2
+
+
 def test_cut_bulk_answers_and_runs_longer_than_an_answer_lose_no_point(settings, engine, client, experiment,
                                                                        monkeypatch):
     # The server cuts a bulk answer at max_results points (25,000 in production); with 40 the
