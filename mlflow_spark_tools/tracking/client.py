@@ -36,6 +36,7 @@ import logging
 import os
 import re
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -58,6 +59,7 @@ from mlflow_spark_tools.tracking.retries import call_with_retries, patient
 
 if TYPE_CHECKING:
     import pandas as pd
+    from mlflow.tracking import MlflowClient
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
@@ -70,10 +72,18 @@ LOGGED_MODELS_TAG = "mlflow.log-model.history"
 NOT_SAFE_TO_REPEAT = frozenset({"create_run", "log_metric", "log_batch"})
 
 
+_DATABASE_SCHEMES = frozenset({"file", "sqlite", "postgresql", "mysql", "mssql"})
+
+
 def _host_of(tracking_uri: str) -> tuple[str, int]:
     """(host, port) the tracking requests of ``tracking_uri`` go to; ("", 0) for local stores."""
     if tracking_uri.startswith(("http://", "https://")):
         return host_port(tracking_uri)
+    scheme = urllib.parse.urlsplit(tracking_uri).scheme.split("+")[0].lower()
+    if len(scheme) <= 1 or scheme in _DATABASE_SCHEMES:
+        # a path or a database: no host to pace, and building its store would create it
+        # (MLflow 3's default when no tracking URI is set is sqlite:///mlflow.db)
+        return ("", 0)
     try:
         store = tracking_store(tracking_uri)
         if hasattr(store, "get_host_creds"):
@@ -130,7 +140,6 @@ class RetryingClient:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         import mlflow
-        from mlflow.tracking import MlflowClient
 
         settings: Settings | None = None
         if config is None or (limiter is None and profile is None):
@@ -140,11 +149,21 @@ class RetryingClient:
             limiter = shared_limiter(profile if profile is not None else settings.profile())  # type: ignore[union-attr]
         self.limiter = limiter
         self.tracking_uri = tracking_uri if tracking_uri is not None else mlflow.get_tracking_uri()
-        self.mlflow = MlflowClient(tracking_uri=self.tracking_uri)
-        artifacts_on_the_client_server(self.mlflow)
         self._sleep = sleep
         self.scope = PacingScope(frozenset({_host_of(self.tracking_uri)}), limiter=limiter)
         self.counts = self.scope.counts
+
+    @functools.cached_property
+    def mlflow(self) -> MlflowClient:
+        """MLflow's client of the server, made at its first use: MLflow 3 makes the store of a
+        local default (``sqlite:///mlflow.db`` when no tracking URI is set) as soon as a client
+        is made, creating that database, and a question the experiment tables answer must not
+        leave one behind."""
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=self.tracking_uri)
+        artifacts_on_the_client_server(client)
+        return client
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> RetryingClient:

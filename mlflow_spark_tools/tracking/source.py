@@ -10,6 +10,7 @@ Every request is paced by the rate limiter and retried by its operation's policy
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -61,7 +62,13 @@ class TrackingSource:
 
         self.client = RetryingClient(tracking_uri, config=config, limiter=limiter)
         self.tracking_uri = self.client.tracking_uri
-        self._store = tracking_store(self.tracking_uri)
+
+    @functools.cached_property
+    def _store(self) -> Any:
+        """MLflow's store of the server, made at the first search: a store of a local default
+        (MLflow 3's ``sqlite:///mlflow.db`` when no tracking URI is set) creates its database,
+        and a question the experiment tables answer must not leave one behind."""
+        return tracking_store(self.tracking_uri)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TrackingSource:

@@ -252,6 +252,16 @@ def test_python_job_entry_point_and_a_new_process_reading_the_tables(tmp_path, t
     assert (server["source"], from_table["source"]) == ("tracking server", "table")
     assert from_table["start_time"] == server["start_time"] and server["start_time"].endswith("+00:00")
     assert not {"metric", "value"} & (set(server) | set(from_table))
+    # No tracking URI set: the table answers, and no ./mlflow.db (MLflow 3's default store) is made
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    offline = {k: v for k, v in env.items() if k != "MLFLOW_TRACKING_URI"}
+    best = subprocess.run(
+        [str(BIN / "mlflow-spark-tools"), "--warehouse", str(warehouse), "best-run", "--experiment-id", experiment,
+         "--metric", "rmse", "--format", "json"],
+        env=offline, capture_output=True, text=True, timeout=300, cwd=elsewhere)
+    assert best.returncode == 0, best.stderr
+    assert json.loads(best.stdout)["source"] == "table" and list(elsewhere.iterdir()) == []
 
 
 @pytest.fixture
