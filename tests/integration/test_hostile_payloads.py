@@ -792,8 +792,9 @@ def test_an_experiment_cannot_send_the_replay_credentials_to_its_artifact_host(
 
     monkeypatch.setenv("MLFLOW_ALLOWED_HOST_ADDRESSED_ARTIFACT_SCHEMES", "http")
     listener = _Listener()
+    tracking_server = LocalTrackingServer(tmp_path / "server", workers=1)
     try:
-        tracking_server = LocalTrackingServer(tmp_path / "server", workers=1).start()
+        tracking_server.start()
         client = MlflowClient(tracking_server.url)
         experiment = client.create_experiment(f"exfil-{uuid.uuid4().hex[:8]}",
                                               artifact_location=f"http://{listener.address}/artifacts")
@@ -815,6 +816,6 @@ def test_an_experiment_cannot_send_the_replay_credentials_to_its_artifact_host(
         allowed = make_replayer(store_path, tracking_server.url, UNLIMITED, artifact_hosts=(listener.address,))
         assert allowed.run().replayed == 1
         assert any(method == "PUT" and auth and auth.startswith("Basic ") for method, _, auth in listener.requests)
-        tracking_server.stop()
     finally:
+        tracking_server.stop()
         listener.close()
