@@ -84,16 +84,19 @@ _MAX_REASON_FILES = 1000
 
 @dataclass
 class PruneResult:
-    """What :meth:`FailedRunStore.prune_replayed` removed (or, in a dry run, would remove)."""
+    """What :meth:`FailedRunStore.prune_replayed` removed (or, in a dry run, would remove: then
+    its counts are named ``would_prune`` and ``would_prune_bytes``)."""
 
     payloads: int = 0
     bytes: int = 0
     kept_recent: int = 0
     errors: list[str] = field(default_factory=list)  # payloads that could not be removed, and why
     untouched: dict[str, int] = field(default_factory=dict)  # payloads pending, claimed, quarantined
+    dry_run: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"pruned": self.payloads, "pruned_bytes": self.bytes,
+        done = "would_prune" if self.dry_run else "pruned"
+        out: dict[str, Any] = {done: self.payloads, f"{done}_bytes": self.bytes,
                                "kept_recent": self.kept_recent, "untouched": self.untouched}
         if self.errors:
             out["prune_errors"] = self.errors[:20]
@@ -492,7 +495,7 @@ class FailedRunStore:
         folder without a replayed record. Removal works on the folder handles and never
         follows a link.
         """
-        result = PruneResult()
+        result = PruneResult(dry_run=dry_run)
         if not self.exists_at():
             return result
         if not math.isfinite(older_than_seconds) or older_than_seconds < 0:

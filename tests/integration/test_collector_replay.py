@@ -162,7 +162,8 @@ def test_replay_command_prints_a_summary_and_writes_the_ledger(make_proxy, clien
     store_files = sorted(p.name for p in (store_path / "data").iterdir())
     dry = CliRunner().invoke(cli, ["prune-store", "--replay-dir", str(store_path), "--older-than-days", "0",
                                    "--dry-run"], obj={"settings": settings, "engine": engine})
-    assert dry.exit_code == 0 and json.loads(dry.output)["pruned"] == len(payloads), dry.output
+    assert dry.exit_code == 0 and json.loads(dry.output)["would_prune"] == len(payloads), dry.output
+    assert "pruned" not in json.loads(dry.output)
     assert sorted(p.name for p in (store_path / "data").iterdir()) == store_files
     pruned = CliRunner().invoke(cli, ["prune-store", "--replay-dir", str(store_path), "--older-than-days", "0"],
                                 obj={"settings": settings, "engine": engine})
