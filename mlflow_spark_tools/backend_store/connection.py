@@ -158,8 +158,7 @@ class BackendDatabase:
         try:
             self._engine = sqlalchemy.create_engine(self.uri, pool_pre_ping=False)
         except ImportError as exc:
-            raise MissingDependencyError(
-                f"Reading a {self.dialect} backend store needs its database driver: {_one_line(exc)}") from None
+            raise MissingDependencyError(_missing_driver(self.dialect, exc)) from None
         read_only = _READ_ONLY_SESSION.get(self.dialect)
         if read_only is not None:
             @sqlalchemy.event.listens_for(self._engine, "connect")
@@ -288,6 +287,26 @@ def _cast(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
         else:
             arrays.append(column.cast(field.type))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+# The package to install for each database driver module SQLAlchemy imports.
+DRIVER_PACKAGES = {
+    "MySQLdb": "mysqlclient", "pymysql": "pymysql", "mysql": "mysql-connector-python",
+    "mariadb": "mariadb", "pyodbc": "pyodbc", "pymssql": "pymssql", "psycopg2": "psycopg2-binary",
+    "psycopg": "psycopg[binary]", "pg8000": "pg8000", "asyncpg": "asyncpg", "oracledb": "oracledb",
+    "cx_Oracle": "cx_Oracle",
+}
+
+
+def _missing_driver(dialect: str, exc: ImportError) -> str:
+    """One line naming the driver module that is missing and the package that brings it."""
+    module = (exc.name or "").split(".")[0]
+    package = DRIVER_PACKAGES.get(module)
+    if package is None:
+        return f"Reading a {dialect} backend store needs its database driver: {_one_line(exc)}"
+    alternative = " (or write the URI as mysql+pymysql://... and pip install pymysql)" if module == "MySQLdb" else ""
+    return (f"Reading a {dialect} backend store needs the driver {module}: pip install '{package}' "
+            f"where the job runs{alternative}.")
 
 
 def _one_line(exc: BaseException) -> str:

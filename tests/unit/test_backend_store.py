@@ -129,3 +129,26 @@ def test_a_password_never_reaches_a_message(tmp_path):
     assert secret not in redact(f"driver said: password={secret} for postgresql://reader:{secret}@h/db")
     with pytest.raises(UsageError, match="no database file"):
         BackendDatabase(f"sqlite:///{tmp_path}/missing.db")
+
+
+@pytest.mark.parametrize(("uri", "module", "install"), [
+    ("mysql://reader:secret@127.0.0.1:1/mlflow", "MySQLdb", "pip install 'mysqlclient'"),
+    ("mysql+pymysql://reader:secret@127.0.0.1:1/mlflow", "pymysql", "pip install 'pymysql'"),
+    ("mssql+pyodbc://reader:secret@127.0.0.1:1/mlflow", "pyodbc", "pip install 'pyodbc'"),
+])
+def test_a_missing_database_driver_names_the_package_to_install(uri, module, install):
+    """A driver that is not installed: the error names the package, in one line, without the
+    password."""
+    import importlib.util
+
+    from mlflow_spark_tools.backend_store.connection import BackendDatabase
+    from mlflow_spark_tools.errors import MissingDependencyError
+
+    if importlib.util.find_spec(module) is not None:
+        pytest.skip(f"{module} is installed here")
+
+    with pytest.raises(MissingDependencyError) as raised:
+        BackendDatabase(uri)
+    message = str(raised.value)
+    assert install in message and "secret" not in message and "\n" not in message
+    assert ("mysql+pymysql://" in message) == uri.startswith("mysql://")
