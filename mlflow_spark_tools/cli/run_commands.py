@@ -36,7 +36,8 @@ def dump_run_command(ctx: Context, run_id: str, fmt: str, artifacts: bool, max_d
 
 @cli.command("dump-experiment")
 @click.option("--experiment-id", help="The experiment's id.")
-@click.option("--name", help="The experiment's name.")
+@click.option("--experiment-name", "--name", "name",
+              help="The experiment's name (--name, the earlier spelling, is taken too).")
 @click.option("--format", "fmt", type=click.Choice(DUMP_FORMATS), default="json", show_default=True)
 @click.option("--runs", is_flag=True, help="Add every active run (latest started first).")
 @click.option("--max-runs", type=click.IntRange(min=1), help="With --runs: at most this many.")

@@ -99,9 +99,10 @@ def test_dump_experiment_by_id_and_name(settings, client, experiment, dumped_run
     assert [r["info"]["run_id"] for r in doc["runs"]] == [second, dumped_run]
     assert doc["runs"][1]["metrics"]["rmse"] == 0.7
     name = doc["experiment"]["name"]
-    by_name = json.loads(invoke(settings, "dump-experiment", "--name", name, "--runs", "--max-runs", "1").stdout)
+    by_name = json.loads(invoke(settings, "dump-experiment", "--experiment-name", name, "--runs",
+                                "--max-runs", "1").stdout)
     assert by_name["experiment"]["experiment_id"] == experiment and len(by_name["runs"]) == 1
-    text = invoke(settings, "dump-experiment", "--name", name, "--format", "text").stdout
+    text = invoke(settings, "dump-experiment", "--name", name, "--format", "text").stdout  # the earlier spelling
     assert f"  name: {name}" in text and "  total: 3  active: 2  deleted: 1" in text
 
 
