@@ -200,8 +200,12 @@ _COMMON_OPTIONS: dict[str, tuple[tuple[str, str], dict[str, Any], str]] = {
                  "tables__database"),
     "remote": (("--remote", "remote_"), {"help": "Spark Connect URL sc://host:port."}, "engine__remote"),
     "tracking_uri": (("--tracking-uri", "tracking_uri_"), {"help": "Tracking server URI."}, "tracking_uri"),
+    "profile": (("--profile", "profile_"), {"help": "Rate-limit profile name from conf/rate_limits or a YAML path."},
+                "rate_limit_profile"),
 }
 TABLE_OPTIONS = ("warehouse", "database", "remote", "tracking_uri")
+# Commands that may ask the tracking server take its rate-limit profile too.
+PACED_TABLE_OPTIONS = (*TABLE_OPTIONS, "profile")
 
 
 def common_options(*names: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -219,6 +223,8 @@ def common_options(*names: str) -> Callable[[Callable[..., Any]], Callable[..., 
             overrides = {_COMMON_OPTIONS[name][2]: kwargs.pop(_COMMON_OPTIONS[name][0][1]) for name in names}
             try:
                 ctx.settings = ctx.settings.with_overrides(**overrides)
+                if "profile" in names:
+                    ctx.settings.profile()  # an unknown profile is a usage error before anything starts
             except UsageError as exc:
                 fail(str(exc), EXIT_USAGE)
             return func(*args, **kwargs)

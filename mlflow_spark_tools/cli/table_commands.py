@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from mlflow_spark_tools.cli.app import (
+    PACED_TABLE_OPTIONS,
     TABLE_OPTIONS,
     Context,
     cli,
@@ -54,7 +55,7 @@ TABLE_MAX_ROWS = 1000
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               show_default=True, help="Summary format. JSON: a list of the experiments' summaries; with "
                                       "--registry an object {\"experiments\": [...], \"registry\": {...}}.")
-@common_options(*TABLE_OPTIONS)
+@common_options(*PACED_TABLE_OPTIONS)
 @click.pass_obj
 @handle_errors
 def build_tables_command(ctx: Context, experiment_ids: tuple[str, ...], experiment_names: tuple[str, ...],
@@ -157,7 +158,7 @@ def _choice_output(choice: Any, fmt: str, what: str, *, with_metric: bool = True
               help="Which value of each run counts: its latest (MLflow's meaning) or its lowest or highest "
                    "at any step (the answer names that step).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
-@common_options(*TABLE_OPTIONS)
+@common_options(*PACED_TABLE_OPTIONS)
 @click.pass_obj
 @handle_errors
 def best_run_command(ctx: Context, experiment_id: str, metric: str, ascending: bool, ignore_nested: bool,
@@ -176,7 +177,7 @@ def best_run_command(ctx: Context, experiment_id: str, metric: str, ascending: b
 @click.option("--experiment-id", required=True, help="Experiment id.")
 @click.option("--ignore-nested", is_flag=True, help="Skip child runs.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
-@common_options(*TABLE_OPTIONS)
+@common_options(*PACED_TABLE_OPTIONS)
 @click.pass_obj
 @handle_errors
 def last_run_command(ctx: Context, experiment_id: str, ignore_nested: bool, fmt: str) -> None:

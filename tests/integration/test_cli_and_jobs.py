@@ -101,6 +101,18 @@ def test_invalid_database_is_rejected_before_anything_is_written(settings, engin
     assert not any("bad" in s for s in schemas)
 
 
+def test_the_rate_limit_profile_is_taken_after_the_command_too(settings, engine, client, experiment):
+    """The README lists --profile among the flags: build-tables, best-run and last-run take it
+    after their name (as a wheel task passes it); an unknown one is a one-line usage error."""
+    log_run(client, experiment, params={"a": 1}, metrics={"m": 0.5})
+    built = invoke(settings, engine, "build-tables", "--experiment-ids", experiment, "--profile", "unlimited")
+    assert built.exit_code == 0, built.output
+    for command in (["best-run", "--metric", "m"], ["last-run"]):
+        bad = invoke(settings, engine, *command, "--experiment-id", experiment, "--profile", "nosuch")
+        assert bad.exit_code == 2 and "Unknown rate-limit profile 'nosuch'" in bad.stderr, bad.output
+        assert "Traceback" not in bad.output
+
+
 @pytest.mark.jvm
 def test_a_full_build_nobody_asked_for_says_why(settings, engine, client, experiment):
     log_run(client, experiment, params={"batch": "32"})

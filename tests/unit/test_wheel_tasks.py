@@ -26,12 +26,15 @@ def test_named_parameters_with_underscores_flags_and_group_options():
     args = command_line("build-tables", ["--experiment_ids=1,2", "--database=main.ml", "--verbose=true",
                                          "--full-refresh=false", "--profile", "unlimited",
                                          "--include_deleted=yes"])
-    assert args == ["--verbose", "--profile", "unlimited", "build-tables", "--experiment-ids=1,2",
-                    "--database=main.ml", "--include-deleted"]
+    # build-tables takes --profile itself; --verbose is the group's
+    assert args == ["--verbose", "build-tables", "--experiment-ids=1,2", "--database=main.ml",
+                    "--profile", "unlimited", "--include-deleted"]
     params = check_arguments("build-tables", ["--experiment_ids=1,2", "--database=main.ml", "--verbose=true",
                                               "--full-refresh=false", "--profile", "unlimited",
                                               "--include_deleted=yes"])
-    assert params["group.verbose"] is True and params["group.profile"] == "unlimited"
+    assert params["group.verbose"] is True and params["profile_"] == "unlimited"
+    # a command without its own --profile passes it to the group
+    assert command_line("sql", ["SELECT 1", "--profile=unlimited"]) == ["--profile=unlimited", "sql", "SELECT 1"]
     assert params["experiment_ids"] == ("1,2",)
     assert params["database_"] == "main.ml"
     assert params["include_deleted"] is True and params["full_refresh"] is False
