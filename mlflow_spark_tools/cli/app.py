@@ -14,6 +14,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -49,10 +50,22 @@ class Context:
         """The engine the caller passed in (tests, notebooks), if any."""
         return self._engine.given
 
-    def engine(self) -> Engine:
-        """The engine of the settings, started or connected on first use."""
+    def engine(self, *, reading: bool = False) -> Engine:
+        """The engine of the settings, started or connected on first use. ``reading``: the
+        command only reads tables, so a ``--warehouse`` folder that does not exist is a
+        mistyped flag, said as a usage error (starting the engine would create it empty)."""
         e = self.settings.engine
+        if reading and self.missing_warehouse() is not None:
+            raise UsageError(f"No warehouse at {self.missing_warehouse()}: no table was built there. Check "
+                             "--warehouse (or MLFLOW_SPARK_TOOLS_WAREHOUSE), or build the tables first.")
         return self._engine.get(e.remote, e.warehouse)
+
+    def missing_warehouse(self) -> str | None:
+        """The ``--warehouse`` folder of the embedded engine when it does not exist, else None."""
+        e = self.settings.engine
+        if e.remote is None and e.warehouse and not Path(e.warehouse).is_dir():
+            return str(e.warehouse)
+        return None
 
     def close(self) -> None:
         self._engine.close()
@@ -242,7 +255,12 @@ def profile_override(ctx: Context, profile: str | None) -> None:
 
 
 def query_engine(ctx: Context) -> Engine | None:
-    """The engine for a query, or None (the query asks the tracking server) when none starts."""
+    """The engine for a query, or None (the query asks the tracking server) when none starts or
+    its ``--warehouse`` does not exist (no table can be there; the folder is not created)."""
+    missing = ctx.missing_warehouse()
+    if missing is not None:
+        log.info("No warehouse at %s; asking the tracking server", missing)
+        return None
     try:
         return ctx.engine()
     except EngineError as exc:

@@ -34,7 +34,7 @@ def report_command(ctx: Context, experiment_id: str, metric: str, ascending: boo
     from mlflow_spark_tools.reports.experiment_report import experiment_report
 
     report = experiment_report(experiment_id, metric, ascending=ascending, top=top, max_points=max_points,
-                               max_params=max_params, engine=ctx.engine(), database=ctx.settings.tables.database)
+                               max_params=max_params, engine=ctx.engine(reading=True), database=ctx.settings.tables.database)
     written = report.save(out_path, fmt)
     data = report.data
     best = data.top.to_pylist()[0]

@@ -210,7 +210,7 @@ def sql_command(ctx: Context, query: str, fmt: str, max_rows: int | None) -> Non
     from mlflow_spark_tools.spark.sql_errors import describe_sql_error, is_sql_error
 
     limit = max_rows if max_rows is not None else TABLE_MAX_ROWS if fmt == "table" else None
-    engine = ctx.engine()
+    engine = ctx.engine(reading=True)
     try:
         frame = engine.spark.sql(query)
         table = to_arrow(frame if limit is None else frame.limit(limit + 1))

@@ -101,6 +101,22 @@ def test_invalid_database_is_rejected_before_anything_is_written(settings, engin
     assert not any("bad" in s for s in schemas)
 
 
+def test_a_mistyped_warehouse_is_said_and_not_created(settings, engine, client, experiment, tmp_path):
+    """sql and report read tables: a --warehouse that does not exist is a usage error, and the
+    folder is not created; best-run then asks the tracking server, creating nothing either."""
+    typo = tmp_path / "wherehouse"
+    for args in (["sql", "SELECT 1"],
+                 ["report", "--experiment-id", experiment, "--metric", "m", "--out", str(tmp_path / "r.html")]):
+        result = invoke(settings, engine, "--warehouse", str(typo), *args)
+        assert result.exit_code == 2, result.output
+        assert f"No warehouse at {typo}: no table was built there" in result.stderr
+    log_run(client, experiment, metrics={"m": 0.5})
+    best = invoke(settings, engine, "--warehouse", str(typo), "best-run", "--experiment-id", experiment,
+                  "--metric", "m", "--format", "json")
+    assert best.exit_code == 0 and json.loads(best.stdout)["source"] == "tracking server", best.output
+    assert not typo.exists() and not (tmp_path / "r.html").exists()
+
+
 def test_the_rate_limit_profile_is_taken_after_the_command_too(settings, engine, client, experiment):
     """The README lists --profile among the flags: build-tables, best-run and last-run take it
     after their name (as a wheel task passes it); an unknown one is a one-line usage error."""
