@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from mlflow_spark_tools.config import Settings
 from mlflow_spark_tools.core.progress import Progress
 from mlflow_spark_tools.databricks.secrets import read_secret
-from mlflow_spark_tools.errors import EXIT_OK, EXIT_PARTIAL, InvalidConfigError, UsageError
+from mlflow_spark_tools.errors import EXIT_OK, EXIT_PARTIAL, InvalidConfigError, InvalidStoreError, UsageError
 from mlflow_spark_tools.failed_runs.lease import DeltaLease
 from mlflow_spark_tools.failed_runs.replayer import Replayer, ReplaySummary
 from mlflow_spark_tools.failed_runs.signing import SigningKey, load_signing_key
@@ -78,9 +78,11 @@ def run_replay_job(settings: Settings, options: ReplayOptions, engine: Engine | 
     if options.max_workers < 1:
         raise UsageError("--max-workers must be at least 1.")
     root = FailedRunStore(options.replay_dir, create=False).root
+    if root.exists() and not root.is_dir():
+        raise InvalidStoreError(f"--replay-dir {root} is a file, not a failed-run store (a folder).")
     if not root.is_dir():
         # never made here: a typo in --replay-dir must not become an empty store that looks replayed
-        what = "is not a directory" if root.exists() else "does not exist"
+        what = "does not exist"
         log.warning("The failed-run store %s %s: nothing to replay (a FailedRunCollector makes it; check "
                     "--replay-dir if the collectors write elsewhere)", root, what)
         echo(json.dumps({"replayed": 0, "still_pending": 0, "store": f"{what}: {root}"}, indent=2))

@@ -368,6 +368,13 @@ def test_a_missing_store_is_neither_made_nor_replayed(tracking_server, tmp_path)
                            timeout=300)
     assert prune.returncode == 0, prune.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # a dry run made no folders
+    # a file where the store should be is a mistake to say, not a store to wait for
+    afile = tmp_path / "payloads.json"
+    afile.write_text("{}")
+    command, env = _replay_cli(afile, tracking_server.url, tmp_path / "warehouse")
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "is a file, not a failed-run store" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and afile.read_text() == "{}"
 
 
 def test_a_document_that_grows_while_read_is_left_for_a_later_pass(closed_proxy, tracking_server, experiment,
