@@ -51,9 +51,14 @@ class Progress:
                              leave=False, dynamic_ncols=True)
 
     def update(self, n: int = 1) -> None:
-        """``n`` more items done."""
+        """``n`` more items done (more than the total expected raise the total: items that came
+        while the step ran)."""
         with self._lock:
             self.count += n
+            if self.total is not None and self.count > self.total:
+                self.total = self.count
+                if self._bar is not None:
+                    self._bar.total = self.count
             if self._bar is not None:
                 self._bar.update(n)
                 return

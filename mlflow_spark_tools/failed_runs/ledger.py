@@ -66,6 +66,17 @@ def write_ledger(engine: Engine, database: str, rows: Sequence[dict[str, Any]]) 
     return len(rows)
 
 
+def logged_payloads(engine: Engine, database: str, payload_ids: Sequence[str]) -> set[str]:
+    """Which of ``payload_ids`` have a row in ``<database>.replay_log`` (one semi-join)."""
+    db = Database(engine, database)
+    if not payload_ids or not db.exists(LEDGER_TABLE):
+        return set()
+    wanted = to_dataframe(engine.spark, pa.table({"payload_id": pa.array(list(payload_ids), pa.string())}),
+                          "payload_id STRING")
+    found = engine.spark.table(db.name(LEDGER_TABLE)).select("payload_id").join(wanted, "payload_id", "left_semi")
+    return {row["payload_id"] for row in found.distinct().collect()}
+
+
 def _append(engine: Engine, database: str, table: str, rows: Sequence[dict[str, Any]], schema: pa.Schema,
             ddl: str) -> None:
     """Append ``rows`` (the columns of ``schema``; a missing one is null) to ``<database>.<table>``.

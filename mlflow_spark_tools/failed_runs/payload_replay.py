@@ -80,6 +80,7 @@ log = logging.getLogger(__name__)
 
 REPLAYED, RESUMED, FAILED, RELEASED, LOST, INCOMPLETE = (
     "replayed", "resumed", "failed", "released", "lost", "incomplete")
+LEFT_THE_STORE = frozenset({REPLAYED, RESUMED, FAILED})  # outcomes after which a payload is not handled again
 RUNNING = "RUNNING"
 PROGRESS = "progress"
 

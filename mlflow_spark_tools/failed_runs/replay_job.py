@@ -18,12 +18,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 from mlflow_spark_tools.config import Settings
 from mlflow_spark_tools.core.progress import Progress
 from mlflow_spark_tools.databricks.secrets import read_secret
 from mlflow_spark_tools.errors import EXIT_OK, EXIT_PARTIAL, InvalidConfigError, InvalidStoreError, UsageError
 from mlflow_spark_tools.failed_runs.lease import DeltaLease
+from mlflow_spark_tools.failed_runs.payload_replay import LEFT_THE_STORE
 from mlflow_spark_tools.failed_runs.replayer import Replayer, ReplaySummary
 from mlflow_spark_tools.failed_runs.signing import SigningKey, load_signing_key
 from mlflow_spark_tools.failed_runs.store import CLAIMED, FailedRunStore
@@ -111,7 +113,8 @@ def run_replay_job(settings: Settings, options: ReplayOptions, engine: Engine | 
         if options.mode == LOOP:
             return _loop(replayer, options, ledger, echo, passes, retention)
         with Progress("Replay: payloads handled", "payloads", total=replayer.waiting()) as progress:
-            replayer.on_payload = lambda outcome: progress.update()
+            # a payload counts once, when it leaves the store (given back, it comes again)
+            replayer.on_payload = lambda outcome: progress.update() if outcome in LEFT_THE_STORE else None
             summary = replayer.run(release=False) if options.mode == ONCE else replayer.run_until_empty()
         if summary.held_by is not None:
             # another replay job works this store (a second schedule, a manual run): not a failure
@@ -184,22 +187,46 @@ class _Ledger:
     def __init__(self, settings: Settings, engine: EngineHandle) -> None:
         self.settings = settings
         self.engine = engine
+        self._caught_up = False  # every record in done/ has its row (checked once per process)
 
     def write(self, summary: ReplaySummary, replayer: Replayer) -> int:
         """The pass's ledger rows, then a row of the store's state when the pass handled
-        payloads or the store holds pending or quarantined ones; returns the ledger rows."""
+        payloads or the store holds pending or quarantined ones; returns the ledger rows.
+
+        The first write of a process also writes the rows a replay before it never wrote
+        (killed after payloads were replayed, before their rows): every payload in ``done/``
+        gets its row, once."""
         from mlflow_spark_tools.failed_runs.ledger import write_ledger, write_store_state
 
         store = replayer.store
         counts = {state: len(store.ids(state)) for state in ("pending", CLAIMED, "failed")}
-        if not summary.ledger and not counts["pending"] and not counts["failed"]:
+        done = [] if self._caught_up else store.ids("done")
+        if not summary.ledger and not counts["pending"] and not counts["failed"] and not done:
+            self._caught_up = True
             return 0
         e = self.settings.engine
         engine = self.engine.get(e.remote, e.warehouse)
-        written = write_ledger(engine, self.settings.tables.database, summary.ledger)
+        rows = list(summary.ledger)
+        if done:
+            rows += self._unwritten(engine, replayer, done, {r["payload_id"] for r in rows})
+        written = write_ledger(engine, self.settings.tables.database, rows)
+        self._caught_up = True
         write_store_state(engine, self.settings.tables.database, {
             "recorded_at": datetime.now(timezone.utc), "replay_dir": str(store.root),
             "pending": counts["pending"], "claimed": counts["claimed"], "quarantined": counts["failed"],
             "replayed": summary.replayed + summary.resumed, "failed": summary.failed,
             "throttled": sum(summary.throttled.values()), "seconds": round(summary.seconds, 3)})
         return written
+
+    def _unwritten(self, engine: Any, replayer: Replayer, done: list[str],
+                   written: set[str]) -> list[dict[str, Any]]:
+        """Rows for the replayed payloads of ``done`` that have none in the ledger."""
+        from mlflow_spark_tools.failed_runs.ledger import logged_payloads
+
+        candidates = [p for p in done if p not in written]
+        missing = set(candidates) - logged_payloads(engine, self.settings.tables.database, candidates)
+        rows = [row for p in sorted(missing) if (row := replayer.ledger_row_of_record(p)) is not None]
+        if rows:
+            log.info("%d replayed payloads had no ledger row (a replay ended before it wrote them): written now",
+                     len(rows))
+        return rows

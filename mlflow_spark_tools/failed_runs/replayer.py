@@ -57,6 +57,7 @@ from mlflow_spark_tools.failed_runs.payload_replay import (
 )
 from mlflow_spark_tools.failed_runs.signing import SigningKey
 from mlflow_spark_tools.failed_runs.store import CLAIMED, FailedRunStore, PendingDocument
+from mlflow_spark_tools.failed_runs.store_entries import DONE_FORMAT
 from mlflow_spark_tools.tracking.pacing import RequestCounts, StopSending, paced_process
 from mlflow_spark_tools.tracking.rate_limit_errors import (
     PERMANENT,
@@ -190,6 +191,20 @@ class Replayer(PayloadSteps):
     def waiting(self) -> int:
         """Documents waiting for replay (pending, and claims of an earlier release's replayers)."""
         return len({d.payload_id for d in self.store.documents()})
+
+    def ledger_row_of_record(self, payload_id: str) -> dict[str, Any] | None:
+        """The ledger row that the record of a replayed payload in ``done/`` gives (for a
+        payload whose replay ended before it wrote its rows: killed, or the ledger failed), or
+        None when there is no valid record of this replay's (checked as a replay checks it)."""
+        try:
+            record = self.store.read_done(payload_id)
+        except PayloadError:
+            return None
+        if record is None or record.get("format") != DONE_FORMAT or self._record_problem(payload_id, record):
+            return None
+        return {"payload_id": payload_id, "run_id": record.get("run_id"), "experiment_id": record.get("experiment_id"),
+                "status": REPLAYED, "attempts": record.get("attempts"), "error": None,
+                "replayed_at": record.get("replayed_at")}
 
     # ---- the pass --------------------------------------------------------------------
 

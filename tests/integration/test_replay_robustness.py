@@ -259,6 +259,34 @@ def test_files_a_killed_replayer_created_but_never_wrote_count_as_not_written(
         assert_run_complete(client, runs[i][0], i, with_model=False)
 
 
+def test_payloads_replayed_by_a_replay_that_wrote_no_ledger_rows_get_them_once_later(
+        closed_proxy, tracking_server, experiment, store_path, tmp_path, signing_key, make_replayer):
+    """A replay killed after payloads were replayed, before their ledger rows were written (the
+    rows are written at the end of a pass): the next replay job writes a row for every payload
+    in done/ that has none, once."""
+    from deltalake import DeltaTable
+
+    ids = sorted(_defer(closed_proxy, store_path, experiment, range(3)).values())
+    settle(store_path)
+    # replays with the job's key, and writes no ledger
+    replayer = make_replayer(store_path, tracking_server.url, UNLIMITED, signing_key=SigningKey(signing_key))
+    assert replayer.run().replayed == 3
+    replayer.close()
+    settle(store_path)
+    command, env = _replay_cli(store_path, tracking_server.url, tmp_path / "warehouse")
+    command = [c for c in command if c != "--no-ledger"]
+    command[command.index("replay"):command.index("replay")] = ["--database", "replay_leases"]  # the store's lease
+    for attempt in range(2):
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert json.loads(result.stdout)["ledger_rows"] == (3 if attempt == 0 else 0), result.stdout
+        rows = DeltaTable(str(tmp_path / "warehouse" / "replay_leases" / "replay_log")).to_pyarrow_table().to_pylist()
+        assert sorted(r["payload_id"] for r in rows) == ids, attempt  # each once, the second time too
+    record = FailedRunStore(store_path).result(ids[0])
+    row = next(r for r in rows if r["payload_id"] == ids[0])
+    assert (row["run_id"], row["status"], row["experiment_id"]) == (record["run_id"], "replayed", experiment)
+
+
 def test_two_replayers_on_one_store_replay_each_payload_once(
         closed_proxy, make_proxy, tracking_server, client, experiment, store_path, tmp_path, signing_key):
     """Two replay jobs at once (a second schedule, a manual run beside the job): one holds the

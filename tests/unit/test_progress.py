@@ -43,3 +43,15 @@ def test_a_bar_on_a_terminal(monkeypatch):
         assert p._bar.n == 1500
     assert "Experiment 1/1 (5): runs fetched: 0 runs" in err.getvalue()
     assert err.getvalue().endswith("\r") and p._bar is None  # the bar is drawn, then cleared
+
+
+def test_more_items_than_expected_raise_the_total(caplog):
+    """Payloads that arrive while a replay runs: never "77/47 payloads"."""
+    t = FakeTime()
+    caplog.set_level(logging.INFO, logger=PROGRESS_LOGGER)
+    with Progress("Replay: payloads handled", "payloads", total=47, bar=False, every=30, clock=t.clock) as p:
+        for _ in range(77):
+            t.now += 1
+            p.update()
+    assert caplog.records[-1].getMessage() == "Replay: payloads handled: 77/77 payloads in 77 s (1.0 payloads/s) (done)"
+    assert p.total == 77
