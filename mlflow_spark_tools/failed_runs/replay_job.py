@@ -201,7 +201,8 @@ class _Ledger:
         store = replayer.store
         counts = {state: len(store.ids(state)) for state in ("pending", CLAIMED, "failed")}
         done = [] if self._caught_up else store.ids("done")
-        if not summary.ledger and not counts["pending"] and not counts["failed"] and not done:
+        active = bool(summary.ledger or counts["pending"] or counts["failed"])
+        if not active and not done:
             self._caught_up = True
             return 0
         e = self.settings.engine
@@ -211,6 +212,8 @@ class _Ledger:
             rows += self._unwritten(engine, replayer, done, {r["payload_id"] for r in rows})
         written = write_ledger(engine, self.settings.tables.database, rows)
         self._caught_up = True
+        if not active and not written:
+            return 0  # nothing happened and nothing was missing: no row of the store's state
         write_store_state(engine, self.settings.tables.database, {
             "recorded_at": datetime.now(timezone.utc), "replay_dir": str(store.root),
             "pending": counts["pending"], "claimed": counts["claimed"], "quarantined": counts["failed"],
