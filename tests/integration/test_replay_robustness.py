@@ -316,7 +316,11 @@ def _writer(args):
 
 def test_32_processes_write_payloads_at_once(closed_proxy, tracking_server, client, experiment, store_path,
                                              signing_key, make_replayer):
-    context = multiprocessing.get_context("fork")
+    # Forked from a clean server process, not from this one: a child forked while this process's
+    # Spark Connect channel (gRPC) held a lock waits on it for ever, and MLflow's request headers
+    # ask the active Spark session whether it runs on Databricks.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
     with context.Pool(32) as pool:
         written = pool.map(_writer, [(closed_proxy.url, str(store_path), experiment, 3 * k) for k in range(32)])
     payloads = [p for batch in written for p in batch]
