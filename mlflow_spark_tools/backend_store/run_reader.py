@@ -32,7 +32,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mlflow_spark_tools.backend_store.connection import BackendDatabase
-from mlflow_spark_tools.backend_store.schema import schema_revision
+from mlflow_spark_tools.backend_store.schema import DEFAULT_WORKSPACE, has_workspaces, schema_revision
+from mlflow_spark_tools.core.private_apis import request_workspace
 from mlflow_spark_tools.errors import ExperimentNotFoundError
 from mlflow_spark_tools.runs.columns import METRIC, PARAM, TAG
 from mlflow_spark_tools.runs.run_batches import (
@@ -108,11 +109,17 @@ class DatabaseRunReader:
 
     Args:
         db: the read-only connection (its schema revision is checked here).
+        workspace: the MLflow workspace whose experiments are read, in a database with
+            workspaces (MLflow 3.17 on); None: the one MLflow's client would send to a server,
+            ``MLFLOW_WORKSPACE`` else ``default``, so that the database source sees the
+            experiments the REST source sees.
     """
 
-    def __init__(self, db: BackendDatabase) -> None:
+    def __init__(self, db: BackendDatabase, workspace: str | None = None) -> None:
         self.db = db
         self.revision = schema_revision(db)
+        self.workspace = ((workspace or request_workspace() or DEFAULT_WORKSPACE).strip()
+                          if has_workspaces(self.revision) else None)
         self._on_runs: Callable[[int], None] | None = None
         self._store_run_count: int | None = None
 
@@ -128,11 +135,28 @@ class DatabaseRunReader:
     # ---- experiments -----------------------------------------------------------------------
 
     def _experiments(self, where: str, params: tuple[object, ...]) -> list[ExperimentRow]:
+        if self.workspace is not None:
+            where, params = f"{where} AND e.workspace = ?", (*params, self.workspace)
         table = self.db.table(
             "SELECT e.experiment_id, e.name, e.lifecycle_stage, e.artifact_location FROM experiments e "
             f"WHERE {where} ORDER BY e.experiment_id", params, EXPERIMENT_ROW)
         return [ExperimentRow(str(row["experiment_id"]), row["name"], row["lifecycle_stage"],
                               row["artifact_location"]) for row in table.to_pylist()]
+
+    def _where(self) -> str:
+        return (f"backend store {self.db.description}" if self.workspace is None
+                else f"workspace {self.workspace!r} of backend store {self.db.description}")
+
+    def _elsewhere(self, where: str, params: tuple[object, ...]) -> str:
+        """What to do when an experiment is in another workspace of the database."""
+        if self.workspace is None:
+            return ""
+        others = sorted({str(w) for w in self.db.table(f"SELECT e.workspace FROM experiments e WHERE {where}",
+                                                        params).column(0).to_pylist()} - {self.workspace})
+        if not others:
+            return ""
+        return (f" It is in workspace {', '.join(repr(w) for w in others)}: set MLFLOW_WORKSPACE={others[0]} "
+                f"to build the experiments of that workspace, as with MLflow's client.")
 
     def experiment_by_id(self, experiment_id: str) -> ExperimentRow:
         if not _EXPERIMENT_ID.match(str(experiment_id)):
@@ -141,18 +165,20 @@ class DatabaseRunReader:
                 f"(MLflow's experiment ids there are integers).")
         found = self._experiments("e.experiment_id = ?", (int(experiment_id),))
         if not found:
-            raise ExperimentNotFoundError(f"Experiment id {experiment_id!r} is not in backend store "
-                                          f"{self.db.description}.")
+            raise ExperimentNotFoundError(
+                f"Experiment id {experiment_id!r} is not in {self._where()}."
+                + self._elsewhere("e.experiment_id = ?", (int(experiment_id),)))
         return found[0]
 
     def experiment_by_name(self, name: str) -> ExperimentRow:
         found = self._experiments("e.name = ?", (name,))
         if not found:
-            raise ExperimentNotFoundError(f"Experiment {name!r} is not in backend store {self.db.description}.")
+            raise ExperimentNotFoundError(f"Experiment {name!r} is not in {self._where()}."
+                                          + self._elsewhere("e.name = ?", (name,)))
         return found[0]
 
     def all_experiments(self) -> list[ExperimentRow]:
-        """Every active experiment."""
+        """Every active experiment (of the workspace, in a database with workspaces)."""
         return self._experiments("e.lifecycle_stage = 'active'", ())
 
     # ---- runs ------------------------------------------------------------------------------

@@ -70,6 +70,16 @@ KNOWN_REVISIONS: tuple[tuple[str, str], ...] = (
 )
 FIRST_MLFLOW, LAST_MLFLOW = "2.4", "3.17"
 _KNOWN = {revision for revision, _ in KNOWN_REVISIONS}
+# from this revision on (MLflow 3.17), experiments belong to a workspace: their names are unique
+# within it only, and a server run with --enable-workspaces answers only the client's workspace
+WORKSPACES_REVISION = "1b5f0d9ad7c1"
+DEFAULT_WORKSPACE = "default"
+
+
+def has_workspaces(revision: str) -> bool:
+    """Whether a database at ``revision`` (one of :data:`KNOWN_REVISIONS`) has workspaces."""
+    order = [known for known, _ in KNOWN_REVISIONS]
+    return order.index(revision) >= order.index(WORKSPACES_REVISION)
 
 
 class UnknownSchemaError(UsageError):

@@ -335,3 +335,56 @@ def test_entries_read_by_run_id_or_joined_with_runs_are_the_same(settings, engin
         experiment_ids=[experiment], engine=engine, full_refresh=True).summaries[0]
     assert direct.ok and direct.row_count == rest.row_count and direct.rows_updated == rest.row_count, direct
     assert_same_tables(engine, experiment)
+
+
+@pytest.fixture(scope="module")
+def workspace_server(tmp_path_factory):
+    """A tracking server with MLflow workspaces (3.17's --enable-workspaces): experiment names
+    are unique within a workspace only."""
+    from tests.support.local_server import LocalTrackingServer
+
+    server = LocalTrackingServer(tmp_path_factory.mktemp("workspaces"), workers=1,
+                                 server_args=("--enable-workspaces",)).start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.skipif(not hasattr(mlflow, "create_workspace"), reason="MLflow before workspaces")
+def test_the_database_source_reads_the_workspace_the_rest_source_reads(settings, engine, workspace_server,
+                                                                        monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_WORKSPACE", raising=False)
+    client = MlflowClient(workspace_server.url)
+    mlflow.set_tracking_uri(workspace_server.url)
+    try:
+        mlflow.create_workspace("team-b")
+        mlflow.set_workspace("team-b")  # team-b's experiment comes first: the lower id
+        theirs = client.create_experiment("forecast-prod")
+        log_run(client, theirs, params={"team": "b"})
+    finally:
+        mlflow.set_workspace(None)
+    ours = client.create_experiment("forecast-prod")
+    log_run(client, ours, params={"team": "default"})
+    assert int(theirs) < int(ours)
+    backend = f"sqlite:///{workspace_server.db_path}"
+    through_rest = settings.with_overrides(tracking_uri=workspace_server.url, tables__database="ws_rest")
+    direct = settings.with_overrides(tables__database="ws_direct", tables__source="database",
+                                     tables__backend_store_uri=backend, tracking_uri=nobody_listens())
+
+    for chosen in (through_rest, direct):
+        by_name = build_experiment_tables(chosen, experiment_names=["forecast-prod"], engine=engine)
+        assert [s.experiment_id for s in by_name.summaries] == [ours], chosen.tables.source
+        everything = build_experiment_tables(chosen, all_experiments=True, engine=engine)
+        assert theirs not in [s.experiment_id for s in everything.summaries], chosen.tables.source
+        assert ours in [s.experiment_id for s in everything.summaries]
+    assert engine.spark.sql(f"SELECT _p_team FROM ws_direct.exp_{ours}").collect()[0][0] == "default"
+
+    refused = build_experiment_tables(direct, experiment_ids=[theirs], engine=engine)
+    assert refused.exit_code == 2 and not refused.summaries[0].ok
+    assert "'team-b'" in refused.summaries[0].error and "MLFLOW_WORKSPACE=team-b" in refused.summaries[0].error
+
+    monkeypatch.setenv("MLFLOW_WORKSPACE", "team-b")
+    theirs_by_name = build_experiment_tables(direct, experiment_names=["forecast-prod"], engine=engine)
+    assert [s.experiment_id for s in theirs_by_name.summaries] == [theirs]
+    assert engine.spark.sql(f"SELECT _p_team FROM ws_direct.exp_{theirs}").collect()[0][0] == "b"
