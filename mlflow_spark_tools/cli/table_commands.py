@@ -102,6 +102,8 @@ def _print_summaries(summaries: Any, registry: Any, fmt: str) -> None:
         for s in summaries:  # a full build the user did not ask for says why
             if s.reason is not None and s.reason not in OBVIOUS_REASONS:
                 click.echo(f"Experiment {s.experiment_id}: full build: {s.reason}")
+            for collision in s.column_collisions:
+                click.echo(f"Experiment {s.experiment_id}: {collision}")
     if registry is not None:
         click.echo(render_table(
             ["registry", "registered_models", "models", "model_versions", "versions", "seconds"],

@@ -13,13 +13,17 @@ can be used in SQL without backticks and is found whatever case a query writes:
   logged) and ``_mminstep_val_loss`` / ``_mmaxstep_val_loss`` (the step where each was first
   reached). No prefix is the start of another, so these never meet a param, metric or tag name.
 - Keys that map to the same name (Spark SQL resolves names case-insensitively) are told apart
-  by a numeric suffix (``_2``, ``_3``, ...); the key logged by the most runs gets the name
-  without a suffix (``val.loss`` in 195 runs is ``_m_val_loss``, ``Val_Loss`` in 20 is
-  ``_m_val_loss_2``), ties in sorted order.
+  by a numeric suffix (``_2``, ``_3``, ...). A key that is already a safe name (lowercase
+  ``[a-z0-9_]``) keeps it: ``test_rmse`` is ``_m_test_rmse`` beside ``Test-RMSE``'s
+  ``_m_test_rmse_2``; the other keys of one name take the suffixes in sorted key order. The rule
+  depends on the keys only, not on how many runs log them, so the same keys get the same names
+  in every experiment and every warehouse. Each suffixed name is a collision, listed in the
+  build's summary.
 
 A name once given is kept: the mapping of a table is stored in its companion
 ``<table>_columns`` table and passed back in on every refresh, so names are stable across
-refreshes (tables built before these rules keep their names) and deterministic for a new table.
+refreshes (tables built before these rules keep their names; a safe key that arrives after
+another key took its name gets a suffix) and deterministic for a new table.
 """
 
 from __future__ import annotations
@@ -70,9 +74,6 @@ class ColumnSpec:
     key: str
     data_type: str
 
-    def with_type(self, data_type: str) -> ColumnSpec:
-        return ColumnSpec(self.column_name, self.kind, self.key, data_type)
-
 
 def _ascii_part(key: str) -> str:
     out = []
@@ -94,6 +95,11 @@ def _with_suffix(base: str, n: int) -> str:
     return base[: MAX_COLUMN_NAME - len(suffix)] + suffix
 
 
+def is_safe_key(key: str) -> bool:
+    """Whether a key is its own column name after the prefix (lowercase ``[a-z0-9_]``)."""
+    return bool(key) and _UNSAFE.search(key) is None
+
+
 class ColumnNamer:
     """Gives every (kind, key) a unique, SQL-safe column name, keeping names already given.
 
@@ -103,12 +109,14 @@ class ColumnNamer:
 
     def __init__(self, existing: Iterable[ColumnSpec] = ()) -> None:
         self._by_key: dict[tuple[str, str], str] = {}
-        self._taken: set[str] = {name.lower() for name, _ in INFO_COLUMNS}
+        self._holder: dict[str, tuple[str, str]] = {name.lower(): (INFO, name) for name, _ in INFO_COLUMNS}
+        self.collisions: list[str] = []
+        """One line per key named here with a suffix: which key holds the name it wanted."""
         for spec in existing:
             if spec.kind == INFO:
                 continue
             self._by_key[(spec.kind, spec.key)] = spec.column_name
-            self._taken.add(spec.column_name.lower())
+            self._holder[spec.column_name.lower()] = (spec.kind, spec.key)
 
     def known(self, kind: str, key: str) -> bool:
         return (kind, key) in self._by_key
@@ -117,27 +125,23 @@ class ColumnNamer:
         """The column name of a key already named (see :meth:`assign`)."""
         return self._by_key[(kind, key)]
 
-    def assign(self, keys: Iterable[tuple[str, str]],
-               runs: Mapping[tuple[str, str], int] | None = None) -> list[tuple[str, str, str]]:
+    def assign(self, keys: Iterable[tuple[str, str]]) -> list[tuple[str, str, str]]:
         """Name the keys that have no name yet; return the new (kind, key, name).
 
-        Args:
-            keys: (kind, key) pairs.
-            runs: how many runs log each key; where names collide, the key of more runs is
-                named first (and so goes without a suffix). Ties, and keys without a count,
-                in sorted order.
+        Keys that are safe names come first (they get their own name unless a table built
+        before gave it away), then the others in sorted order: the names depend on the keys
+        alone.
         """
-        counts = runs or {}
         new = sorted(
             {k for k in keys if k not in self._by_key},
-            key=lambda k: (KIND_ORDER[k[0]], -counts.get(k, 0), k[1]),
+            key=lambda k: (KIND_ORDER[k[0]], not is_safe_key(k[1]), k[1]),
         )
         added = []
         summaries = [k for k in new if k[0] in SUMMARY_KINDS]
         new = [k for k in new if k[0] not in SUMMARY_KINDS]
         missing_metrics = {(METRIC, key) for _, key in summaries} - set(self._by_key) - set(new)
         if missing_metrics:  # a summary's metric is named first, as the latest value's column
-            added += self.assign(missing_metrics, runs)
+            added += self.assign(missing_metrics)
         for kind, key in new:
             added.append((kind, key, self._name_from(kind, key, safe_base_name(kind, key))))
         for kind, key in summaries:
@@ -148,11 +152,15 @@ class ColumnNamer:
     def _name_from(self, kind: str, key: str, base: str) -> str:
         """Give (kind, key) ``base``, or ``base`` with the first suffix no column has yet."""
         n = 1
-        while _with_suffix(base, n).lower() in self._taken:
+        while _with_suffix(base, n).lower() in self._holder:
             n += 1
         name = _with_suffix(base, n)
+        if n > 1 and kind not in SUMMARY_KINDS:
+            holder_kind, holder_key = self._holder[_with_suffix(base, 1).lower()]
+            self.collisions.append(f"{kind} {key!r} is {name}: {_with_suffix(base, 1)} is "
+                                   f"{'the run info column' if holder_kind == INFO else holder_kind} {holder_key!r}")
         self._by_key[(kind, key)] = name
-        self._taken.add(name.lower())
+        self._holder[name.lower()] = (kind, key)
         return name
 
 

@@ -99,7 +99,9 @@ ARROW_TYPES = {**param_types.ARROW_TYPES, "timestamp": pa.timestamp("ms", tz="UT
 class RefreshSummary:
     """What one refresh of one experiment table did.
 
-    ``reason`` says why a refresh was a full build (None for an incremental one); ``inputs``
+    ``reason`` says why a refresh was a full build (None for an incremental one);
+    ``column_collisions`` names each key that got a suffixed column name this time, and the key
+    that holds the name it wanted; ``inputs``
     counts the dataset inputs written (of the runs fetched), ``models`` the rows of the models
     table; ``models_table`` is None when the server has no logged models.
     """
@@ -115,6 +117,7 @@ class RefreshSummary:
     rows_deleted: int = 0
     row_count: int = 0
     columns_added: list[str] = field(default_factory=list)
+    column_collisions: list[str] = field(default_factory=list)
     columns_widened: list[str] = field(default_factory=list)
     metrics_table: str | None = None
     history_runs: int = 0
@@ -284,7 +287,7 @@ class ExperimentTableBuilder:
             fit the table's type.
         """
         keyed = {kind_key: n for n in raw.column_names if (kind_key := split_raw_name(n)) is not None}
-        namer.assign(keyed, {k: len(raw[n]) - raw[n].null_count for k, n in keyed.items()})
+        namer.assign(keyed)
         columns: dict[str, pa.ChunkedArray] = {n: raw[n] for n in INFO_SCHEMA.names}
         specs = info_specs()
         broken = []
@@ -404,6 +407,7 @@ class ExperimentTableBuilder:
             summary.columns_widened = sorted(widened | set(summary.columns_widened))
         else:
             summary.rows_inserted = data.num_rows
+        summary.column_collisions = namer.collisions
         summary.columns_added = sorted(
             s.column_name for s in specs if s.kind != INFO and s.column_name not in state.types
         )
@@ -449,6 +453,7 @@ class ExperimentTableBuilder:
                     s.column_name for s in specs if s.kind == PARAM and s.data_type == param_types.STRING
                     and state.types.get(s.column_name, param_types.STRING) != param_types.STRING)
             summary.rows_inserted = staged.runs - summary.rows_updated
+            summary.column_collisions = namer.collisions
             summary.columns_added = sorted(
                 s.column_name for s in specs if s.kind != INFO and s.column_name not in state.types)
             self._write_columns(table, specs, state.specs)
@@ -538,6 +543,7 @@ class ExperimentTableBuilder:
             [ColumnSpec(n, *self._kind_key(n, state.specs), t) for n, t in state.types.items()]
             + new_specs
         )
+        summary.column_collisions = namer.collisions
         summary.columns_added = sorted(s.column_name for s in new_specs)
         if new_specs:
             self._write_columns(table, all_specs, state.specs)

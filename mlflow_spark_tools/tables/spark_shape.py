@@ -107,7 +107,7 @@ def shape(runs: DataFrame, stats: list[KeyStats], namer: ColumnNamer,
     """
     from pyspark.sql import functions as F
 
-    namer.assign([(s.kind, s.key) for s in stats], {(s.kind, s.key): s.runs for s in stats})
+    namer.assign([(s.kind, s.key) for s in stats])
     expressions = {name: F.col(name) for name, _ in INFO_COLUMNS}
     specs = info_specs()
     broken = []

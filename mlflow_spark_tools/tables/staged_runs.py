@@ -124,7 +124,7 @@ class StagedRuns:
         from pyspark.sql import functions as F
 
         ordered = sorted(self.keys.values(), key=lambda k: raw_name(k.kind, k.key))
-        namer.assign([(k.kind, k.key) for k in ordered], {(k.kind, k.key): k.runs for k in ordered})
+        namer.assign([(k.kind, k.key) for k in ordered])
         expressions = {name: F.col(name) for name, _ in INFO_COLUMNS}
         specs = info_specs()
         for staged in ordered:

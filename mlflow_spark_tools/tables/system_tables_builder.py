@@ -117,6 +117,7 @@ class SystemTablesBuilder(ExperimentTableBuilder):
             summary.columns_widened = sorted(
                 s.column_name for s in specs if s.kind == PARAM and s.data_type == param_types.STRING
                 and state.types.get(s.column_name, param_types.STRING) != param_types.STRING)
+        summary.column_collisions = namer.collisions
         summary.columns_added = sorted(s.column_name for s in specs if s.kind != INFO and s.column_name not in state.types)
         self._write_columns(table, specs, state.specs)
         self.db.overwrite(data, table, STATS_COLUMNS)
@@ -154,6 +155,7 @@ class SystemTablesBuilder(ExperimentTableBuilder):
         new_specs = [s for s in specs if s.column_name not in state.types]
         all_specs = sort_specs(
             [ColumnSpec(n, *self._kind_key(n, state.specs), t) for n, t in state.types.items()] + new_specs)
+        summary.column_collisions = namer.collisions
         summary.columns_added = sorted(s.column_name for s in new_specs)
         if new_specs:
             self._write_columns(table, all_specs, state.specs)

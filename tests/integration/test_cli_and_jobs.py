@@ -129,6 +129,14 @@ def test_the_rate_limit_profile_is_taken_after_the_command_too(settings, engine,
         assert "Traceback" not in bad.output
 
 
+def test_keys_that_share_a_column_name_are_listed_under_the_table(settings, engine, client, experiment):
+    log_run(client, experiment, metrics={"Test-RMSE": 0.5, "test_rmse": 0.4})
+    built = invoke(settings, engine, "build-tables", "--experiment-ids", experiment)
+    assert built.exit_code == 0, built.output
+    assert (f"Experiment {experiment}: metric 'Test-RMSE' is _m_test_rmse_2: _m_test_rmse is metric 'test_rmse'"
+            in built.stdout.splitlines())
+
+
 @pytest.mark.jvm
 def test_a_full_build_nobody_asked_for_says_why(settings, engine, client, experiment):
     log_run(client, experiment, params={"batch": "32"})

@@ -94,7 +94,7 @@ def test_history_table_and_summaries_equal_the_client_nan_and_infinities_include
         "学习率": [(0.01, 0)],
     }))
     run_ids.append(log_run(client, experiment, metrics={"val.loss": [(float("nan"), 0)]}))
-    run_ids.append(log_run(client, experiment, metrics={"Val_Loss": [(7.0, 0), (6.0, 1)]}))
+    run_ids.append(log_run(client, experiment, metrics={"val/loss": [(7.0, 0), (6.0, 1)]}))
     summary = build(settings, experiment, engine, metric_history="all")
 
     assert summary.metrics_table == f"`{DB}`.`exp_{experiment}_metrics`"
@@ -102,11 +102,11 @@ def test_history_table_and_summaries_equal_the_client_nan_and_infinities_include
     assert summary.history_runs == 4
     assert summary.history_requests == 4  # one bulk request per key
     assert_history_equals_client(engine, client, experiment, run_ids)
-    assert_summaries_match(engine, client, experiment, ["val.loss", "my acc", "学习率", "Val_Loss"])
+    assert_summaries_match(engine, client, experiment, ["val.loss", "my acc", "学习率", "val/loss"])
     columns = column_map(engine, DB, experiment)
     # summaries are named after the metric's own column, collisions and scripts included
-    assert columns[("metric", "Val_Loss")][0] == "_m_val_loss_2"
-    assert columns[("metric_min", "Val_Loss")] == ("_mmin_val_loss_2", "double")
+    assert columns[("metric", "val/loss")][0] == "_m_val_loss_2"
+    assert columns[("metric_min", "val/loss")] == ("_mmin_val_loss_2", "double")
     assert columns[("metric_min_step", "val.loss")] == ("_mminstep_val_loss", "bigint")
     assert columns[("metric_max", "学习率")][0] == "_mmax_u5b66u4e60u7387"
     rows = {r["run_id"]: r for r in read_table(engine, DB, experiment)}

@@ -50,15 +50,22 @@ def test_key_names_unicode_slashes_collisions_and_250_characters(settings, engin
               "temp:ü": "z", long_key: "long"}
     tags = {"team/owner": "ml", long_key: "t"}
     run_id = log_run(client, experiment, params=params, tags=tags, metrics={long_key: 1.0})
-    build(settings, experiment, engine)
+    first = build(settings, experiment, engine)
     cmap = column_map(engine, DB, experiment)
     names = [cmap[("param", k)][0] for k in params]
     assert len({n.lower() for n in names}) == len(names)
     for name in names + [cmap[("tag", "team/owner")][0], cmap[("metric", long_key)][0]]:
         assert all(c.isalnum() and c.isascii() or c == "_" for c in name), name
         assert len(name) <= 255
-    # lowercase names; one run logs both spellings, so sorted order decides ("LR" < "lr")
-    assert cmap[("param", "LR")][0] == "_p_lr" and cmap[("param", "lr")][0] == "_p_lr_2"
+    # lowercase names; "lr" is a safe name and keeps it
+    assert cmap[("param", "lr")][0] == "_p_lr" and cmap[("param", "LR")][0] == "_p_lr_2"
+    # the collisions are listed in the summary: the other keys of a name, sorted
+    assert first.column_collisions == [
+        "param 'LR' is _p_lr_2: _p_lr is param 'lr'",
+        "param 'a-b' is _p_a_b_2: _p_a_b is param 'a b'",
+        "param 'a.b' is _p_a_b_3: _p_a_b is param 'a b'",
+        "param 'a/b' is _p_a_b_4: _p_a_b is param 'a b'",
+    ]
     assert cmap[("param", "temp:ü")][0] == "_p_temp_u"
     # every mapped column holds the value of its own key, readable without backticks
     select = ", ".join(cmap[("param", k)][0] for k in params)
@@ -72,7 +79,9 @@ def test_key_names_unicode_slashes_collisions_and_250_characters(settings, engin
     assert summary.mode == "incremental"
     cmap2 = column_map(engine, DB, experiment)
     assert all(cmap2[k] == v for k, v in cmap.items())
+    # a safe key that comes after its name was given keeps the names given before
     assert cmap2[("param", "a_b")][0] == "_p_a_b_5"
+    assert summary.column_collisions == ["param 'a_b' is _p_a_b_5: _p_a_b is param 'a b'"]
     assert run_id
 
 

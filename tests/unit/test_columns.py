@@ -15,12 +15,29 @@ def test_names_are_lowercase_ascii_with_accents_dropped_and_other_scripts_as_cod
     assert namer.name(METRIC, "Ünïcode") == "_m_unicode"
 
 
-def test_the_key_of_more_runs_gets_the_name_without_a_suffix():
+def test_a_key_that_is_a_safe_name_keeps_it_whatever_the_order_and_the_others_are_listed():
     namer = ColumnNamer()
-    namer.assign([(METRIC, "Val_Loss"), (METRIC, "val.loss")],
-                 runs={(METRIC, "Val_Loss"): 20, (METRIC, "val.loss"): 195})
-    assert namer.name(METRIC, "val.loss") == "_m_val_loss"
-    assert namer.name(METRIC, "Val_Loss") == "_m_val_loss_2"
+    namer.assign([(METRIC, "Test-RMSE"), (METRIC, "test_rmse"), (METRIC, "Test_RMSE")])
+    assert namer.name(METRIC, "test_rmse") == "_m_test_rmse"
+    assert namer.name(METRIC, "Test-RMSE") == "_m_test_rmse_2"  # then sorted: "Test-RMSE" < "Test_RMSE"
+    assert namer.name(METRIC, "Test_RMSE") == "_m_test_rmse_3"
+    assert namer.collisions == [
+        "metric 'Test-RMSE' is _m_test_rmse_2: _m_test_rmse is metric 'test_rmse'",
+        "metric 'Test_RMSE' is _m_test_rmse_3: _m_test_rmse is metric 'test_rmse'",
+    ]
+
+
+def test_the_same_keys_get_the_same_names_in_every_experiment():
+    """``batch.size`` in one experiment and ``batch_size`` in another: whichever the other
+    holds, ``batch_size`` is ``_p_batch_size`` where both are."""
+    one, other = ColumnNamer(), ColumnNamer()
+    one.assign([(PARAM, "batch.size"), (PARAM, "batch_size")])
+    other.assign([(PARAM, "batch_size"), (PARAM, "batch.size")])
+    assert one.name(PARAM, "batch_size") == other.name(PARAM, "batch_size") == "_p_batch_size"
+    assert one.name(PARAM, "batch.size") == other.name(PARAM, "batch.size") == "_p_batch_size_2"
+    alone = ColumnNamer()
+    alone.assign([(PARAM, "batch.size")])
+    assert alone.name(PARAM, "batch.size") == "_p_batch_size" and alone.collisions == []
 
 
 def test_collisions_get_deterministic_suffixes_in_sorted_order():
@@ -30,11 +47,11 @@ def test_collisions_get_deterministic_suffixes_in_sorted_order():
     second.assign(reversed(keys))
     names = {k: first.name(*k) for k in keys}
     assert names == {k: second.name(*k) for k in keys}
-    # sorted by key: "A_B" < "a.b" < "a/b" < "a_b"
-    assert names[(PARAM, "A_B")] == "_p_a_b"
-    assert names[(PARAM, "a.b")] == "_p_a_b_2"
-    assert names[(PARAM, "a/b")] == "_p_a_b_3"
-    assert names[(PARAM, "a_b")] == "_p_a_b_4"
+    # the safe name first, then sorted by key: "A_B" < "a.b" < "a/b"
+    assert names[(PARAM, "a_b")] == "_p_a_b"
+    assert names[(PARAM, "A_B")] == "_p_a_b_2"
+    assert names[(PARAM, "a.b")] == "_p_a_b_3"
+    assert names[(PARAM, "a/b")] == "_p_a_b_4"
     assert len({n.lower() for n in names.values()}) == 4
 
 

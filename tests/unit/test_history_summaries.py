@@ -61,7 +61,7 @@ def test_summaries_ignore_nan_keep_infinities_and_take_the_first_step_of_a_tie()
 
 def test_summary_columns_follow_the_metric_column_names():
     namer = ColumnNamer([ColumnSpec("_m_val_loss", METRIC, "val.loss", "double")])
-    namer.assign([(METRIC, "Val_Loss")], {(METRIC, "Val_Loss"): 1})
+    namer.assign([(METRIC, "Val_Loss")])
     namer.assign([(kind, key) for key in ("val.loss", "Val_Loss", "new key") for kind in SUMMARY_KINDS])
     assert namer.name(METRIC, "Val_Loss") == "_m_val_loss_2"
     assert namer.name("metric_min", "val.loss") == "_mmin_val_loss"
