@@ -66,9 +66,12 @@ TEXT_ENTRY = pa.schema([("run_id", pa.string()), ("key", pa.string()), ("value",
 METRIC_ENTRY = pa.schema([("run_id", pa.string()), ("key", pa.string()), ("value", pa.float64()),
                           ("is_nan", pa.bool_())])
 INPUT_ROW = pa.schema([
-    ("run_id", pa.string()), ("input_uuid", pa.string()), ("name", pa.string()), ("digest", pa.string()),
-    ("source_type", pa.string()), ("source", pa.string()), ("schema", pa.string()), ("profile", pa.string()),
+    ("run_id", pa.string()), ("input_uuid", pa.string()), ("dataset_uuid", pa.string()), ("name", pa.string()),
+    ("digest", pa.string()), ("source_type", pa.string()), ("source", pa.string()),
 ])
+WORKSPACE_ROW = pa.schema([("workspace", pa.string())])
+DATASET_DOCUMENTS = pa.schema([("dataset_uuid", pa.string()), ("dataset_schema", pa.string()),
+                               ("dataset_profile", pa.string())])
 INPUT_TAG = pa.schema([("input_uuid", pa.string()), ("key", pa.string()), ("value", pa.string())])
 EXPERIMENT_ROW = pa.schema([("experiment_id", pa.int64()), ("name", pa.string()),
                             ("lifecycle_stage", pa.string()), ("artifact_location", pa.string())])
@@ -145,14 +148,14 @@ class DatabaseRunReader:
 
     def _where(self) -> str:
         return (f"backend store {self.db.description}" if self.workspace is None
-                else f"workspace {self.workspace!r} of backend store {self.db.description}")
+                else f"backend store {self.db.description} (workspace {self.workspace!r})")
 
     def _elsewhere(self, where: str, params: tuple[object, ...]) -> str:
         """What to do when an experiment is in another workspace of the database."""
         if self.workspace is None:
             return ""
-        others = sorted({str(w) for w in self.db.table(f"SELECT e.workspace FROM experiments e WHERE {where}",
-                                                        params).column(0).to_pylist()} - {self.workspace})
+        found = self.db.table(f"SELECT e.workspace FROM experiments e WHERE {where}", params, WORKSPACE_ROW)
+        others = sorted({str(w) for w in found.column(0).to_pylist()} - {self.workspace})
         if not others:
             return ""
         return (f" It is in workspace {', '.join(repr(w) for w in others)}: set MLFLOW_WORKSPACE={others[0]} "
@@ -397,25 +400,28 @@ class DatabaseRunReader:
     def _inputs(self, run_ids: pa.Array, selection: _Selection) -> pa.Array:
         """Each run's dataset inputs (a list per run, in ``run_ids`` order), ordered by dataset
         name, digest and context; each input's tags by key."""
+        of_runs = ("JOIN runs r ON r.run_uuid = i.destination_id "
+                   f"WHERE i.source_type = 'DATASET' AND i.destination_type = 'RUN' AND {selection.where}")
         rows = self.db.table(
-            "SELECT i.destination_id, i.input_uuid, d.name, d.digest, d.dataset_source_type, d.dataset_source, "
-            "d.dataset_schema, d.dataset_profile FROM inputs i "
-            "JOIN datasets d ON d.dataset_uuid = i.source_id "
-            "JOIN runs r ON r.run_uuid = i.destination_id "
-            f"WHERE i.source_type = 'DATASET' AND i.destination_type = 'RUN' AND {selection.where}",
+            "SELECT i.destination_id, i.input_uuid, i.source_id, d.name, d.digest, d.dataset_source_type, "
+            f"d.dataset_source FROM inputs i JOIN datasets d ON d.dataset_uuid = i.source_id {of_runs}",
             selection.params, INPUT_ROW)
         per_run: dict[str, list[dict[str, object]]] = {}
         if rows.num_rows:
+            # each dataset's schema and profile (up to 16 MB) read once, however many inputs use it
+            documents = {row["dataset_uuid"]: row for row in self.db.table(
+                "SELECT d.dataset_uuid, d.dataset_schema, d.dataset_profile FROM datasets d "
+                f"WHERE d.dataset_uuid IN (SELECT i.source_id FROM inputs i {of_runs})", selection.params,
+                DATASET_DOCUMENTS).to_pylist()}
             tag_rows = self.db.table(
-                "SELECT t.input_uuid, t.name, t.value FROM input_tags t "
-                "JOIN inputs i ON i.input_uuid = t.input_uuid "
-                "JOIN runs r ON r.run_uuid = i.destination_id "
-                f"WHERE i.source_type = 'DATASET' AND i.destination_type = 'RUN' AND {selection.where}",
-                selection.params, INPUT_TAG)
+                f"SELECT t.input_uuid, t.name, t.value FROM input_tags t JOIN inputs i ON i.input_uuid = t.input_uuid "
+                f"{of_runs}", selection.params, INPUT_TAG)
             tags: dict[str, list[dict[str, str]]] = {}
             for tag in sorted(tag_rows.to_pylist(), key=lambda t: (t["input_uuid"], t["key"])):
                 tags.setdefault(tag["input_uuid"], []).append({"key": tag["key"], "value": tag["value"] or ""})
             for row in rows.to_pylist():
+                document = documents.get(row["dataset_uuid"]) or {}
+                row["schema"], row["profile"] = document.get("dataset_schema"), document.get("dataset_profile")
                 input_tags = tags.get(row["input_uuid"], [])
                 context = next((t["value"] for t in input_tags if t["key"] == CONTEXT_TAG), None)
                 entry = {**{name: row.get(name) for name in DATASET_FIELDS}, "context": context, "tags": input_tags}

@@ -75,12 +75,16 @@ def _metric_value(value: Any) -> float:
     return float(value)
 
 
-def _dataset_inputs_of(run: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _dataset_inputs_of(run: Mapping[str, Any], documents: dict[str, str]) -> list[dict[str, Any]]:
     """A run's ``inputs.dataset_inputs`` as :data:`DATASET_INPUT` values (the context is the
-    input's ``mlflow.data.context`` tag)."""
+    input's ``mlflow.data.context`` tag). Each schema and profile is kept once in
+    ``documents``: the server repeats a dataset's (up to 16 MB) in every run that logged it."""
     found = []
     for entry in (run.get("inputs") or {}).get("dataset_inputs") or ():
-        dataset = entry.get("dataset") or {}
+        dataset = dict(entry.get("dataset") or {})
+        for name in ("schema", "profile"):
+            if isinstance(dataset.get(name), str):
+                dataset[name] = documents.setdefault(dataset[name], dataset[name])
         tags = [{"key": t["key"], "value": t.get("value", "")} for t in entry.get("tags") or ()]
         context = next((t["value"] for t in tags if t["key"] == CONTEXT_TAG), None)
         found.append({**{name: dataset.get(name) for name in DATASET_FIELDS}, "context": context, "tags": tags})
@@ -96,6 +100,7 @@ def runs_to_table(runs: Iterable[Mapping[str, Any]]) -> pa.Table:
     """
     info: dict[str, list[Any]] = {name: [] for name, _ in INFO_COLUMNS}
     inputs: list[list[dict[str, Any]]] = []
+    documents: dict[str, str] = {}
     data: dict[str, list[Any]] = {}
     metric_columns: set[str] = set()
     n = 0
@@ -117,7 +122,7 @@ def runs_to_table(runs: Iterable[Mapping[str, Any]]) -> pa.Table:
         )
         info["artifact_uri"].append(run_info.get("artifact_uri"))
         info["parent_run_id"].append(tags.get(PARENT_RUN_TAG))
-        inputs.append(_dataset_inputs_of(run))
+        inputs.append(_dataset_inputs_of(run, documents))
         for kind, entries in (
             (PARAM, run_data.get("params", ())),
             (METRIC, run_data.get("metrics", ())),

@@ -135,3 +135,27 @@ def frame_with_maps(spark: SparkSession, data: pa.Table, columns: Sequence[tuple
     if not any(_is_map(t) for _, t in columns):
         return df
     return df.select(*(map_from_entries(df[n], spark).alias(n) if _is_map(t) else df[n] for n, t in columns))
+
+
+def byte_slices(data: pa.Table, limit: int) -> list[pa.Table]:
+    """``data`` cut into consecutive slices of at most ``limit`` bytes of top-level string and
+    binary values each (at least one row each): a few huge values among small ones (a dataset
+    profile of 8 MB in 40 rows of inputs) are spread by their own sizes, not by the average."""
+    if data.num_rows == 0 or data.nbytes <= limit:
+        return [data]
+    import numpy as np
+    import pyarrow.compute as pc
+
+    sizes = np.full(data.num_rows, 64, dtype=np.int64)  # a row's fixed-width part, roughly
+    for column in data.columns:
+        if pa.types.is_string(column.type) or pa.types.is_binary(column.type) or \
+                pa.types.is_large_string(column.type):
+            sizes += pc.fill_null(pc.binary_length(column), 0).to_numpy()
+    slices, start, taken = [], 0, 0
+    for row, size in enumerate(sizes.tolist()):
+        if row > start and taken + size > limit:
+            slices.append(data.slice(start, row - start))
+            start, taken = row, 0
+        taken += size
+    slices.append(data.slice(start))
+    return slices

@@ -9,18 +9,24 @@ The inputs come with the runs in the run search pages a build fetches anyway (no
 their own). A full build overwrites the table (a build staged chunk by chunk stages the inputs
 alike, :class:`StagedInputs`); an incremental refresh replaces, in one MERGE,
 every row of the runs it re-read and removes the rows of the runs that left the run table.
+
+A dataset's schema and profile are repeated in every input row that uses it (a profile may
+hold 16 MB, and every run of a sweep may log the same dataset): rows beyond what one Spark
+Connect message holds go to a staging table in slices (:func:`_frame`), and the table is
+written from there in one commit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import pyarrow as pa
 
 from mlflow_spark_tools.core.identifiers import sql_strings
 from mlflow_spark_tools.runs.run_batches import dataset_inputs
-from mlflow_spark_tools.spark.arrow import frame_with_maps
-from mlflow_spark_tools.spark.catalog import MAX_KEYS_NAMED, Database
+from mlflow_spark_tools.spark.arrow import byte_slices, frame_with_maps
+from mlflow_spark_tools.spark.catalog import MAX_INLINE_BYTES, MAX_KEYS_NAMED, Database
 
 INPUT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("run_id", "string"),
@@ -38,6 +44,27 @@ INPUT_STATS_COLUMNS = ("run_id", "name", "digest")
 
 def inputs_table_name(table: str) -> str:
     return table + "_inputs"
+
+
+def _append_slices(db: Database, data: pa.Table, staging: str, *, first: bool) -> None:
+    """Write the inputs rows ``data`` to ``staging`` in slices of at most one message each;
+    ``first``: the first slice overwrites the table."""
+    for part in byte_slices(data, MAX_INLINE_BYTES):
+        frame = frame_with_maps(db.spark, part, INPUT_COLUMNS)
+        if first:
+            db.overwrite(frame, staging, INPUT_STATS_COLUMNS)
+            first = False
+        else:
+            db.append(frame, staging)
+
+
+def _frame(db: Database, data: pa.Table, staging: str) -> tuple[Any, bool]:
+    """A DataFrame of the inputs rows ``data``, and whether it reads ``staging`` (rows too
+    big for one message are staged there first; drop it once the frame was written)."""
+    if data.nbytes <= MAX_INLINE_BYTES:
+        return frame_with_maps(db.spark, data, INPUT_COLUMNS), False
+    _append_slices(db, data, staging, first=True)
+    return db.spark.table(db.name(staging)), True
 
 
 class InputsWriter:
@@ -61,8 +88,14 @@ class InputsWriter:
         """
         target = inputs_table_name(table)
         data = dataset_inputs(runs)
+        staging = target + "__slices"
         if replace_all or not self.db.exists(target):
-            self.db.overwrite(frame_with_maps(self.spark, data, INPUT_COLUMNS), target, INPUT_STATS_COLUMNS)
+            frame, staged = _frame(self.db, data, staging)
+            try:
+                self.db.overwrite(frame, target, INPUT_STATS_COLUMNS)
+            finally:
+                if staged:
+                    self.db.drop(staging)
             return self.db.name(target), data.num_rows
         replaced = sorted(set(replaced_run_ids) | set(data["run_id"].to_pylist()))
         if replaced and data.num_rows == 0:
@@ -72,11 +105,14 @@ class InputsWriter:
                 replaced = []  # no inputs before or after: no commit (most experiments log none)
         if replaced:  # else nothing changed: no commit
             view = f"__mst_inputs_{table}"
-            frame_with_maps(self.spark, data, INPUT_COLUMNS).createOrReplaceTempView(view)
+            frame, staged = _frame(self.db, data, staging)
+            frame.createOrReplaceTempView(view)
             try:
                 self.db.replace_rows(view, target, INPUT_COLUMNS, "run_id", replaced)
             finally:
                 self.spark.catalog.dropTempView(view)
+                if staged:
+                    self.db.drop(staging)
         return self.db.name(target), data.num_rows
 
     def staged(self, table: str) -> StagedInputs:
@@ -99,11 +135,7 @@ class StagedInputs:
         data = dataset_inputs(runs)
         if data.num_rows == 0:
             return
-        frame = frame_with_maps(self.db.spark, data, INPUT_COLUMNS)
-        if self.rows == 0:
-            self.db.overwrite(frame, self.staging, INPUT_STATS_COLUMNS)
-        else:
-            self.db.append(frame, self.staging)
+        _append_slices(self.db, data, self.staging, first=self.rows == 0)
         self.rows += data.num_rows
 
     def finish(self) -> tuple[str, int]:

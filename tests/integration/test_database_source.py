@@ -388,3 +388,30 @@ def test_the_database_source_reads_the_workspace_the_rest_source_reads(settings,
     theirs_by_name = build_experiment_tables(direct, experiment_names=["forecast-prod"], engine=engine)
     assert [s.experiment_id for s in theirs_by_name.summaries] == [theirs]
     assert engine.spark.sql(f"SELECT _p_team FROM ws_direct.exp_{theirs}").collect()[0][0] == "b"
+
+
+def test_a_dataset_with_a_big_profile_reused_by_many_runs_builds_from_every_source(
+        settings, engine, client, tracking_server, experiment):
+    """One user logs a dataset whose profile is 8 MB and reuses it in 40 runs: 320 MB of
+    inputs rows, more than one Spark Connect message holds. Every source builds it, the
+    experiment's inputs table holds every row with the whole profile."""
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    profile = json.dumps({"histogram": "x" * (8 << 20)})
+    big = Dataset(name="big", digest="d1g35t", source_type="local", source='{"uri": "/data/big"}',
+                  schema='{"mlflow_colspec": []}', profile=profile)
+    run_ids = []
+    for n in range(40):
+        run = client.create_run(experiment)
+        client.log_inputs(run.info.run_id, [DatasetInput(big, [InputTag("mlflow.data.context", "training")])])
+        client.set_terminated(run.info.run_id)
+        run_ids.append(run.info.run_id)
+    rest, direct = build_both(settings, f"sqlite:///{tracking_server.db_path}", experiment, engine)
+    for summary, database in ((rest, REST_DB), (direct, DIRECT_DB)):
+        assert summary.inputs == 40, database
+        rows = engine.spark.sql(f"SELECT run_id, length(profile) AS n, context FROM {database}.exp_{experiment}_inputs"
+                                ).collect()
+        assert sorted(r["run_id"] for r in rows) == sorted(run_ids)
+        assert {(r["n"], r["context"]) for r in rows} == {(len(profile), "training")}
