@@ -118,6 +118,16 @@ def _log_axis(numbers: list[float]) -> bool:
     return bool(numbers) and min(numbers) > 0 and max(numbers) / min(numbers) > 100
 
 
+# vega-tooltip shows a tooltip entry named "image" as an image (fetching its value as a URL)
+# and one named "title" as the heading: a param or metric of that name gets another title
+_TOOLTIP_RESERVED = ("image", "title")
+
+
+def tip(title: str) -> str:
+    """A tooltip title for a key: the key, unless vega-tooltip reads that name itself."""
+    return f"{title} (key)" if title.strip().lower() in _TOOLTIP_RESERVED else title
+
+
 def _text(value: Any) -> str:
     return "(none)" if value is None else str(value)
 
@@ -156,23 +166,35 @@ def parallel_coordinates(data: ReportData, datasets: Datasets) -> alt.TopLevelMi
         points += [{"run": i, "axis": label, "scaled": None if v is None else round(v, 4)}
                    for i, v in enumerate(scaled)]
     labels = [label for label, _ in axes]
+    # the axes' order as a field, not a sort array: Vega turns a sort array into an expression
+    # holding the labels, which a U+2028 in a key breaks
+    place = {label: i for i, label in enumerate(labels)}
+    for row in points + ticks:
+        row["place"] = place[row["axis"]]
+    by_place = alt.EncodingSortField(field="place", op="min")
     run_data = datasets.add(runs)
     # strokeOpacity, not opacity: an opacity makes the PNG renderer composite every line as a layer
     # of its own (1,000 lines: 90 s instead of 9 s)
     lines = alt.Chart(datasets.add(points)).transform_lookup(
         lookup="run", from_=alt.LookupData(data=run_data, key="run", fields=["run_name", "metric"]),
     ).mark_line(strokeOpacity=0.45, strokeWidth=1).encode(
-        x=alt.X("axis:N", sort=labels, title=None, axis=alt.Axis(labelAngle=-30)),
+        x=alt.X("axis:N", sort=by_place, title=None, axis=alt.Axis(labelAngle=-30)),
         y=alt.Y("scaled:Q", title="scaled to the plotted runs", axis=alt.Axis(labels=False, ticks=False)),
         color=alt.Color("metric:Q", title=data.metric, scale=alt.Scale(**_metric_scale(data))),
         detail="run:N",
-        tooltip=[alt.Tooltip("run_name:N", title="run"), alt.Tooltip("metric:Q", title=data.metric)],
+        tooltip=[alt.Tooltip("run_name:N", title="run"), alt.Tooltip("metric:Q", title=tip(data.metric))],
     )
     marks = alt.Chart(datasets.add(ticks)).mark_text(align="left", dx=4, fontSize=10, color="#333").encode(
-        x=alt.X("axis:N", sort=labels), y=alt.Y("scaled:Q"), text="text:N")
+        x=alt.X("axis:N", sort=by_place), y=alt.Y("scaled:Q"), text="text:N")
     return alt.layer(lines, marks).properties(
         width=max(400, 110 * len(labels)), height=300,
-        title=f"Parallel coordinates: {len(rows)} runs, coloured by {data.metric}")
+        title=f"Parallel coordinates: {_drawn(len(rows), data.runs_with_metric)}, coloured by {data.metric}")
+
+
+def _drawn(drawn: int, runs: int) -> str:
+    """How many runs a chart draws, of how many the header counts (it draws at most
+    ``--max-points``, and only runs whose params and metric it can place)."""
+    return f"{runs:,} runs" if drawn == runs else f"{drawn:,} of {runs:,} runs drawn"
 
 
 def metric_by_param(data: ReportData, datasets: Datasets) -> alt.TopLevelMixin:
@@ -195,17 +217,19 @@ def _scatter(alt: Any, data: ReportData, axis: ParamAxis, field: str, shared: An
         x=alt.X(f"{field}:Q", title=axis.key, scale=alt.Scale(type="log" if log else "linear", zero=False)),
         y=alt.Y("metric:Q", title=data.metric, scale=alt.Scale(zero=False)),
         color=alt.Color("metric:Q", legend=None, scale=alt.Scale(**_metric_scale(data))),
-        tooltip=[alt.Tooltip("run:N"), alt.Tooltip(f"{field}:Q", title=axis.key),
-                 alt.Tooltip("metric:Q", title=data.metric)],
+        tooltip=[alt.Tooltip("run:N"), alt.Tooltip(f"{field}:Q", title=tip(axis.key)),
+                 alt.Tooltip("metric:Q", title=tip(data.metric))],
     ).properties(width=WIDTH, height=HEIGHT, title=axis.key)
 
 
 def _boxes(alt: Any, data: ReportData, axis: ParamAxis, datasets: Datasets) -> alt.TopLevelMixin:
     stats = data.categories.get(axis.key, pa.table({}))
     rows = stats.to_pylist()
-    order = [r["value"] for r in sorted(rows, key=lambda r: (r["median"] if data.ascending else -r["median"]))]
-    base = alt.Chart(datasets.add(rows)).encode(x=alt.X("value:N", title=axis.key, sort=order))
-    tooltip = [alt.Tooltip("value:N", title=axis.key), "runs:Q", "min:Q", "q1:Q", "median:Q", "q3:Q", "max:Q"]
+    ordered = sorted(rows, key=lambda r: (r["median"] if data.ascending else -r["median"]))
+    rows = [{**row, "place": place} for place, row in enumerate(ordered)]  # a field, not a sort array
+    base = alt.Chart(datasets.add(rows)).encode(
+        x=alt.X("value:N", title=axis.key, sort=alt.EncodingSortField(field="place", op="min")))
+    tooltip = [alt.Tooltip("value:N", title=tip(axis.key)), "runs:Q", "min:Q", "q1:Q", "median:Q", "q3:Q", "max:Q"]
     whiskers = base.mark_rule().encode(y=alt.Y("min:Q", title=data.metric, scale=alt.Scale(zero=False)), y2="max:Q")
     boxes = base.mark_bar(size=14, opacity=0.8).encode(
         y="q1:Q", y2="q3:Q", color=alt.Color("median:Q", legend=None, scale=alt.Scale(**_metric_scale(data))),
@@ -220,11 +244,12 @@ def metric_curves(data: ReportData, datasets: Datasets) -> alt.TopLevelMixin:
     assert data.curves is not None
     names = {r["run_id"]: r["run_name"] or r["run_id"] for r in data.top.select(["run_id", "run_name"]).to_pylist()}
     rank = {run_id: i + 1 for i, run_id in enumerate(data.top.column("run_id").to_pylist())}
-    rows = [{"run": f"{rank[r['run_id']]}. {names[r['run_id']]}", "step": r["step"], "value": r["value"]}
+    rows = [{"run": f"{rank[r['run_id']]}. {names[r['run_id']]}", "place": rank[r["run_id"]], "step": r["step"],
+             "value": r["value"]}
             for r in data.curves.to_pylist() if r["value"] is not None and math.isfinite(r["value"])]
-    order = sorted({r["run"] for r in rows}, key=lambda label: int(label.split(".", 1)[0]))
+    drawn = len({r["place"] for r in rows})
     return alt.Chart(datasets.add(rows)).mark_line(point=len(rows) <= 200).encode(
         x=alt.X("step:Q"), y=alt.Y("value:Q", title=data.metric, scale=alt.Scale(zero=False)),
-        color=alt.Color("run:N", sort=order, title="top runs"),
-        tooltip=["run:N", "step:Q", alt.Tooltip("value:Q", title=data.metric)],
-    ).properties(width=620, height=300, title=f"{data.metric} by step, top {len(order)} runs")
+        color=alt.Color("run:N", sort=alt.EncodingSortField(field="place", op="min"), title="top runs"),
+        tooltip=["run:N", "step:Q", alt.Tooltip("value:Q", title=tip(data.metric))],
+    ).properties(width=620, height=300, title=f"{data.metric} by step, top {drawn} runs")

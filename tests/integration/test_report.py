@@ -167,3 +167,56 @@ def test_report_errors_are_one_line(sweep, engine, tmp_path, args, message):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.output
     assert not (tmp_path / "r.html").exists()
+
+
+def _specs(html_text):
+    """The charts' Vega-Lite specs in a report's HTML."""
+    blocks = re.findall(r'<script type="application/json"[^>]*>(.*?)</script>', html_text, re.S)
+    return [json.loads(block) for block in blocks]
+
+
+def _tooltip_titles(node):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "tooltip":
+                entries = value if isinstance(value, list) else [value]
+                yield from (e.get("title", e.get("field")) for e in entries if isinstance(e, dict))
+            yield from _tooltip_titles(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _tooltip_titles(value)
+
+
+def test_line_separators_and_keys_named_like_tooltip_fields_draw_safely(tracking_server, engine, tmp_path):
+    """A U+2028 in a param value and a run name: every chart draws, in the browser
+    and as PNG (values in Vega sort arrays become expressions, which a line separator breaks).
+    A param named ``image`` with URLs: vega-tooltip would show (fetch) it on hover, so no
+    tooltip entry is named ``image`` or ``title``."""
+    from mlflow import MlflowClient
+
+    from mlflow_spark_tools.config import load_settings
+
+    client = MlflowClient(tracking_server.url)
+    experiment = client.create_experiment(f"separators-{tmp_path.name}")
+    for i in range(12):
+        log_run(client, experiment, run_name=f"run\u2028{i}",
+                params={"optimizer": ("adam\u2028w", "sgd", "a'b\"c")[i % 3], "image": f"http://127.0.0.1:9/{i % 2}.png",
+                        "title": ("x", "y")[i % 2], "lr rate": 10 ** -(1 + i % 4)},
+                metrics={"rmse": [(1.0 / (i + 1) + s, s) for s in range(3)]})
+    settings = load_settings(environ={}).with_overrides(tracking_uri=tracking_server.url,
+                                                        rate_limit_profile="unlimited", tables__database=DATABASE)
+    build(settings, experiment, engine, metric_history="all")
+    out = tmp_path / "separators.html"
+    result = run_report(settings, engine, "--experiment-id", experiment, "--metric", "rmse", "--out", str(out),
+                        "--format", "png")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+        "separators_curves.png", "separators_parallel.png", "separators_params.png"]
+    dom = rendered_dom(out)
+    body = re.findall(r"<body([^>]*)>", dom)[-1]
+    assert json.loads(re.search(r"data-errors=\"([^\"]*)\"", body).group(1).replace("&quot;", '"')) == []
+    assert 'data-rendered="3"' in body, body
+    specs = _specs(out.read_text())
+    titles = [t for spec in specs for t in _tooltip_titles(spec)]
+    assert "image (key)" in titles and "title (key)" in titles
+    assert not {"image", "title"} & set(titles), titles
