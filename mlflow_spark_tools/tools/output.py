@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import unicodedata
 from collections.abc import Sequence
 from datetime import date, datetime
 from decimal import Decimal
@@ -102,10 +103,25 @@ def format_rows(table: pa.Table, fmt: str = "table", max_width: int = 60) -> str
     )
 
 
+def printable(text: str) -> str:
+    r"""``text`` with every control, format and separator character written as its escape
+    (``\x1b``, ``\u202e``, ``\n``): run names and values of a shared experiment reach the
+    terminal through tables, and an escape sequence in them would move the cursor, rewrite
+    the lines above or set the window's title; a bidirectional override would reorder the
+    rows as they are shown."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() or char == " " else
+                   char.encode("unicode_escape").decode("ascii") if unicodedata.category(char) == "Cc" else
+                   f"\\u{ord(char):04x}" for char in text)
+
+
 def render_table(names: Sequence[str], rows: Sequence[Sequence[str]], max_width: int = 60) -> str:
-    """A plain-text grid with aligned columns; long cells are cut with an ellipsis."""
+    """A plain-text grid with aligned columns; long cells are cut with an ellipsis; what is
+    not printable is shown escaped (:func:`printable`)."""
 
     def cut(text: str) -> str:
+        text = printable(text)
         return text if len(text) <= max_width else text[: max_width - 1] + "…"
 
     cells = [[cut(n) for n in names]] + [[cut(c) for c in row] for row in rows]

@@ -129,6 +129,17 @@ def test_the_rate_limit_profile_is_taken_after_the_command_too(settings, engine,
         assert "Traceback" not in bad.output
 
 
+def test_escape_sequences_in_run_names_do_not_reach_the_terminal(settings, engine, client, experiment):
+    """best-run and last-run print run names from a shared experiment: an escape sequence
+    there would set the terminal's title or clear its screen."""
+    log_run(client, experiment, metrics={"m": 0.5}, run_name="x\x1b]0;owned\x07\x1b[2Jy")
+    for command in (["best-run", "--metric", "m"], ["last-run"]):
+        shown = invoke(settings, engine, *command, "--experiment-id", experiment)
+        assert shown.exit_code == 0, shown.output
+        assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout
+        assert "x\\x1b]0;owned\\x07\\x1b[2Jy" in shown.stdout
+
+
 def test_keys_that_share_a_column_name_are_listed_under_the_table(settings, engine, client, experiment):
     log_run(client, experiment, metrics={"Test-RMSE": 0.5, "test_rmse": 0.4})
     built = invoke(settings, engine, "build-tables", "--experiment-ids", experiment)

@@ -61,3 +61,12 @@ def test_maps_lists_and_structs_print_as_json():
     csv_text = format_rows(table, "csv").splitlines()
     assert csv_text[1] == '"{""team"": ""ranking"", ""ü"": ""ö""}","[""champion""]","[{""key"": ""rmse"", ""value"": ""NaN""}]"'
     assert '{"team": "ranking", "ü": "ö"}' in format_rows(table)
+
+
+def test_terminal_control_sequences_in_cells_are_shown_escaped():
+    hostile = "ok\x1b]0;owned\x07\x1b[2J\x1b[1A\u202etxt.exe\nnext"
+    table = format_rows(pa.table({"run_name": [hostile, "学习率 é"]}))
+    assert "\x1b" not in table and "\x07" not in table and "\u202e" not in table
+    assert "ok\\x1b]0;owned\\x07\\x1b[2J\\x1b[1A\\u202etxt.exe\\nnext" in table
+    assert "学习率 é" in table  # printable text stays as it is
+    assert len(table.splitlines()) == 7  # the grid, one line per row, and the row count
