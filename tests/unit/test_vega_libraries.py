@@ -55,3 +55,40 @@ def test_a_cache_others_could_write_is_not_used(cache, tmp_path, tamper):
     assert vega_libraries.javascript_libraries() == real
     if tamper == "folder writable by others":
         assert path.read_text() == planted  # and nothing is written into such a folder
+
+
+@pytest.fixture
+def swap_on_open():
+    """An audit hook that, once armed, runs a swap just before the first open of a path whose
+    name is the cached bundle's: the moment between a check and a read."""
+    import sys
+
+    armed: dict = {}
+
+    def hook(event, args):
+        if event == "open" and armed.get("swap") and str(args[0]).endswith(".js"):
+            swap = armed.pop("swap")
+            swap()
+
+    sys.addaudithook(hook)  # hooks cannot be removed: disarmed when the test ends
+    yield armed
+    armed.clear()
+
+
+def test_a_folder_swapped_between_the_check_and_the_read_is_not_read(cache, tmp_path, swap_on_open):
+    """Whoever can write the cache folder's parent renames the checked folder away and puts a
+    folder of theirs (writable by others) with a planted bundle in its place, after the check."""
+    real = vega_libraries.javascript_libraries()
+    name = cached_file(cache).name
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / name).write_text("document.body.setAttribute('data-pwned', '1')")
+    os.chmod(theirs, 0o777)
+
+    def swap():
+        cache.rename(tmp_path / "moved")
+        theirs.rename(cache)
+
+    swap_on_open["swap"] = swap
+    assert vega_libraries.javascript_libraries() == real
+    assert "swap" not in swap_on_open  # the swap happened, at the read
