@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import math
 import sys
+import urllib.parse
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from mlflow_spark_tools.cli.app import (
     TABLE_OPTIONS,
@@ -19,6 +21,7 @@ from mlflow_spark_tools.cli.app import (
 )
 from mlflow_spark_tools.errors import EXIT_PARTIAL, UsageError
 
+UPSTREAM_ENV = "MLFLOW_SPARK_TOOLS_PROXY_UPSTREAM"
 PROFILE_HELP = "Rate-limit profile name from conf/rate_limits or a YAML path (default: databricks)."
 
 
@@ -134,7 +137,9 @@ def _routes(routes: tuple[str, ...]) -> dict[str, str]:
 
 
 @cli.command("rate-limit-proxy")
-@click.option("--upstream", required=True, help="The tracking server, e.g. http://127.0.0.1:5000.")
+@click.option("--upstream", envvar=UPSTREAM_ENV, required=True, show_envvar=True,
+              help="The tracking server, e.g. http://127.0.0.1:5000. With user:password@ in it, give it "
+                   "in the environment: a command line is visible to every user of the machine.")
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=5001, show_default=True,
               help="Port to listen on (0: a free one).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
@@ -160,10 +165,15 @@ def rate_limit_proxy_command(ctx: Context, upstream: str, port: int, host: str, 
 
     Requests over a class's limit get HTTP 429 with {"error_code": "REQUEST_LIMIT_EXCEEDED"}
     and Retry-After. Counters: GET /__proxy/stats; zero them: POST /__proxy/reset. A
-    user:password@ in --upstream is sent upstream as HTTP Basic authentication and never printed.
+    user:password@ in --upstream is sent upstream as HTTP Basic authentication and never printed;
+    give such a URL in MLFLOW_SPARK_TOOLS_PROXY_UPSTREAM rather than on the command line.
     """
     from mlflow_spark_tools.tools.proxy import RateLimitProxy
 
+    source = click.get_current_context().get_parameter_source("upstream")
+    if source is ParameterSource.COMMANDLINE and urllib.parse.urlsplit(upstream).password:
+        click.echo(f"Warning: the password in --upstream can be read by every user of this machine (in its "
+                   f"process list); set {UPSTREAM_ENV} instead.", err=True)
     profile_override(ctx, profile_)
     profile = ctx.settings.profile()
     proxy = RateLimitProxy(upstream, profile, latency_ms=latency_ms, host=host, port=port,

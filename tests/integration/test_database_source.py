@@ -403,7 +403,7 @@ def test_a_dataset_with_a_big_profile_reused_by_many_runs_builds_from_every_sour
     big = Dataset(name="big", digest="d1g35t", source_type="local", source='{"uri": "/data/big"}',
                   schema='{"mlflow_colspec": []}', profile=profile)
     run_ids = []
-    for n in range(40):
+    for _ in range(40):
         run = client.create_run(experiment)
         client.log_inputs(run.info.run_id, [DatasetInput(big, [InputTag("mlflow.data.context", "training")])])
         client.set_terminated(run.info.run_id)

@@ -19,6 +19,7 @@ import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -524,13 +525,22 @@ def test_upstream_credentials_are_sent_as_basic_auth_and_never_shown(recorder, p
         assert SECRET not in text and token not in text
 
 
-def test_command_line_never_prints_upstream_credentials(recorder):
+@pytest.mark.parametrize("given", ["environment", "command line"])
+def test_command_line_never_prints_upstream_credentials(recorder, given):
+    """The upstream URL with its password comes from the environment, out of the process list
+    (/proc/<pid>/cmdline, readable by every user); on the command line it works and is warned of."""
+    import os
+
     port = recorder.url.rsplit(":", 1)[1]
+    upstream = f"http://alice:{SECRET}PW@127.0.0.1:{port}"
+    arguments = ["--upstream", upstream] if given == "command line" else []
     process = subprocess.Popen(
-        [sys.executable, "-m", "mlflow_spark_tools.cli", "--debug", "rate-limit-proxy",
-         "--upstream", f"http://alice:{SECRET}PW@127.0.0.1:{port}", "--port", "0"],
+        [sys.executable, "-m", "mlflow_spark_tools.cli", "--debug", "rate-limit-proxy", *arguments, "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "MLFLOW_SPARK_TOOLS_PROXY_UPSTREAM": upstream} if given == "environment" else None,
     )
+    listed = Path(f"/proc/{process.pid}/cmdline").read_bytes().decode()
+    assert (SECRET in listed) == (given == "command line")
     err_lines: list[str] = []
     reader = threading.Thread(target=lambda: err_lines.extend(process.stderr), daemon=True)
     reader.start()
@@ -551,6 +561,8 @@ def test_command_line_never_prints_upstream_credentials(recorder):
         recorder.stop()  # the upstream fails: the warning and the 502 name it as host:port
         status, _, body = _post(f"{url}/api/2.0/mlflow/runs/create", {"experiment_id": "1"})
         assert status == 502 and SECRET not in json.dumps(body)
+        warned = [line for line in err_lines if "MLFLOW_SPARK_TOOLS_PROXY_UPSTREAM instead" in line]
+        assert len(warned) == (given == "command line") and all(SECRET not in line for line in err_lines)
     finally:
         process.send_signal(signal.SIGINT)
         try:
