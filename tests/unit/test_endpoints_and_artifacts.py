@@ -11,8 +11,16 @@ from mlflow_spark_tools.tracking.ratelimit import TokenBucket
     ("/api/2.0/mlflow/runs/log-batch", "log_batch"),
     ("/ajax-api/2.0/mlflow/runs/log-batch", "log_batch"),
     ("/api/2.0/mlflow/runs/search", "search_runs"),
-    ("/api/2.0/mlflow/experiments/search?max_results=5", "experiment_management"),
+    # as Databricks documents: experiment list, update, delete and restore are the 7 qps class;
+    # create, get and search are "all other APIs"
+    ("/api/2.0/mlflow/experiments/search?max_results=5", "other"),
+    ("/api/2.0/mlflow/experiments/create", "other"),
+    ("/api/2.0/mlflow/experiments/get?experiment_id=1", "other"),
+    ("/api/2.0/mlflow/experiments/set-experiment-tag", "other"),
     ("/api/2.0/mlflow/experiments/delete", "experiment_management"),
+    ("/api/2.0/mlflow/experiments/update", "experiment_management"),
+    ("/api/2.0/mlflow/experiments/restore", "experiment_management"),
+    ("/api/2.0/mlflow/experiments/list", "experiment_management"),
     ("/api/2.0/mlflow/experiments/get-by-name?experiment_name=x", "other"),
     ("/api/2.0/mlflow/runs/create", "other"),
     ("/api/2.0/mlflow/metrics/get-history", "other"),
