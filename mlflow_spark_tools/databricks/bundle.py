@@ -10,8 +10,9 @@ CLI uploads it to the target's ``workspace.artifact_path`` (a Volume) and rewrit
 Besides the jobs (rendered as ``deploy`` renders them):
 
 - the AI/BI dashboard ``conf/dashboards/mlflow_spark_tools.lvdash.json``: one experiment's
-  table (its parameters pick database, experiment, metric and param columns) and the replay's
-  backlog, rate and quarantined payloads, on the SQL warehouse ``${var.warehouse_id}``;
+  table (filters pick the experiment, metric and param columns) and the replay's backlog,
+  rate and quarantined payloads, on the SQL warehouse ``${var.warehouse_id}``, reading the
+  tables of the environment's ``database``;
 - the SQL alert ``conf/alerts/replay_attention.sql`` over the environment's ``database``:
   it fires when a store's backlog grew between its last two replay passes or payloads were
   quarantined since, checked every 30 minutes.
@@ -68,11 +69,20 @@ def alert_settings(target: str) -> dict[str, Any]:
 
 
 def dashboard_settings(target: str) -> dict[str, Any]:
-    """The dashboard of ``target``, its file relative to ``databricks.yml``."""
+    """The dashboard of ``target``, its file relative to ``databricks.yml``, reading the tables
+    of the environment's ``database``: its datasets name no catalog or schema, and the
+    deployment sets both for every dataset (``dataset_catalog``/``dataset_schema``, Databricks
+    CLI 0.281 or newer)."""
     conf = conf_dir()
     folder = conf.relative_to(conf.parent) if conf.name == "conf" else conf
-    return {"display_name": f"mlflow-spark-tools: experiments and replay [{target}]",
-            "file_path": f"{folder}/{DASHBOARD_FILE}", "warehouse_id": WAREHOUSE}
+    database = load_environment(target).variables["database"]
+    validate_database(database)
+    catalog, _, schema = database.rpartition(".")
+    settings = {"display_name": f"mlflow-spark-tools: experiments and replay [{target}]",
+                "file_path": f"{folder}/{DASHBOARD_FILE}", "warehouse_id": WAREHOUSE, "dataset_schema": schema}
+    if catalog:
+        settings["dataset_catalog"] = catalog
+    return settings
 
 
 def load_resources(bundle: Bundle) -> Resources:

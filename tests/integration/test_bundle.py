@@ -159,6 +159,8 @@ def test_the_bundle_deploys_the_dashboard_and_the_attention_alert(target):
     assert dashboard["warehouse_id"] == alert["warehouse_id"] == "${var.warehouse_id}"
     assert "warehouse_id" in DEFINITION["variables"]
     database = load_environment(target).variables["database"]
+    # the dashboard reads the environment's schema: dev.mlflow_exp in dev, prod.mlflow_exp in prod
+    assert f"{dashboard['dataset_catalog']}.{dashboard['dataset_schema']}" == database == f"{target}.mlflow_exp"
     assert alert["query_text"] == alert_query(database) and f"FROM {database}.replay_store_log" in alert["query_text"]
     assert alert["evaluation"]["source"]["name"] == "needs_attention"
     assert alert["evaluation"]["comparison_operator"] == "GREATER_THAN"

@@ -33,17 +33,23 @@ def widgets():
 
 
 def used_fields(dataset: str) -> set[str]:
-    return {f["name"] for _, item in widgets() for q in item["widget"]["queries"]
-            if q["query"]["datasetName"] == dataset for f in q["query"]["fields"]}
+    """The dataset's columns the widgets' fields read (a field may aggregate one: ``AVG(`metric`)``)."""
+    return {column for _, item in widgets() for q in item["widget"]["queries"]
+            if q["query"]["datasetName"] == dataset for f in q["query"].get("fields", [])
+            for column in re.findall(r"`([^`]+)`", f["expression"])}
 
 
 def run_dataset(spark, name: str, **values):
-    """The dataset's query with its parameters bound: the defaults, then ``values``."""
+    """The dataset's query with its parameters bound: the defaults, then ``values``; its tables
+    are read from the current schema, as the deployed dashboard reads them from its
+    ``dataset_catalog``/``dataset_schema``."""
     dataset = DATASETS[name]
-    args = {p["keyword"]: p["defaultSelection"]["values"]["values"][0]["value"] for p in dataset["parameters"]}
+    args = {p["keyword"]: p["defaultSelection"]["values"]["values"][0]["value"]
+            for p in dataset.get("parameters", [])}
     unknown = set(values) - set(args)
     assert not unknown, f"{name} has no parameters {unknown}"
     args.update(values)
+    spark.catalog.setCurrentDatabase(DATABASE)
     return spark.sql("".join(dataset["queryLines"]), args=args)
 
 
@@ -104,24 +110,28 @@ def test_every_widget_reads_a_dataset_that_answers_its_fields(tables, engine):
     used = {q["query"]["datasetName"] for _, item in widgets() for q in item["widget"]["queries"]}
     assert used == set(DATASETS)  # no dataset without a widget, no widget without its dataset
     for _, item in widgets():
+        if item["widget"]["spec"]["widgetType"].startswith("filter-"):
+            continue  # the filters: test_viewers_change_every_parameter_through_a_filter
         position = item["position"]
         assert position["x"] + position["width"] <= 6
         spec = item["widget"]["spec"]
         encoded = {e["fieldName"] for e in spec["encodings"].get("columns", [])} | {
             e["fieldName"] for k, e in spec["encodings"].items() if isinstance(e, dict) and "fieldName" in e}
         assert encoded <= {f["name"] for q in item["widget"]["queries"] for f in q["query"]["fields"]}
+        # documented widget types only (the box widget's encoding has no documented example)
+        assert spec["widgetType"] in ("table", "scatter", "bar", "line"), spec["widgetType"]
     for name in DATASETS:
         for column in ("_p_lr", "_p_optimizer"):
-            extra = {"param_column": column} if "param_column" in json.dumps(DATASETS[name]["parameters"]) else {}
-            keys = {p["keyword"] for p in DATASETS[name]["parameters"]}
-            bound = {k: v for k, v in {"database": DATABASE, "experiment_id": experiment}.items() if k in keys}
+            extra = {"param_column": column} if "param_column" in json.dumps(DATASETS[name].get("parameters", [])) else {}
+            keys = {p["keyword"] for p in DATASETS[name].get("parameters", [])}
+            bound = {"experiment_id": experiment} if "experiment_id" in keys else {}
             columns = set(run_dataset(engine.spark, name, **bound, **extra).columns)
             assert used_fields(name) <= columns, (name, used_fields(name) - columns)
 
 
 def test_the_experiment_datasets_answer_what_the_table_holds(tables, engine):
     experiment, final = tables
-    spark, bound = engine.spark, {"database": DATABASE, "experiment_id": experiment}
+    spark, bound = engine.spark, {"experiment_id": experiment}
     ranked = sorted(final, key=final.get)
     best = run_dataset(spark, "best_runs", **bound).collect()
     assert [r["run_id"] for r in best] == ranked and best[0]["metric"] == pytest.approx(final[ranked[0]])
@@ -139,14 +149,14 @@ def test_the_experiment_datasets_answer_what_the_table_holds(tables, engine):
 
 def test_the_replay_datasets_and_the_alert(tables, engine):
     spark = engine.spark
-    backlog = run_dataset(spark, "replay_backlog", database=DATABASE).collect()
+    backlog = run_dataset(spark, "replay_backlog").collect()
     assert sorted((r["replay_dir"], r["pending"]) for r in backlog) == [
         ("/Volumes/a", 3), ("/Volumes/a", 5), ("/Volumes/b", 0), ("/Volumes/b", 0)]
-    rate = run_dataset(spark, "replay_rate", database=DATABASE).collect()
+    rate = run_dataset(spark, "replay_rate").collect()
     assert sum(r["payloads"] for r in rate) == 8 and {r["status"] for r in rate} == {"replayed", "failed"}
-    quarantined = run_dataset(spark, "quarantined", database=DATABASE).collect()
+    quarantined = run_dataset(spark, "quarantined").collect()
     assert [r["payload_id"] for r in quarantined] == ["q1", "q2"]
-    reasons = {r["reason"]: r["payloads"] for r in run_dataset(spark, "quarantine_reasons", database=DATABASE).collect()}
+    reasons = {r["reason"]: r["payloads"] for r in run_dataset(spark, "quarantine_reasons").collect()}
     assert reasons == {"signature": 1, "schema": 1}
 
     (alert,) = spark.sql(alert_query(DATABASE)).collect()
@@ -163,12 +173,12 @@ def test_the_replay_datasets_and_the_alert(tables, engine):
 
 @pytest.mark.parametrize("parameter, value", [
     ("experiment_id", "1 UNION SELECT * FROM dash_db.replay_log"),
-    ("database", "dash_db.replay_log; DROP TABLE dash_db.replay_log --"),
+    ("experiment_id", "1 ; DROP TABLE dash_db.replay_log --"),
     ("metric_column", "run_id) FROM dash_db.replay_log --"),
 ])
 def test_parameters_name_tables_and_columns_but_carry_no_sql(tables, engine, parameter, value):
     experiment, _ = tables
-    bound = {"database": DATABASE, "experiment_id": experiment, parameter: value}
+    bound = {"experiment_id": experiment, parameter: value}
     with pytest.raises(Exception) as failure:
         run_dataset(engine.spark, "best_runs", **bound).collect()
     assert not re.search(r"Traceback", str(failure.value))
@@ -180,3 +190,49 @@ def test_the_alert_refuses_a_database_that_is_not_a_name():
 
     with pytest.raises(MlflowSparkToolsError):
         alert_query("x.replay_log; DROP TABLE y --")
+
+
+def test_viewers_change_every_parameter_through_a_filter(tables, engine):
+    """A dashboard's viewers change parameters only through filter widgets: every parameter of
+    every dataset is bound by one filter on the global filters page, with the same default; the
+    filters that offer choices take them from datasets that answer them."""
+    experiment, _ = tables
+    (page,) = [p for p in DASHBOARD["pages"] if p.get("pageType") == "PAGE_TYPE_GLOBAL_FILTERS"]
+    bound: dict[tuple[str, str], str] = {}
+    for item in page["layout"]:
+        widget = item["widget"]
+        spec = widget["spec"]
+        assert spec["widgetType"] in ("filter-single-select", "filter-text-entry") and spec["version"] == 2
+        queries = {q["name"]: q["query"] for q in widget["queries"]}
+        for field in spec["encodings"]["fields"]:
+            query = queries[field["queryName"]]
+            if "parameterName" in field:
+                keyword = field["parameterName"]
+                assert query["parameters"] == [{"name": keyword, "keyword": keyword}]
+                bound[(query["datasetName"], keyword)] = widget["name"]
+                (declared,) = [p for p in DATASETS[query["datasetName"]]["parameters"] if p["keyword"] == keyword]
+                assert declared["defaultSelection"] == spec["selection"]["defaultSelection"]
+            else:  # the choices
+                choices = run_dataset(engine.spark, query["datasetName"]).collect()
+                assert field["fieldName"] in [f["name"] for f in query["fields"]]
+                assert choices and all(row[field["fieldName"]] for row in choices)
+    declared = {(d["name"], p["keyword"]) for d in DASHBOARD["datasets"] for p in d.get("parameters", [])}
+    assert set(bound) == declared
+    experiments = [row["experiment_id"] for row in run_dataset(engine.spark, "experiment_choices").collect()]
+    assert experiment in experiments
+    assert sorted(row["best"] for row in run_dataset(engine.spark, "best_choices").collect()) == ["highest", "lowest"]
+
+
+def test_the_datasets_name_no_schema_and_no_database_parameter():
+    """The deployment names the catalog and schema (the bundle's dataset_catalog and
+    dataset_schema): no dataset names one or composes ``:database || '.' || ...`` into an
+    IDENTIFIER. What IDENTIFIER composes is the experiment's table names, ``'exp_' ||
+    :experiment_id`` (see docs/DATABRICKS.md for why not the Runtime 18 coalescing form)."""
+    composed = set()
+    for dataset in DASHBOARD["datasets"]:
+        query = "".join(dataset["queryLines"])
+        assert ":database" not in query and "main." not in query and "'.'" not in query, dataset["name"]
+        assert "database" not in {p["keyword"] for p in dataset.get("parameters", [])}
+        composed |= set(re.findall(r"IDENTIFIER\(([^()]*\|\|[^()]*)\)", query))
+    assert composed == {"'exp_' || :experiment_id", "'exp_' || :experiment_id || '_columns'",
+                        "'exp_' || :experiment_id || '_metrics'"}
