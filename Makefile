@@ -55,11 +55,17 @@ lint: $(STAMP)
 
 # The report tests draw HTML in a real headless browser: Debian's Chromium, installed where it is
 # missing and this user may (root with apt-get, as in CI); otherwise those tests say what to install.
+# A font with Chinese, Japanese and Korean glyphs too (WenQuanYi Micro Hei, 5 MB), for the browser
+# and the PNGs: without one, CJK run names and params are drawn as empty boxes.
 browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
 	else echo "Chromium is missing (apt-get install chromium): the report tests will fail."; fi
+	@{ [ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || fc-list :lang=zh family 2>/dev/null | grep -q .; } || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends fonts-wqy-microhei; \
+	else echo "No font covers Chinese (apt-get install fonts-wqy-microhei): a report test will fail."; fi
 
 # The failed-run store is tested on a FUSE file system with the semantics of Databricks'
 # object-store mounts (tests/support/object_store_fuse.py): Debian's fuse3 (fusermount3 and

@@ -21,12 +21,14 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from mlflow_spark_tools.errors import UsageError
-from mlflow_spark_tools.reports.report_data import ParamAxis, ReportData
+from mlflow_spark_tools.reports.report_data import ParamAxis, ReportData, value_label
 
 if TYPE_CHECKING:
     import altair as alt
 
 WIDTH, HEIGHT = 260, 200
+# the widest chart: the page's 1,400 px less its margins, the axis labels and the legend
+MAX_WIDTH = 1000
 PALETTE_LOW_IS_GOOD = "viridis"
 
 
@@ -103,7 +105,7 @@ def _category_order(data: ReportData, axis: ParamAxis) -> list[str]:
     """A categorical param's values among the plotted runs, best mean metric first."""
     sums: dict[str, list[float]] = {}
     for value, metric in zip(data.plotted.column(axis.column).to_pylist(), data.plotted.column("metric").to_pylist()):
-        sums.setdefault(_text(value), []).append(metric)
+        sums.setdefault(value_label(value), []).append(metric)
     means = {k: sum(v) / len(v) for k, v in sums.items()}
     return sorted(means, key=lambda k: (means[k] if data.ascending else -means[k], k))
 
@@ -128,10 +130,6 @@ def tip(title: str) -> str:
     return f"{title} (key)" if title.strip().lower() in _TOOLTIP_RESERVED else title
 
 
-def _text(value: Any) -> str:
-    return "(none)" if value is None else str(value)
-
-
 def parallel_coordinates(data: ReportData, datasets: Datasets) -> alt.TopLevelMixin:
     """One line per plotted run over the params and the metric, each axis scaled to 0..1.
 
@@ -150,7 +148,7 @@ def parallel_coordinates(data: ReportData, datasets: Datasets) -> alt.TopLevelMi
         if axis is not None and not axis.numeric:
             order = _category_order(data, axis)
             rank = {v: i for i, v in enumerate(order)}
-            scaled: list[float | None] = [rank[_text(v)] / max(1, len(order) - 1) for v in raw]
+            scaled: list[float | None] = [rank[value_label(v)] / max(1, len(order) - 1) for v in raw]
             ticks += [{"axis": label, "scaled": i / max(1, len(order) - 1), "text": v} for i, v in enumerate(order)]
         else:
             numbers = _finite(raw)
@@ -180,14 +178,16 @@ def parallel_coordinates(data: ReportData, datasets: Datasets) -> alt.TopLevelMi
     ).mark_line(strokeOpacity=0.45, strokeWidth=1).encode(
         x=alt.X("axis:N", sort=by_place, title=None, axis=alt.Axis(labelAngle=-30)),
         y=alt.Y("scaled:Q", title="scaled to the plotted runs", axis=alt.Axis(labels=False, ticks=False)),
-        color=alt.Color("metric:Q", title=data.metric, scale=alt.Scale(**_metric_scale(data))),
+        # the legend below the axes: beside them it left the page once a sweep had ten params
+        color=alt.Color("metric:Q", title=data.metric, scale=alt.Scale(**_metric_scale(data)),
+                        legend=alt.Legend(orient="bottom")),
         detail="run:N",
         tooltip=[alt.Tooltip("run_name:N", title="run"), alt.Tooltip("metric:Q", title=tip(data.metric))],
     )
     marks = alt.Chart(datasets.add(ticks)).mark_text(align="left", dx=4, fontSize=10, color="#333").encode(
         x=alt.X("axis:N", sort=by_place), y=alt.Y("scaled:Q"), text="text:N")
     return alt.layer(lines, marks).properties(
-        width=max(400, 110 * len(labels)), height=300,
+        width=min(MAX_WIDTH, max(400, 110 * len(labels))), height=300,
         title=f"Parallel coordinates: {_drawn(len(rows), data.runs_with_metric)}, coloured by {data.metric}")
 
 
@@ -223,19 +223,28 @@ def _scatter(alt: Any, data: ReportData, axis: ParamAxis, field: str, shared: An
 
 
 def _boxes(alt: Any, data: ReportData, axis: ParamAxis, datasets: Datasets) -> alt.TopLevelMixin:
+    """Quartile boxes of the metric per value (over every run), with the plotted runs' points
+    over them: a box alone hides two clusters of runs inside it."""
     stats = data.categories.get(axis.key, pa.table({}))
     rows = stats.to_pylist()
     ordered = sorted(rows, key=lambda r: (r["median"] if data.ascending else -r["median"]))
     rows = [{**row, "place": place} for place, row in enumerate(ordered)]  # a field, not a sort array
-    base = alt.Chart(datasets.add(rows)).encode(
-        x=alt.X("value:N", title=axis.key, sort=alt.EncodingSortField(field="place", op="min")))
+    place = {row["value"]: row["place"] for row in rows}
+    by_place = alt.EncodingSortField(field="place", op="min")
+    points = [{"value": value_label(value), "metric": metric, "place": place[value_label(value)]}
+              for value, metric in zip(data.plotted.column(axis.column).to_pylist(),
+                                       data.plotted.column("metric").to_pylist())
+              if value_label(value) in place and metric is not None and math.isfinite(metric)]
+    runs = alt.Chart(datasets.add(points)).mark_circle(size=14, opacity=0.45, color="#333").encode(
+        x=alt.X("value:N", sort=by_place), y=alt.Y("metric:Q"))
+    base = alt.Chart(datasets.add(rows)).encode(x=alt.X("value:N", title=axis.key, sort=by_place))
     tooltip = [alt.Tooltip("value:N", title=tip(axis.key)), "runs:Q", "min:Q", "q1:Q", "median:Q", "q3:Q", "max:Q"]
     whiskers = base.mark_rule().encode(y=alt.Y("min:Q", title=data.metric, scale=alt.Scale(zero=False)), y2="max:Q")
     boxes = base.mark_bar(size=14, opacity=0.8).encode(
         y="q1:Q", y2="q3:Q", color=alt.Color("median:Q", legend=None, scale=alt.Scale(**_metric_scale(data))),
         tooltip=tooltip)
     medians = base.mark_tick(color="black", size=14).encode(y="median:Q")
-    return alt.layer(whiskers, boxes, medians).properties(width=WIDTH, height=HEIGHT, title=axis.key)
+    return alt.layer(whiskers, boxes, medians, runs).properties(width=WIDTH, height=HEIGHT, title=axis.key)
 
 
 def metric_curves(data: ReportData, datasets: Datasets) -> alt.TopLevelMixin:

@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import math
+import re
+import shutil
+import subprocess
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +28,10 @@ from mlflow_spark_tools.reports.charts import build_charts
 from mlflow_spark_tools.reports.report_data import ReportData
 from mlflow_spark_tools.reports.vega_libraries import javascript_libraries
 
+log = logging.getLogger(__name__)
 FORMATS = ("png", "svg")
+# Chinese, Japanese and Korean scripts: drawn as empty boxes by a PNG renderer without a font for them
+_CJK = re.compile("[\u2e80-\u2fdf\u3040-\u30ff\u3100-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 TITLES = {"parallel": "Parallel coordinates", "params": "The metric against each param",
           "curves": "History of the top runs"}
 
@@ -155,6 +162,8 @@ class ExperimentReport:
         specs = self.specs()  # built once, for the HTML and the images
         path.write_text(self._html(specs), encoding="utf-8")
         written = [path]
+        if fmt == "png":
+            _say_if_no_font_draws_cjk(json.dumps(specs, ensure_ascii=False))
         for name, spec in (specs.items() if fmt else ()):
             image = path.with_name(f"{path.stem}_{name}.{fmt}")
             if fmt == "png":
@@ -175,3 +184,19 @@ class ExperimentReport:
         from IPython.display import HTML, display  # type: ignore[import-not-found]
 
         display(HTML(self.html()))
+
+
+def _say_if_no_font_draws_cjk(text: str) -> None:
+    """A warning when the charts hold Chinese, Japanese or Korean text and fontconfig knows no
+    font with those glyphs (the PNGs would show empty boxes). Where fontconfig is not
+    installed, nothing can be known and nothing is said."""
+    if not _CJK.search(text) or shutil.which("fc-list") is None:
+        return
+    try:
+        found = subprocess.run(["fc-list", ":lang=zh", "family"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return
+    if not found.strip():
+        log.warning("The charts hold Chinese, Japanese or Korean text and no font on this machine has those "
+                    "glyphs: the PNGs draw them as empty boxes. Install one (Debian/Ubuntu: apt-get install "
+                    "fonts-noto-cjk, or fonts-wqy-microhei) and make the report again.")

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 NUMERIC_TYPES = ("bigint", "double")
 MAX_CATEGORIES = 20
+FEW_VALUES = 3  # a numeric param with at most this many values is charted as categories
 MAX_CURVE_POINTS = 500
 QUARTILES = (("q1", 0.25), ("median", 0.5), ("q3", 0.75))
 
@@ -104,7 +105,7 @@ def read_report_data(db: Database, experiment_id: str, metric: str, *, ascending
               .orderBy("__spread", "run_id").limit(max(0, max_points - best_count)))
     plotted = to_arrow(best.select(*base, F.lit(True).alias("best"), *param_columns).unionByName(
         others.select(*base, F.lit(False).alias("best"), *param_columns)))
-    axes = _axes(params, plotted, max_params)
+    axes = _few_values_as_categories(runs, _axes(params, plotted, max_params))
     top_rows = to_arrow(runs.orderBy(*order).limit(top).select(*base, *(quote(a.column) for a in axes)))
     categories = {a.key: _category_stats(runs, a.column) for a in axes if not a.numeric}
     curves = _curves(db, experiment_id, metric, top_rows.column("run_id").to_pylist())
@@ -123,19 +124,47 @@ def _axes(params: list[tuple[str, str, str]], plotted: pa.Table, max_params: int
     return [axis for *_, axis in sorted(found, key=lambda f: (f[0], f[1]))[:max_params]]
 
 
-def _category_stats(runs: DataFrame, column: str) -> pa.Table:
-    """Per value of a categorical param (its 20 most frequent): runs, and the metric's
-    min, quartiles and max."""
+def _few_values_as_categories(runs: DataFrame, axes: list[ParamAxis]) -> list[ParamAxis]:
+    """The axes, a numeric param with at most :data:`FEW_VALUES` values over every run (a sweep
+    over ``layers in (2, 4)``) as categories: a continuous axis would spread two values apart
+    with nothing between. Counted over every run, in one aggregation, so that the choice does
+    not depend on which runs are drawn."""
     from pyspark.sql import functions as F
 
-    value = F.col(quote(column)).cast("string")
-    grouped = runs.groupBy(value.alias("value")).agg(
+    numeric = [a for a in axes if a.numeric]
+    if not numeric:
+        return axes
+    counts = runs.agg(*(F.countDistinct(F.col(quote(a.column))).alias(f"n{i}")
+                        for i, a in enumerate(numeric))).collect()[0]
+    few = {a.column for i, a in enumerate(numeric) if counts[f"n{i}"] <= FEW_VALUES}
+    return [ParamAxis(a.key, a.column, False) if a.column in few else a for a in axes]
+
+
+def value_label(value: object) -> str:
+    """How a categorical param's value is shown (and grouped): the same text for the quartiles
+    computed by Spark and for the points of the plotted runs."""
+    if value is None:
+        return "(none)"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value)) if abs(value) < 1e15 else repr(value)
+    return str(value)
+
+
+def _category_stats(runs: DataFrame, column: str) -> pa.Table:
+    """Per value of a categorical param (its 20 most frequent): runs, and the metric's
+    min, quartiles and max; the values labelled by :func:`value_label`."""
+    from pyspark.sql import functions as F
+
+    grouped = runs.groupBy(F.col(quote(column)).alias("value")).agg(
         F.count(F.lit(1)).alias("runs"), F.min("metric").alias("min"), F.max("metric").alias("max"),
         # one percentage per call, in SQL: the embedded engine takes neither an array nor an accuracy
         *(F.expr(f"percentile_approx(metric, {p})").alias(name) for name, p in QUARTILES))
-    top = grouped.orderBy(F.col("runs").desc(), F.col("value")).limit(MAX_CATEGORIES)
-    return to_arrow(top.select(F.coalesce("value", F.lit("(none)")).alias("value"), "runs", "min",
-                               "q1", "median", "q3", "max"))
+    top = to_arrow(grouped.orderBy(F.col("runs").desc(), F.col("value")).limit(MAX_CATEGORIES)
+                   .select("value", "runs", "min", "q1", "median", "q3", "max"))
+    labels = pa.array([value_label(v) for v in top.column("value").to_pylist()], pa.string())
+    return top.set_column(0, "value", labels)
 
 
 def _curves(db: Database, experiment_id: str, metric: str, run_ids: list[str]) -> pa.Table | None:

@@ -134,6 +134,7 @@ def test_the_python_report_holds_only_the_rows_it_draws(sweep, engine, tmp_path)
     assert len(plotted) <= 10 and len(set(plotted)) == len(plotted)
     assert set(sorted(expected, key=expected.get)[:5]) <= set(plotted)  # the best half
     # params that vary, those most runs have first: the constant seed is not charted
+    # numeric params with more than three values over every run are continuous axes
     assert [a.key for a in data.params] == ["depth", "lr"] and all(a.numeric for a in data.params)
     assert report.chart_names == ["parallel", "params", "curves"]
     assert report.chart("curves").to_dict()["datasets"]  # an Altair chart with its rows
@@ -220,3 +221,100 @@ def test_line_separators_and_keys_named_like_tooltip_fields_draw_safely(tracking
     titles = [t for spec in specs for t in _tooltip_titles(spec)]
     assert "image (key)" in titles and "title (key)" in titles
     assert not {"image", "title"} & set(titles), titles
+
+
+@pytest.fixture(scope="module")
+def wide_sweep(tracking_server, engine, tmp_path_factory):
+    """30 runs over 12 params (one of them numeric with two values), named in Chinese."""
+    from mlflow import MlflowClient
+
+    from mlflow_spark_tools.config import load_settings
+
+    client = MlflowClient(tracking_server.url)
+    experiment = client.create_experiment(f"wide-{tmp_path_factory.mktemp('w').name}")
+    for i in range(30):
+        params = {f"p{k}": (i * (k + 3)) % 17 + k for k in range(10)}
+        params.update(layers=(2, 4)[i % 2], 优化器=("亚当", "随机梯度")[i // 15])
+        # two clusters of runs per value of layers, which a box alone hides
+        rmse = (0.2 if i % 4 < 2 else 0.8) + i * 1e-3
+        log_run(client, experiment, params=params, metrics={"rmse": [(rmse + (2 - s) * 0.1, s) for s in range(3)]},
+                run_name=f"试验-{i}")
+    settings = load_settings(environ={}).with_overrides(tracking_uri=tracking_server.url,
+                                                        rate_limit_profile="unlimited", tables__database=DATABASE)
+    build(settings, experiment, engine, metric_history="all")
+    return experiment, settings
+
+
+def test_a_wide_sweep_fits_the_page_and_few_valued_numbers_are_categories_with_their_runs(
+        wide_sweep, engine, tmp_path):
+    experiment, settings = wide_sweep
+    report = experiment_report(experiment, "rmse", max_points=20, engine=engine, database=DATABASE)
+    axes = {a.key: a for a in report.data.params}
+    assert len(axes) == 12 and not axes["layers"].numeric and axes["p1"].numeric
+    parallel = report.chart("parallel").to_dict()
+    assert parallel["width"] <= 1000
+    assert parallel["layer"][0]["encoding"]["color"]["legend"]["orient"] == "bottom"
+    drawn = report.data.plotted.num_rows
+    assert drawn <= 20 and parallel["title"].startswith(f"Parallel coordinates: {drawn} of 30 runs drawn")
+    # the box of each value of layers has the drawn runs' points over it, in both clusters
+    params = report.chart("params").to_dict()
+    panel = next(p for p in params["concat"] if p.get("title") == "layers")
+    circles = [layer for layer in panel["layer"] if layer["mark"]["type"] == "circle"]
+    assert len(circles) == 1
+    points = params["datasets"][circles[0]["data"]["name"]]
+    assert {p["value"] for p in points} == {"2", "4"} and len(points) == drawn
+    assert {p["metric"] < 0.5 for p in points} == {True, False}
+
+    out = tmp_path / "wide.html"
+    result = run_report(settings, engine, "--experiment-id", experiment, "--metric", "rmse", "--out", str(out),
+                        "--max-points", "20", "--format", "png")
+    assert result.exit_code == 0, result.output
+    dom = rendered_dom(out)
+    body = re.findall(r"<body([^>]*)>", dom)[-1]
+    assert 'data-rendered="3"' in body, body
+    section = dom.split('id="chart-parallel"', 1)[1]
+    width = float(re.search(r'<svg[^>]*\swidth="([0-9.]+)"', section).group(1))
+    assert width <= 1400 - 2 * 24, width  # the metric axis and the legend stay on a 1,400 px page
+
+
+def _png_of_title(title):
+    import vl_convert
+
+    return vl_convert.vegalite_to_png({"title": title, "data": {"values": [{"a": 1}]}, "mark": "point",
+                                       "encoding": {"x": {"field": "a", "type": "quantitative"}}})
+
+
+def test_chinese_japanese_and_korean_text_is_drawn_not_boxed(tmp_path):
+    """Text in a script no font covers is drawn as the same empty boxes whatever it says: the
+    PNG renderer and the browser must draw CJK run names differently from code points no font
+    has (make installs a font for them)."""
+    assert _png_of_title("学习率 最適化 학습률") != _png_of_title("\U000f0000\U000f0001\U000f0002 \U000f0003")
+    shots = []
+    for name, text in (("cjk", "学习率 最適化 학습률"), ("none", "\U000f0000\U000f0001\U000f0002 \U000f0003")):
+        page = tmp_path / f"{name}.html"
+        page.write_text(f"<html><body style='font-family:sans-serif;font-size:40px'>{text}</body></html>",
+                        encoding="utf-8")
+        shot = tmp_path / f"{name}.png"
+        subprocess.run([browser(), "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                        f"--screenshot={shot}", "--window-size=600,120", page.as_uri()],
+                       capture_output=True, timeout=120, check=True)
+        shots.append(shot.read_bytes())
+    assert shots[0] != shots[1]
+
+
+def test_a_png_report_says_when_no_font_draws_its_cjk_text(wide_sweep, engine, tmp_path, monkeypatch, caplog):
+    import logging
+    import os
+
+    experiment, _ = wide_sweep
+    quiet = tmp_path / "bin"
+    quiet.mkdir()
+    (quiet / "fc-list").write_text("#!/bin/sh\nexit 0\n")  # fontconfig that knows no font for Chinese
+    (quiet / "fc-list").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{quiet}{os.pathsep}{os.environ['PATH']}")
+    report = experiment_report(experiment, "rmse", engine=engine, database=DATABASE)
+    with caplog.at_level(logging.WARNING):
+        report.save(tmp_path / "r.html", "svg")
+        assert "no font" not in caplog.text  # an SVG is drawn by its viewer's fonts
+        report.save(tmp_path / "r.html", "png")
+    assert "no font on this machine has those glyphs" in caplog.text and "fonts-noto-cjk" in caplog.text
