@@ -74,11 +74,11 @@ def read_report_data(db: Database, experiment_id: str, metric: str, *, ascending
 
     table = experiment_table_name(experiment_id)
     if not db.exists(table) or not db.exists(table + "_columns"):
-        raise UsageError(f"There is no table {db.name(table)}: build it first with "
+        raise UsageError(f"There is no table {db.shown(table)}: build it first with "
                          f"`mlflow-spark-tools build-tables --experiment-ids {experiment_id}`.")
     column = table_column(db, experiment_id, metric, METRIC)
     if column is None:
-        raise UsageError(f"No run of {db.name(table)} has the metric {metric!r}; check its name "
+        raise UsageError(f"No run of {db.shown(table)} has the metric {metric!r}; check its name "
                          f"(`SELECT key FROM {db.name(table + '_columns')} WHERE kind = 'metric'`).")
     columns = set(db.columns(table))
     params = [(r["key"], r["column_name"], r["data_type"]) for r in db.spark.sql(
@@ -92,7 +92,7 @@ def read_report_data(db: Database, experiment_id: str, metric: str, *, ascending
              F.col("run_id")]
     count = runs.count()
     if count == 0:
-        raise UsageError(f"No active run of {db.name(table)} has a value of {metric!r} that is a number.")
+        raise UsageError(f"No active run of {db.shown(table)} has a value of {metric!r} that is a number.")
     base = ["run_id", "run_name", "status", "start_time", "metric"]
     param_columns = [quote(c) for _, c, _ in params]
     best_count = max(1, max_points // 2)
@@ -109,7 +109,7 @@ def read_report_data(db: Database, experiment_id: str, metric: str, *, ascending
     top_rows = to_arrow(runs.orderBy(*order).limit(top).select(*base, *(quote(a.column) for a in axes)))
     categories = {a.key: _category_stats(runs, a.column) for a in axes if not a.numeric}
     curves = _curves(db, experiment_id, metric, top_rows.column("run_id").to_pylist())
-    return ReportData(experiment_id, metric, ascending, db.name(table), refreshed_at(db, experiment_id), count,
+    return ReportData(experiment_id, metric, ascending, db.shown(table), refreshed_at(db, experiment_id), count,
                       axes, top_rows, plotted, categories, curves)
 
 

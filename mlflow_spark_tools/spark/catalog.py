@@ -117,6 +117,13 @@ class Database:
         """The quoted, qualified name of a table for SQL."""
         return qualified_name(self.database, table)
 
+    def shown(self, table: str) -> str:
+        """The qualified name of a table as summaries and messages show it: without the
+        backticks of :meth:`name` (database and table names are checked identifiers, so it
+        is also valid SQL as written)."""
+        self.name(table)  # validates
+        return f"{self.database}.{table}"
+
     def ensure(self) -> None:
         """Create the database if it does not exist."""
         db_sql = ".".join(quote(p) for p in validate_database(self.database))

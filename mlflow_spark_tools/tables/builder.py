@@ -320,7 +320,7 @@ class ExperimentTableBuilder:
         """Build or refresh the table of one experiment; see the module docstring."""
         started = time.perf_counter()
         table = experiment_table_name(experiment.experiment_id)
-        summary = RefreshSummary(experiment.experiment_id, experiment.name, self.db.name(table))
+        summary = RefreshSummary(experiment.experiment_id, experiment.name, self.db.shown(table))
         if not self._db_ready:
             self.db.ensure()
             self._db_ready = True

@@ -96,7 +96,7 @@ class InputsWriter:
             finally:
                 if staged:
                     self.db.drop(staging)
-            return self.db.name(target), data.num_rows
+            return self.db.shown(target), data.num_rows
         replaced = sorted(set(replaced_run_ids) | set(data["run_id"].to_pylist()))
         if replaced and data.num_rows == 0:
             # the runs named when few, so that the key column's statistics narrow the read
@@ -113,7 +113,7 @@ class InputsWriter:
                 self.spark.catalog.dropTempView(view)
                 if staged:
                     self.db.drop(staging)
-        return self.db.name(target), data.num_rows
+        return self.db.shown(target), data.num_rows
 
     def staged(self, table: str) -> StagedInputs:
         """A full build's writer of the inputs of runs that come chunk by chunk."""
@@ -145,7 +145,7 @@ class StagedInputs:
         else:
             source = frame_with_maps(self.db.spark, dataset_inputs(pa.table({})), INPUT_COLUMNS)
         self.db.overwrite(source, self.target, INPUT_STATS_COLUMNS)
-        return self.db.name(self.target), self.rows
+        return self.db.shown(self.target), self.rows
 
     def drop(self) -> None:
         if self.rows:

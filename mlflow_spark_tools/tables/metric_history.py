@@ -162,7 +162,7 @@ class MetricHistoryWriter:
         """
         target = history_table_name(table)
         staging = target + "__staging"
-        result = HistoryResult(self.db.name(target))
+        result = HistoryResult(self.db.shown(target))
         before = (self.reader.counts.requests, self.reader.counts.points, len(self.reader.counts.truncated))
         tasks = list(_tasks(runs, selection))
         result.runs_read = len({r for _, ids in tasks for r in ids})

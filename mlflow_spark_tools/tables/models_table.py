@@ -4,7 +4,8 @@ Columns: ``model_id``, ``name``, ``source_run_id`` (the run that logged it, join
 ``exp_<id>.run_id``), ``status`` (``READY``, ``PENDING``, ``FAILED``), ``model_type``,
 ``creation_time`` and ``last_updated_time`` (UTC), ``artifact_location``, ``params``
 (``map<string,string>``), ``metrics`` (the model's metrics, one element per key, dataset and
-step: ``array<struct<key, value, step, timestamp, dataset_name, dataset_digest, run_id>>``) and
+step: ``array<struct<key, value, step, timestamp, dataset_name, dataset_digest, run_id>>``, in
+that order of key, step, time, dataset name and digest, and run, from every source) and
 ``tags`` (``map<string,string>``). Empty strings the server sends for absent values are NULL.
 
 Every build rewrites the table in one overwrite (an experiment holds few models, and a model's
@@ -72,6 +73,13 @@ def _key_values(entries: Iterable[Mapping[str, Any]] | None) -> list[dict[str, s
     return [{"key": e["key"], "value": e.get("value", "")} for e in entries or ()]
 
 
+def _metric_order(metric: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A model's metrics by key, step, time, dataset and run (None first)."""
+    return tuple((value is not None, value if value is not None else 0 if field in ("step", "timestamp") else "")
+                 for field in ("key", "step", "timestamp", "dataset_name", "dataset_digest", "run_id")
+                 for value in (metric.get(field),))
+
+
 def _metric(entry: Mapping[str, Any]) -> dict[str, Any]:
     value = entry.get("value")
     return {
@@ -103,7 +111,8 @@ def models_arrow(models: Iterable[Mapping[str, Any]]) -> pa.Table:
             "last_updated_time": _millis(info.get("last_updated_timestamp_ms")),
             "artifact_location": _text(info.get("artifact_uri")),
             "params": _key_values(data.get("params")),
-            "metrics": [_metric(m) for m in data.get("metrics") or ()],
+            # one order whatever the source: the API answers in its store's order
+            "metrics": sorted((_metric(m) for m in data.get("metrics") or ()), key=_metric_order),
             "tags": _key_values(info.get("tags")),
         })
     return pa.Table.from_pylist(rows, schema=MODELS_SCHEMA)
@@ -130,6 +139,6 @@ class ModelsWriter:
         data = models_arrow(models)
         target = models_table_name(table)
         if data.num_rows == 0 and self.db.exists(target) and not self.db.has_rows(target):
-            return self.db.name(target), 0  # empty before and after: no commit
+            return self.db.shown(target), 0  # empty before and after: no commit
         self.db.overwrite(frame_with_maps(self.db.spark, data, MODEL_COLUMNS), target, MODEL_STATS_COLUMNS)
-        return self.db.name(target), data.num_rows
+        return self.db.shown(target), data.num_rows

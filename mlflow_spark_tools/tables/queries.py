@@ -12,6 +12,7 @@ logged the metric, many runs per request where the server allows).
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
 from collections.abc import Iterator
@@ -150,24 +151,42 @@ def best_run(
                              refreshed_at(db, experiment_id), aggregate, r["step"])
     if db is not None and column is None and aggregate != LATEST:
         log.info("The table %s has no metric history of %r (build-tables --metric-history); reading "
-                 "the runs' histories from the tracking server.", db.name(experiment_table_name(experiment_id)),
+                 "the runs' histories from the tracking server.", db.shown(experiment_table_name(experiment_id)),
                  metric)
     elif db is not None and log.isEnabledFor(logging.INFO):
         # logged after the table's last refresh, or by no run at all: the server knows
         log.info("No run of the table %s has a value for %r (refreshed %s); asking the tracking server. "
-                 "Refresh it with build-tables.", db.name(experiment_table_name(experiment_id)), metric,
+                 "Refresh it with build-tables.", db.shown(experiment_table_name(experiment_id)), metric,
                  refreshed_at(db, experiment_id))
     source = source if source is not None else _default_source()
     if aggregate != LATEST:
         return _best_by_history(source, experiment_id, metric, ascending, ignore_nested, aggregate)
     order = "ASC" if ascending else "DESC"
+    logged: set[str] = set()
+    any_run = False
     for runs in _server_pages(source, experiment_id,
                               [f"metrics.{_quote_key(metric)} {order}", "attributes.start_time DESC"]):
         for run in runs:
             choice = _choice_from_json(run, metric, ignore_nested)
             if choice is not None:
                 return choice
+            logged.update(m["key"] for m in run.get("data", {}).get("metrics", ()))
+            any_run = True
+    if any_run:
+        _refuse_unknown_metric(experiment_id, metric, logged)
     return None
+
+
+def _refuse_unknown_metric(experiment_id: str, metric: str, logged: set[str]) -> None:
+    """A metric no active run of the experiment logged is a usage error (a mistyped name),
+    naming the metrics that are there; a metric whose values are all NaN, or only on runs
+    left out (nested), is no run qualifying, and so is an experiment without runs."""
+    if metric in logged:
+        return
+    close = difflib.get_close_matches(metric, sorted(logged), n=2)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else (
+        f" Its runs' metrics: {', '.join(sorted(logged)[:20])}." if logged else " Its runs log no metric.")
+    raise UsageError(f"No active run of experiment {experiment_id} logged the metric {metric!r}.{hint}")
 
 
 def _best_by_history(source: TrackingSource, experiment_id: str, metric: str, ascending: bool,
@@ -177,13 +196,20 @@ def _best_by_history(source: TrackingSource, experiment_id: str, metric: str, as
     from mlflow_spark_tools.tracking.metric_history import MetricHistoryReader
 
     candidates: dict[str, RunChoice] = {}
+    logged: set[str] = set()
+    any_run = False
     for runs in _server_pages(source, experiment_id, ["attributes.start_time DESC"]):
         for run in runs:
-            if any(m["key"] == metric for m in run.get("data", {}).get("metrics", ())):
+            keys = {m["key"] for m in run.get("data", {}).get("metrics", ())}
+            logged |= keys
+            any_run = True
+            if metric in keys:
                 choice = _choice_from_json(run, None, ignore_nested)
                 if choice is not None:
                     candidates[choice.run_id] = choice
     if not candidates:
+        if any_run:
+            _refuse_unknown_metric(experiment_id, metric, logged)
         return None
     reader = MetricHistoryReader(source.client)
     best: tuple[Any, ...] | None = None

@@ -140,8 +140,8 @@ def refresh_registry_tables(db: Database, reader: RegistryReader) -> RegistrySum
     db.overwrite(frame_with_maps(db.spark, model_data, REGISTERED_MODEL_COLUMNS), REGISTERED_MODELS_TABLE, ["name"])
     db.overwrite(frame_with_maps(db.spark, version_data, MODEL_VERSION_COLUMNS), MODEL_VERSIONS_TABLE,
                  ["name", "version", "source_run_id"])
-    summary.registered_models_table = db.name(REGISTERED_MODELS_TABLE)
-    summary.model_versions_table = db.name(MODEL_VERSIONS_TABLE)
+    summary.registered_models_table = db.shown(REGISTERED_MODELS_TABLE)
+    summary.model_versions_table = db.shown(MODEL_VERSIONS_TABLE)
     summary.registered_models, summary.model_versions = model_data.num_rows, version_data.num_rows
     summary.seconds = round(time.perf_counter() - started, 3)
     return summary

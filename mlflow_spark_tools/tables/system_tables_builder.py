@@ -183,7 +183,7 @@ class SystemTablesBuilder(ExperimentTableBuilder):
         except TrackingServerError as exc:
             log.warning("Experiment %s: the logged models table was not refreshed: %s", experiment.experiment_id, exc)
             self._models_written = self.db.exists(models_table_name(table))
-            summary.models_table = self.db.name(models_table_name(table)) if self._models_written else None
+            summary.models_table = self.db.shown(models_table_name(table)) if self._models_written else None
 
     # ---- metric history -------------------------------------------------------------------------
 
@@ -204,7 +204,7 @@ class SystemTablesBuilder(ExperimentTableBuilder):
         points = points.join(F.broadcast(mapping), "key").select(
             "run_id", "key", "column_name", "step", "timestamp", "value",
             *(F.lit(None).cast("string").alias(c) for c in ("model_id", "dataset_name", "dataset_digest")))
-        summary.metrics_table = self.db.name(target)
+        summary.metrics_table = self.db.shown(target)
         if changed is None or not self.db.exists(target):
             count = points.count()
             files = max(1, -(-count // ROWS_PER_FILE))

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from mlflow_spark_tools.cli.main import cli
+from mlflow_spark_tools.errors import UsageError
 from mlflow_spark_tools.tables.queries import best_run, last_run
 from mlflow_spark_tools.tracking.ratelimit import RateLimiter
 from mlflow_spark_tools.tracking.source import TrackingSource
@@ -241,7 +242,6 @@ def test_best_and_last_run_agree_between_table_and_server(settings, engine, clie
     ]
     assert server_answers[:2] == [child, top]
     assert server_answers[3] == last
-    assert best_run(experiment, "missing", source=source) is None
     build(settings, experiment, engine)
     table_choice = best_run(experiment, "rmse", engine=engine, source=source)
     assert table_choice.source == "table" and table_choice.value == 0.1
@@ -262,6 +262,18 @@ def test_best_and_last_run_agree_between_table_and_server(settings, engine, clie
     from_server = best_run(experiment, "late_metric", engine=engine, source=source)
     assert (from_server.run_id, from_server.source) == (late, "tracking server")
     assert "table_refreshed_at" not in from_server.as_dict()
+    # a metric no run logged is a mistyped name (exit 2 on the command line, as report's);
+    # one whose only values are NaN, or only on nested runs, is no run qualifying (exit 1)
+    with pytest.raises(UsageError, match=r"logged the metric 'rmsee'\. Did you mean 'rmse'\?"):
+        best_run(experiment, "rmsee", source=source)
+    only_nan = log_run(client, experiment, metrics={"diverged": math.nan})
+    assert best_run(experiment, "diverged", source=source) is None and only_nan
+    for aggregate in ("min", "max"):
+        with pytest.raises(UsageError, match="logged the metric 'rmsee'"):
+            best_run(experiment, "rmsee", aggregate=aggregate, source=source)
+    typo = invoke(settings, engine, "best-run", "--experiment-id", experiment, "--metric", "rmsee")
+    assert typo.exit_code == 2 and "Did you mean 'rmse'?" in typo.stderr and "Traceback" not in typo.output
+    assert invoke(settings, engine, "best-run", "--experiment-id", experiment, "--metric", "diverged").exit_code == 1
 
 
 @pytest.mark.compat

@@ -108,6 +108,11 @@ def test_database_source_builds_the_same_tables_as_rest_and_refreshes_them_alike
     assert direct.inputs == (3 if MLFLOW_3 else 2)  # the model run logs its metric's dataset as an input
     assert direct.models == (2 if MLFLOW_3 else 0) or direct.models_table is None
     assert_same_tables(engine, experiment)
+    if MLFLOW_3:  # a model's metrics in one order from both sources (the comparison above sorts them)
+        orders = [[[m["key"] for m in row["metrics"]] for row in engine.spark.sql(
+            f"SELECT metrics FROM {database}.exp_{experiment}_models ORDER BY model_id").collect()]
+            for database in (REST_DB, DIRECT_DB)]
+        assert orders[0] == orders[1] and ["mae", "rmse"] in orders[0], orders
 
     # changes an incremental refresh sees: a run finishes with a new point and a new param
     # type, a new run, a run deleted, one restored

@@ -97,7 +97,7 @@ def test_history_table_and_summaries_equal_the_client_nan_and_infinities_include
     run_ids.append(log_run(client, experiment, metrics={"val/loss": [(7.0, 0), (6.0, 1)]}))
     summary = build(settings, experiment, engine, metric_history="all")
 
-    assert summary.metrics_table == f"`{DB}`.`exp_{experiment}_metrics`"
+    assert summary.metrics_table == f"{DB}.exp_{experiment}_metrics"
     assert summary.history_points == 3 + 6 + 2 + 1 + 1 + 2
     assert summary.history_runs == 4
     assert summary.history_requests == 4  # one bulk request per key

@@ -102,7 +102,7 @@ def test_inputs_table_equals_the_client_through_full_and_incremental_builds(
     open_run = log_inputs(tracking_server.url, experiment, [], finish=False)
     first = build(settings, experiment, engine)
 
-    assert (first.inputs_table, first.inputs) == (f"`{DB}`.`exp_{experiment}_inputs`", 3)
+    assert (first.inputs_table, first.inputs) == (f"{DB}.exp_{experiment}_inputs", 3)
     got = table_inputs(engine, DB, experiment)
     assert got == expected_inputs(client, [both, plain, doomed, open_run])
     assert {r[5] for r in got} == {"training", "validation"}
@@ -209,7 +209,7 @@ def test_models_table_equals_search_logged_models_paged_through_the_client(
         requests = proxy.stats()["endpoints"]["logged-models/search"]["requests"]
     finally:
         proxy.stop()
-    assert (summary.models_table, summary.models) == (f"`{DB}`.`exp_{experiment}_models`", 3)
+    assert (summary.models_table, summary.models) == (f"{DB}.exp_{experiment}_models", 3)
     assert requests == 2
     table = assert_models_equal_the_client(engine, client, experiment)
     assert table[sk.model_id]["status"] == "READY" and table[pending.model_id]["status"] == "PENDING"
@@ -367,7 +367,7 @@ def test_registry_tables_equal_the_client_and_answer_which_run_is_in_production(
     assert result.exit_code == 0, result.output
     answer = json.loads(result.stdout)
     assert answer["experiments"] == [] and answer["registry"]["ok"] is True
-    assert answer["registry"]["registered_models_table"] == f"`{database}`.`registered_models`"
+    assert answer["registry"]["registered_models_table"] == f"{database}.registered_models"
     assert not engine.spark.catalog.tableExists(f"{database}.exp_{experiment}")  # only the registry
     versions = assert_registry_equals_the_client(engine, client, database)
     assert answer["registry"]["model_versions"] == len(versions)

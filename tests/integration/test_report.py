@@ -154,7 +154,7 @@ def test_the_python_report_holds_only_the_rows_it_draws(sweep, engine, tmp_path)
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--experiment-id", "424242", "--metric", "rmse"], "exp_424242`: build it first with `mlflow-spark-tools build-tables"),
+    (["--experiment-id", "424242", "--metric", "rmse"], "exp_424242: build it first with `mlflow-spark-tools build-tables"),
     (["--metric", "no_such_metric"], "has the metric 'no_such_metric'"),
     (["--experiment-id", "1; DROP TABLE x", "--metric", "rmse"], "experiment id"),
     (["--metric", "diverged"], "has a value of 'diverged' that is a number"),

@@ -107,7 +107,7 @@ def test_entry_points_run_as_wheel_tasks_with_named_and_positional_parameters(
     assert built.stdout.rstrip().endswith("TASK-RETURNED")
     summary = json.loads(built.stdout[:built.stdout.rindex("TASK-RETURNED")])
     assert [(s["experiment_id"], s["mode"], s["row_count"]) for s in summary] == [(experiment, "full", 2)]
-    assert (f"Experiment 1/1 {experiment}: full refresh of `wheel_db`.`exp_{experiment}` (no table yet), "
+    assert (f"Experiment 1/1 {experiment}: full refresh of wheel_db.exp_{experiment} (no table yet), "
             "2 runs fetched") in built.stderr
     # parameters arrive as they are
     query = run_task(fresh_venv, tmp_path, "sql", "--warehouse", str(warehouse), "--format", "json",

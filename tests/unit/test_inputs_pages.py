@@ -89,7 +89,7 @@ def test_logged_models_become_rows_with_maps_as_entries_and_numbers_from_json():
     assert (ready["status"], ready["model_type"], ready["source_run_id"]) == ("READY", None, "r1")
     assert ready["last_updated_time"].timestamp() == 1700000000.5
     assert ready["params"] == [{"key": "alpha", "value": "0.5"}] and ready["tags"] == [{"key": "team", "value": "ml"}]
-    rmse, mae = ready["metrics"]
+    mae, rmse = ready["metrics"]  # by key, whatever order the server answers in
     assert math.isnan(rmse["value"]) and (rmse["step"], rmse["dataset_name"], rmse["run_id"]) == (2, "train", "r1")
     assert mae["value"] == -math.inf and (mae["step"], mae["dataset_name"], mae["run_id"]) == (0, None, None)
     assert (pending["status"], pending["metrics"], pending["params"], pending["creation_time"]) == (
