@@ -206,16 +206,22 @@ def sql_command(ctx: Context, query: str, fmt: str, max_rows: int | None) -> Non
     """Run SQL on the current engine, with the experiment tables registered.
 
     Example: mlflow-spark-tools sql "SELECT run_id, _m_rmse FROM mlflow_exp.exp_1
-    ORDER BY _m_rmse LIMIT 5"
+    ORDER BY _m_rmse LIMIT 5". DESCRIBE mlflow_exp.exp_1 lists its columns with the MLflow
+    key each holds.
     """
     from mlflow_spark_tools.spark.arrow import to_arrow
     from mlflow_spark_tools.spark.sql_errors import describe_sql_error, is_sql_error
+    from mlflow_spark_tools.tables.describe import describe_query
 
     limit = max_rows if max_rows is not None else TABLE_MAX_ROWS if fmt == "table" else None
     engine = ctx.engine(reading=True)
     try:
-        frame = engine.spark.sql(query)
-        table = to_arrow(frame if limit is None else frame.limit(limit + 1))
+        described = describe_query(engine.spark, query)
+        if described is not None:
+            table = described if limit is None else described.slice(0, limit + 1)
+        else:
+            frame = engine.spark.sql(query)
+            table = to_arrow(frame if limit is None else frame.limit(limit + 1))
     except Exception as exc:
         if is_sql_error(exc):
             columns_of = lambda table: engine.spark.table(table).columns  # noqa: E731 - suggestions only

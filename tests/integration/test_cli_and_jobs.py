@@ -204,6 +204,17 @@ def test_sql_prints_table_json_and_csv(settings, engine, client, experiment):
         assert failed.exit_code in (0, 2) and "Traceback" not in failed.output, failed.output
         if says is not None:
             assert failed.exit_code == 2 and says in failed.stderr, failed.output
+    # DESCRIBE and SHOW COLUMNS list the table's columns on every engine, with what each holds
+    for describe in (f"DESCRIBE {DB}.exp_{experiment}", f"describe table `{DB}`.`exp_{experiment}`;"):
+        described = invoke(settings, engine, "sql", "--format", "json", describe)
+        assert described.exit_code == 0, described.output
+        rows = {r["col_name"]: (r["data_type"], r["comment"]) for r in json.loads(described.stdout)}
+        assert rows["_p_depth"] == ("bigint", "param depth") and rows["_m_rmse"] == ("double", "metric rmse")
+        assert rows["run_id"] == ("string", "run info") and rows["start_time"][0] == "timestamp"
+    shown = invoke(settings, engine, "sql", "--format", "csv", f"SHOW COLUMNS IN exp_{experiment} IN {DB}")
+    assert shown.exit_code == 0 and "_p_depth" in shown.stdout.splitlines(), shown.output
+    missing = invoke(settings, engine, "sql", f"DESCRIBE {DB}.exp_nosuch")
+    assert missing.exit_code == 2 and "Traceback" not in missing.output, missing.output
 
 
 @pytest.mark.compat
