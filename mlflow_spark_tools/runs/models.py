@@ -2,17 +2,52 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import inspect
+import logging
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from mlflow_spark_tools.errors import UsageError
 
 # mlflow.<name> modules that are not model flavors
 NOT_FLAVORS = frozenset({"pyfunc", "models", "tracking", "entities", "utils", "store", "server"})
+# MLflow 3's warning for every scikit-learn model saved with (cloud)pickle
+PICKLE_CAUTION = "pickle or cloudpickle format requires exercising caution"
+_choosing = threading.local()
+
+
+class _OwnFormatChoice(logging.Filter):
+    """Drops MLflow's pickle caution while this package saves a model in the format it chose
+    (:func:`flavor_defaults`): said once per model, it filled a sweep's output with one line
+    per run, about a choice the user did not make and whose blobs the package signs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (getattr(_choosing, "active", False) and PICKLE_CAUTION in record.getMessage())
+
+
+_FILTER = _OwnFormatChoice()
+
+
+@contextlib.contextmanager
+def own_format_choice(chosen: bool) -> Iterator[None]:
+    """Within it, in this thread, MLflow's pickle caution is not logged when ``chosen`` (the
+    package picked the format, not the caller)."""
+    if not chosen:
+        yield
+        return
+    logger = logging.getLogger("mlflow.sklearn")
+    if _FILTER not in logger.filters:
+        logger.addFilter(_FILTER)
+    _choosing.active = True
+    try:
+        yield
+    finally:
+        _choosing.active = False
 
 
 def flavor_module(flavor: str | None) -> Any:
@@ -47,7 +82,10 @@ def save_model_dir(model: Any, path: str, flavor: str | None, save_func: Callabl
         if not flavor:
             raise ValueError("log_model needs flavor= (e.g. 'sklearn') or log_model_func=")
         save_func = flavor_module(flavor).save_model
-        kwargs = flavor_defaults(flavor, save_func, kwargs)
+        chosen = flavor_defaults(flavor, save_func, kwargs)
+        with own_format_choice(chosen != kwargs):
+            save_func(model, path, **chosen)
+        return
     save_func(model, path, **kwargs)
 
 
