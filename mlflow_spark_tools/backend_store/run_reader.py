@@ -232,6 +232,12 @@ class DatabaseRunReader:
             "OR r.lifecycle_stage = 'deleted')",
             (int(experiment_id), int(since_ms), int(since_ms))))
 
+    def count_runs(self, experiment_id: str, *, include_deleted: bool = False) -> int | None:
+        """How many runs the experiment has in the store (one indexed count)."""
+        stage = ANY_STAGE if include_deleted else ACTIVE
+        return int(self.db.scalar(f"SELECT count(*) FROM runs r WHERE r.experiment_id = ? AND {stage}",
+                                  (int(experiment_id),)) or 0)
+
     def fetch_by_ids(self, experiment_id: str, run_ids: Iterable[str]) -> pa.Table:
         """The current state of the given runs (deleted ones included)."""
         ids = sorted({r for r in run_ids if _RUN_ID.match(r)})

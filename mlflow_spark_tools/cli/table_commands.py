@@ -104,6 +104,10 @@ def _print_summaries(summaries: Any, registry: Any, fmt: str) -> None:
                 click.echo(f"Experiment {s.experiment_id}: full build: {s.reason}")
             for collision in s.column_collisions:
                 click.echo(f"Experiment {s.experiment_id}: {collision}")
+            if s.runs_not_seen:
+                click.echo(f"Experiment {s.experiment_id}: {s.runs_not_seen} runs of the store are not in the table: "
+                           f"runs that started and ended before the last refresh (imported or back-dated) are "
+                           f"seen only by a full build: build-tables --full-refresh")
     if registry is not None:
         click.echo(render_table(
             ["registry", "registered_models", "models", "model_versions", "versions", "seconds"],

@@ -101,7 +101,10 @@ class RefreshSummary:
 
     ``reason`` says why a refresh was a full build (None for an incremental one);
     ``column_collisions`` names each key that got a suffixed column name this time, and the key
-    that holds the name it wanted; ``inputs``
+    that holds the name it wanted; ``runs_not_seen`` counts the runs the store has and the table
+    lacks after an incremental refresh (runs that started and ended before the last refresh,
+    such as imported or back-dated ones; counted where the source can count, the database);
+    ``inputs``
     counts the dataset inputs written (of the runs fetched), ``models`` the rows of the models
     table; ``models_table`` is None when the server has no logged models.
     """
@@ -118,6 +121,7 @@ class RefreshSummary:
     row_count: int = 0
     columns_added: list[str] = field(default_factory=list)
     column_collisions: list[str] = field(default_factory=list)
+    runs_not_seen: int | None = None
     columns_widened: list[str] = field(default_factory=list)
     metrics_table: str | None = None
     history_runs: int = 0
@@ -560,6 +564,9 @@ class ExperimentTableBuilder:
         self._write_models(experiment, table, summary)
         previous = index.get("run_count") or 0
         summary.row_count = previous + summary.rows_inserted - summary.rows_deleted
+        in_store = self.fetcher.count_runs(exp_id, include_deleted=include_deleted)
+        if in_store is not None and in_store > summary.row_count:  # started and ended before the watermark
+            summary.runs_not_seen = in_store - summary.row_count
         summary.mode = INCREMENTAL
         self._write_index(
             experiment, table, summary.row_count, len(all_specs), include_deleted, watermark, INCREMENTAL

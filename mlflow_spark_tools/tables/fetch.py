@@ -154,6 +154,10 @@ class RunFetcher:
         # Deleted runs come last so that their state wins over an active copy fetched earlier.
         return dedupe_latest(concat_pages([page for part in parts for page in part]))
 
+    def count_runs(self, experiment_id: str, *, include_deleted: bool = False) -> int | None:
+        """None: the REST API counts runs only by reading them all."""
+        return None
+
     def fetch_by_ids(self, experiment_id: str, run_ids: Iterable[str]) -> pa.Table:
         """The current state of the given runs (deleted ones included), in parallel chunks."""
         ids = sorted({r for r in run_ids if _RUN_ID.match(r)})

@@ -420,3 +420,34 @@ def test_a_dataset_with_a_big_profile_reused_by_many_runs_builds_from_every_sour
                                 ).collect()
         assert sorted(r["run_id"] for r in rows) == sorted(run_ids)
         assert {(r["n"], r["context"]) for r in rows} == {(len(profile), "training")}
+
+
+def test_an_incremental_refresh_says_how_many_back_dated_runs_it_could_not_see(
+        settings, engine, client, tracking_server, experiment):
+    """A run created with start and end times before the last refresh (an import, a
+    back-dated run) is not among the runs an incremental refresh selects. The database source
+    counts the store's runs and says how many the table lacks; a full build takes them."""
+    from click.testing import CliRunner
+
+    from mlflow_spark_tools.cli.main import cli
+
+    log_run(client, experiment, metrics={"m": 1.0})
+    direct = settings.with_overrides(tables__database=DIRECT_DB, tables__source="database",
+                                     tables__backend_store_uri=f"sqlite:///{tracking_server.db_path}",
+                                     tracking_uri=nobody_listens())
+    first = build_experiment_tables(direct, experiment_ids=[experiment], engine=engine).summaries[0]
+    assert first.mode == "full" and first.runs_not_seen is None
+    old = client.create_run(experiment, start_time=1_500_000_000_000)
+    client.set_terminated(old.info.run_id, end_time=1_500_000_060_000)
+    built = CliRunner().invoke(cli, ["build-tables", "--experiment-ids", experiment],
+                               obj={"settings": direct, "engine": engine})
+    assert built.exit_code == 0, built.output
+    assert (f"Experiment {experiment}: 1 runs of the store are not in the table" in built.stdout
+            and "--full-refresh" in built.stdout), built.stdout
+    rest = build_experiment_tables(settings.with_overrides(tables__database=REST_DB), experiment_ids=[experiment],
+                                   engine=engine).summaries[0]
+    assert rest.runs_not_seen is None  # the REST API cannot count without reading every run
+    full = build_experiment_tables(direct, experiment_ids=[experiment], engine=engine, full_refresh=True).summaries[0]
+    assert full.row_count == 2 and full.runs_not_seen is None
+    again = build_experiment_tables(direct, experiment_ids=[experiment], engine=engine).summaries[0]
+    assert again.mode == "incremental" and again.runs_not_seen is None
