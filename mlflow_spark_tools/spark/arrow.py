@@ -122,6 +122,19 @@ def _entries_type(map_type: str) -> str:
     raise ValueError(f"Not a map type: {map_type!r}")
 
 
+def entries_schema(columns: Sequence[tuple[str, str]]) -> str:
+    """The DDL schema ``columns`` (name, SQL type) travel in: each ``map<K,V>`` as a list of
+    ``key`` / ``value`` structs (see :func:`frame_with_maps`)."""
+    return ", ".join(f"{quote(n)} {_entries_type(t) if _is_map(t) else t}" for n, t in columns)
+
+
+def with_maps(df: DataFrame, columns: Sequence[tuple[str, str]], spark: SparkSession) -> DataFrame:
+    """``df`` in :func:`entries_schema` with its map columns made maps."""
+    if not any(_is_map(t) for _, t in columns):
+        return df
+    return df.select(*(map_from_entries(df[n], spark).alias(n) if _is_map(t) else df[n] for n, t in columns))
+
+
 def frame_with_maps(spark: SparkSession, data: pa.Table, columns: Sequence[tuple[str, str]]) -> DataFrame:
     """A DataFrame of ``data`` with the columns (name, SQL type) ``columns`` (NaN preserved).
 
@@ -130,11 +143,7 @@ def frame_with_maps(spark: SparkSession, data: pa.Table, columns: Sequence[tuple
     data as rows of Python values, where a map must be a dict and an Arrow map is a list of
     pairs, while lists of structs travel alike on every version.
     """
-    staged = ", ".join(f"{quote(n)} {_entries_type(t) if _is_map(t) else t}" for n, t in columns)
-    df = to_dataframe(spark, data, staged)
-    if not any(_is_map(t) for _, t in columns):
-        return df
-    return df.select(*(map_from_entries(df[n], spark).alias(n) if _is_map(t) else df[n] for n, t in columns))
+    return with_maps(to_dataframe(spark, data, entries_schema(columns)), columns, spark)
 
 
 def byte_slices(data: pa.Table, limit: int) -> list[pa.Table]:

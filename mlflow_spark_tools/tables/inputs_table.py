@@ -12,21 +12,21 @@ every row of the runs it re-read and removes the rows of the runs that left the 
 
 A dataset's schema and profile are repeated in every input row that uses it (a profile may
 hold 16 MB, and every run of a sweep may log the same dataset): rows beyond what one Spark
-Connect message holds go to a staging table in slices (:func:`_frame`), and the table is
-written from there in one commit.
+Connect message holds go to a staging table in slices (:meth:`Database.arrow_frame
+<mlflow_spark_tools.spark.catalog.Database.arrow_frame>`), and the table is written from there
+in one commit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import pyarrow as pa
 
 from mlflow_spark_tools.core.identifiers import sql_strings
 from mlflow_spark_tools.runs.run_batches import dataset_inputs
-from mlflow_spark_tools.spark.arrow import byte_slices, frame_with_maps
-from mlflow_spark_tools.spark.catalog import MAX_INLINE_BYTES, MAX_KEYS_NAMED, Database
+from mlflow_spark_tools.spark.arrow import entries_schema, frame_with_maps, with_maps
+from mlflow_spark_tools.spark.catalog import MAX_KEYS_NAMED, Database
 
 INPUT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("run_id", "string"),
@@ -44,27 +44,6 @@ INPUT_STATS_COLUMNS = ("run_id", "name", "digest")
 
 def inputs_table_name(table: str) -> str:
     return table + "_inputs"
-
-
-def _append_slices(db: Database, data: pa.Table, staging: str, *, first: bool) -> None:
-    """Write the inputs rows ``data`` to ``staging`` in slices of at most one message each;
-    ``first``: the first slice overwrites the table."""
-    for part in byte_slices(data, MAX_INLINE_BYTES):
-        frame = frame_with_maps(db.spark, part, INPUT_COLUMNS)
-        if first:
-            db.overwrite(frame, staging, INPUT_STATS_COLUMNS)
-            first = False
-        else:
-            db.append(frame, staging)
-
-
-def _frame(db: Database, data: pa.Table, staging: str) -> tuple[Any, bool]:
-    """A DataFrame of the inputs rows ``data``, and whether it reads ``staging`` (rows too
-    big for one message are staged there first; drop it once the frame was written)."""
-    if data.nbytes <= MAX_INLINE_BYTES:
-        return frame_with_maps(db.spark, data, INPUT_COLUMNS), False
-    _append_slices(db, data, staging, first=True)
-    return db.spark.table(db.name(staging)), True
 
 
 class InputsWriter:
@@ -90,12 +69,8 @@ class InputsWriter:
         data = dataset_inputs(runs)
         staging = target + "__slices"
         if replace_all or not self.db.exists(target):
-            frame, staged = _frame(self.db, data, staging)
-            try:
-                self.db.overwrite(frame, target, INPUT_STATS_COLUMNS)
-            finally:
-                if staged:
-                    self.db.drop(staging)
+            with self.db.arrow_frame(data, entries_schema(INPUT_COLUMNS), staging, INPUT_STATS_COLUMNS) as frame:
+                self.db.overwrite(with_maps(frame, INPUT_COLUMNS, self.spark), target, INPUT_STATS_COLUMNS)
             return self.db.shown(target), data.num_rows
         replaced = sorted(set(replaced_run_ids) | set(data["run_id"].to_pylist()))
         if replaced and data.num_rows == 0:
@@ -105,14 +80,12 @@ class InputsWriter:
                 replaced = []  # no inputs before or after: no commit (most experiments log none)
         if replaced:  # else nothing changed: no commit
             view = f"__mst_inputs_{table}"
-            frame, staged = _frame(self.db, data, staging)
-            frame.createOrReplaceTempView(view)
-            try:
-                self.db.replace_rows(view, target, INPUT_COLUMNS, "run_id", replaced)
-            finally:
-                self.spark.catalog.dropTempView(view)
-                if staged:
-                    self.db.drop(staging)
+            with self.db.arrow_frame(data, entries_schema(INPUT_COLUMNS), staging, INPUT_STATS_COLUMNS) as frame:
+                with_maps(frame, INPUT_COLUMNS, self.spark).createOrReplaceTempView(view)
+                try:
+                    self.db.replace_rows(view, target, INPUT_COLUMNS, "run_id", replaced)
+                finally:
+                    self.spark.catalog.dropTempView(view)
         return self.db.shown(target), data.num_rows
 
     def staged(self, table: str) -> StagedInputs:
@@ -135,13 +108,15 @@ class StagedInputs:
         data = dataset_inputs(runs)
         if data.num_rows == 0:
             return
-        _append_slices(self.db, data, self.staging, first=self.rows == 0)
+        # the maps as entries here, made maps once by finish()
+        self.db.write_arrow(data, entries_schema(INPUT_COLUMNS), self.staging, INPUT_STATS_COLUMNS,
+                            append=self.rows > 0)
         self.rows += data.num_rows
 
     def finish(self) -> tuple[str, int]:
         """Overwrite the inputs table with the staged inputs; returns its quoted name and rows."""
         if self.rows:
-            source = self.db.spark.table(self.db.name(self.staging))
+            source = with_maps(self.db.spark.table(self.db.name(self.staging)), INPUT_COLUMNS, self.db.spark)
         else:
             source = frame_with_maps(self.db.spark, dataset_inputs(pa.table({})), INPUT_COLUMNS)
         self.db.overwrite(source, self.target, INPUT_STATS_COLUMNS)
