@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from mlflow_spark_tools.core.identifiers import validate_database, validate_table_name
+from mlflow_spark_tools.errors import UsageError
 from mlflow_spark_tools.runs.columns import INFO
 
 if TYPE_CHECKING:
@@ -30,8 +31,13 @@ _EXPERIMENT_TABLE = re.compile(r"^exp_[A-Za-z0-9_]+$")
 
 
 def describe_query(spark: SparkSession, query: str) -> pa.Table | None:
-    """The answer to ``query`` when it describes a table's columns and the table exists, else
-    None (the engine runs it, and says what is wrong)."""
+    """The answer to ``query`` when it describes a table's columns, else None (the engine
+    runs it, and says what is wrong).
+
+    Raises:
+        UsageError: the table does not exist (the embedded engine would answer ``DESCRIBE t``
+            of a missing table with a syntax error).
+    """
     describe, show = _DESCRIBE.match(query), _SHOW_COLUMNS.match(query)
     found = describe or show
     if found is None:
@@ -47,7 +53,7 @@ def describe_query(spark: SparkSession, query: str) -> pa.Table | None:
     validate_table_name(table)
     name = f"{database}.{table}" if database else table
     if not spark.catalog.tableExists(name):
-        return None
+        raise UsageError(f"SQL failed: table or view {name} does not exist.")
     fields = spark.table(name).schema.fields
     if show is not None:
         return pa.table({"col_name": [f.name for f in fields]})

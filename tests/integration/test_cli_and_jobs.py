@@ -215,6 +215,7 @@ def test_sql_prints_table_json_and_csv(settings, engine, client, experiment):
     assert shown.exit_code == 0 and "_p_depth" in shown.stdout.splitlines(), shown.output
     missing = invoke(settings, engine, "sql", f"DESCRIBE {DB}.exp_nosuch")
     assert missing.exit_code == 2 and "Traceback" not in missing.output, missing.output
+    assert f"table or view {DB}.exp_nosuch does not exist" in missing.stderr, missing.output
 
 
 @pytest.mark.compat
