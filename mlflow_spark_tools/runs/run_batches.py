@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mlflow_spark_tools.core.json_values import json_millis
 from mlflow_spark_tools.runs.columns import INFO_COLUMNS, METRIC, PARAM, TAG
 
 PARENT_RUN_TAG = "mlflow.parentRunId"
@@ -64,12 +65,6 @@ def split_raw_name(name: str) -> tuple[str, str] | None:
     return kind, key
 
 
-def _millis(value: Any) -> int | None:
-    if value is None or value == "":
-        return None
-    return int(value)
-
-
 def _metric_value(value: Any) -> float:
     # The REST API writes NaN and infinities as the strings "NaN", "Infinity", "-Infinity".
     return float(value)
@@ -108,7 +103,7 @@ def runs_to_table(runs: Iterable[Mapping[str, Any]]) -> pa.Table:
         run_info = run.get("info", {})
         run_data = run.get("data", {})
         tags = run_tags(run)
-        start, end = _millis(run_info.get("start_time")), _millis(run_info.get("end_time"))
+        start, end = json_millis(run_info.get("start_time")), json_millis(run_info.get("end_time"))
         info["run_id"].append(run_info.get("run_id") or run_info.get("run_uuid"))
         info["experiment_id"].append(str(run_info.get("experiment_id")))
         info["run_name"].append(run_name_of(run_info, tags))

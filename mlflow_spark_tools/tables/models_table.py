@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 
 from mlflow_spark_tools.backend_store.model_reader import DatabaseModelSearch
+from mlflow_spark_tools.core.json_values import json_millis
 from mlflow_spark_tools.spark.arrow import frame_with_maps
 from mlflow_spark_tools.spark.catalog import Database
 from mlflow_spark_tools.tracking.model_search import LoggedModelSearch
@@ -65,10 +66,6 @@ def _text(value: Any) -> str | None:
     return str(value) if value not in (None, "") else None
 
 
-def _millis(value: Any) -> int | None:
-    return int(value) if value not in (None, "") else None
-
-
 def _key_values(entries: Iterable[Mapping[str, Any]] | None) -> list[dict[str, str]]:
     return [{"key": e["key"], "value": e.get("value", "")} for e in entries or ()]
 
@@ -87,7 +84,7 @@ def _metric(entry: Mapping[str, Any]) -> dict[str, Any]:
         # the REST API writes NaN and infinities as "NaN", "Infinity", "-Infinity"
         "value": float(value) if value is not None else None,
         "step": int(entry.get("step") or 0),
-        "timestamp": _millis(entry.get("timestamp")),
+        "timestamp": json_millis(entry.get("timestamp")),
         "dataset_name": _text(entry.get("dataset_name")),
         "dataset_digest": _text(entry.get("dataset_digest")),
         "run_id": _text(entry.get("run_id")),
@@ -107,8 +104,8 @@ def models_arrow(models: Iterable[Mapping[str, Any]]) -> pa.Table:
             "source_run_id": _text(info.get("source_run_id")),
             "status": status[len(STATUS_PREFIX):] if status and status.startswith(STATUS_PREFIX) else status,
             "model_type": _text(info.get("model_type")),
-            "creation_time": _millis(info.get("creation_timestamp_ms")),
-            "last_updated_time": _millis(info.get("last_updated_timestamp_ms")),
+            "creation_time": json_millis(info.get("creation_timestamp_ms")),
+            "last_updated_time": json_millis(info.get("last_updated_timestamp_ms")),
             "artifact_location": _text(info.get("artifact_uri")),
             "params": _key_values(data.get("params")),
             # one order whatever the source: the API answers in its store's order

@@ -30,6 +30,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from mlflow_spark_tools.core.json_values import json_millis
 from mlflow_spark_tools.core.private_apis import tracking_store
 from mlflow_spark_tools.core.redaction import redact_uri
 from mlflow_spark_tools.errors import TrackingServerError
@@ -139,10 +140,6 @@ def is_unity_catalog(registry_uri: str) -> bool:
     or the open-source Unity Catalog's ``uc:``)."""
     scheme = registry_uri.split(":", 1)[0].lower() if ":" in registry_uri else registry_uri.lower()
     return scheme in UC_SCHEMES
-
-
-def _millis(value: Any) -> int | None:
-    return int(value) if value not in (None, "") else None
 
 
 def _version(value: Any) -> int:
@@ -260,8 +257,8 @@ def _registered_model(model: Any) -> dict[str, Any]:
     return {
         "name": model.name,
         "description": model.description or None,
-        "creation_timestamp": _millis(model.creation_timestamp),
-        "last_updated_timestamp": _millis(model.last_updated_timestamp),
+        "creation_timestamp": json_millis(model.creation_timestamp),
+        "last_updated_timestamp": json_millis(model.last_updated_timestamp),
         "aliases": sorted((str(alias), _version(version)) for alias, version in dict(aliases).items()),
         "tags": sorted(dict(model.tags or {}).items()),
     }
@@ -277,8 +274,8 @@ def _model_version(version: Any) -> dict[str, Any]:
         "source_run_id": version.run_id or None,
         "model_id": getattr(version, "model_id", None) or model_id_of_source(version.source),
         "source": version.source or None,
-        "creation_timestamp": _millis(version.creation_timestamp),
-        "last_updated_timestamp": _millis(version.last_updated_timestamp),
+        "creation_timestamp": json_millis(version.creation_timestamp),
+        "last_updated_timestamp": json_millis(version.last_updated_timestamp),
         "description": version.description or None,
         "tags": sorted(dict(version.tags or {}).items()),
     }
