@@ -42,10 +42,6 @@ class DatabaseModelSearch:
         revision = schema_revision(db)
         self._available = revisions.index(revision) >= revisions.index(LOGGED_MODELS_REVISION)
 
-    @property
-    def available(self) -> bool | None:
-        return self._available
-
     def search(self, experiment_id: str) -> list[dict[str, Any]] | None:
         """Every logged model of the experiment that is not deleted, oldest first; None when
         the database has no logged-model tables."""

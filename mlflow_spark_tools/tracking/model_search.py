@@ -68,11 +68,6 @@ class LoggedModelSearch:
         self._store = tracking_store(client.tracking_uri)
         self._available: bool | None = None if client_has_logged_models() else False
 
-    @property
-    def available(self) -> bool | None:
-        """Whether the server has the logged-model API: None until a search has told."""
-        return self._available
-
     def search(self, experiment_id: str) -> list[dict[str, Any]] | None:
         """Every logged model of the experiment in the REST API's JSON shape (``info`` and
         ``data``), all pages; None when the server or the installed MLflow has no logged
