@@ -20,7 +20,7 @@ from mlflow_spark_tools.backend_store.connection import (
     sqlite_path,
 )
 from mlflow_spark_tools.backend_store.history_reader import DatabaseHistoryReader
-from mlflow_spark_tools.backend_store.run_reader import pivot
+from mlflow_spark_tools.backend_store.run_columns import pivot
 from mlflow_spark_tools.backend_store.schema import KNOWN_REVISIONS
 from mlflow_spark_tools.core.redaction import redact
 from mlflow_spark_tools.errors import UsageError
