@@ -8,6 +8,8 @@ still fit a column's type.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -57,3 +59,37 @@ def infer(values: pa.Array | pa.ChunkedArray) -> str:
 def cast(values: pa.Array | pa.ChunkedArray, data_type: str) -> pa.Array | pa.ChunkedArray:
     """Convert string values to ``data_type`` (which they must fit)."""
     return pc.cast(values, ARROW_TYPES[data_type])
+
+
+@dataclass
+class KeyStats:
+    """One key of a set of runs, as naming and typing its column needs it: how many runs have it
+    and, for a param, which types all its values parse as (the rules above).
+
+    Counted in Arrow chunk by chunk (:meth:`add`, runs staged in Spark) or given whole by an
+    aggregate inside Spark (runs held there).
+    """
+
+    kind: str
+    key: str
+    runs: int = 0
+    parses_as: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(TYPE_ORDER, True))
+
+    def add(self, values: pa.Array | pa.ChunkedArray, *, param: bool) -> None:
+        """Count another chunk's values of the key (params: narrow the types they parse as)."""
+        having = len(values) - values.null_count
+        self.runs += having
+        if param and having:
+            for data_type in TYPE_ORDER:
+                if self.parses_as[data_type]:
+                    self.parses_as[data_type] = fits(values, data_type)
+
+    def fits(self, data_type: str) -> bool:
+        """Whether every value of this key parses as ``data_type`` (always for string)."""
+        return self.parses_as.get(data_type, True)
+
+    def inferred_type(self) -> str:
+        """The narrowest type every value parses as (:func:`infer`): string for a key no run has."""
+        if self.runs == 0:
+            return STRING
+        return next((t for t in TYPE_ORDER if self.parses_as[t]), STRING)

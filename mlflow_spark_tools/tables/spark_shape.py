@@ -18,7 +18,6 @@ Keys never enter SQL text: the lookups are DataFrame expressions with the key as
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from mlflow_spark_tools.runs.columns import (
@@ -33,35 +32,12 @@ from mlflow_spark_tools.runs.columns import (
     sort_specs,
 )
 from mlflow_spark_tools.tables import param_types
+from mlflow_spark_tools.tables.param_types import KeyStats
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
 MAPS = {PARAM: "params", METRIC: "metrics", TAG: "tags"}
-
-
-@dataclass(frozen=True)
-class KeyStats:
-    """One key of the runs: how many runs have it and, for a param, what all its values parse as."""
-
-    kind: str
-    key: str
-    runs: int
-    bigint: bool = False
-    double: bool = False
-    boolean: bool = False
-
-    def fits(self, data_type: str) -> bool:
-        """Whether every value of this key parses as ``data_type`` (params; always for string)."""
-        return {param_types.BIGINT: self.bigint, param_types.DOUBLE: self.double,
-                param_types.BOOLEAN: self.boolean}.get(data_type, True)
-
-    def inferred_type(self) -> str:
-        """The narrowest type every value parses as (:func:`param_types.infer`)."""
-        for data_type in param_types.TYPE_ORDER:
-            if self.fits(data_type):
-                return data_type
-        return param_types.STRING
 
 
 def key_stats(runs: DataFrame) -> list[KeyStats]:
@@ -88,8 +64,10 @@ def key_stats(runs: DataFrame) -> list[KeyStats]:
     found = params.select("key", "runs", "bigint", "double", "boolean", "kind")
     for other in others:
         found = found.unionByName(other)
-    return [KeyStats(r["kind"], r["key"], int(r["runs"]), bool(r["bigint"]), bool(r["double"]),
-                     bool(r["boolean"])) for r in found.collect()]
+    return [KeyStats(r["kind"], r["key"], int(r["runs"]), {param_types.BIGINT: bool(r["bigint"]),
+                                                           param_types.DOUBLE: bool(r["double"]),
+                                                           param_types.BOOLEAN: bool(r["boolean"])})
+            for r in found.collect()]
 
 
 def shape(runs: DataFrame, stats: list[KeyStats], namer: ColumnNamer,

@@ -10,13 +10,12 @@ keys adds columns), so that any key can be staged whatever its characters. After
 chunk, one projection of the staging table names, types and orders the columns as
 :meth:`ExperimentTableBuilder._shape <mlflow_spark_tools.tables.builder.ExperimentTableBuilder._shape>`
 does in Arrow: the same names (:class:`~mlflow_spark_tools.runs.columns.ColumnNamer`, given
-the same keys and run counts) and the same types (the param strings cast inside Spark).
+the same keys) and the same types (the param strings cast inside Spark).
 The driver holds one chunk at a time, however many runs the experiment has.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -34,6 +33,7 @@ from mlflow_spark_tools.runs.columns import (
 from mlflow_spark_tools.runs.run_batches import INFO_SCHEMA, raw_name, split_raw_name
 from mlflow_spark_tools.spark.catalog import Database
 from mlflow_spark_tools.tables import param_types
+from mlflow_spark_tools.tables.param_types import KeyStats
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -41,34 +41,12 @@ if TYPE_CHECKING:
 _INFO_DDL = ", ".join(f"{quote(name)} {data_type}" for name, data_type in INFO_COLUMNS)
 
 
-@dataclass
-class StagedKey:
-    """One key of the staged runs: its staging column, its run count and, for a param, the
-    types all its values parse as so far."""
-
-    kind: str
-    key: str
-    number: int
-    runs: int = 0
-    fits: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(param_types.TYPE_ORDER, True))
-
-    @property
-    def column(self) -> str:
-        return f"k{self.number}"
-
-    @property
-    def raw_type(self) -> tuple[pa.DataType, str]:
-        """The key's values as fetched: strings for params and tags, doubles for metrics."""
-        if self.kind == PARAM:
-            return pa.string(), "string"
-        data_type = KIND_TYPES[self.kind]
-        return param_types.ARROW_TYPES[data_type], data_type
-
-    def inferred_type(self) -> str:
-        """The narrowest type every value parses as (:func:`param_types.infer`)."""
-        if self.runs == 0:
-            return param_types.STRING
-        return next((t for t in param_types.TYPE_ORDER if self.fits[t]), param_types.STRING)
+def _raw_type(kind: str) -> tuple[pa.DataType, str]:
+    """A key's values as fetched: strings for params and tags, doubles for metrics."""
+    if kind == PARAM:
+        return pa.string(), "string"
+    data_type = KIND_TYPES[kind]
+    return param_types.ARROW_TYPES[data_type], data_type
 
 
 class StagedRuns:
@@ -82,7 +60,8 @@ class StagedRuns:
     def __init__(self, db: Database, staging: str) -> None:
         self.db = db
         self.staging = staging
-        self.keys: dict[tuple[str, str], StagedKey] = {}
+        self.keys: dict[tuple[str, str], KeyStats] = {}
+        self.numbers: dict[tuple[str, str], int] = {}  # in the order the keys first came: k0, k1, ...
         self.runs = 0
         self.chunks = 0
 
@@ -94,28 +73,27 @@ class StagedRuns:
             kind_key = split_raw_name(name)
             if kind_key is None:
                 continue
-            staged = self.keys.get(kind_key)
-            if staged is None:
-                staged = self.keys[kind_key] = StagedKey(*kind_key, number=len(self.keys))
-            values = chunk[name]
-            having = n - values.null_count
-            staged.runs += having
-            if staged.kind == PARAM and having:
-                for data_type in param_types.TYPE_ORDER:
-                    if staged.fits[data_type]:
-                        staged.fits[data_type] = param_types.fits(values, data_type)
-            columns[staged.column] = values
+            stats = self.keys.get(kind_key)
+            if stats is None:
+                stats = self.keys[kind_key] = KeyStats(*kind_key)
+                self.numbers[kind_key] = len(self.numbers)
+            stats.add(chunk[name], param=stats.kind == PARAM)
+            columns[self._column(kind_key)] = chunk[name]
         # every key column staged so far, in number order, so that each chunk's columns extend
         # the staging table's: a chunk without a key holds nulls in its column
-        ordered = sorted(self.keys.values(), key=lambda k: k.number)
+        staged = [(self._column(kind_key), _raw_type(kind_key[0])) for kind_key in self.keys]
         arrays = [chunk[name] for name in INFO_SCHEMA.names]
-        arrays += [columns.get(k.column, pa.nulls(n, k.raw_type[0])) for k in ordered]
-        data = pa.Table.from_arrays(arrays, names=[*INFO_SCHEMA.names, *(k.column for k in ordered)])
-        schema = ", ".join([_INFO_DDL, *(f"{k.column} {k.raw_type[1]}" for k in ordered)])
+        arrays += [columns.get(column, pa.nulls(n, raw[0])) for column, raw in staged]
+        data = pa.Table.from_arrays(arrays, names=[*INFO_SCHEMA.names, *(column for column, _ in staged)])
+        schema = ", ".join([_INFO_DDL, *(f"{column} {raw[1]}" for column, raw in staged)])
         self.db.write_arrow(data, schema, self.staging, ("run_id", "start_time", "end_time"),
                             append=self.chunks > 0, merge_schema=True)
         self.runs += n
         self.chunks += 1
+
+    def _column(self, kind_key: tuple[str, str]) -> str:
+        """The staging column of a key: ``k`` and its number, in the order the keys first came."""
+        return f"k{self.numbers[kind_key]}"
 
     def frame(self, namer: ColumnNamer) -> tuple[DataFrame, list[ColumnSpec]]:
         """The staged runs with the table's columns, in table order, and their specs; new keys
@@ -129,7 +107,7 @@ class StagedRuns:
         specs = info_specs()
         for staged in ordered:
             name = namer.name(staged.kind, staged.key)
-            value = F.col(staged.column)
+            value = F.col(self._column((staged.kind, staged.key)))
             if staged.kind == PARAM:
                 data_type = staged.inferred_type()
                 if data_type != param_types.STRING:
