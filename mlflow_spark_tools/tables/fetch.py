@@ -85,10 +85,6 @@ class RunFetcher:
             )
         ]
 
-    def fetch_all(self, experiment_id: str, *, include_deleted: bool = False) -> pa.Table:
-        """Every run of the experiment (deleted ones too when asked)."""
-        return concat_pages(list(self.iter_all(experiment_id, include_deleted=include_deleted)))
-
     def iter_all(self, experiment_id: str, *, include_deleted: bool = False,
                  chunk_runs: int | None = None) -> Iterator[pa.Table]:
         """Every run of the experiment in tables of about ``chunk_runs`` runs (whole pages; one
@@ -172,22 +168,6 @@ class RunFetcher:
         with ThreadPoolExecutor(max_workers=min(self.workers, len(searches))) as pool:
             parts = list(pool.map(lambda f: self._pages_to_table(experiment_id, f, ALL), searches))
         return concat_pages([page for part in parts for page in part])
-
-    def fetch_changes(
-        self,
-        experiment_id: str,
-        since_ms: int,
-        unfinished_run_ids: Iterable[str],
-        *, include_deleted: bool = False,
-    ) -> pa.Table:
-        """Runs changed since a watermark, as far as the search API can tell.
-
-        The latest state of every run that started or ended at or after ``since_ms``, of every
-        deleted run, and of every run in ``unfinished_run_ids``; one row per run. Unfinished
-        runs that the time filters already returned are not fetched again.
-        """
-        recent = self.fetch_recent(experiment_id, since_ms, include_deleted=include_deleted)
-        return merge_changes(recent, self.fetch_by_ids(experiment_id, missing_ids(recent, unfinished_run_ids)))
 
 
 def missing_ids(recent: pa.Table, run_ids: Iterable[str]) -> list[str]:
