@@ -33,7 +33,6 @@ ENV_OVERRIDES = {
 }
 # Where a table build reads runs: the tracking server's REST API, its backend database, or the
 # Databricks MLflow system tables.
-TABLE_SOURCES = ("rest", "database", "system-tables")
 
 API_CLASSES = ENDPOINT_API_CLASSES
 MiB = 1 << 20
@@ -120,7 +119,8 @@ class TablesConfig:
     # null means MLflow's resolution (MLFLOW_REGISTRY_URI, else the tracking server's registry).
     # Not in the repr: a URI may carry credentials (the summaries show it redacted).
     registry_uri: str | None = field(default=None, repr=False)
-    # rest (the tracking server's API), database (its backend database, read-only).
+    # rest (the tracking server's API), database (its backend database, read-only),
+    # system-tables: the sources of tables.source_registry.
     source: str = "rest"
     # SQLAlchemy URI of the backend database for source `database`; it holds the database
     # password, so it is not in the repr and is never printed.
@@ -132,9 +132,9 @@ class TablesConfig:
 
     def __post_init__(self) -> None:
         validate_database(self.database)
-        if self.source not in TABLE_SOURCES:
-            raise InvalidConfigError(
-                f"tables.source must be one of {', '.join(TABLE_SOURCES)}, got {self.source!r}.")
+        if not isinstance(self.source, str) or not self.source:
+            # which names there are is the table build's (tables.source_registry)
+            raise InvalidConfigError(f"tables.source must name a source, got {self.source!r}.")
         validate_database(self.system_schema)
         if self.system_workspace_id is not None:
             object.__setattr__(self, "system_workspace_id", str(self.system_workspace_id))

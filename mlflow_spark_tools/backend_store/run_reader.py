@@ -1,8 +1,9 @@
 """Runs of an experiment read from the backend database, as the same Arrow tables REST pages give.
 
-:class:`DatabaseRunReader` answers what the table builder asks a run fetcher
-(:class:`~mlflow_spark_tools.tables.fetch.RunFetcher`): every run (in chunks of a bounded
-number of runs, in start order), the runs started or ended since a watermark, runs by id.
+:class:`DatabaseRunReader` answers what a table build asks of a source's runs
+(:class:`~mlflow_spark_tools.tables.source_interface.RunReader`) and experiments: every run
+(in chunks of a bounded number of runs, in start order), the runs started or ended since a
+watermark, runs by id.
 Its tables have the columns of :func:`~mlflow_spark_tools.runs.run_batches.runs_to_table`,
 with the values the REST API would give for the same runs: the run name from ``runs.name``,
 else the ``mlflow.runName`` tag; the parent from ``mlflow.parentRunId``; the latest metric

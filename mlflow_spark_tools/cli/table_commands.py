@@ -23,6 +23,7 @@ from mlflow_spark_tools.cli.app import (
 from mlflow_spark_tools.core.redaction import redact
 from mlflow_spark_tools.errors import EXIT_FAILURE, UsageError
 from mlflow_spark_tools.tables.refresh_cost import OBVIOUS_REASONS
+from mlflow_spark_tools.tables.source_registry import source_names, sources_help
 from mlflow_spark_tools.tools.output import FORMATS, format_rows, render_table, to_json
 
 TABLE_MAX_ROWS = 1000
@@ -43,10 +44,8 @@ TABLE_MAX_ROWS = 1000
 @click.option("--registry", is_flag=True,
               help="Also refresh registered_models and model_versions from the model registry "
                    "(tables.registry_uri, else MLflow's registry URI); alone, only those.")
-@click.option("--source", type=click.Choice(["rest", "database", "system-tables"]), default=None,
-              help="Where runs are read: rest (the tracking server's API), database (its backend "
-                   "database, read-only, no API requests) or system-tables (Databricks' MLflow system "
-                   "tables, inside Spark). Default: tables.source (rest).")
+@click.option("--source", type=click.Choice(source_names()), default=None,
+              help=f"Where runs are read: {sources_help()}. Default: tables.source (rest).")
 @click.option("--system-schema", default=None, metavar="CATALOG.SCHEMA",
               help="Where the MLflow system tables are for --source system-tables (default: system.mlflow).")
 @click.option("--backend-store-uri", default=None, metavar="URI",

@@ -24,9 +24,10 @@ from collections.abc import Iterable
 import pyarrow as pa
 
 from mlflow_spark_tools.core.identifiers import sql_strings
-from mlflow_spark_tools.runs.run_batches import dataset_inputs
+from mlflow_spark_tools.runs.run_batches import concat_pages, dataset_inputs
 from mlflow_spark_tools.spark.arrow import entries_schema, frame_with_maps, with_maps
 from mlflow_spark_tools.spark.catalog import MAX_KEYS_NAMED, Database
+from mlflow_spark_tools.tables.run_table import Refresh
 
 INPUT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("run_id", "string"),
@@ -125,3 +126,60 @@ class StagedInputs:
     def drop(self) -> None:
         if self.rows:
             self.db.drop(self.staging)
+
+
+class InputsTable:
+    """``exp_<id>_inputs`` as a companion table of each refresh (:mod:`companion_tables`)."""
+
+    index_column = "inputs_table"
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.writer = InputsWriter(db)
+
+    def missing_reason(self, table: str) -> str | None:
+        return None if self.db.exists(inputs_table_name(table)) else f"{inputs_table_name(table)} is missing"
+
+    def begin(self, job: Refresh, *, full: bool) -> InputsRefresh:
+        return InputsRefresh(self.writer, job.table, full)
+
+
+class InputsRefresh:
+    """The inputs of one refresh: one table of runs is written straight from memory; the runs of
+    a full build that come in several chunks are staged chunk by chunk (:class:`StagedInputs`)."""
+
+    def __init__(self, writer: InputsWriter, table: str, full: bool) -> None:
+        self.writer = writer
+        self.table = table
+        self.full = full
+        self.held: pa.Table | None = None
+        self.staged: StagedInputs | None = None
+
+    def add(self, runs: pa.Table) -> None:
+        if self.full and (self.held is not None or self.staged is not None):
+            if self.staged is None:
+                self.staged = self.writer.staged(self.table)
+                if self.held is not None:
+                    self.staged.add(self.held)
+                self.held = None
+            self.staged.add(runs)
+            return
+        self.held = runs
+
+    def finish(self, job: Refresh) -> None:
+        summary = job.summary
+        if self.staged is not None:
+            summary.inputs_table, summary.inputs = self.staged.finish()
+            return
+        runs = self.held if self.held is not None else concat_pages([])
+        self.held = None
+        summary.inputs_table, summary.inputs = self.writer.write(
+            self.table, runs, replace_all=self.full, replaced_run_ids=job.replaced_run_ids)
+
+    def indexed(self) -> str | None:
+        return inputs_table_name(self.table)
+
+    def close(self) -> None:
+        self.held = None
+        if self.staged is not None:
+            self.staged.drop()

@@ -6,9 +6,9 @@ returns them) and, where the server sends them (MLflow 3), ``model_id``, ``datas
 ``dataset_digest``.
 
 Which keys are kept is a :class:`HistorySelection` (``all`` or a list of keys). The points are
-read with :class:`~mlflow_spark_tools.tracking.metric_history.MetricHistoryReader` in parallel
-requests and written in chunks of bounded size to a staging table (when there is more than one
-chunk), so that the driver never holds more than a few chunks however long the histories are;
+read with the source's :class:`~mlflow_spark_tools.tables.source_interface.HistoryReader`
+(in parallel requests from a tracking server) and written in chunks of bounded size to a staging
+table (when there is more than one chunk), so that the driver never holds more than a few chunks however long the histories are;
 the table itself then changes in one Delta commit: an overwrite for a full build; for an
 incremental refresh an append of the points the table does not hold yet (MLflow never changes a
 logged point), or one MERGE when deleted runs still have rows (deleted, with the new points
@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mlflow_spark_tools.backend_store.history_reader import DatabaseHistoryReader
 from mlflow_spark_tools.core.identifiers import quote, sql_strings
 from mlflow_spark_tools.core.progress import Progress
 from mlflow_spark_tools.errors import UsageError
@@ -42,7 +41,8 @@ from mlflow_spark_tools.runs.columns import (
 from mlflow_spark_tools.runs.run_batches import split_raw_name
 from mlflow_spark_tools.spark.arrow import to_arrow, to_dataframe
 from mlflow_spark_tools.spark.catalog import MAX_KEYS_NAMED, Database
-from mlflow_spark_tools.tracking.metric_history import MAX_RUNS_PER_BULK, MetricHistoryReader, Points
+from mlflow_spark_tools.tables.source_interface import POINTS, HistoryReader
+from mlflow_spark_tools.tracking.metric_history import MAX_RUNS_PER_BULK
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +58,8 @@ HISTORY_COLUMNS: tuple[tuple[str, str], ...] = (
     ("dataset_digest", "string"),
 )
 HISTORY_DDL = ", ".join(f"{quote(n)} {t}" for n, t in HISTORY_COLUMNS)
-HISTORY_SCHEMA = pa.schema([
-    ("run_id", pa.string()),
-    ("key", pa.string()),
-    ("column_name", pa.string()),
-    ("step", pa.int64()),
-    ("timestamp", pa.timestamp("ms", tz="UTC")),
-    ("value", pa.float64()),
-    ("model_id", pa.string()),
-    ("dataset_name", pa.string()),
-    ("dataset_digest", pa.string()),
-])
+# the points of every source (POINTS) with their key's column in exp_<id>
+HISTORY_SCHEMA = POINTS.insert(2, pa.field("column_name", pa.string()))
 # Min/max statistics of `value` would turn NaN into numbers on readers that trust them.
 HISTORY_STATS_COLUMNS = ("run_id", "key", "step", "timestamp")
 SUMMARY_SCHEMA = pa.schema([
@@ -136,17 +127,14 @@ class MetricHistoryWriter:
 
     Args:
         db: the database of the tables.
-        reader: reads points from the tracking server, or from its backend database.
-        workers: requests in flight at once (the rate limiter still paces them).
+        reader: the source's metric points.
         chunk_rows: points per write to the staging table (bounds the driver's memory).
     """
 
-    def __init__(self, db: Database, reader: MetricHistoryReader | DatabaseHistoryReader, workers: int = 4,
-                 chunk_rows: int | None = None) -> None:
+    def __init__(self, db: Database, reader: HistoryReader, chunk_rows: int | None = None) -> None:
         self.db = db
         self.spark = db.spark
         self.reader = reader
-        self.workers = max(1, workers)
         self.chunk_rows = chunk_rows or CHUNK_ROWS
 
     def write(self, table: str, runs: pa.Table, namer: ColumnNamer, selection: HistorySelection, *,
@@ -163,71 +151,76 @@ class MetricHistoryWriter:
         target = history_table_name(table)
         staging = target + "__staging"
         result = HistoryResult(self.db.shown(target))
-        before = (self.reader.counts.requests, self.reader.counts.points, len(self.reader.counts.truncated))
+        requests_before, truncated_before = self.reader.counts.requests, len(self.reader.counts.truncated)
         tasks = list(_tasks(runs, selection))
-        result.runs_read = len({r for _, ids in tasks for r in ids})
-        summaries: list[pa.Table] = []
-        staged = 0
-        pending: list[pa.Table] = []
-        pending_rows = 0
-        pairs = sum(len(ids) for _, ids in tasks)
-        in_view = False
-        incremental = not replace_all and self.db.exists(target)
         read_ids = sorted({r for _, ids in tasks for r in ids})
+        result.runs_read = len(read_ids)
+        incremental = not replace_all and self.db.exists(target)
         # MLflow never changes a logged point: an incremental refresh appends the points the
         # table does not hold yet (when it can name the re-read runs), instead of rewriting them
         known = self._known_points(target, read_ids) if incremental and len(read_ids) <= MAX_KEYS_NAMED else None
+        summaries: list[pa.Table] = []
         try:
-            with Progress(f"{table}: metric histories read", "run-keys", total=pairs) as progress:
-                for done, part in self._parts(tasks, selection, namer):
-                    progress.update(done)
-                    if part.num_rows == 0:
-                        continue
-                    summaries.append(summarize(part))
-                    if known is not None:
-                        part = _new_points(part, known)
-                    pending.append(part)
-                    pending_rows += part.num_rows
-                    if pending_rows >= self.chunk_rows:
-                        staged += self._stage(staging, pending, first=staged == 0)
-                        pending, pending_rows = [], 0
-            if staged:  # more than one chunk: the rest joins the others in the staging table
-                if pending:
-                    staged += self._stage(staging, pending, first=False)
-                source = self.spark.table(self.db.name(staging))
-            else:  # one chunk at most: straight from memory, no staging table
-                data = pa.concat_tables(pending).combine_chunks() if pending else HISTORY_SCHEMA.empty_table()
-                staged = data.num_rows
-                source = to_dataframe(self.spark, data, HISTORY_DDL)
+            source, result.points = self._read(table, staging, tasks, selection, namer, known, summaries)
             if not incremental:
-                files = max(1, -(-staged // ROWS_PER_FILE))
+                files = max(1, -(-result.points // ROWS_PER_FILE))
                 ordered = (source.repartitionByRange(files, "run_id")
                            .sortWithinPartitions("run_id", "key", "step", "timestamp"))
                 self.db.overwrite(ordered, target, HISTORY_STATS_COLUMNS)
             elif known is not None:
                 gone = self._runs_with_rows(target, sorted(set(removed_run_ids)))
                 if gone:  # deleted runs' rows go and the new points come in one MERGE
-                    source.createOrReplaceTempView(_POINTS_VIEW)
-                    in_view = True
-                    self.db.replace_rows(_POINTS_VIEW, target, HISTORY_COLUMNS, "run_id", gone)
-                elif staged:  # new points only: one append, nothing rewritten
+                    self._replace_rows(source, target, gone)
+                elif result.points:  # new points only: one append, nothing rewritten
                     self.db.append(source, target)
             else:
-                source.createOrReplaceTempView(_POINTS_VIEW)
-                in_view = True
-                replaced = sorted(set(runs["run_id"].to_pylist()) | set(removed_run_ids))
-                self.db.replace_rows(_POINTS_VIEW, target, HISTORY_COLUMNS, "run_id", replaced)
+                self._replace_rows(source, target, sorted(set(runs["run_id"].to_pylist()) | set(removed_run_ids)))
         finally:
-            if in_view:
-                self.spark.catalog.dropTempView(_POINTS_VIEW)
             self._drop(staging)
         counts = self.reader.counts
-        result.requests = counts.requests - before[0]
-        result.points = staged
-        result.truncated = [f"{run_id}/{key}" for run_id, key, _ in counts.truncated[before[2]:]]
+        result.requests = counts.requests - requests_before
+        result.truncated = [f"{run_id}/{key}" for run_id, key, _ in counts.truncated[truncated_before:]]
         if summaries:
             result.summaries = combine_summaries(summaries)
         return result
+
+    def _read(self, table: str, staging: str, tasks: list[tuple[str, list[str]]], selection: HistorySelection,
+              namer: ColumnNamer, known: pa.Table | None, summaries: list[pa.Table]) -> tuple[Any, int]:
+        """Read every task's points (their summaries into ``summaries``; without the ``known``
+        ones) into a DataFrame: from memory when they fit one chunk, else from ``staging``
+        (written chunk by chunk). Returns it and its row count."""
+        staged = 0
+        pending: list[pa.Table] = []
+        pending_rows = 0
+        pairs = sum(len(ids) for _, ids in tasks)
+        with Progress(f"{table}: metric histories read", "run-keys", total=pairs) as progress:
+            for done, part in self._parts(tasks, selection, namer):
+                progress.update(done)
+                if part.num_rows == 0:
+                    continue
+                summaries.append(summarize(part))
+                if known is not None:
+                    part = _new_points(part, known)
+                pending.append(part)
+                pending_rows += part.num_rows
+                if pending_rows >= self.chunk_rows:
+                    staged += self._stage(staging, pending, first=staged == 0)
+                    pending, pending_rows = [], 0
+        if staged:  # more than one chunk: the rest joins the others in the staging table
+            if pending:
+                staged += self._stage(staging, pending, first=False)
+            return self.spark.table(self.db.name(staging)), staged
+        # one chunk at most: straight from memory, no staging table
+        data = pa.concat_tables(pending).combine_chunks() if pending else HISTORY_SCHEMA.empty_table()
+        return to_dataframe(self.spark, data, HISTORY_DDL), data.num_rows
+
+    def _replace_rows(self, source: Any, target: str, run_ids: list[str]) -> None:
+        """The rows of ``run_ids`` replaced by the points of ``source``, in one MERGE."""
+        source.createOrReplaceTempView(_POINTS_VIEW)
+        try:
+            self.db.replace_rows(_POINTS_VIEW, target, HISTORY_COLUMNS, "run_id", run_ids)
+        finally:
+            self.spark.catalog.dropTempView(_POINTS_VIEW)
 
     # ---- what the table holds ------------------------------------------------------------
 
@@ -255,48 +248,10 @@ class MetricHistoryWriter:
 
     def _parts(self, tasks: list[tuple[str, list[str]]], selection: HistorySelection,
                namer: ColumnNamer) -> Iterator[tuple[int, pa.Table]]:
-        """(run-keys finished, points with their column names) for every task: from a reader
-        that answers Arrow tables (the backend database) many runs and keys per query, else
-        from the REST reader's answers."""
-        reader = self.reader
-        if not isinstance(reader, DatabaseHistoryReader):
-            for key, points in self._read_all(reader, tasks):
-                yield len({p["run_id"] for p in points}), points_table(points, key, namer.name(METRIC, key))
-            return
-        pairs_of: dict[str, int] = {}
-        for _, ids in tasks:
-            for run_id in ids:
-                pairs_of[run_id] = pairs_of.get(run_id, 0) + 1
-        run_ids = sorted(pairs_of)
+        """(run-keys finished, points with their column names) for every task."""
         keys = None if selection.keys is None else sorted(selection.keys)
-        step = reader.runs_per_query
-        for start in range(0, len(run_ids), step):
-            chunk = run_ids[start:start + step]
-            for part in reader.read_tables(chunk, keys):
-                yield 0, with_column_names(part, namer)
-            yield sum(pairs_of[r] for r in chunk), HISTORY_SCHEMA.empty_table()
-
-    def _read_all(self, reader: MetricHistoryReader,
-                  tasks: list[tuple[str, list[str]]]) -> Iterator[tuple[str, Points]]:
-        """Every answer of every task, with at most a few tasks' answers held at once."""
-        def run(task: tuple[str, list[str]]) -> tuple[str, list[Points]]:
-            key, ids = task
-            return key, list(reader.read(key, ids))
-
-        with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            window: list[Future[tuple[str, list[Points]]]] = []
-            queue = iter(tasks)
-            for task in queue:
-                window.append(pool.submit(run, task))
-                if len(window) >= self.workers * 2:
-                    break
-            while window:
-                key, answers = window.pop(0).result()
-                nxt = next(queue, None)
-                if nxt is not None:
-                    window.append(pool.submit(run, nxt))
-                for points in answers:
-                    yield key, points
+        for done, points in self.reader.points(tasks, keys):
+            yield done, with_column_names(points, namer)
 
     # ---- writing -----------------------------------------------------------------------
 
@@ -325,33 +280,17 @@ def _tasks(runs: pa.Table, selection: HistorySelection) -> Iterator[tuple[str, l
             yield kind_key[1], having[start:start + MAX_RUNS_PER_BULK]
 
 
-def points_table(points: Points, key: str, column_name: str) -> pa.Table:
-    n = len(points)
-    return pa.table({
-        "run_id": pa.array([p["run_id"] for p in points], pa.string()),
-        "key": pa.array([key] * n, pa.string()),
-        "column_name": pa.array([column_name] * n, pa.string()),
-        "step": pa.array([p["step"] for p in points], pa.int64()),
-        "timestamp": pa.array([p["timestamp"] for p in points], pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
-        "value": pa.array([p["value"] for p in points], pa.float64()),
-        "model_id": pa.array([p.get("model_id") for p in points], pa.string()),
-        "dataset_name": pa.array([p.get("dataset_name") for p in points], pa.string()),
-        "dataset_digest": pa.array([p.get("dataset_digest") for p in points], pa.string()),
-    }, schema=HISTORY_SCHEMA)
-
-
 def with_column_names(points: pa.Table, namer: ColumnNamer) -> pa.Table:
-    """Points of several keys (``run_id``, ``key``, ``step``, ``timestamp``, ``value``) as
-    :data:`HISTORY_SCHEMA` rows: each key's ``_m_`` column name, no link fields."""
+    """Points of several keys (:data:`~mlflow_spark_tools.tables.source_interface.POINTS`) as
+    :data:`HISTORY_SCHEMA` rows: with each key's ``_m_`` column name."""
     keys = pc.unique(points["key"])
     names = pa.array([namer.name(METRIC, k) for k in keys.to_pylist()], pa.string())
     column_names = names.take(pc.index_in(points["key"], value_set=keys))
-    n = points.num_rows
     return pa.table({
         "run_id": points["run_id"], "key": points["key"], "column_name": column_names,
         "step": points["step"], "timestamp": points["timestamp"], "value": points["value"],
-        "model_id": pa.nulls(n, pa.string()), "dataset_name": pa.nulls(n, pa.string()),
-        "dataset_digest": pa.nulls(n, pa.string()),
+        "model_id": points["model_id"], "dataset_name": points["dataset_name"],
+        "dataset_digest": points["dataset_digest"],
     }, schema=HISTORY_SCHEMA)
 
 

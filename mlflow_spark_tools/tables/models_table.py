@@ -15,16 +15,20 @@ MLflow 2 server) or an MLflow 2 client means no table, and no error.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import logging
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import pyarrow as pa
 
-from mlflow_spark_tools.backend_store.model_reader import DatabaseModelSearch
 from mlflow_spark_tools.core.json_values import json_millis
+from mlflow_spark_tools.errors import TrackingServerError
 from mlflow_spark_tools.spark.arrow import frame_with_maps
 from mlflow_spark_tools.spark.catalog import Database
-from mlflow_spark_tools.tracking.model_search import LoggedModelSearch
+from mlflow_spark_tools.tables.run_table import Refresh
+from mlflow_spark_tools.tables.source_interface import ModelReader
+
+log = logging.getLogger(__name__)
 
 METRICS_TYPE = ("array<struct<key:string,value:double,step:bigint,timestamp:timestamp,"
                 "dataset_name:string,dataset_digest:string,run_id:string>>")
@@ -115,27 +119,92 @@ def models_arrow(models: Iterable[Mapping[str, Any]]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=MODELS_SCHEMA)
 
 
+class ModelsFromSearch:
+    """A :class:`~mlflow_spark_tools.tables.source_interface.ModelReader` over a search that answers
+    logged models in the REST API's JSON shape (None: the source has no logged models)."""
+
+    def __init__(self, search: Callable[[str], list[dict[str, Any]] | None]) -> None:
+        self.search = search
+
+    def logged_models(self, experiment_id: str) -> pa.Table | None:
+        models = self.search(experiment_id)
+        return None if models is None else models_arrow(models)
+
+
 class ModelsWriter:
     """Writes the logged models of an experiment into ``<table>_models``.
 
     Args:
         db: the database of the tables.
-        search: reads the logged models from the tracking server, or from its backend database.
+        reader: reads the logged models (the tracking server's API, or its backend database).
     """
 
-    def __init__(self, db: Database, search: LoggedModelSearch | DatabaseModelSearch) -> None:
+    def __init__(self, db: Database, reader: ModelReader) -> None:
         self.db = db
-        self.search = search
+        self.reader = reader
 
     def write(self, table: str, experiment_id: str) -> tuple[str | None, int]:
-        """Rewrite the table from the server's logged models; returns its quoted name and its
-        row count, or (None, 0) when the server has no logged models (nothing is written)."""
-        models = self.search.search(experiment_id)
-        if models is None:
+        """Rewrite the table from the source's logged models; returns its quoted name and its
+        row count, or (None, 0) when the source has no logged models (nothing is written)."""
+        data = self.reader.logged_models(experiment_id)
+        if data is None:
             return None, 0
-        data = models_arrow(models)
         target = models_table_name(table)
         if data.num_rows == 0 and self.db.exists(target) and not self.db.has_rows(target):
             return self.db.shown(target), 0  # empty before and after: no commit
         self.db.overwrite(frame_with_maps(self.db.spark, data, MODEL_COLUMNS), target, MODEL_STATS_COLUMNS)
         return self.db.shown(target), data.num_rows
+
+
+class ModelsTable:
+    """``exp_<id>_models`` as a companion table of each refresh (:mod:`companion_tables`).
+
+    Args:
+        keep_on_server_error: a tracking server that fails to answer leaves the previous table as
+            it is, with a warning (for sources whose runs do not come from the server).
+    """
+
+    index_column = "models_table"
+
+    def __init__(self, db: Database, reader: ModelReader, *, keep_on_server_error: bool = False) -> None:
+        self.db = db
+        self.writer = ModelsWriter(db, reader)
+        self.keep_on_server_error = keep_on_server_error
+
+    def missing_reason(self, table: str) -> str | None:
+        return None  # rewritten by every refresh
+
+    def begin(self, job: Refresh, *, full: bool) -> ModelsRefresh:
+        return ModelsRefresh(self, job.table)
+
+
+class ModelsRefresh:
+    """The models table of one refresh: rewritten after the run table, whatever runs changed."""
+
+    def __init__(self, models: ModelsTable, table: str) -> None:
+        self.models = models
+        self.table = table
+        self.written = False
+
+    def add(self, runs: pa.Table) -> None:
+        pass  # the models are read by experiment, not by run
+
+    def finish(self, job: Refresh) -> None:
+        summary = job.summary
+        try:
+            summary.models_table, summary.models = self.models.writer.write(self.table, job.experiment.experiment_id)
+            self.written = summary.models_table is not None
+        except TrackingServerError as exc:
+            if not self.models.keep_on_server_error:
+                raise
+            log.warning("Experiment %s: the logged models table was not refreshed: %s",
+                        job.experiment.experiment_id, exc)
+            db, target = self.models.db, models_table_name(self.table)
+            self.written = db.exists(target)
+            summary.models_table = db.shown(target) if self.written else None
+
+    def indexed(self) -> str | None:
+        return models_table_name(self.table) if self.written else None
+
+    def close(self) -> None:
+        pass

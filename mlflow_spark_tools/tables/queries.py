@@ -32,7 +32,7 @@ from mlflow_spark_tools.runs.columns import METRIC, METRIC_MAX, METRIC_MAX_STEP,
 from mlflow_spark_tools.runs.run_batches import PARENT_RUN_TAG, run_name_of, run_tags
 from mlflow_spark_tools.spark.catalog import Database
 from mlflow_spark_tools.spark.engine import Engine
-from mlflow_spark_tools.tables.builder import INDEX_TABLE
+from mlflow_spark_tools.tables.index_table import INDEX_TABLE
 from mlflow_spark_tools.tracking.pages import ACTIVE_ONLY
 from mlflow_spark_tools.tracking.source import TrackingSource
 
@@ -192,7 +192,8 @@ def _refuse_unknown_metric(experiment_id: str, metric: str, logged: set[str]) ->
 def _best_by_history(source: TrackingSource, experiment_id: str, metric: str, ascending: bool,
                      ignore_nested: bool, aggregate: str) -> RunChoice | None:
     """The best run by each run's lowest or highest value, from histories read from the server."""
-    from mlflow_spark_tools.tables.metric_history import points_table, summarize
+    from mlflow_spark_tools.tables.metric_history import summarize
+    from mlflow_spark_tools.tables.rest_source import points_table
     from mlflow_spark_tools.tracking.metric_history import MetricHistoryReader
 
     candidates: dict[str, RunChoice] = {}
@@ -216,7 +217,7 @@ def _best_by_history(source: TrackingSource, experiment_id: str, metric: str, as
     for points in reader.read(metric, list(candidates)):
         if not points:
             continue
-        found = summarize(points_table(points, metric, ""))
+        found = summarize(points_table(points, metric))
         for row in found.to_pylist():
             value, step = (row["min"], row["min_step"]) if aggregate == MIN else (row["max"], row["max_step"])
             choice = candidates[row["run_id"]]

@@ -8,7 +8,7 @@ rules of :mod:`~mlflow_spark_tools.tables.param_types`). In the staging table a 
 named by its number (``k0``, ``k1``, ... in the order the keys first come; a chunk with new
 keys adds columns), so that any key can be staged whatever its characters. After the last
 chunk, one projection of the staging table names, types and orders the columns as
-:meth:`ExperimentTableBuilder._shape <mlflow_spark_tools.tables.builder.ExperimentTableBuilder._shape>`
+:meth:`ArrowRunRefresh.shape <mlflow_spark_tools.tables.arrow_refresh.ArrowRunRefresh.shape>`
 does in Arrow: the same names (:class:`~mlflow_spark_tools.runs.columns.ColumnNamer`, given
 the same keys) and the same types (the param strings cast inside Spark).
 The driver holds one chunk at a time, however many runs the experiment has.

@@ -332,7 +332,7 @@ def test_an_index_table_of_an_older_version_gains_the_history_columns(settings, 
     import uuid
 
     from mlflow_spark_tools.spark.catalog import Database
-    from mlflow_spark_tools.tables.builder import INDEX_COLUMNS
+    from mlflow_spark_tools.tables.index_table import INDEX_COLUMNS
 
     database = f"old_{uuid.uuid4().hex[:8]}"
     db = Database(engine, database)

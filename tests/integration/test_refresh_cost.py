@@ -8,7 +8,7 @@ import pytest
 
 from mlflow_spark_tools.spark.arrow import to_arrow, to_dataframe
 from mlflow_spark_tools.spark.catalog import Database
-from mlflow_spark_tools.tables.builder import INDEX_COLUMNS
+from mlflow_spark_tools.tables.index_table import INDEX_COLUMNS
 from mlflow_spark_tools.tables.refresh_cost import REPROBE_AFTER
 
 from .helpers import build, log_run, read_table

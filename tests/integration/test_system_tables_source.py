@@ -133,8 +133,8 @@ def test_every_run_keeps_its_own_metric_values_when_a_partition_holds_many_runs(
     the embedded engine's map functions misread (each map built from a sorted copy instead)."""
     from pyspark.sql import functions as F
 
+    from mlflow_spark_tools.tables.spark_refresh import key_summaries, summary_maps
     from mlflow_spark_tools.tables.system_tables import SystemTables
-    from mlflow_spark_tools.tables.system_tables_builder import key_summaries, summary_maps
 
     spark, schema, runs, metrics = engine.spark, "sysml_many", 20_000, 5
     spark.sql(f"CREATE SCHEMA IF NOT EXISTS {schema}").collect()

@@ -13,10 +13,10 @@ from mlflow_spark_tools.runs.columns import METRIC, SUMMARY_KINDS, ColumnNamer, 
 from mlflow_spark_tools.tables.metric_history import (
     HistorySelection,
     combine_summaries,
-    points_table,
     summarize,
     with_summaries,
 )
+from mlflow_spark_tools.tables.rest_source import points_table
 
 
 def test_selection_parsing():
@@ -52,7 +52,7 @@ def test_summaries_ignore_nan_keep_infinities_and_take_the_first_step_of_a_tie()
     points = (_points("r1", [(0, 3.0), (1, float("nan")), (2, 1.0), (3, 1.0), (4, 5.0), (5, 5.0)])
               + _points("r2", [(0, float("nan"))])
               + _points("r3", [(7, float("-inf")), (3, float("inf")), (9, 0.0)]))
-    found = {r["run_id"]: r for r in summarize(points_table(points, "loss", "_m_loss")).to_pylist()}
+    found = {r["run_id"]: r for r in summarize(points_table(points, "loss")).to_pylist()}
     assert found["r1"] == {"run_id": "r1", "key": "loss", "min": 1.0, "min_step": 2, "max": 5.0, "max_step": 4}
     assert "r2" not in found  # only NaN: no summary
     assert (found["r3"]["min"], found["r3"]["min_step"]) == (-math.inf, 7)
@@ -73,8 +73,7 @@ def test_summary_columns_follow_the_metric_column_names():
 
 def test_summaries_join_the_run_rows_in_their_order():
     data = pa.table({"run_id": ["r3", "r1", "r2"]})
-    summaries = summarize(points_table(_points("r1", [(0, 2.0), (1, 1.0)]) + _points("r3", [(0, 4.0)]),
-                                       "loss", "_m_loss"))
+    summaries = summarize(points_table(_points("r1", [(0, 2.0), (1, 1.0)]) + _points("r3", [(0, 4.0)]), "loss"))
     names = {"metric_min": "_mmin_loss", "metric_min_step": "_mminstep_loss", "metric_max": "_mmax_loss",
              "metric_max_step": "_mmaxstep_loss"}
     joined, added = with_summaries(data, summaries, lambda kind, key: names[kind])
@@ -86,9 +85,9 @@ def test_summaries_join_the_run_rows_in_their_order():
 def test_new_points_are_those_the_table_lacks_nan_and_signed_zero_included():
     from mlflow_spark_tools.tables.metric_history import _identity, _new_points
 
-    known = points_table(_points("r1", [(0, float("nan")), (1, 0.0), (2, 1.5)]), "loss", "_m_loss")
+    known = points_table(_points("r1", [(0, float("nan")), (1, 0.0), (2, 1.5)]), "loss")
     fetched = points_table(_points("r1", [(0, float("nan")), (1, -0.0), (2, 1.5), (3, 2.0)])
-                           + _points("r2", [(0, 1.5)]), "loss", "_m_loss")
+                           + _points("r2", [(0, 1.5)]), "loss")
     new = _new_points(fetched, _identity(known))
     assert [(r["run_id"], r["step"]) for r in new.to_pylist()] == [("r1", 1), ("r1", 3), ("r2", 0)]
     assert new.schema == fetched.schema

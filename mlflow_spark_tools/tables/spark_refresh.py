@@ -1,10 +1,9 @@
-"""Experiment tables built from the Databricks MLflow system tables, entirely inside Spark.
-
-The same tables, column names, types, index rows and refresh rules as
-:class:`~mlflow_spark_tools.tables.builder.ExperimentTableBuilder` (which this extends), with
-the runs read as DataFrames from :class:`~mlflow_spark_tools.tables.system_tables.SystemTables`
-and shaped by :mod:`~mlflow_spark_tools.tables.spark_shape`: the driver sees the experiment's
-keys and a few counts, never its rows.
+"""The run table refreshed from runs held in Spark (source ``system-tables``): the
+:class:`~mlflow_spark_tools.tables.builder.RunRefresh` strategy that reads the Databricks MLflow
+system tables (:class:`~mlflow_spark_tools.tables.system_tables.SystemTables`) as DataFrames and
+shapes them with :mod:`~mlflow_spark_tools.tables.spark_shape`: the driver sees the experiment's
+keys and a few counts, never its rows. The same tables, column names, types, index rows and
+refresh rules as the sources read in the driver.
 
 - A full build overwrites the table from the projection of every run; the metric history
   (``--metric-history``) is an overwrite of the selected keys' points and its
@@ -23,34 +22,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from mlflow_spark_tools.core.identifiers import sql_strings
-from mlflow_spark_tools.errors import TrackingServerError
 from mlflow_spark_tools.runs.columns import (
-    INFO,
     METRIC,
     METRIC_MAX,
     METRIC_MAX_STEP,
     METRIC_MIN,
     METRIC_MIN_STEP,
-    PARAM,
     SUMMARY_KINDS,
     ColumnNamer,
     ColumnSpec,
     sort_specs,
 )
-from mlflow_spark_tools.spark.engine import Engine
 from mlflow_spark_tools.spark.maps import map_from_entries
-from mlflow_spark_tools.tables import param_types
-from mlflow_spark_tools.tables.builder import (
-    FULL,
-    INCREMENTAL,
-    STATS_COLUMNS,
-    UNFINISHED,
-    ExperimentTableBuilder,
-    RefreshSummary,
-)
 from mlflow_spark_tools.tables.metric_history import (
     HISTORY_COLUMNS,
     HISTORY_STATS_COLUMNS,
@@ -58,10 +43,9 @@ from mlflow_spark_tools.tables.metric_history import (
     HistorySelection,
     history_table_name,
 )
-from mlflow_spark_tools.tables.models_table import ModelsWriter, models_table_name
+from mlflow_spark_tools.tables.run_table import STATS_COLUMNS, Refresh, RunTable, full_build_counts
 from mlflow_spark_tools.tables.spark_shape import key_stats, shape
 from mlflow_spark_tools.tables.system_tables import SystemTables
-from mlflow_spark_tools.tracking.source import ExperimentInfo
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -72,74 +56,62 @@ _SUMMARY_FIELDS = ((METRIC_MIN, "min", "double"), (METRIC_MIN_STEP, "min_step", 
                    (METRIC_MAX, "max", "double"), (METRIC_MAX_STEP, "max_step", "bigint"))
 
 
-class SystemTablesBuilder(ExperimentTableBuilder):
-    """Builds and refreshes experiment tables from the MLflow system tables.
+class SparkRunRefresh:
+    """Reads the runs of the system tables and writes them into the run table, inside Spark.
 
     Args:
-        engine: the Spark engine (it reads the system tables and writes the tables).
         system: the system tables.
-        database: ``schema`` or ``catalog.schema`` of the experiment tables.
+        selection: the metric keys whose history is kept; None builds none.
         watermark_margin_seconds: how far before the last build's latest ``update_time`` an
             incremental refresh looks again.
-        selection: the metric keys whose history is kept; None builds none.
-        models: writes the logged models tables; None builds none.
-        refresh_by_cost: build in full where that took less time than an incremental refresh.
-        deletion_vectors: ``delta.enableDeletionVectors`` of the tables written on JVM Delta.
+        clock: wall clock in seconds (the watermark of a table whose runs have no update time).
     """
 
-    def __init__(self, engine: Engine, system: SystemTables, database: str, watermark_margin_seconds: int = 600,
-                 clock: Callable[[], float] = time.time, selection: HistorySelection | None = None,
-                 models: ModelsWriter | None = None, refresh_by_cost: bool = True,
-                 deletion_vectors: bool | None = None) -> None:
-        super().__init__(engine, None, database, watermark_margin_seconds, clock, models=models,
-                         refresh_by_cost=refresh_by_cost, deletion_vectors=deletion_vectors)
+    on_runs: Callable[[int], None] | None = None  # the runs never reach the driver
+
+    def __init__(self, system: SystemTables, *, selection: HistorySelection | None = None,
+                 watermark_margin_seconds: int = 600, clock: Callable[[], float] = time.time) -> None:
         self.system = system
         self.selection = selection
-        self.inputs = None
+        self.margin_ms = int(watermark_margin_seconds * 1000)
+        self.clock = clock
 
     # ---- full build ------------------------------------------------------------------------
 
-    def _refresh_full(self, experiment: ExperimentInfo, table: str, state: Any, include_deleted: bool,
-                      summary: RefreshSummary) -> None:
-
-        exp_id = experiment.experiment_id
-        watermark = self.system.last_update_ms(exp_id) or int(self.clock() * 1000)
-        runs = self.system.runs(exp_id, include_deleted=include_deleted)
+    def full(self, job: Refresh, tables: RunTable) -> None:
+        exp_id, table, summary = job.experiment.experiment_id, job.table, job.summary
+        job.watermark_ms = self.system.last_update_ms(exp_id) or int(self.clock() * 1000)
+        state = tables.state(table, job.exists, job.index)
+        runs = self.system.runs(exp_id, include_deleted=job.include_deleted)
         namer = ColumnNamer(state.specs)
         data, specs, _ = shape(runs, key_stats(runs), namer, {})
-        data, specs = self._with_spark_history(table, exp_id, runs, data, specs, namer, summary, changed=None)
-        target = self.db.name(table)
+        data, specs = self._with_spark_history(job, tables, runs, data, specs, namer, changed=None)
+        target = tables.db.name(table)
         if state.exists:
-            old = self.spark.table(target).select("run_id")
+            old = tables.spark.table(target).select("run_id")
             total_old = old.count()
             summary.rows_deleted = old.join(data.select("run_id"), "run_id", "left_anti").count()
             summary.rows_updated = total_old - summary.rows_deleted
-            summary.columns_widened = sorted(
-                s.column_name for s in specs if s.kind == PARAM and s.data_type == param_types.STRING
-                and state.types.get(s.column_name, param_types.STRING) != param_types.STRING)
+        full_build_counts(summary, state, specs)
         summary.column_collisions = namer.collisions
-        summary.columns_added = sorted(s.column_name for s in specs if s.kind != INFO and s.column_name not in state.types)
-        self._write_columns(table, specs, state.specs)
-        self.db.overwrite(data, table, STATS_COLUMNS)
-        summary.row_count = self.spark.table(target).count()
+        tables.write_columns(table, specs, state.specs)
+        tables.db.overwrite(data, table, STATS_COLUMNS)
+        summary.row_count = tables.spark.table(target).count()
         summary.rows_inserted = summary.row_count - summary.rows_updated
         summary.runs_fetched = summary.row_count
-        self._write_models(experiment, table, summary)
-        summary.mode = FULL
-        self._write_index(experiment, table, summary.row_count, len(specs), include_deleted, watermark, FULL)
+        job.column_count = len(specs)
 
     # ---- incremental refresh -----------------------------------------------------------------
 
-    def _refresh_incremental(self, experiment: ExperimentInfo, table: str, index: dict[str, Any],
-                             include_deleted: bool, summary: RefreshSummary) -> bool:
+    def incremental(self, job: Refresh, tables: RunTable) -> bool:
         from pyspark.sql import functions as F
 
-        exp_id = experiment.experiment_id
-        previous = int(index["watermark_ms"])
-        watermark = max(previous, self.system.last_update_ms(exp_id) or previous)
-        state = self._state(table, True, index)
-        unfinished = [r["run_id"] for r in self.spark.sql(
-            f"SELECT run_id FROM {self.db.name(table)} WHERE status IN ({sql_strings(UNFINISHED)})").collect()]
+        assert job.index is not None
+        exp_id, table, summary = job.experiment.experiment_id, job.table, job.summary
+        previous = int(job.index["watermark_ms"])
+        job.watermark_ms = max(previous, self.system.last_update_ms(exp_id) or previous)
+        state = tables.state(table, True, job.index)
+        unfinished = tables.unfinished(table)
         changed = self.system.runs(exp_id, updated_since_ms=previous - self.margin_ms, run_ids=unfinished)
         found = changed.select("run_id", "lifecycle_stage").collect()
         summary.runs_fetched = len(found)
@@ -149,46 +121,28 @@ class SystemTablesBuilder(ExperimentTableBuilder):
             log.info("Columns %s no longer fit their type; rebuilding %s", broken, table)
             summary.columns_widened = sorted(broken)
             return False
-        kept = changed if include_deleted else changed.where(F.col("lifecycle_stage") != F.lit("deleted"))
+        kept = changed if job.include_deleted else changed.where(F.col("lifecycle_stage") != F.lit("deleted"))
         changed_ids = sorted(r["run_id"] for r in found)
-        data, specs = self._with_spark_history(table, exp_id, kept, data, specs, namer, summary, changed=changed_ids)
-        new_specs = [s for s in specs if s.column_name not in state.types]
-        all_specs = sort_specs(
-            [ColumnSpec(n, *self._kind_key(n, state.specs), t) for n, t in state.types.items()] + new_specs)
+        data, specs = self._with_spark_history(job, tables, kept, data, specs, namer, changed=changed_ids)
         summary.column_collisions = namer.collisions
-        summary.columns_added = sorted(s.column_name for s in new_specs)
-        if new_specs:
-            self._write_columns(table, all_specs, state.specs)
-            self.db.add_columns(table, [(s.column_name, s.data_type) for s in new_specs])
+        all_specs = tables.add_new_columns(job, state, specs)
         if found:
             have = set(data.columns)
             full = data.select(*(F.col(s.column_name) if s.column_name in have
                                  else F.lit(None).cast(s.data_type).alias(s.column_name) for s in all_specs))
             view = f"__mst_changes_{table}"
             full.createOrReplaceTempView(view)
-            self._merge_changes(view, table, include_deleted, summary, all_specs)
-            self.spark.catalog.dropTempView(view)
-        self._write_models(experiment, table, summary)
-        summary.row_count = (index.get("run_count") or 0) + summary.rows_inserted - summary.rows_deleted
-        summary.mode = INCREMENTAL
-        self._write_index(experiment, table, summary.row_count, len(all_specs), include_deleted, watermark,
-                          INCREMENTAL)
+            tables.merge(view, job, all_specs)
+            tables.spark.catalog.dropTempView(view)
+        job.replaced_run_ids = changed_ids
+        summary.row_count = (job.index.get("run_count") or 0) + summary.rows_inserted - summary.rows_deleted
+        job.column_count = len(all_specs)
         return True
-
-    def _write_models(self, experiment: ExperimentInfo, table: str, summary: RefreshSummary) -> None:
-        """The logged models table from the tracking API; a server that cannot be reached
-        leaves the previous one as it is, with a warning: the runs came from the system tables."""
-        try:
-            super()._write_models(experiment, table, summary)
-        except TrackingServerError as exc:
-            log.warning("Experiment %s: the logged models table was not refreshed: %s", experiment.experiment_id, exc)
-            self._models_written = self.db.exists(models_table_name(table))
-            summary.models_table = self.db.shown(models_table_name(table)) if self._models_written else None
 
     # ---- metric history -------------------------------------------------------------------------
 
-    def _with_spark_history(self, table: str, experiment_id: str, runs: DataFrame, data: DataFrame,
-                            specs: list[ColumnSpec], namer: ColumnNamer, summary: RefreshSummary, *,
+    def _with_spark_history(self, job: Refresh, tables: RunTable, runs: DataFrame, data: DataFrame,
+                            specs: list[ColumnSpec], namer: ColumnNamer, *,
                             changed: list[str] | None) -> tuple[DataFrame, list[ColumnSpec]]:
         """Write the selected keys' points of ``runs`` (all of them, or replacing the rows of
         the ``changed`` runs) and join their summaries to ``data``."""
@@ -196,28 +150,29 @@ class SystemTablesBuilder(ExperimentTableBuilder):
 
         if self.selection is None:
             return data, specs
-        target = history_table_name(table)
+        db, spark, summary = tables.db, tables.spark, job.summary
+        target = history_table_name(job.table)
         names = {s.key: s.column_name for s in specs if s.kind == METRIC and self.selection.wants(s.key)}
-        points = self.system.history(experiment_id).join(runs.select("run_id"), "run_id", "left_semi")
+        points = self.system.history(job.experiment.experiment_id).join(runs.select("run_id"), "run_id", "left_semi")
         points = points.where(F.col("key").isin(sorted(names))) if names else points.limit(0)
-        mapping = self.spark.createDataFrame(sorted(names.items()) or [("", "")], "key string, column_name string")
+        mapping = spark.createDataFrame(sorted(names.items()) or [("", "")], "key string, column_name string")
         points = points.join(F.broadcast(mapping), "key").select(
             "run_id", "key", "column_name", "step", "timestamp", "value",
             *(F.lit(None).cast("string").alias(c) for c in ("model_id", "dataset_name", "dataset_digest")))
-        summary.metrics_table = self.db.shown(target)
-        if changed is None or not self.db.exists(target):
+        summary.metrics_table = db.shown(target)
+        if changed is None or not db.exists(target):
             count = points.count()
             files = max(1, -(-count // ROWS_PER_FILE))
-            self.db.overwrite(points.repartitionByRange(files, "run_id")
+            db.overwrite(points.repartitionByRange(files, "run_id")
                               .sortWithinPartitions("run_id", "key", "step", "timestamp"), target, HISTORY_STATS_COLUMNS)
             summary.history_points = count
         else:
-            view = f"__mst_history_{table}"
+            view = f"__mst_history_{job.table}"
             points.createOrReplaceTempView(view)
             try:
-                self.db.replace_rows(view, target, HISTORY_COLUMNS, "run_id", changed)
+                db.replace_rows(view, target, HISTORY_COLUMNS, "run_id", changed)
             finally:
-                self.spark.catalog.dropTempView(view)
+                spark.catalog.dropTempView(view)
             summary.history_points = points.count() if changed else 0
         summary.history_runs = runs.select("run_id").distinct().count() if changed is None else len(changed)
         summaries = key_summaries(points)
