@@ -104,7 +104,7 @@ class LoggedModels:
                 "params": items[:_PARAMS_PER_REQUEST],
                 "tags": [{"key": k, "value": v} for k, v in tags.items()]}
         try:
-            answer = self.requests.call("other", "/logged-models", "POST", body)
+            answer = self.requests.call("/logged-models", "POST", body)
         except Exception as exc:
             if not endpoint_missing(exc):
                 raise
@@ -114,7 +114,7 @@ class LoggedModels:
             return None
         model = LoggedModelInfo.from_json(answer["model"])
         for start in range(_PARAMS_PER_REQUEST, len(items), _PARAMS_PER_REQUEST):
-            self.requests.call("other", f"/logged-models/{model.model_id}/params", "POST",
+            self.requests.call(f"/logged-models/{model.model_id}/params", "POST",
                                {"model_id": model.model_id, "params": items[start:start + _PARAMS_PER_REQUEST]})
         return model
 
@@ -123,7 +123,7 @@ class LoggedModels:
         if not MODEL_ID.match(model_id):
             return None
         try:
-            answer = self.requests.call("other", f"/logged-models/{model_id}", "GET")
+            answer = self.requests.call(f"/logged-models/{model_id}", "GET")
         except Exception as exc:
             if getattr(exc, "error_code", None) in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
                 return None
@@ -138,7 +138,7 @@ class LoggedModels:
 
     def link(self, run_id: str, model_id: str, step: int = 0) -> None:
         """Record the model as an output of the run."""
-        self.requests.call("other", "/runs/outputs", "POST",
+        self.requests.call("/runs/outputs", "POST",
                            {"run_id": run_id, "models": [{"model_id": model_id, "step": int(step)}]})
 
     def link_metrics(self, run_id: str, model_id: str, points: list[tuple[Any, ...]]) -> None:
@@ -151,7 +151,7 @@ class LoggedModels:
 
     def finalize(self, model_id: str) -> None:
         """Mark the model READY (its files are all uploaded)."""
-        self.requests.call("other", f"/logged-models/{model_id}", "PATCH",
+        self.requests.call(f"/logged-models/{model_id}", "PATCH",
                            {"model_id": model_id, "status": READY})
 
 

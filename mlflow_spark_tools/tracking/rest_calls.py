@@ -81,7 +81,7 @@ class TrackingRequests:
 
     # ---- one request -----------------------------------------------------------------
 
-    def _attempt(self, api_class: str, endpoint: str, method: str, body: dict[str, Any] | None,
+    def _attempt(self, endpoint: str, method: str, body: dict[str, Any] | None,
                  upload: str | None = None) -> dict[str, Any]:
         from mlflow.utils.rest_utils import http_request, verify_rest_response
 
@@ -112,17 +112,19 @@ class TrackingRequests:
                 "raise_on_status": False, "timeout": self.timeout,
                 "retry_timeout_seconds": self.policy.deadline}
 
-    def call(self, api_class: str, endpoint: str, method: str = "POST", body: dict[str, Any] | None = None,
+    def call(self, endpoint: str, method: str = "POST", body: dict[str, Any] | None = None,
              upload: str | None = None, *, raw_path: bool = False) -> dict[str, Any]:
         """Send a request with the retry policy; raises the last error when it gives up.
 
+        The request's rate-limit class comes from its path, where it is paced
+        (:mod:`mlflow_spark_tools.tracking.pacing`).
+
         Args:
-            api_class: kept for the callers' readability; the pacing layer classifies the path.
             endpoint: below ``/api/2.0/mlflow`` (or the whole path with ``raw_path``).
             upload: the path of a file to send as the body (artifact uploads).
         """
         path = endpoint if raw_path else API + endpoint
-        return self.run(f"{method} {endpoint}", self._attempt, api_class, path, method, body, upload)
+        return self.run(f"{method} {endpoint}", self._attempt, path, method, body, upload)
 
     def run(self, what: str, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``func`` (any work that sends tracking requests, MLflow's artifact repositories
@@ -145,7 +147,7 @@ class TrackingRequests:
         }
         if run_name:
             body["run_name"] = run_name
-        return self.call("other", "/runs/create", "POST", body)["run"]["info"]
+        return self.call("/runs/create", "POST", body)["run"]["info"]
 
     def log_batch(self, run_id: str, params: list[tuple[str, str]],
                   metrics: Sequence[tuple[Any, ...]], tags: list[tuple[str, str]],
@@ -153,7 +155,7 @@ class TrackingRequests:
         """Log params, metric points and tags; with ``model_id`` the points are linked to
         that MLflow 3 logged model too. A point is (key, value, timestamp, step) or, linked
         one by one, (key, value, timestamp, step, model id, dataset name, dataset digest)."""
-        self.call("log_batch", "/runs/log-batch", "POST", {
+        self.call("/runs/log-batch", "POST", {
             "run_id": run_id,
             "params": [{"key": k, "value": v} for k, v in params],
             "metrics": [_metric_json(point, model_id) for point in metrics],
@@ -163,7 +165,7 @@ class TrackingRequests:
     def log_inputs(self, run_id: str, datasets: list[dict[str, Any]]) -> None:
         """Record dataset inputs of a run (``runs/log-inputs``; the server keeps a dataset input
         of a run once, so repeating the request changes nothing)."""
-        self.call("other", "/runs/log-inputs", "POST", {
+        self.call("/runs/log-inputs", "POST", {
             "run_id": run_id,
             "datasets": [{
                 "tags": [{"key": k, "value": v} for k, v in d.get("tags", {}).items()],
@@ -173,14 +175,14 @@ class TrackingRequests:
         })
 
     def update_run(self, run_id: str, status: str, end_time: int) -> None:
-        self.call("other", "/runs/update", "POST",
+        self.call("/runs/update", "POST",
                   {"run_id": run_id, "status": status, "end_time": int(end_time)})
 
     def get_run(self, run_id: str) -> dict[str, Any]:
-        return self.call("other", "/runs/get", "GET", {"run_id": run_id})["run"]
+        return self.call("/runs/get", "GET", {"run_id": run_id})["run"]
 
     def experiment_id_by_name(self, name: str) -> str:
-        return self.call("other", "/experiments/get-by-name", "GET",
+        return self.call("/experiments/get-by-name", "GET",
                          {"experiment_name": name})["experiment"]["experiment_id"]
 
     def run_with_tag(self, experiment_id: str, tag_key: str, tag_value: str) -> str | None:
@@ -189,7 +191,7 @@ class TrackingRequests:
         for text in (tag_key, tag_value):
             if not all(c.isalnum() or c in "-_.:" for c in text):
                 raise ValueError(f"not a tag key or value to search by: {text[:80]!r}")
-        found = self.call("search_runs", "/runs/search", "POST", {
+        found = self.call("/runs/search", "POST", {
             "experiment_ids": [str(experiment_id)],
             "filter": f"tags.`{tag_key}` = '{tag_value}'",
             "run_view_type": "ALL",
@@ -199,7 +201,7 @@ class TrackingRequests:
 
     def upload_file(self, endpoint_path: str, local_file: str) -> None:
         """PUT one file to the tracking server's artifact proxy (``/api/2.0/mlflow-artifacts``)."""
-        self.call("other", endpoint_path, "PUT", upload=local_file, raw_path=True)
+        self.call(endpoint_path, "PUT", upload=local_file, raw_path=True)
 
     def metric_history(self, run_id: str, key: str) -> list[dict[str, Any]]:
         """Every point of one metric of a run."""
@@ -207,7 +209,7 @@ class TrackingRequests:
             body: dict[str, Any] = {"run_id": run_id, "metric_key": key, "max_results": 25000}
             if token:
                 body["page_token"] = token
-            page = self.call("other", "/metrics/get-history", "GET", body)
+            page = self.call("/metrics/get-history", "GET", body)
             return page.get("metrics", []), page.get("next_page_token")
 
         return [point for page in follow_pages(fetch) for point in page]
