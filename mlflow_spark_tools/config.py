@@ -17,7 +17,6 @@ from typing import Any
 import yaml
 
 from mlflow_spark_tools.core.endpoints import API_CLASSES as ENDPOINT_API_CLASSES
-from mlflow_spark_tools.core.endpoints import OPERATION_CLASSES
 from mlflow_spark_tools.core.identifiers import validate_database
 from mlflow_spark_tools.core.redaction import redact_uri
 from mlflow_spark_tools.errors import InvalidConfigError
@@ -226,8 +225,19 @@ def _number(where: str, value: Any, minimum: float = 0.0) -> float:
     return float(value)
 
 
+# The operations of the retrying client (MlflowClient method names) that ``client.retries`` may
+# give their own retry settings; every other operation retries as ``default`` says.
+CLIENT_OPERATIONS = frozenset({
+    "create_experiment", "search_experiments", "delete_experiment", "restore_experiment",
+    "rename_experiment", "set_experiment_tag", "delete_experiment_tag", "search_runs", "log_batch",
+    "get_experiment", "get_experiment_by_name", "get_run", "get_parent_run", "create_run",
+    "update_run", "set_terminated", "delete_run", "restore_run", "log_param", "log_metric",
+    "set_tag", "delete_tag", "get_metric_history", "list_artifacts", "download_artifacts",
+    "log_artifact", "log_artifacts", "log_text", "log_dict", "log_model", "load_model",
+    "search_logged_models", "get_logged_model",
+})
 DEFAULT_OPERATION = "default"
-RETRY_OPERATIONS = (DEFAULT_OPERATION, *sorted(OPERATION_CLASSES))
+RETRY_OPERATIONS = (DEFAULT_OPERATION, *sorted(CLIENT_OPERATIONS))
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """Which Databricks rate-limit class each MLflow REST endpoint belongs to.
 
 Databricks limits the tracking API per class of endpoint: low-throughput experiment management,
-run search, log batch, and everything else. The proxy uses this mapping to enforce a profile's
-limits the way the workspace does, and the clients of this package use it to pace themselves.
+run search, log batch, and everything else. A request is classified by its path, here and only
+here (:func:`api_class_of`): the package's clients are paced by it, one HTTP request at a time
+(:mod:`mlflow_spark_tools.tracking.pacing`), and the rate-limit proxy enforces a profile's limits
+by it the way the workspace does.
 """
 
 from __future__ import annotations
@@ -66,48 +68,3 @@ def api_class_of(path: str) -> str | None:
     if endpoint in _EXPERIMENT_MANAGEMENT_ENDPOINTS:
         return EXPERIMENT_MANAGEMENT
     return OTHER
-
-
-# The rate-limit class of each MlflowClient operation the retrying client knows by name. An
-# operation that sends several requests (log_model, log_artifacts, download_artifacts) takes one
-# token of its class per request it sends. Operations not named here count as OTHER.
-OPERATION_CLASSES: dict[str, str] = {
-    "create_experiment": OTHER,
-    "search_experiments": OTHER,
-    "delete_experiment": EXPERIMENT_MANAGEMENT,
-    "restore_experiment": EXPERIMENT_MANAGEMENT,
-    "rename_experiment": EXPERIMENT_MANAGEMENT,
-    "set_experiment_tag": OTHER,
-    "delete_experiment_tag": OTHER,
-    "search_runs": SEARCH_RUNS,
-    "log_batch": LOG_BATCH,
-    "get_experiment": OTHER,
-    "get_experiment_by_name": OTHER,
-    "get_run": OTHER,
-    "get_parent_run": OTHER,
-    "create_run": OTHER,
-    "update_run": OTHER,
-    "set_terminated": OTHER,
-    "delete_run": OTHER,
-    "restore_run": OTHER,
-    "log_param": OTHER,
-    "log_metric": OTHER,
-    "set_tag": OTHER,
-    "delete_tag": OTHER,
-    "get_metric_history": OTHER,
-    "list_artifacts": OTHER,
-    "download_artifacts": OTHER,
-    "log_artifact": OTHER,
-    "log_artifacts": OTHER,
-    "log_text": OTHER,
-    "log_dict": OTHER,
-    "log_model": OTHER,
-    "load_model": OTHER,
-    "search_logged_models": OTHER,
-    "get_logged_model": OTHER,
-}
-
-
-def operation_class(operation: str) -> str:
-    """The rate-limit class an operation of the retrying client takes its tokens from."""
-    return OPERATION_CLASSES.get(operation, OTHER)
