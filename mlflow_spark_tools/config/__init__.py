@@ -2,6 +2,11 @@
 
 Precedence, lowest first: ``conf/defaults.yaml`` (shipped in the wheel), the YAML file named
 by ``MLFLOW_SPARK_TOOLS_CONF``, environment variables, then explicit overrides from flags.
+
+This module is the public face of the configuration: the rate-limit profiles
+(:mod:`~mlflow_spark_tools.config.rate_limits`), the client's retry settings
+(:mod:`~mlflow_spark_tools.config.retries`) and the files they come from
+(:mod:`~mlflow_spark_tools.config.files`) are re-exported here.
 """
 
 from __future__ import annotations
@@ -11,15 +16,28 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-from mlflow_spark_tools.core.endpoints import API_CLASSES as ENDPOINT_API_CLASSES
+from mlflow_spark_tools.config.files import conf_dir, read_yaml
+from mlflow_spark_tools.config.rate_limits import API_CLASSES, RateLimitProfile
+from mlflow_spark_tools.config.retries import (
+    CLIENT_OPERATIONS,
+    DEFAULT_OPERATION,
+    RETRY_OPERATIONS,
+    ClientConfig,
+    RetrySettings,
+)
+from mlflow_spark_tools.config.values import positive_int
 from mlflow_spark_tools.core.identifiers import validate_database
 from mlflow_spark_tools.core.redaction import redact_uri
 from mlflow_spark_tools.errors import InvalidConfigError
+
+__all__ = [
+    "API_CLASSES", "CLIENT_OPERATIONS", "CONF_ENV", "DEFAULT_OPERATION", "ENV_OVERRIDES", "GiB",
+    "MiB", "RETRY_OPERATIONS", "ClientConfig", "EngineConfig", "InvalidConfigError",
+    "RateLimitProfile", "ReplayConfig", "ReplayLimits", "RetrySettings", "Settings", "TablesConfig",
+    "conf_dir", "load_settings", "read_yaml",
+]
 
 CONF_ENV = "MLFLOW_SPARK_TOOLS_CONF"
 ENV_OVERRIDES = {
@@ -33,46 +51,8 @@ ENV_OVERRIDES = {
 # Where a table build reads runs: the tracking server's REST API, its backend database, or the
 # Databricks MLflow system tables.
 
-API_CLASSES = ENDPOINT_API_CLASSES
 MiB = 1 << 20
 GiB = 1 << 30
-
-
-def conf_dir() -> Path:
-    """The directory holding the defaults and rate-limit profiles.
-
-    A checkout (and an editable install) reads the top-level ``conf/``; the wheel ships the
-    same files as ``mlflow_spark_tools._conf``.
-    """
-    package = Path(__file__).resolve().parent
-    checkout = package.parent / "conf"
-    if (package.parent / "setup.py").is_file() and (checkout / "defaults.yaml").is_file():
-        return checkout
-    # A directory without __init__.py inside the installed package (importlib.resources would
-    # see a namespace package and answer with a MultiplexedPath).
-    return package / "_conf"
-
-
-def read_yaml(path: Path | str) -> dict[str, Any]:
-    """Read a YAML mapping, with errors that name the file."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InvalidConfigError(f"Configuration file {path} does not exist.") from None
-    except yaml.YAMLError as exc:
-        raise InvalidConfigError(f"Configuration file {path} is not valid YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise InvalidConfigError(f"Configuration file {path} must hold a mapping at the top.")
-    return data
-
-
-def _positive_int(section: str, key: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidConfigError(f"{section}.{key} must be an integer >= {minimum}, got {value!r}.")
-    return value
 
 
 @dataclass(frozen=True)
@@ -145,180 +125,20 @@ class TablesConfig:
                 f"tables.registry_uri must be a registry URI (e.g. databricks-uc) or null, got {self.registry_uri!r}.")
         if self.metric_history is not None and not isinstance(self.metric_history, (str, list)):
             raise InvalidConfigError("tables.metric_history must be null, \"all\" or a list of metric keys.")
-        _positive_int("tables", "max_history_points", self.max_history_points)
-        _positive_int("tables", "history_workers", self.history_workers)
-        _positive_int("tables", "page_size", self.page_size)
+        positive_int("tables", "max_history_points", self.max_history_points)
+        positive_int("tables", "history_workers", self.history_workers)
+        positive_int("tables", "page_size", self.page_size)
         if self.page_size > 50000:
             raise InvalidConfigError("tables.page_size must be <= 50000 (MLflow's maximum page).")
-        _positive_int("tables", "fetch_workers", self.fetch_workers)
-        _positive_int("tables", "watermark_margin_seconds", self.watermark_margin_seconds, 0)
-        _positive_int("tables", "chunk_runs", self.chunk_runs)
+        positive_int("tables", "fetch_workers", self.fetch_workers)
+        positive_int("tables", "watermark_margin_seconds", self.watermark_margin_seconds, 0)
+        positive_int("tables", "chunk_runs", self.chunk_runs)
         if self.deletion_vectors is not None and not isinstance(self.deletion_vectors, bool):
             raise InvalidConfigError(
                 f"tables.deletion_vectors must be true, false or null, got {self.deletion_vectors!r}.")
         if not isinstance(self.refresh_by_cost, bool):
             raise InvalidConfigError(f"tables.refresh_by_cost must be true or false, got {self.refresh_by_cost!r}.")
 
-
-@dataclass(frozen=True)
-class RateLimitProfile:
-    """Queries per second per API class, and the share of them a client of ours may use."""
-
-    name: str
-    limits: Mapping[str, float]
-    safety_factor: float = 0.9
-
-    def __post_init__(self) -> None:
-        unknown = set(self.limits) - set(API_CLASSES)
-        if unknown:
-            raise InvalidConfigError(
-                f"Rate-limit profile {self.name!r} has unknown API classes {sorted(unknown)}; "
-                f"known: {', '.join(API_CLASSES)}."
-            )
-        missing = set(API_CLASSES) - set(self.limits)
-        if missing:
-            raise InvalidConfigError(
-                f"Rate-limit profile {self.name!r} lacks limits for {sorted(missing)}."
-            )
-        for api_class, qps in self.limits.items():
-            if isinstance(qps, bool) or not isinstance(qps, (int, float)) or qps <= 0:
-                raise InvalidConfigError(
-                    f"Rate-limit profile {self.name!r}: limits.{api_class} must be a positive "
-                    f"number, got {qps!r}."
-                )
-        if not isinstance(self.safety_factor, (int, float)) or not 0 < self.safety_factor <= 1:
-            raise InvalidConfigError(
-                f"Rate-limit profile {self.name!r}: safety_factor must be in (0, 1], "
-                f"got {self.safety_factor!r}."
-            )
-
-    def qps(self, api_class: str) -> float:
-        """The rate a client of ours may use for one API class."""
-        return float(self.limits[api_class]) * float(self.safety_factor)
-
-    @classmethod
-    def load(cls, name_or_path: str) -> RateLimitProfile:
-        """Load a profile by name from ``conf/rate_limits/`` or from a YAML file path."""
-        candidate = Path(name_or_path).expanduser()
-        if candidate.suffix in (".yaml", ".yml") or candidate.is_file():
-            path, name = candidate, candidate.stem
-        else:
-            path, name = conf_dir() / "rate_limits" / f"{name_or_path}.yaml", name_or_path
-            if not path.is_file():
-                known = sorted(p.stem for p in (conf_dir() / "rate_limits").glob("*.yaml"))
-                raise InvalidConfigError(
-                    f"Unknown rate-limit profile {name_or_path!r}: use one of {known} or the path "
-                    "of a YAML file with 'limits' and 'safety_factor'."
-                )
-        data = read_yaml(path)
-        if not isinstance(data.get("limits"), dict):
-            raise InvalidConfigError(f"Rate-limit profile {path} needs a 'limits' mapping.")
-        extra = set(data) - {"limits", "safety_factor"}
-        if extra:
-            raise InvalidConfigError(f"Rate-limit profile {path} has unknown keys {sorted(extra)}.")
-        return cls(name=name, limits=dict(data["limits"]), safety_factor=data.get("safety_factor", 0.9))
-
-
-def _number(where: str, value: Any, minimum: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
-        raise InvalidConfigError(f"{where} must be a number >= {minimum:g}, got {value!r}.")
-    return float(value)
-
-
-# The operations of the retrying client (MlflowClient method names) that ``client.retries`` may
-# give their own retry settings; every other operation retries as ``default`` says.
-CLIENT_OPERATIONS = frozenset({
-    "create_experiment", "search_experiments", "delete_experiment", "restore_experiment",
-    "rename_experiment", "set_experiment_tag", "delete_experiment_tag", "search_runs", "log_batch",
-    "get_experiment", "get_experiment_by_name", "get_run", "get_parent_run", "create_run",
-    "update_run", "set_terminated", "delete_run", "restore_run", "log_param", "log_metric",
-    "set_tag", "delete_tag", "get_metric_history", "list_artifacts", "download_artifacts",
-    "log_artifact", "log_artifacts", "log_text", "log_dict", "log_model", "load_model",
-    "search_logged_models", "get_logged_model",
-})
-DEFAULT_OPERATION = "default"
-RETRY_OPERATIONS = (DEFAULT_OPERATION, *sorted(CLIENT_OPERATIONS))
-
-
-@dataclass(frozen=True)
-class RetrySettings:
-    """The retry policy of one client operation; None inherits the ``default`` entry.
-
-    Attributes:
-        attempts: tries in total (1 = no retry).
-        initial_wait: seconds before the second try; doubles with every further try.
-        max_wait: the longest single wait.
-        jitter: up to this many random seconds added to every wait, so that many workers
-            refused at once do not come back at once.
-    """
-
-    attempts: int | None = None
-    initial_wait: float | None = None
-    max_wait: float | None = None
-    jitter: float | None = None
-
-    def check(self, where: str) -> None:
-        if self.attempts is not None:
-            _positive_int(where, "attempts", self.attempts)
-        for key in ("initial_wait", "max_wait", "jitter"):
-            value = getattr(self, key)
-            if value is not None:
-                _number(f"{where}.{key}", value)
-
-    def over(self, base: RetrySettings) -> RetrySettings:
-        """These settings with the unset ones taken from ``base``."""
-        return RetrySettings(*(
-            getattr(self, f.name) if getattr(self, f.name) is not None else getattr(base, f.name)
-            for f in dataclasses.fields(self)
-        ))
-
-
-def _default_retries() -> dict[str, RetrySettings]:
-    retries = {op: RetrySettings() for op in RETRY_OPERATIONS}
-    retries[DEFAULT_OPERATION] = RetrySettings(attempts=5, initial_wait=1.0, max_wait=30.0, jitter=1.0)
-    return retries
-
-
-@dataclass(frozen=True)
-class ClientConfig:
-    """The retrying tracking client: retries per operation and MLflow's own HTTP retries."""
-
-    mlflow_http_retries: int | None = 0
-    retries: Mapping[str, RetrySettings] = field(default_factory=_default_retries)
-
-    def __post_init__(self) -> None:
-        if self.mlflow_http_retries is not None:
-            _positive_int("client", "mlflow_http_retries", self.mlflow_http_retries, 0)
-        retries = dict(_default_retries())
-        for op, value in dict(self.retries).items():
-            if op not in retries:
-                raise InvalidConfigError(
-                    f"Unknown operation client.retries.{op}; known: {', '.join(RETRY_OPERATIONS)}."
-                )
-            if isinstance(value, Mapping):
-                given = value
-                try:
-                    value = RetrySettings(**given)
-                except TypeError:
-                    raise InvalidConfigError(
-                        f"client.retries.{op} takes attempts, initial_wait, max_wait and jitter; "
-                        f"got {sorted(given)}."
-                    ) from None
-            if not isinstance(value, RetrySettings):
-                raise InvalidConfigError(f"client.retries.{op} must be a mapping.")
-            value.check(f"client.retries.{op}")
-            retries[op] = value
-        default = retries[DEFAULT_OPERATION]
-        if None in dataclasses.astuple(default):
-            raise InvalidConfigError("client.retries.default must set attempts, initial_wait, "
-                                     "max_wait and jitter.")
-        object.__setattr__(self, "retries", retries)
-
-    def policy(self, operation: str) -> RetrySettings:
-        """The complete retry settings of ``operation`` (its own entry over ``default``)."""
-        default = self.retries[DEFAULT_OPERATION]
-        own = self.retries.get(operation)
-        return own.over(default) if own is not None else default
 
 
 @dataclass(frozen=True)
