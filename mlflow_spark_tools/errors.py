@@ -51,9 +51,5 @@ class EngineError(MlflowSparkToolsError):
     """The Spark engine could not be started or lacks a capability (for example Delta)."""
 
 
-class TableNotFoundError(MlflowSparkToolsError):
-    """An experiment table that a query needs does not exist yet."""
-
-
 class MissingDependencyError(MlflowSparkToolsError, ImportError):
     """A package this one needs is not installed, or older than the oldest supported release."""
