@@ -12,9 +12,10 @@ import sys
 import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from mlflow_spark_tools.core.endpoints import api_class_of, endpoint_label
+from mlflow_spark_tools.tools.proxy.counters import ProxyCounters
 from mlflow_spark_tools.tools.proxy.protocol import (
     CHUNK_SIZE,
     CONTENT_LENGTH,
@@ -37,13 +38,35 @@ from mlflow_spark_tools.tools.proxy.protocol import (
     malformed,
 )
 
-if TYPE_CHECKING:
-    from mlflow_spark_tools.tools.proxy.server import RateLimitProxy
-
 log = logging.getLogger(__name__)
 
 
-def handler_class(proxy: RateLimitProxy) -> type[BaseHTTPRequestHandler]:
+class ProxyServer(Protocol):
+    """What a connection's handler needs from the proxy server
+    (:class:`~mlflow_spark_tools.tools.proxy.server.RateLimitProxy`): its limits and counters,
+    and where and how to forward."""
+
+    counters: ProxyCounters
+    latency: float
+    max_body_bytes: int
+    idle_timeout: float
+    upstream: urllib.parse.SplitResult
+    upstream_host: str
+    upstream_authorization: str | None
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def reset(self) -> None: ...
+
+    def admit(self, api_class: str | None, request: str = "") -> float: ...
+
+    def upstream_for(self, path: str) -> urllib.parse.SplitResult: ...
+
+    def new_upstream_connection(
+            self, upstream: urllib.parse.SplitResult | None = None) -> http.client.HTTPConnection: ...
+
+
+def handler_class(proxy: ProxyServer) -> type[BaseHTTPRequestHandler]:
     class Handler(_ProxyHandler):
         pass
 
@@ -62,7 +85,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
     # Headers and body go out in separate writes: with Nagle's algorithm on, the client's
     # delayed ACK would hold every response back by about 40 ms.
     disable_nagle_algorithm = True
-    proxy: RateLimitProxy
+    proxy: ProxyServer
     _upstream: http.client.HTTPConnection | None = None
     _upstream_netloc: str | None = None
 
