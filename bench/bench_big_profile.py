@@ -18,17 +18,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve()
-sys.path.insert(0, str(HERE.parent))
-
-from bench_support import (  # noqa: E402
+from bench_support import (
+    engine_process,
     peak_rss_mb,
     serve_engine,
-    start_engine,
     use_package_tree,
     worker_result,
     write_report,
 )
+
+HERE = Path(__file__).resolve()
 
 
 def measure(source: str, target: str, experiment_id: str, remote: str, warehouse: str) -> dict:
@@ -99,14 +98,10 @@ def main() -> None:
         for repetition in range(args.repetitions):
             for source, target in targets.items():
                 for name, tree in trees.items():  # alternating: the same noise for both
-                    engine, remote = start_engine(HERE)
-                    try:
+                    with engine_process(HERE) as (engine, remote):
                         extra = ["--worker-tree", tree] if tree else []
                         result = worker_result(HERE, [source, target, experiment, remote,
                                                       str(Path(tmp) / f"warehouse-{name}"), *extra], engine.pid)
-                    finally:
-                        engine.kill()
-                        engine.wait()
                     result.update(repetition=repetition, source=source, code=name)
                     print(json.dumps(result), flush=True)
                     all_results.append(result)

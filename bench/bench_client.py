@@ -31,14 +31,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from bench_support import peak_rss_mb, proxy_stats, start_proxy, write_report
+from bench_support import peak_rss_mb, proxy_stats, start_proxy, worker_result, write_report
 
 HERE = Path(__file__).resolve()
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -63,9 +61,7 @@ def measure_search(kind: str, url: str, experiment_id: str) -> dict:
 
 
 def run_worker(kind: str, url: str, experiment_id: str) -> dict:
-    out = subprocess.run([sys.executable, str(HERE), "--worker", kind, "--url", url,
-                          "--experiment-id", experiment_id], check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return worker_result(HERE, [kind, "--url", url, "--experiment-id", experiment_id], None)
 
 
 def measure_overhead(url: str, run_ids: list[str], calls: int = 300) -> dict:
@@ -145,7 +141,7 @@ def scaled_profile(directory: Path, scale: float) -> str:
     return str(path)
 
 
-def main() -> None:
+def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20000)
     parser.add_argument("--repetitions", type=int, default=3)
@@ -154,7 +150,35 @@ def main() -> None:
     parser.add_argument("--url")
     parser.add_argument("--experiment-id")
     parser.add_argument("--out", default=str(HERE.parent / "results" / "client.json"))
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def measure_repetitions(args: argparse.Namespace, url: str, experiment_id: str, run_ids: list[str],
+                        proxy_url: str, open_url: str, profile_path: str) -> dict[str, list[dict]]:
+    """Every repetition: the two searches in fresh processes, the per-call overhead, and the
+    workload unpaced through the unlimited proxy and paced through the limited one."""
+    results: dict[str, list[dict]] = {"baseline": [], "ours": [], "overhead": [], "pacing": [], "unpaced": []}
+    for rep in range(args.repetitions):
+        for kind in ("baseline", "ours"):
+            r = run_worker(kind, url, experiment_id)
+            results[kind].append(r)
+            print(f"rep {rep} {kind}: {r['seconds']:.2f}s rows={r['rows']} peak={r['peak_rss_mb']:.0f}MB",
+                  flush=True)
+        if results["baseline"][-1]["columns"] != results["ours"][-1]["columns"] or \
+                results["baseline"][-1]["rows"] != results["ours"][-1]["rows"]:
+            raise SystemExit("the two searches returned different frames")
+        results["overhead"].append(measure_overhead(url, run_ids[:500]))
+        results["unpaced"].append(measure_pacing(open_url, "unlimited", experiment_id, run_ids[:500]))
+        results["pacing"].append(measure_pacing(proxy_url, profile_path, experiment_id, run_ids[:500]))
+        results["pacing"][-1]["shares"] = pacing_shares(results["pacing"][-1], results["unpaced"][-1],
+                                                        profile_path)
+        for key in ("overhead", "unpaced", "pacing"):
+            print(f"rep {rep} {key}: {results[key][-1]}", flush=True)
+    return results
+
+
+def main() -> None:
+    args = parse_arguments()
     if args.worker:
         print(json.dumps(measure_search(args.worker, args.url, args.experiment_id)))
         return
@@ -165,7 +189,6 @@ def main() -> None:
     from tests.support.sqlite_seed import SeedSpec, seed_runs
 
     root = Path(tempfile.mkdtemp(prefix="bench-client-"))
-    results: dict[str, list[dict]] = {"baseline": [], "ours": [], "overhead": [], "pacing": [], "unpaced": []}
     with LocalTrackingServer(root / "mlflow", workers=4,
                              server_args=("--gunicorn-opts", "--log-level warning")) as server:
         experiment_id = MlflowClient(server.url).create_experiment("bench-client")
@@ -175,26 +198,17 @@ def main() -> None:
         proxy, proxy_url = start_proxy(server.url, profile_path, 0.0)
         open_proxy, open_url = start_proxy(server.url, "unlimited", 0.0)
         try:
-            for rep in range(args.repetitions):
-                for kind in ("baseline", "ours"):
-                    r = run_worker(kind, server.url, experiment_id)
-                    results[kind].append(r)
-                    print(f"rep {rep} {kind}: {r['seconds']:.2f}s rows={r['rows']} peak={r['peak_rss_mb']:.0f}MB",
-                          flush=True)
-                if results["baseline"][-1]["columns"] != results["ours"][-1]["columns"] or \
-                        results["baseline"][-1]["rows"] != results["ours"][-1]["rows"]:
-                    raise SystemExit("the two searches returned different frames")
-                results["overhead"].append(measure_overhead(server.url, run_ids[:500]))
-                results["unpaced"].append(measure_pacing(open_url, "unlimited", experiment_id, run_ids[:500]))
-                results["pacing"].append(measure_pacing(proxy_url, profile_path, experiment_id, run_ids[:500]))
-                results["pacing"][-1]["shares"] = pacing_shares(results["pacing"][-1], results["unpaced"][-1],
-                                                                profile_path)
-                for key in ("overhead", "unpaced", "pacing"):
-                    print(f"rep {rep} {key}: {results[key][-1]}", flush=True)
+            results = measure_repetitions(args, server.url, experiment_id, run_ids, proxy_url, open_url,
+                                          profile_path)
         finally:
             for process in (proxy, open_proxy):
                 process.terminate()
                 process.wait()
+    write_report(report_of(args, results), args.out)
+
+
+def report_of(args: argparse.Namespace, results: dict[str, list[dict]]) -> dict:
+    """The medians over the repetitions and the targets met (the frames' columns dropped)."""
     for kind in ("baseline", "ours"):
         for r in results[kind]:
             r.pop("columns")
@@ -232,7 +246,7 @@ def main() -> None:
         },
         "all": results,
     }
-    write_report(report, args.out)
+    return report
 
 
 if __name__ == "__main__":

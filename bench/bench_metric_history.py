@@ -34,14 +34,19 @@ import argparse
 import json
 import os
 import sqlite3
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench_support import peak_rss_mb, peak_rss_of, serve_engine, start_engine, write_report
+from bench_support import (
+    median_of,
+    peak_rss_mb,
+    serve_engine,
+    timed_build,
+    worker_on_engine,
+    worker_result,
+    write_report,
+)
 
 HERE = Path(__file__).resolve()
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -92,32 +97,20 @@ def measure_rest_floor(url: str, db_path: str, experiment_id: str) -> dict:
 
 def measure_build(url: str, experiment_id: str, warehouse: str, full: bool, no_bulk: bool = False,
                   remote: str | None = None, backend: str | None = None) -> dict:
-    import mlflow  # noqa: F401 - imported before the clock starts
-
-    from mlflow_spark_tools.config import load_settings
-    from mlflow_spark_tools.spark.engine import get_engine
-    from mlflow_spark_tools.tables.build import build_experiment_tables
     from mlflow_spark_tools.tracking import metric_history
 
     if no_bulk:  # a server without the bulk endpoint (Databricks), as the first answer would say
         metric_history._HOSTS_WITHOUT_BULK.add(url)
 
-    engine = get_engine(remote=remote, warehouse=warehouse)
-    settings = load_settings().with_overrides(
-        tracking_uri=url, rate_limit_profile="databricks", tables__watermark_margin_seconds=60
-    )
+    overrides = {"tracking_uri": url, "rate_limit_profile": "databricks", "tables__watermark_margin_seconds": 60}
     if backend is not None:  # --source database: the server's sqlite store, read directly
-        settings = settings.with_overrides(tables__source="database", tables__backend_store_uri=backend)
-    started = time.perf_counter()
-    result = build_experiment_tables(settings, experiment_ids=[experiment_id], full_refresh=full,
-                                     metric_history="all", engine=engine)
-    seconds = time.perf_counter() - started
+        overrides.update(tables__source="database", tables__backend_store_uri=backend)
+    seconds, result, engine = timed_build(remote, warehouse, overrides, experiment_ids=[experiment_id],
+                                          full_refresh=full, metric_history="all")
     summary = result.summaries[0]
     points = engine.spark.sql(f"SELECT count(*) AS n FROM mlflow_exp.exp_{experiment_id}_metrics").collect()[0]["n"]
     if remote is None:
         engine.stop()
-    if not summary.ok:
-        raise SystemExit(summary.error)
     return {
         "seconds": seconds,
         "mode": summary.mode,
@@ -133,23 +126,13 @@ def measure_build(url: str, experiment_id: str, warehouse: str, full: bool, no_b
 
 def run_worker(kind: str, url: str, experiment_id: str, warehouse: str, db_path: str,
                no_bulk: bool = False, database: bool = False) -> dict:
-    engine, remote = start_engine(HERE) if kind in ("full", "incremental") else (None, None)
-    try:
-        out = subprocess.run(
-            [sys.executable, str(HERE), "--worker", kind, "--url", url, "--experiment-id", experiment_id,
-             "--warehouse", warehouse, "--db-path", db_path, *(["--no-bulk"] if no_bulk else []),
-             *(["--source-database"] if database else []),
-             *(["--remote", remote] if remote else [])],
-            check=True, capture_output=True, text=True,
-        )
-        result = json.loads(out.stdout.strip().splitlines()[-1])
-        if engine is not None:
-            result["engine_peak_rss_mb"] = peak_rss_of(engine.pid)
-        return result
-    finally:
-        if engine is not None:
-            engine.kill()
-            engine.wait()
+    """One measurement in a fresh process; a build on an engine of its own."""
+    arguments = [kind, "--url", url, "--experiment-id", experiment_id, "--warehouse", warehouse,
+                 "--db-path", db_path, *(["--no-bulk"] if no_bulk else []),
+                 *(["--source-database"] if database else [])]
+    if kind in ("full", "incremental"):
+        return worker_on_engine(HERE, arguments)
+    return worker_result(HERE, arguments, None)
 
 
 def mark_running(db_path: Path, run_ids: list[str]) -> None:
@@ -188,7 +171,7 @@ def seed(server, name: str, runs: int, metrics: int, steps: int, rng_seed: int =
     return experiment_id, run_ids
 
 
-def main() -> None:
+def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=2000)
     parser.add_argument("--metrics", type=int, default=10)
@@ -206,19 +189,64 @@ def main() -> None:
     parser.add_argument("--warehouse")
     parser.add_argument("--db-path")
     parser.add_argument("--out", default=str(HERE.parent / "results" / "metric_history.json"))
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def work(args: argparse.Namespace) -> dict:
+    """The measurement of a worker process (``--worker``)."""
+    if args.worker == "baseline":
+        return measure_baseline(args.db_path, args.experiment_id)
+    if args.worker == "floor":
+        return measure_rest_floor(args.url, args.db_path, args.experiment_id)
+    return measure_build(args.url, args.experiment_id, args.warehouse, args.worker == "full",
+                         args.no_bulk, args.remote, f"sqlite:///{args.db_path}" if args.source_database else None)
+
+
+def measure_repetitions(args: argparse.Namespace, server, warehouse: str, results: dict[str, list[dict]]) -> None:
+    """Every repetition: the baseline, the REST floor and the full build, then the incremental
+    refresh after 1% of the runs logged 10 more steps of every metric."""
+    db = str(server.db_path)
+    kinds = ("baseline", "full") if args.no_bulk or args.source_database else ("baseline", "floor", "full")
+    experiment_id, run_ids = seed(server, "bench-history", args.runs, args.metrics, args.steps)
+    changed_per_rep = max(1, args.runs // 100)
+    next_step = args.steps
+    for rep in range(args.repetitions):
+        changed = run_ids[rep * changed_per_rep:(rep + 1) * changed_per_rep]
+        mark_running(server.db_path, changed)
+        for kind in kinds:
+            r = run_worker(kind, server.url, experiment_id, warehouse, db, args.no_bulk, args.source_database)
+            results[kind].append(r)
+            print(f"rep {rep} {kind}: {r}", flush=True)
+        added = log_more_steps(server.url, changed, args.metrics, next_step, 10)
+        next_step += 10
+        r = run_worker("incremental", server.url, experiment_id, warehouse, db, args.no_bulk,
+                       args.source_database)
+        full_points = results["full"][-1]["table_points"]
+        if r["mode"] != "incremental" or r["table_points"] != full_points + added:
+            raise SystemExit(f"incremental refresh did not keep every point: {r}, expected "
+                             f"{full_points + added}")
+        results["incremental"].append(r)
+        print(f"rep {rep} incremental: {r}", flush=True)
+
+
+def measure_memory(args: argparse.Namespace, server, warehouse: str) -> dict:
+    """A second experiment of ``--memory-runs`` runs built once, and its baseline."""
+    db = str(server.db_path)
+    big_id, _ = seed(server, "bench-history-memory", args.memory_runs, args.metrics, args.steps, 1)
+    memory = {"runs": args.memory_runs,
+              "points": args.memory_runs * args.metrics * args.steps,
+              "full": run_worker("full", server.url, big_id, warehouse, db),
+              "baseline": run_worker("baseline", server.url, big_id, warehouse, db)}
+    print(f"memory: {memory}", flush=True)
+    return memory
+
+
+def main() -> None:
+    args = parse_arguments()
     if args.serve_engine:
         serve_engine()
     if args.worker:
-        if args.worker == "baseline":
-            result = measure_baseline(args.db_path, args.experiment_id)
-        elif args.worker == "floor":
-            result = measure_rest_floor(args.url, args.db_path, args.experiment_id)
-        else:
-            result = measure_build(args.url, args.experiment_id, args.warehouse, args.worker == "full",
-                                   args.no_bulk, args.remote,
-                                   f"sqlite:///{args.db_path}" if args.source_database else None)
-        print(json.dumps(result))
+        print(json.dumps(work(args)))
         return
 
     from tests.support.local_server import LocalTrackingServer
@@ -226,48 +254,26 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-history-"))
     warehouse = str(root / "warehouse")
     results: dict[str, list[dict]] = {"baseline": [], "floor": [], "full": [], "incremental": []}
-    kinds = ("baseline", "full") if args.no_bulk or args.source_database else ("baseline", "floor", "full")
     memory: dict = {}
     with LocalTrackingServer(root / "mlflow", workers=4) as server:
-        db = str(server.db_path)
-        experiment_id, run_ids = seed(server, "bench-history", args.runs, args.metrics, args.steps)
-        changed_per_rep = max(1, args.runs // 100)
-        next_step = args.steps
-        for rep in range(args.repetitions):
-            changed = run_ids[rep * changed_per_rep:(rep + 1) * changed_per_rep]
-            mark_running(server.db_path, changed)
-            for kind in kinds:
-                r = run_worker(kind, server.url, experiment_id, warehouse, db, args.no_bulk, args.source_database)
-                results[kind].append(r)
-                print(f"rep {rep} {kind}: {r}", flush=True)
-            added = log_more_steps(server.url, changed, args.metrics, next_step, 10)
-            next_step += 10
-            r = run_worker("incremental", server.url, experiment_id, warehouse, db, args.no_bulk,
-                           args.source_database)
-            full_points = results["full"][-1]["table_points"]
-            if r["mode"] != "incremental" or r["table_points"] != full_points + added:
-                raise SystemExit(f"incremental refresh did not keep every point: {r}, expected "
-                                 f"{full_points + added}")
-            results["incremental"].append(r)
-            print(f"rep {rep} incremental: {r}", flush=True)
+        measure_repetitions(args, server, warehouse, results)
         if args.memory_runs:
-            big_id, _ = seed(server, "bench-history-memory", args.memory_runs, args.metrics, args.steps, 1)
-            memory = {"runs": args.memory_runs,
-                      "points": args.memory_runs * args.metrics * args.steps,
-                      "full": run_worker("full", server.url, big_id, warehouse, db),
-                      "baseline": run_worker("baseline", server.url, big_id, warehouse, db)}
-            print(f"memory: {memory}", flush=True)
-
-    def med(kind: str, key: str) -> float:
-        return statistics.median(r[key] for r in results[kind])
+            memory = measure_memory(args, server, warehouse)
 
     if not args.repetitions:
         write_report({"memory": memory}, args.out)
         return
+    write_report(report_of(args, results, memory), args.out)
+
+
+def report_of(args: argparse.Namespace, results: dict[str, list[dict]], memory: dict) -> dict:
+    """The medians over the repetitions, their ratios and the targets met."""
+    def med(kind: str, key: str) -> float:
+        return median_of(results, kind, key)
 
     a, b, c = med("full", "seconds"), med("baseline", "seconds"), med("incremental", "seconds")
     f = med("floor", "seconds") if results["floor"] else None
-    report = {
+    return {
         "runs": args.runs, "metrics": args.metrics, "steps": args.steps,
         "points": args.runs * args.metrics * args.steps,
         "repetitions": args.repetitions, "no_bulk": args.no_bulk, "source_database": args.source_database,
@@ -281,7 +287,6 @@ def main() -> None:
         "memory": memory,
         "all": results,
     }
-    write_report(report, args.out)
 
 
 if __name__ == "__main__":

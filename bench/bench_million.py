@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_support import peak_rss_mb, serve_engine, start_engine, timed_build, worker_result, write_report
+from bench_support import peak_rss_mb, serve_engine, timed_build, worker_on_engine, write_report
 
 HERE = Path(__file__).resolve()
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -89,14 +89,8 @@ def main() -> None:
         uri = postgres.url(DATABASE, driver=None)
         results = []
         for rep in range(args.repetitions):
-            engine, remote = start_engine(HERE)
-            try:
-                result = worker_result(HERE, ["--uri", uri, "--database", f"million_{rep}",
-                                              "--warehouse", str(root / f"warehouse-{rep}"), "--remote", remote],
-                                       engine.pid)
-            finally:
-                engine.kill()
-                engine.wait()
+            result = worker_on_engine(HERE, ["--uri", uri, "--database", f"million_{rep}",
+                                             "--warehouse", str(root / f"warehouse-{rep}")])
             # --all also builds the store's Default experiment (no runs)
             expected = seeded["runs_per_experiment"]
             rows = {name: n for name, n in result.pop("rows").items() if name.startswith("million-")}

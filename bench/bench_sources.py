@@ -41,8 +41,8 @@ from bench_support import (
     jvm_peak_rss_mb,
     peak_rss_mb,
     serve_engine,
-    start_engine,
     timed_build,
+    worker_on_engine,
     worker_result,
     write_report,
 )
@@ -78,12 +78,7 @@ def run_worker(source: str, target: str, experiment_id: str, database: str, ware
                  "--warehouse", warehouse, *(["--full"] if full else [])]
     if engine_kind == CLASSIC:
         return worker_result(HERE, [*arguments, "--remote", CLASSIC], None)
-    engine, remote = start_engine(HERE)
-    try:
-        return worker_result(HERE, [*arguments, "--remote", remote], engine.pid)
-    finally:
-        engine.kill()
-        engine.wait()
+    return worker_on_engine(HERE, arguments)
 
 
 def _named(source: str, engine_kind: str) -> str:
@@ -120,7 +115,7 @@ def finish(target: str, run_ids: list[str], now_ms: int) -> None:
     ])
 
 
-def main() -> None:
+def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="20000,100000,200000")
     parser.add_argument("--repetitions", type=int, default=2)
@@ -136,7 +131,69 @@ def main() -> None:
     parser.add_argument("--remote")
     parser.add_argument("--full", action="store_true")
     parser.add_argument("--serve-engine", action="store_true")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def seed_targets(args: argparse.Namespace, size: int, server, postgres) -> tuple[dict[str, tuple], list[str]]:
+    """One experiment of ``size`` runs in the server's sqlite store (and in PostgreSQL): the
+    targets of the builds by source, (target, store, experiment id) each, and the run ids."""
+    from mlflow import MlflowClient
+
+    from tests.support.sqlite_seed import SeedSpec, seed_runs
+
+    experiment_id = MlflowClient(server.url).create_experiment(f"bench-{size}")
+    start_ms = int(time.time() * 1000) - 3_600_000 - size * 1000
+    started = time.perf_counter()
+    run_ids = seed_runs(server.db_path, experiment_id, SeedSpec(size, 20, 20, 20), start_ms=start_ms)
+    targets = {"database_sqlite": (f"sqlite:///{server.db_path}", str(server.db_path), experiment_id)}
+    if size <= args.rest_max:
+        targets = {"rest": (server.url, str(server.db_path), experiment_id), **targets}
+    if postgres is not None:
+        name = postgres.create_database(f"mlflow_{size}")
+        uri = postgres.url(name, driver=None)
+        # MLflow's own store creates the schema (SQLAlchemy needs the driver named)
+        pg_experiment = MlflowClient(postgres.url(name)).create_experiment(f"bench-{size}")
+        seed_runs(uri, pg_experiment, SeedSpec(size, 20, 20, 20), start_ms=start_ms)
+        targets["database_postgresql"] = (uri, uri, pg_experiment)
+    print(f"{size} runs seeded in {time.perf_counter() - started:.0f} s", flush=True)
+    return targets, run_ids
+
+
+def measure_size(args: argparse.Namespace, size: int, targets: dict[str, tuple], run_ids: list[str],
+                 root: Path, per_size: dict[str, list[dict]]) -> None:
+    """Every repetition at one size: each source's full build on each engine, then, after 1% of
+    the runs changed, each one's incremental refresh."""
+    engines = [e for e in args.engines.split(",") if e]
+    changed_per_rep = max(1, size // 100)
+    for rep in range(args.repetitions):
+        changed = run_ids[rep * changed_per_rep:(rep + 1) * changed_per_rep]
+        for store in {t[1] for t in targets.values()}:
+            mark_running(store, changed)
+        builds = [(source, target, exp, engine_kind) for engine_kind in engines
+                  for source, (target, _, exp) in targets.items()]
+        for source, target, exp, engine_kind in builds:
+            kind, name = "rest" if source == "rest" else "database", _named(source, engine_kind)
+            r = run_worker(kind, target, exp, source, str(root / f"warehouse-{size}-{engine_kind}"),
+                           full=True, engine_kind=engine_kind)
+            if r["rows"] != size:
+                raise SystemExit(f"{name} built {r['rows']} rows of {size}")
+            per_size.setdefault(name, []).append(r)
+            print(f"{size} rep {rep} {name}: {r}", flush=True)
+        now_ms = int(time.time() * 1000)
+        for store in {t[1] for t in targets.values()}:
+            finish(store, changed, now_ms)
+        for source, target, exp, engine_kind in builds:
+            kind, name = "rest" if source == "rest" else "database", _named(source, engine_kind)
+            r = run_worker(kind, target, exp, source, str(root / f"warehouse-{size}-{engine_kind}"),
+                           full=False, engine_kind=engine_kind)
+            if r["mode"] != "incremental" or r["runs_fetched"] < len(changed):
+                raise SystemExit(f"{name}: the incremental refresh did not see the changes: {r}")
+            per_size.setdefault(f"{name}_incremental", []).append(r)
+            print(f"{size} rep {rep} {name} incremental: {r}", flush=True)
+
+
+def main() -> None:
+    args = parse_arguments()
     if args.serve_engine:
         serve_engine()
     if args.worker:
@@ -144,14 +201,10 @@ def main() -> None:
                                        args.warehouse, args.remote, args.full)))
         return
 
-    from mlflow import MlflowClient
-
     from tests.support.local_server import LocalTrackingServer
     from tests.support.postgres_server import LocalPostgres
-    from tests.support.sqlite_seed import SeedSpec, seed_runs
 
     sizes = [int(n) for n in args.runs.split(",")]
-    engines = [e for e in args.engines.split(",") if e]
     backends = [b for b in args.backends.split(",") if b]
     root = Path(tempfile.mkdtemp(prefix="bench-sources-"))
     results: dict[str, dict[str, list[dict]]] = {}
@@ -160,51 +213,16 @@ def main() -> None:
         for size in sizes:
             per_size: dict[str, list[dict]] = results.setdefault(str(size), {})
             with LocalTrackingServer(root / f"mlflow-{size}", workers=4) as server:
-                experiment_id = MlflowClient(server.url).create_experiment(f"bench-{size}")
-                start_ms = int(time.time() * 1000) - 3_600_000 - size * 1000
-                started = time.perf_counter()
-                run_ids = seed_runs(server.db_path, experiment_id, SeedSpec(size, 20, 20, 20), start_ms=start_ms)
-                targets = {"database_sqlite": (f"sqlite:///{server.db_path}", str(server.db_path), experiment_id)}
-                if size <= args.rest_max:
-                    targets = {"rest": (server.url, str(server.db_path), experiment_id), **targets}
-                if postgres is not None:
-                    name = postgres.create_database(f"mlflow_{size}")
-                    uri = postgres.url(name, driver=None)
-                    # MLflow's own store creates the schema (SQLAlchemy needs the driver named)
-                    pg_experiment = MlflowClient(postgres.url(name)).create_experiment(f"bench-{size}")
-                    seed_runs(uri, pg_experiment, SeedSpec(size, 20, 20, 20), start_ms=start_ms)
-                    targets["database_postgresql"] = (uri, uri, pg_experiment)
-                print(f"{size} runs seeded in {time.perf_counter() - started:.0f} s", flush=True)
-                changed_per_rep = max(1, size // 100)
-                for rep in range(args.repetitions):
-                    changed = run_ids[rep * changed_per_rep:(rep + 1) * changed_per_rep]
-                    for store in {t[1] for t in targets.values()}:
-                        mark_running(store, changed)
-                    builds = [(source, target, exp, engine_kind) for engine_kind in engines
-                              for source, (target, _, exp) in targets.items()]
-                    for source, target, exp, engine_kind in builds:
-                        kind, name = "rest" if source == "rest" else "database", _named(source, engine_kind)
-                        r = run_worker(kind, target, exp, source, str(root / f"warehouse-{size}-{engine_kind}"),
-                                       full=True, engine_kind=engine_kind)
-                        if r["rows"] != size:
-                            raise SystemExit(f"{name} built {r['rows']} rows of {size}")
-                        per_size.setdefault(name, []).append(r)
-                        print(f"{size} rep {rep} {name}: {r}", flush=True)
-                    now_ms = int(time.time() * 1000)
-                    for store in {t[1] for t in targets.values()}:
-                        finish(store, changed, now_ms)
-                    for source, target, exp, engine_kind in builds:
-                        kind, name = "rest" if source == "rest" else "database", _named(source, engine_kind)
-                        r = run_worker(kind, target, exp, source, str(root / f"warehouse-{size}-{engine_kind}"),
-                                       full=False, engine_kind=engine_kind)
-                        if r["mode"] != "incremental" or r["runs_fetched"] < len(changed):
-                            raise SystemExit(f"{name}: the incremental refresh did not see the changes: {r}")
-                        per_size.setdefault(f"{name}_incremental", []).append(r)
-                        print(f"{size} rep {rep} {name} incremental: {r}", flush=True)
+                targets, run_ids = seed_targets(args, size, server, postgres)
+                measure_size(args, size, targets, run_ids, root, per_size)
     finally:
         if postgres is not None:
             postgres.stop()
+    write_report(report_of(args, sizes, results), args.out)
 
+
+def report_of(args: argparse.Namespace, sizes: list[int], results: dict[str, dict[str, list[dict]]]) -> dict:
+    """The medians per source and size, and the ratios between sizes, sources and engines."""
     def med(size: int, kind: str, key: str) -> float | None:
         found = results.get(str(size), {}).get(kind)
         return statistics.median(r[key] for r in found) if found else None
@@ -237,7 +255,7 @@ def main() -> None:
                     ratios[f"{kind}/embedded at {n}"] = jvm / embedded
     report["ratios"] = ratios
     report["all"] = results
-    write_report(report, args.out)
+    return report
 
 
 if __name__ == "__main__":

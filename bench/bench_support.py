@@ -1,12 +1,16 @@
-"""What the benchmarks share: the rate-limit proxy as a process, its counters, the report."""
+"""What the benchmarks share: the rate-limit proxy as a process, its counters, the engine in a
+process of its own, workers in fresh processes, timed builds, the report."""
 
 from __future__ import annotations
 
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +127,25 @@ def start_engine(script: Path) -> tuple[subprocess.Popen, str]:
     return process, f"sc://127.0.0.1:{port}"
 
 
+@contextmanager
+def engine_process(script: Path) -> Iterator[tuple[subprocess.Popen, str]]:
+    """:func:`start_engine` for the ``with`` block: yields the process and its Spark Connect URL,
+    and kills the process at the end."""
+    process, remote = start_engine(script)
+    try:
+        yield process, remote
+    finally:
+        process.kill()
+        process.wait()
+
+
+def worker_on_engine(script: Path, arguments: list[str]) -> dict:
+    """:func:`worker_result` of ``script --worker ...arguments --remote URL`` on an engine started
+    for it alone (so that the engine's peak RSS is this worker's), stopped after."""
+    with engine_process(script) as (engine, remote):
+        return worker_result(script, [*arguments, "--remote", remote], engine.pid)
+
+
 def peak_rss_of(pid: int) -> float:
     """Another process's peak resident memory so far, in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -131,19 +154,30 @@ def peak_rss_of(pid: int) -> float:
     return 0.0
 
 
-def timed_build(remote: str, warehouse: str, overrides: dict, **build_arguments) -> tuple[float, Any, Any]:
-    """One ``build_experiment_tables`` in this process on the engine at ``remote``, timed:
-    (seconds, its result, the engine). The first experiment that failed ends the process with
-    its error."""
+def bench_engine(remote: str | None, warehouse: str) -> Any:
+    """The engine of a worker: the Spark Connect server at ``remote``, classic local JVM Spark
+    (``remote`` is :data:`CLASSIC`), or without ``remote`` an embedded engine started here."""
+    from mlflow_spark_tools.spark.engine import get_engine, start_embedded
+
+    if remote == CLASSIC:
+        return classic_engine(warehouse)
+    if remote is None:
+        return start_embedded(warehouse)
+    return get_engine(remote=remote, warehouse=warehouse)
+
+
+def timed_build(remote: str | None, warehouse: str, overrides: dict, **build_arguments) -> tuple[float, Any, Any]:
+    """One ``build_experiment_tables`` in this process on the engine of :func:`bench_engine`,
+    timed: (seconds, its result, the engine). The first experiment that failed ends the process
+    with its error."""
     import time
 
     import mlflow  # noqa: F401 - imported before the clock starts
 
     from mlflow_spark_tools.config import load_settings
-    from mlflow_spark_tools.spark.engine import get_engine
     from mlflow_spark_tools.tables.build import build_experiment_tables
 
-    engine = classic_engine(warehouse) if remote == CLASSIC else get_engine(remote=remote, warehouse=warehouse)
+    engine = bench_engine(remote, warehouse)
     settings = load_settings().with_overrides(**overrides)
     started = time.perf_counter()
     result = build_experiment_tables(settings, engine=engine, **build_arguments)
@@ -164,6 +198,11 @@ def worker_result(script: Path, arguments: list[str], engine_pid: int | None) ->
     if engine_pid is not None:  # else the worker ran its engine itself and said its peak
         result["engine_peak_rss_mb"] = peak_rss_of(engine_pid)
     return result
+
+
+def median_of(results: dict[str, list[dict]], kind: str, key: str) -> float:
+    """The median of ``key`` over the repetitions of one kind of measurement."""
+    return statistics.median(r[key] for r in results[kind])
 
 
 def write_report(report: dict, out: str) -> None:

@@ -21,12 +21,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from bench_support import peak_rss_mb, serve_engine, start_engine, timed_build, worker_result, write_report
+from bench_support import (
+    engine_process,
+    median_of,
+    peak_rss_mb,
+    serve_engine,
+    timed_build,
+    worker_result,
+    write_report,
+)
 
 HERE = Path(__file__).resolve()
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -118,8 +125,7 @@ def measure_all(runs: int, repetitions: int, tracking_uri: str, db_path: Path, e
     """Every repetition: generate the system tables, build from them and from the database,
     then refresh after 1% of the runs changed."""
     for rep in range(repetitions):
-        engine, remote = start_engine(HERE)
-        try:
+        with engine_process(HERE) as (engine, remote):
             started = time.perf_counter()
             generate(remote, warehouse, runs)
             print(f"rep {rep}: system tables generated in {time.perf_counter() - started:.0f} s", flush=True)
@@ -136,9 +142,6 @@ def measure_all(runs: int, repetitions: int, tracking_uri: str, db_path: Path, e
                 raise SystemExit(f"the incremental refresh did not update exactly the {changed} changed runs: {r}")
             results["system_tables_incremental"].append(r)
             print(f"rep {rep} system_tables incremental: {r}", flush=True)
-        finally:
-            engine.kill()
-            engine.wait()
 
 
 def main() -> None:
@@ -184,7 +187,7 @@ def main() -> None:
         server.stop()
 
     def med(kind: str, key: str) -> float:
-        return statistics.median(r[key] for r in results[kind])
+        return median_of(results, kind, key)
 
     report = {
         "runs": args.runs, "repetitions": args.repetitions,

@@ -20,14 +20,11 @@ import argparse
 import json
 import os
 import sqlite3
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench_support import peak_rss_mb, write_report
+from bench_support import median_of, peak_rss_mb, timed_build, worker_result, write_report
 
 HERE = Path(__file__).resolve()
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -59,25 +56,13 @@ def measure_baseline(url: str, experiment_id: str, warehouse: str) -> dict:
 
 
 def measure_build(url: str, experiment_id: str, warehouse: str, full: bool) -> dict:
-    import mlflow  # noqa: F401 - imported before the clock starts, as in measure_baseline
-
-    from mlflow_spark_tools.config import load_settings
-    from mlflow_spark_tools.spark.engine import start_embedded
-    from mlflow_spark_tools.tables.build import build_experiment_tables
-
-    engine = start_embedded(warehouse)
     # A 60 s look-back margin (default 600 s): repetitions are minutes apart, and each one's
     # incremental refresh should see its own changes only.
-    settings = load_settings().with_overrides(
-        tracking_uri=url, rate_limit_profile="databricks", tables__watermark_margin_seconds=60
-    )
-    started = time.perf_counter()
-    result = build_experiment_tables(settings, experiment_ids=[experiment_id], full_refresh=full, engine=engine)
-    seconds = time.perf_counter() - started
+    overrides = {"tracking_uri": url, "rate_limit_profile": "databricks", "tables__watermark_margin_seconds": 60}
+    seconds, result, engine = timed_build(None, warehouse, overrides, experiment_ids=[experiment_id],
+                                          full_refresh=full)
     summary = result.summaries[0]
     engine.stop()
-    if not summary.ok:
-        raise SystemExit(summary.error)
     return {
         "seconds": seconds,
         "rows": summary.row_count,
@@ -90,12 +75,8 @@ def measure_build(url: str, experiment_id: str, warehouse: str, full: bool) -> d
 
 def run_worker(kind: str, url: str, experiment_id: str, warehouse: str) -> dict:
     """Run one measurement in a fresh Python process and return what it printed."""
-    out = subprocess.run(
-        [sys.executable, str(HERE), "--worker", kind, "--url", url,
-         "--experiment-id", experiment_id, "--warehouse", warehouse],
-        check=True, capture_output=True, text=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return worker_result(HERE, [kind, "--url", url, "--experiment-id", experiment_id, "--warehouse", warehouse],
+                         None)
 
 
 def mark_running(db_path: Path, run_ids: list[str]) -> None:
@@ -117,7 +98,7 @@ def finish_runs(url: str, run_ids: list[str]) -> None:
         client.set_terminated(run_id)
 
 
-def main() -> None:
+def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20000)
     parser.add_argument("--repetitions", type=int, default=3)
@@ -126,7 +107,11 @@ def main() -> None:
     parser.add_argument("--experiment-id")
     parser.add_argument("--warehouse")
     parser.add_argument("--out", default=str(HERE.parent / "results" / "tables.json"))
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_arguments()
     if args.worker:
         if args.worker == "baseline":
             result = measure_baseline(args.url, args.experiment_id, args.warehouse)
@@ -168,11 +153,16 @@ def main() -> None:
             results["incremental"].append(r)
             print(f"rep {rep} incremental: {r}", flush=True)
 
+    write_report(report_of(args, results), args.out)
+
+
+def report_of(args: argparse.Namespace, results: dict[str, list[dict]]) -> dict:
+    """The medians over the repetitions, their ratios and the targets met."""
     def med(kind: str, key: str) -> float:
-        return statistics.median(r[key] for r in results[kind])
+        return median_of(results, kind, key)
 
     a, b, c = med("full", "seconds"), med("baseline", "seconds"), med("incremental", "seconds")
-    report = {
+    return {
         "runs": args.runs,
         "repetitions": args.repetitions,
         "median_seconds": {"full_build_a": a, "baseline_b": b, "incremental_c": c},
@@ -185,7 +175,6 @@ def main() -> None:
         },
         "all": results,
     }
-    write_report(report, args.out)
 
 
 if __name__ == "__main__":
