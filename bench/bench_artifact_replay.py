@@ -118,6 +118,20 @@ class LoadGenerator:
             thread.join(timeout=30)
 
 
+def logged_models(client, experiment: str) -> list[tuple]:
+    """(source run, name, status) of the experiment's MLflow 3 logged models; none on MLflow 2."""
+    models: list[tuple] = []
+    if hasattr(client, "search_logged_models"):
+        token = None
+        while True:
+            page = client.search_logged_models(experiment_ids=[experiment], page_token=token)
+            models += [(m.source_run_id, m.name, m.status.to_int()) for m in page]
+            token = page.token
+            if not token:
+                break
+    return models
+
+
 def one_replay(setup: str, server, proxy_url: str, closed_url: str, profile_path: Path, limits: dict,
                payloads: int, contend: float, store: Path) -> dict:
     from mlflow import MlflowClient
@@ -154,15 +168,7 @@ def one_replay(setup: str, server, proxy_url: str, closed_url: str, profile_path
     load_seen = {c: load.sent.get(c, 0) for c in CLASSES}
     names = [r.info.run_name for r in client.search_runs([experiment], max_results=5000)]
     # with MLflow 3 every model a logged model of its own run, READY, once
-    models = []
-    if hasattr(client, "search_logged_models"):
-        token = None
-        while True:
-            page = client.search_logged_models(experiment_ids=[experiment], page_token=token)
-            models += [(m.source_run_id, m.name, m.status.to_int()) for m in page]
-            token = page.token
-            if not token:
-                break
+    models = logged_models(client, experiment)
     rate = summary.replayed / seconds
     safety = RateLimitProfile.load(str(profile_path)).safety_factor
     allowed = min(limits[c] * safety / per_payload[c] for c in CLASSES if per_payload[c] > 0)
@@ -187,7 +193,7 @@ def one_replay(setup: str, server, proxy_url: str, closed_url: str, profile_path
     }
 
 
-def main() -> None:
+def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--payloads", type=int, default=300)
     parser.add_argument("--repetitions", type=int, default=3)
@@ -197,7 +203,11 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=20.0)
     parser.add_argument("--modes", default="alone,contended", help="alone, contended or both")
     parser.add_argument("--out", default=str(HERE.parent / "results" / "artifact_replay.json"))
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_arguments()
     import logging
 
     logging.basicConfig(level=logging.ERROR)
@@ -250,6 +260,11 @@ def main() -> None:
     finally:
         stand_in.stop()
 
+    write_report(report_of(args, limits, results), args.out)
+
+
+def report_of(args: argparse.Namespace, limits: dict, results: list[dict]) -> dict:
+    """Per setup, the medians alone and contended; the targets met."""
     def median(setup: str, contended: bool, key: str) -> float | None:
         values = [r[key] for r in results if r["setup"] == setup and r["contended"] == contended]
         return statistics.median(values) if values else None  # that mode was not run (--modes)
@@ -269,7 +284,7 @@ def main() -> None:
         values = [s[key] for s in summary.values() if s[key] is not None]
         return all(test(v) for v in values) if values else None
 
-    report = {
+    return {
         "payloads": args.payloads, "scale": args.scale, "contend": args.contend, "latency_ms": args.latency_ms,
         "limits": limits, "summary": summary,
         "targets_met": {
@@ -283,7 +298,6 @@ def main() -> None:
         },
         "all": results,
     }
-    write_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -174,7 +174,7 @@ def storm_jobs(server_url: str, client, root: Path, storm_profile: Path, runs: i
     return jobs
 
 
-def main() -> None:
+def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--repetitions", type=int, default=3)
@@ -188,23 +188,31 @@ def main() -> None:
                         help="With --defer-runs: the store on a local directory or on the object-store FUSE mount.")
     parser.add_argument("--package-tree", help="With --defer-runs: the package of another checkout (the code "
                         "before a change), for a comparison in the same session.")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def measure_defer(args: argparse.Namespace) -> dict:
+    """Only the time to defer a run (3.), on a local server, the store where ``--on`` says."""
+    from tests.support.local_server import LocalTrackingServer
+
+    base = Path(tempfile.mkdtemp(prefix="bench-defer-"))
+    stores, mount = store_root(args.on, base)
+    try:
+        with LocalTrackingServer(base / "mlflow", workers=2,
+                                 server_args=("--gunicorn-opts", "--log-level warning")) as server:
+            return {"package": args.package_tree or "this checkout", "stores_on": args.on,
+                    **defer_times(server.url, stores, args.defer_runs, args.repetitions)}
+    finally:
+        if mount is not None:
+            mount.__exit__(None, None, None)
+
+
+def main() -> None:
+    args = parse_arguments()
     use_package_tree(args.package_tree)
     logging.basicConfig(level=logging.ERROR)
     if args.defer_runs:
-        from tests.support.local_server import LocalTrackingServer
-
-        base = Path(tempfile.mkdtemp(prefix="bench-defer-"))
-        stores, mount = store_root(args.on, base)
-        try:
-            with LocalTrackingServer(base / "mlflow", workers=2,
-                                     server_args=("--gunicorn-opts", "--log-level warning")) as server:
-                report = {"package": args.package_tree or "this checkout", "stores_on": args.on,
-                          **defer_times(server.url, stores, args.defer_runs, args.repetitions)}
-        finally:
-            if mount is not None:
-                mount.__exit__(None, None, None)
-        write_report(report, args.out)
+        write_report(measure_defer(args), args.out)
         return
 
     from mlflow import MlflowClient

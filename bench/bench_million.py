@@ -40,7 +40,7 @@ def measure_build(uri: str, database: str, warehouse: str, remote: str) -> dict:
     return {"seconds": seconds, "experiments": len(result.summaries), "rows": rows, "peak_rss_mb": peak_rss_mb()}
 
 
-def main() -> None:
+def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiments", type=int, default=100)
     parser.add_argument("--runs-per-experiment", type=int, default=10000)
@@ -54,7 +54,11 @@ def main() -> None:
     parser.add_argument("--warehouse")
     parser.add_argument("--remote")
     parser.add_argument("--serve-engine", action="store_true")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_arguments()
     if args.serve_engine:
         serve_engine()
     if args.worker:

@@ -71,12 +71,16 @@ def median(rows: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in rows)
 
 
-def main() -> None:
+def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5000)
     parser.add_argument("--repetitions", type=int, default=5)
     parser.add_argument("--out", default=str(HERE.parent / "results" / "packaging.json"))
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_arguments()
 
     from mlflow import MlflowClient
 
@@ -113,6 +117,12 @@ def main() -> None:
                 results[kind].append(r)
                 print(f"rep {rep} {kind}: {r}", flush=True)
 
+    write_report(report_of(args, wheel, wheel_seconds, results), args.out)
+
+
+
+def report_of(args: argparse.Namespace, wheel: Path, wheel_seconds: float, results: dict[str, list[dict]]) -> dict:
+    """The medians, the wheel's against the command line's, and the targets met."""
     ratio = {
         "start_up_wheel_over_cli": median(results["help_wheel"], "seconds") / median(results["help_cli"], "seconds"),
         "build_wheel_over_cli": median(results["build_wheel"], "seconds") / median(results["build_cli"], "seconds"),
@@ -121,7 +131,7 @@ def main() -> None:
     }
     dry_run_seconds = median(results["dry_run"], "seconds")
     dry_run_peak = median(results["dry_run"], "peak_rss_mb")
-    report = {
+    return {
         "runs": args.runs,
         "repetitions": args.repetitions,
         "wheel": {"file": wheel.name, "bytes": wheel.stat().st_size, "build_seconds": wheel_seconds},
@@ -137,7 +147,6 @@ def main() -> None:
         },
         "all": results,
     }
-    write_report(report, args.out)
 
 
 if __name__ == "__main__":

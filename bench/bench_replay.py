@@ -163,7 +163,7 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:32]
 
 
-def main() -> None:
+def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--payloads", type=int, default=1000)
     parser.add_argument("--serial-payloads", type=int, default=150)
@@ -181,7 +181,43 @@ def main() -> None:
                         "before a change), for a comparison in the same run.")
     parser.add_argument("--on", choices=("local", "objectstore"), default="local",
                         help="Where the stores live: a local directory, or the object-store FUSE mount.")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def replay_repetitions(args: argparse.Namespace, client, stores: Path, runs: list, url: str, profile_path: Path,
+                       root: Path, results: dict[str, list[dict]]) -> None:
+    """Every repetition: our replayer on a copy of the store, then the two baselines, each with
+    the proxy's counters zeroed and its buckets refilled first."""
+    master = stores / "store"
+    for rep in range(args.repetitions):
+        store = stores / f"store-{rep}"
+        _copy_tree(master, store)
+        time.sleep(0.5)  # a listing on the mount shows new files late
+        proxy_stats(url, reset=True)
+        time.sleep(1.5)  # the proxy's buckets refill
+        ours = replay_ours(store, url, client.create_experiment(f"ours-{rep}"), str(profile_path),
+                           root / f"warehouse-{rep}")
+        ours["proxy_429s"] = sum(proxy_stats(url)["rate_limited"].values())
+        results["ours"].append(ours)
+        print(f"rep {rep} ours: {ours}", flush=True)
+        if args.only_ours:
+            continue
+
+        baselines = (
+            ("serial", lambda e: replay_serial(runs[: args.serial_payloads], url, e)),
+            ("naive_pool", lambda e: replay_naive_pool(runs[: args.naive_payloads], url, e)),
+        )
+        for kind, replay in baselines:
+            proxy_stats(url, reset=True)
+            time.sleep(1.5)  # the proxy's buckets refill
+            result = replay(client.create_experiment(f"{kind}-{rep}"))
+            result["proxy_429s"] = sum(proxy_stats(url)["rate_limited"].values())
+            results[kind].append(result)
+            print(f"rep {rep} {kind}: {result}", flush=True)
+
+
+def main() -> None:
+    args = parse_arguments()
     use_package_tree(args.package_tree)
     os.environ.pop("MLFLOW_SPARK_TOOLS_SIGNING_KEY", None)  # plain payloads, no models
     import logging
@@ -224,31 +260,7 @@ def main() -> None:
             write_payloads(master, closed_url, seed_experiment, args.payloads, args.artifact_bytes)
             print(f"wrote {args.payloads} payloads in {time.perf_counter() - started:.1f}s", flush=True)
             runs = payload_runs(master)
-            for rep in range(args.repetitions):
-                store = stores / f"store-{rep}"
-                _copy_tree(master, store)
-                time.sleep(0.5)  # a listing on the mount shows new files late
-                proxy_stats(url, reset=True)
-                time.sleep(1.5)  # the proxy's buckets refill
-                ours = replay_ours(store, url, client.create_experiment(f"ours-{rep}"), str(profile_path),
-                                   root / f"warehouse-{rep}")
-                ours["proxy_429s"] = sum(proxy_stats(url)["rate_limited"].values())
-                results["ours"].append(ours)
-                print(f"rep {rep} ours: {ours}", flush=True)
-                if args.only_ours:
-                    continue
-
-                baselines = (
-                    ("serial", lambda e: replay_serial(runs[: args.serial_payloads], url, e)),
-                    ("naive_pool", lambda e: replay_naive_pool(runs[: args.naive_payloads], url, e)),
-                )
-                for kind, replay in baselines:
-                    proxy_stats(url, reset=True)
-                    time.sleep(1.5)  # the proxy's buckets refill
-                    result = replay(client.create_experiment(f"{kind}-{rep}"))
-                    result["proxy_429s"] = sum(proxy_stats(url)["rate_limited"].values())
-                    results[kind].append(result)
-                    print(f"rep {rep} {kind}: {result}", flush=True)
+            replay_repetitions(args, client, stores, runs, url, profile_path, root, results)
         finally:
             for process in (proxy, closed):
                 process.terminate()
@@ -256,6 +268,12 @@ def main() -> None:
             if mount is not None:
                 mount.__exit__(None, None, None)
 
+    write_report(report_of(args, results), args.out)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def report_of(args: argparse.Namespace, results: dict[str, list[dict]]) -> dict:
+    """The median payloads per second of each replay, against the floor rate; the targets met."""
     def rate(kind: str) -> float | None:
         if not results[kind]:
             return None
@@ -263,7 +281,7 @@ def main() -> None:
 
     floor = LOG_BATCH_LIMIT * args.scale
     ours = rate("ours")
-    report = {
+    return {
         "package": "this checkout" if args.package_tree is None else args.package_tree,
         "stores_on": args.on,
         "payloads": args.payloads,
@@ -281,8 +299,6 @@ def main() -> None:
         },
         "all": results,
     }
-    write_report(report, args.out)
-    shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

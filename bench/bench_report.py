@@ -60,7 +60,7 @@ def measure(kind: str, experiment_id: str, remote: str, warehouse: str, out: str
     return {"seconds": time.perf_counter() - started, "peak_rss_mb": peak_rss_mb(), "html_bytes": size}
 
 
-def main() -> None:
+def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20000)
     parser.add_argument("--repetitions", type=int, default=3)
@@ -71,7 +71,11 @@ def main() -> None:
     parser.add_argument("--warehouse")
     parser.add_argument("--html")
     parser.add_argument("--serve-engine", action="store_true")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_arguments()
     if args.serve_engine:
         serve_engine()
     if args.worker:
