@@ -23,12 +23,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from bench_support import peak_rss_mb, serve_engine, start_engine, timed_build, worker_result, write_report
+from bench_support import (
+    engine_process,
+    median_of,
+    peak_rss_mb,
+    serve_engine,
+    timed_build,
+    worker_result,
+    write_report,
+)
 
 HERE = Path(__file__).resolve()
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -92,32 +99,30 @@ def main() -> None:
     server = LocalTrackingServer(root / "mlflow", workers=1).start()
     results: dict[str, list[dict]] = {"best_run": [], "report_cold": [], "report": [], "report_png": []}
     os.environ["MLFLOW_SPARK_TOOLS_CACHE_DIR"] = str(root / "cache")  # the workers' cache, empty at first
-    engine, remote = start_engine(HERE)
     try:
-        experiment_id = MlflowClient(server.url).create_experiment("bench-report")
-        seed_runs(server.db_path, experiment_id, SeedSpec(args.runs, 20, 20, 20, steps=5))
-        overrides = {"rate_limit_profile": "unlimited", "tables__database": DATABASE, "tracking_uri": server.url,
-                     "tables__source": "database", "tables__backend_store_uri": f"sqlite:///{server.db_path}"}
-        seconds, _, built = timed_build(remote, warehouse, overrides, experiment_ids=[experiment_id],
-                                        metric_history=METRIC)
-        built.spark.stop()
-        print(f"built {args.runs} runs in {seconds:.1f} s", flush=True)
-        for rep in range(args.repetitions):
-            for kind in results:
-                if (kind == "report_cold") != (rep == 0) and kind in ("report_cold", "report"):
-                    continue
-                html = str(root / f"report-{rep}-{kind}.html")
-                r = worker_result(HERE, [kind.replace("_cold", ""), "--experiment-id", experiment_id, "--remote",
-                                         remote, "--warehouse", warehouse, "--html", html], engine.pid)
-                results[kind].append(r)
-                print(f"rep {rep} {kind}: {r}", flush=True)
+        with engine_process(HERE) as (engine, remote):
+            experiment_id = MlflowClient(server.url).create_experiment("bench-report")
+            seed_runs(server.db_path, experiment_id, SeedSpec(args.runs, 20, 20, 20, steps=5))
+            overrides = {"rate_limit_profile": "unlimited", "tables__database": DATABASE, "tracking_uri": server.url,
+                         "tables__source": "database", "tables__backend_store_uri": f"sqlite:///{server.db_path}"}
+            seconds, _, built = timed_build(remote, warehouse, overrides, experiment_ids=[experiment_id],
+                                            metric_history=METRIC)
+            built.spark.stop()
+            print(f"built {args.runs} runs in {seconds:.1f} s", flush=True)
+            for rep in range(args.repetitions):
+                for kind in results:
+                    if (kind == "report_cold") != (rep == 0) and kind in ("report_cold", "report"):
+                        continue
+                    html = str(root / f"report-{rep}-{kind}.html")
+                    r = worker_result(HERE, [kind.replace("_cold", ""), "--experiment-id", experiment_id, "--remote",
+                                             remote, "--warehouse", warehouse, "--html", html], engine.pid)
+                    results[kind].append(r)
+                    print(f"rep {rep} {kind}: {r}", flush=True)
     finally:
-        engine.kill()
-        engine.wait()
         server.stop()
 
     def med(kind: str, key: str) -> float:
-        return statistics.median(r[key] for r in results[kind])
+        return median_of(results, kind, key)
 
     report = {
         "runs": args.runs, "repetitions": args.repetitions,
