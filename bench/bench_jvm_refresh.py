@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_support import classic_engine
+from bench_support import classic_engine, mark_running
 
 HERE = Path(__file__).resolve()
 
@@ -66,14 +66,14 @@ def settings_for(db: Path, database: str, **overrides):
 
 def change(db: Path, run_ids: list[str]) -> None:
     """The runs were RUNNING and have finished now, with a new latest value."""
-    from bench_sources import finish, mark_running
+    from bench_sources import finish
 
     mark_running(str(db), run_ids)
     finish(str(db), run_ids, int(time.time() * 1000) + 1000)
 
 
 def warm(args: argparse.Namespace, db: Path, experiment: str, ids: list[str]) -> None:
-    from bench_sources import finish, mark_running
+    from bench_sources import finish
 
     from mlflow_spark_tools.tables.build import build_experiment_tables
 

@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 from bench_support import (
+    mark_running,
     median_of,
     peak_rss_mb,
     serve_engine,
@@ -133,12 +134,6 @@ def run_worker(kind: str, url: str, experiment_id: str, warehouse: str, db_path:
     if kind in ("full", "incremental"):
         return worker_on_engine(HERE, arguments)
     return worker_result(HERE, arguments, None)
-
-
-def mark_running(db_path: Path, run_ids: list[str]) -> None:
-    with sqlite3.connect(str(db_path)) as conn:
-        conn.executemany("UPDATE runs SET status = 'RUNNING', end_time = NULL WHERE run_uuid = ?",
-                         [(r,) for r in run_ids])
 
 
 def log_more_steps(url: str, run_ids: list[str], metrics: int, first_step: int, steps: int) -> int:

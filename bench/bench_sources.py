@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sqlite3
 import statistics
 import tempfile
 import time
@@ -38,7 +37,9 @@ from pathlib import Path
 
 from bench_support import (
     CLASSIC,
+    execute,
     jvm_peak_rss_mb,
+    mark_running,
     peak_rss_mb,
     serve_engine,
     timed_build,
@@ -83,27 +84,6 @@ def run_worker(source: str, target: str, experiment_id: str, database: str, ware
 
 def _named(source: str, engine_kind: str) -> str:
     return source if engine_kind == "embedded" else f"{source}@{engine_kind}"
-
-
-def execute(target: str, statements: list[tuple[str, list]]) -> None:
-    """Run statements with ``?`` parameters on a sqlite path or a PostgreSQL URI."""
-    if target.startswith("postgresql"):
-        import psycopg2
-
-        conn = psycopg2.connect(target)
-        with conn, conn.cursor() as cursor:
-            for sql, rows in statements:
-                cursor.executemany(sql.replace("?", "%s"), rows)
-        conn.close()
-        return
-    with sqlite3.connect(target) as conn:
-        for sql, rows in statements:
-            conn.executemany(sql, rows)
-
-
-def mark_running(target: str, run_ids: list[str]) -> None:
-    execute(target, [("UPDATE runs SET status = 'RUNNING', end_time = NULL WHERE run_uuid = ?",
-                      [(r,) for r in run_ids])])
 
 
 def finish(target: str, run_ids: list[str], now_ms: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import resource
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -198,6 +199,29 @@ def worker_result(script: Path, arguments: list[str], engine_pid: int | None) ->
     if engine_pid is not None:  # else the worker ran its engine itself and said its peak
         result["engine_peak_rss_mb"] = peak_rss_of(engine_pid)
     return result
+
+
+def execute(target: str, statements: list[tuple[str, list]]) -> None:
+    """Run statements with ``?`` parameters on a sqlite path or a PostgreSQL URI."""
+    if target.startswith("postgresql"):
+        import psycopg2
+
+        conn = psycopg2.connect(target)
+        with conn, conn.cursor() as cursor:
+            for sql, rows in statements:
+                cursor.executemany(sql.replace("?", "%s"), rows)
+        conn.close()
+        return
+    with sqlite3.connect(target) as conn:
+        for sql, rows in statements:
+            conn.executemany(sql, rows)
+
+
+def mark_running(store: str | Path, run_ids: list[str]) -> None:
+    """Set up a repetition: these runs of a backend store (a sqlite path or a PostgreSQL URI)
+    are unfinished when the table is built."""
+    execute(str(store), [("UPDATE runs SET status = 'RUNNING', end_time = NULL WHERE run_uuid = ?",
+                          [(r,) for r in run_ids])])
 
 
 def median_of(results: dict[str, list[dict]], kind: str, key: str) -> float:

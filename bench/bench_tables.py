@@ -19,12 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sqlite3
 import tempfile
 import time
 from pathlib import Path
 
-from bench_support import median_of, peak_rss_mb, timed_build, worker_result, write_report
+from bench_support import mark_running, median_of, peak_rss_mb, timed_build, worker_result, write_report
 
 HERE = Path(__file__).resolve()
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -77,15 +76,6 @@ def run_worker(kind: str, url: str, experiment_id: str, warehouse: str) -> dict:
     """Run one measurement in a fresh Python process and return what it printed."""
     return worker_result(HERE, [kind, "--url", url, "--experiment-id", experiment_id, "--warehouse", warehouse],
                          None)
-
-
-def mark_running(db_path: Path, run_ids: list[str]) -> None:
-    """Set up a repetition: these runs are unfinished when the table is built."""
-    with sqlite3.connect(str(db_path)) as conn:
-        conn.executemany(
-            "UPDATE runs SET status = 'RUNNING', end_time = NULL WHERE run_uuid = ?",
-            [(r,) for r in run_ids],
-        )
 
 
 def finish_runs(url: str, run_ids: list[str]) -> None:
