@@ -12,6 +12,10 @@ a local MLflow server's sqlite store, then per repetition measures, each in a fr
     value and finished.
 
 Targets: (a) <= 0.5 x (b); (c) <= 0.05 x (a); peak memory of (a) below (b)'s.
+
+With ``--compare-tree DIR`` (a checkout of the code before a change, ``git worktree add DIR REV``)
+it measures (a) and (c) of this checkout and of DIR instead, alternating which goes first, each
+into a warehouse of its own, and reports the ratios this / DIR.
 """
 
 from __future__ import annotations
@@ -23,7 +27,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_support import mark_running, median_of, peak_rss_mb, timed_build, worker_result, write_report
+from bench_support import (
+    mark_running,
+    median_of,
+    peak_rss_mb,
+    timed_build,
+    use_package_tree,
+    worker_result,
+    write_report,
+)
 
 HERE = Path(__file__).resolve()
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -72,10 +84,11 @@ def measure_build(url: str, experiment_id: str, warehouse: str, full: bool) -> d
     }
 
 
-def run_worker(kind: str, url: str, experiment_id: str, warehouse: str) -> dict:
-    """Run one measurement in a fresh Python process and return what it printed."""
-    return worker_result(HERE, [kind, "--url", url, "--experiment-id", experiment_id, "--warehouse", warehouse],
-                         None)
+def run_worker(kind: str, url: str, experiment_id: str, warehouse: str, tree: str | None = None) -> dict:
+    """Run one measurement in a fresh Python process (with the package of ``tree``, else this
+    checkout's) and return what it printed."""
+    arguments = [kind, "--url", url, "--experiment-id", experiment_id, "--warehouse", warehouse]
+    return worker_result(HERE, arguments + (["--package-tree", tree] if tree else []), None)
 
 
 def finish_runs(url: str, run_ids: list[str]) -> None:
@@ -96,6 +109,8 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--url")
     parser.add_argument("--experiment-id")
     parser.add_argument("--warehouse")
+    parser.add_argument("--package-tree", help="worker: import the package from this checkout")
+    parser.add_argument("--compare-tree", help="measure (a) and (c) of this checkout against this one")
     parser.add_argument("--out", default=str(HERE.parent / "results" / "tables.json"))
     return parser.parse_args()
 
@@ -103,6 +118,7 @@ def parse_arguments() -> argparse.Namespace:
 def main() -> None:
     args = parse_arguments()
     if args.worker:
+        use_package_tree(args.package_tree)
         if args.worker == "baseline":
             result = measure_baseline(args.url, args.experiment_id, args.warehouse)
         else:
@@ -129,6 +145,10 @@ def main() -> None:
         )
         print(f"seeded {args.runs} runs in {time.perf_counter() - started:.1f}s", flush=True)
         changed_per_rep = max(1, args.runs // 100)
+        if args.compare_tree:
+            trees = compare_trees(args, server, experiment_id, run_ids, changed_per_rep, root)
+            write_report(comparison_of(args, trees), args.out)
+            return
         for rep in range(args.repetitions):
             changed = run_ids[rep * changed_per_rep:(rep + 1) * changed_per_rep]
             mark_running(server.db_path, changed)
@@ -144,6 +164,46 @@ def main() -> None:
             print(f"rep {rep} incremental: {r}", flush=True)
 
     write_report(report_of(args, results), args.out)
+
+
+def compare_trees(args: argparse.Namespace, server, experiment_id: str, run_ids: list[str], changed_per_rep: int,
+                  root: Path) -> dict[str, dict[str, list[dict]]]:
+    """(a) and (c) of this checkout ("this") and of ``--compare-tree`` ("before"), each into a
+    warehouse of its own, the one that goes first alternating from repetition to repetition."""
+    trees: dict[str, dict[str, list[dict]]] = {name: {"full": [], "incremental": []} for name in ("this", "before")}
+    package = {"this": None, "before": args.compare_tree}
+    for rep in range(args.repetitions):
+        order = ["this", "before"] if rep % 2 == 0 else ["before", "this"]
+        changed = run_ids[rep * changed_per_rep:(rep + 1) * changed_per_rep]
+        mark_running(server.db_path, changed)
+        for name in order:
+            r = run_worker("full", server.url, experiment_id, str(root / f"warehouse-{name}"), package[name])
+            trees[name]["full"].append(r)
+            print(f"rep {rep} {name} full: {r}", flush=True)
+        finish_runs(server.url, changed)
+        for name in order:
+            r = run_worker("incremental", server.url, experiment_id, str(root / f"warehouse-{name}"), package[name])
+            if r["mode"] != "incremental" or r["runs_fetched"] < len(changed):
+                raise SystemExit(f"incremental refresh did not see the changes: {r}")
+            trees[name]["incremental"].append(r)
+            print(f"rep {rep} {name} incremental: {r}", flush=True)
+    return trees
+
+
+def comparison_of(args: argparse.Namespace, trees: dict[str, dict[str, list[dict]]]) -> dict:
+    """The medians of each checkout and the ratios this / before."""
+    medians = {name: {kind: {key: median_of(results, kind, key) for key in ("seconds", "peak_rss_mb")}
+                      for kind in results} for name, results in trees.items()}
+    return {
+        "runs": args.runs,
+        "repetitions": args.repetitions,
+        "compare_tree": args.compare_tree,
+        "medians": medians,
+        "ratios_this_over_before": {
+            f"{kind} {key}": medians["this"][kind][key] / medians["before"][kind][key]
+            for kind in ("full", "incremental") for key in ("seconds", "peak_rss_mb")},
+        "all": trees,
+    }
 
 
 def report_of(args: argparse.Namespace, results: dict[str, list[dict]]) -> dict:
