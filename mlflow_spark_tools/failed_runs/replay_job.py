@@ -25,7 +25,7 @@ from mlflow_spark_tools.core.progress import Progress
 from mlflow_spark_tools.databricks.secrets import read_secret
 from mlflow_spark_tools.errors import EXIT_OK, EXIT_PARTIAL, InvalidConfigError, InvalidStoreError, UsageError
 from mlflow_spark_tools.failed_runs.lease import DeltaLease
-from mlflow_spark_tools.failed_runs.payload_replay import LEFT_THE_STORE
+from mlflow_spark_tools.failed_runs.replay_outcomes import LEFT_THE_STORE
 from mlflow_spark_tools.failed_runs.replayer import Replayer, ReplaySummary
 from mlflow_spark_tools.failed_runs.signing import SigningKey, load_signing_key
 from mlflow_spark_tools.failed_runs.store import CLAIMED, FailedRunStore

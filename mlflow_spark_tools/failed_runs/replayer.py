@@ -33,31 +33,27 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from typing import Any
 
 from mlflow_spark_tools.config import API_CLASSES, RateLimitProfile, ReplayConfig, ReplayLimits
-from mlflow_spark_tools.errors import InvalidStoreError
-from mlflow_spark_tools.failed_runs.document import (
-    PayloadError,
-    canonical_json,
-)
+from mlflow_spark_tools.failed_runs.document import PayloadError
 from mlflow_spark_tools.failed_runs.lease import DeltaLease
-from mlflow_spark_tools.failed_runs.payload_replay import (
+from mlflow_spark_tools.failed_runs.lease_place import LeasePlace
+from mlflow_spark_tools.failed_runs.payload_replay import PayloadReplay
+from mlflow_spark_tools.failed_runs.replay_outcomes import (
     FAILED,
     INCOMPLETE,
     LOST,
     RELEASED,
     REPLAYED,
-    RESUMED,
     Incomplete,
-    InFlightBytes,
-    PayloadSteps,
     Quarantine,
 )
+from mlflow_spark_tools.failed_runs.replay_summary import PassRecorder, ReplaySummary
 from mlflow_spark_tools.failed_runs.signing import SigningKey
 from mlflow_spark_tools.failed_runs.store import CLAIMED, FailedRunStore, PendingDocument
 from mlflow_spark_tools.failed_runs.store_entries import DONE_FORMAT
+from mlflow_spark_tools.failed_runs.verification import Verifier
 from mlflow_spark_tools.tracking.pacing import RequestCounts, StopSending, paced_process
 from mlflow_spark_tools.tracking.rate_limit_errors import (
     PERMANENT,
@@ -74,43 +70,11 @@ log = logging.getLogger(__name__)
 
 FOREIGN_PER_PASS = 100
 LOCAL_FAILURES_TO_QUARANTINE = 3
-LEASE_MARKER_FORMAT = "mlflow-spark-tools/store-lease"
 
 
-@dataclass
-class ReplaySummary:
-    """What one replay pass did."""
-
-    replayed: int = 0
-    resumed: int = 0
-    failed: int = 0
-    released: int = 0
-    lost: int = 0
-    pending: int = 0
-    incomplete: int = 0
-    held_by: str | None = None
-    requests: dict[str, int] = field(default_factory=lambda: dict.fromkeys(API_CLASSES, 0))
-    throttled: dict[str, int] = field(default_factory=lambda: dict.fromkeys(API_CLASSES, 0))
-    endpoints: dict[str, dict[str, int]] = field(default_factory=dict)
-    rates: dict[str, float] = field(default_factory=dict)
-    seconds: float = 0.0
-    ledger: list[dict[str, Any]] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        out = {
-            "replayed": self.replayed, "resumed": self.resumed, "failed": self.failed,
-            "released_to_pending": self.released, "lost_to_another_replayer": self.lost,
-            "still_pending": self.pending, "being_written": self.incomplete, "requests": self.requests,
-            "429s": self.throttled, "endpoints": self.endpoints, "rates_now": self.rates,
-            "seconds": round(self.seconds, 3),
-        }
-        if self.held_by is not None:
-            out["held_by"] = self.held_by
-        return out
-
-
-class Replayer(PayloadSteps):
-    """Replays the payloads of one store.
+class Replayer:
+    """Replays the payloads of one store: the passes over it, each document handed to the
+    replayer's :class:`PayloadReplay`.
 
     Args:
         store_path: the failed-run store.
@@ -144,42 +108,32 @@ class Replayer(PayloadSteps):
                  retry: RetryPolicy | None = None, sleep: Callable[[float], None] = time.sleep,
                  marker_settle_seconds: float = 0.25, artifact_hosts: tuple[str, ...] = ()) -> None:
         self.store = FailedRunStore(store_path).ensure()
-        self.marker_settle_seconds = marker_settle_seconds
-        self._lease_placed = False
-        self._marker_written: float | None = None
         self.tracking_uri = tracking_uri
         self.lease = lease
         self.limiter = RateLimiter(profile, sleep=sleep)
         self.max_workers = max_workers
-        self.key = signing_key
-        self.trust_unsigned = trust_unsigned
         self.limits = limits or ReplayLimits()
-        self.torn_grace_seconds = torn_grace_seconds
-        self.artifact_hosts = tuple(artifact_hosts)
         self.owner = lease.owner
         self.on_payload: Callable[[str], None] | None = None  # told each payload's outcome
+        self.recorder = PassRecorder()
+        self.verifier = Verifier(signing_key, trust_unsigned, self.limits)
         self._lock = threading.Lock()
-        self._summary = ReplaySummary()
         self._seen: set[str] = set()  # payloads handled in this pass
         self._held: set[str] = set()
         self._local_failures: dict[str, int] = {}
-        self._finished: set[str] = set()
-        self._in_flight = InFlightBytes(self.limits.max_inflight_document_bytes)
         self.requests = TrackingRequests(
             tracking_uri,
             # A 429 is back-pressure: wait (Retry-After, a lower rate) and go on with the same
             # request for up to half an hour; other errors get 8 tries in 2 minutes.
             retry or back_pressure(),
-            limiter=self.limiter, on_attempt=self._count, sleep=sleep,
+            limiter=self.limiter, on_attempt=self.recorder.count_request, sleep=sleep,
         )
         # no request leaves this process for the store's work without a fresh lease
         self.requests.scope.fence = lease.check
-
-    def _count(self, api_class: str, status: int | None) -> None:
-        with self._lock:
-            self._summary.requests[api_class] += 1
-            if status == 429:
-                self._summary.throttled[api_class] += 1
+        self.lease_place = LeasePlace(self.store, lease, self.verifier, self.requests.sleep, marker_settle_seconds)
+        self.payloads = PayloadReplay(self.store, self.requests, lease, self.verifier, self.recorder,
+                                      owner=self.owner, tracking_uri=tracking_uri,
+                                      artifact_hosts=tuple(artifact_hosts), torn_grace_seconds=torn_grace_seconds)
 
     def close(self) -> None:
         """Give the store's lease up and release the store's folder handles."""
@@ -200,7 +154,7 @@ class Replayer(PayloadSteps):
             record = self.store.read_done(payload_id)
         except PayloadError:
             return None
-        if record is None or record.get("format") != DONE_FORMAT or self._record_problem(payload_id, record):
+        if record is None or record.get("format") != DONE_FORMAT or self.payloads.records.problem(payload_id, record):
             return None
         return {"payload_id": payload_id, "run_id": record.get("run_id"), "experiment_id": record.get("experiment_id"),
                 "status": REPLAYED, "attempts": record.get("attempts"), "error": None,
@@ -248,12 +202,12 @@ class Replayer(PayloadSteps):
         lease taken here is given up at the end of the pass.
         """
         started = time.perf_counter()
-        self._summary = summary = ReplaySummary()
+        summary = self.recorder.new_pass()
         took = not self.lease.held
         if took and not self.store.documents() and not self.store.foreign_files():
             summary.seconds = time.perf_counter() - started
             return summary  # nothing to do: no lease taken (no engine started)
-        self._check_lease_place()
+        self.lease_place.check()
         holder = self.lease.acquire()
         if holder is not None:
             log.warning("Another replayer holds the store %s: %s; nothing replayed", self.store.root, holder)
@@ -261,62 +215,13 @@ class Replayer(PayloadSteps):
             summary.seconds = time.perf_counter() - started
             return summary
         try:
-            self._check_lease_place(confirm=True)
+            self.lease_place.check(confirm=True)
             self._pass(summary)
         finally:
             if release and took:
                 self.lease.release()
         summary.seconds = time.perf_counter() - started
         return summary
-
-    def _check_lease_place(self, *, confirm: bool = False) -> None:
-        """Refuse to replay a store whose lease lives elsewhere than this replayer's.
-
-        A replay with another ``--database`` (or another embedded warehouse) would hold another
-        lease of the same store and replay beside the first. The first replay of a store
-        writes ``lease.json`` naming its lease's place (signed with the key); every replay
-        checks it before it takes the lease. The replay that wrote it checks it once more after
-        taking the lease, at least ``marker_settle_seconds`` after writing: of two first
-        replays at once, both then read the marker written last, and the other one refuses.
-
-        Raises:
-            InvalidStoreError: the store names another place, or a marker this replay cannot trust.
-        """
-        if self._lease_placed:
-            return
-        place = self.lease.place
-        problem: str | None = None
-        try:
-            if confirm:
-                written = time.monotonic() if self._marker_written is None else self._marker_written
-                self.requests.sleep(max(0.0, self.marker_settle_seconds - (time.monotonic() - written)))
-            marker = self.store.read_lease_marker()
-            if marker is None and not confirm:
-                record: dict[str, Any] = {"format": LEASE_MARKER_FORMAT, "lease": place, "written_by": self.owner}
-                if self.key is not None:
-                    record["signature"] = self.key.sign(canonical_json(record))
-                try:
-                    self.store.write_lease_marker(record)
-                    self._marker_written = time.monotonic()
-                except FileExistsError:
-                    pass
-                marker = self.store.read_lease_marker()
-        except PayloadError as exc:
-            marker, problem = None, str(exc)
-        root = self.store.root
-        if marker is None or marker.get("format") != LEASE_MARKER_FORMAT or not isinstance(marker.get("lease"), str):
-            problem = problem or "it is not a lease marker of this package"
-        elif self.key is not None and not self._signed_by_us(marker):
-            problem = "it is not signed by this replay's key"
-        if problem is not None or marker is None:
-            raise InvalidStoreError(f"The failed-run store {root} names where its lease lives in {root / 'lease.json'}, "
-                                    f"but {problem}: remove that file (the next replay writes it again).")
-        if marker["lease"] != place:
-            raise InvalidStoreError(
-                f"The failed-run store {root} is replayed with its lease in {marker['lease'][:300]}, and this "
-                f"replay's lease is {place}: run it with that database (--database), so that two replays never "
-                f"work the store at once; if the store moved on purpose, remove {root / 'lease.json'}.")
-        self._lease_placed = confirm or self._marker_written is None
 
     def _pass(self, summary: ReplaySummary) -> None:
         self._quarantine_foreign(summary)
@@ -337,7 +242,7 @@ class Replayer(PayloadSteps):
                     break
                 finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    self._tally(summary, *future.result())
+                    self._tally(*future.result())
         summary.pending = self.waiting()
         summary.endpoints = counts.as_dict()["endpoints"]
         summary.rates = self.limiter.rates()
@@ -358,21 +263,10 @@ class Replayer(PayloadSteps):
                 log.warning("More than %d foreign files: the rest waits for the next pass", FOREIGN_PER_PASS)
                 return
 
-    def _tally(self, summary: ReplaySummary, payload_id: str, outcome: str) -> None:
+    def _tally(self, payload_id: str, outcome: str) -> None:
         if self.on_payload is not None:
             self.on_payload(outcome)
-        with self._lock:
-            if outcome in (REPLAYED, RESUMED):
-                summary.replayed += 1
-                summary.resumed += outcome == RESUMED
-            elif outcome == FAILED:
-                summary.failed += 1
-            elif outcome == RELEASED:
-                summary.released += 1
-            elif outcome == LOST:
-                summary.lost += 1
-            elif outcome == INCOMPLETE:
-                summary.incomplete += 1
+        self.recorder.outcome(outcome)
 
     def _next_batch(self, n: int) -> list[PendingDocument]:
         """Up to ``n`` documents not yet handled in this pass, oldest payload first, one per
@@ -406,7 +300,7 @@ class Replayer(PayloadSteps):
 
     def _outcome(self, document: PendingDocument) -> str:
         try:
-            return self._replay(document)
+            return self.payloads.replay(document)
         except Incomplete:
             log.info("Payload %s is still being written; left for a later pass", document.payload_id)
             return INCOMPLETE
@@ -442,18 +336,5 @@ class Replayer(PayloadSteps):
             log.info("Payload %s was removed before it was quarantined", document.payload_id)
             return LOST
         log.warning("Payload %s quarantined: %s", document.payload_id, reason)
-        self._ledger(document.payload_id, None, None, FAILED, reason)
+        self.recorder.ledger(document.payload_id, None, None, FAILED, reason)
         return FAILED
-
-    def _foreign_quarantined(self) -> None:
-        with self._lock:
-            self._summary.failed += 1
-
-    def _ledger(self, payload_id: str, run_id: str | None, experiment_id: str | None, status: str,
-                error: str | None, attempts: int = 1) -> None:
-        with self._lock:
-            self._summary.ledger.append({
-                "payload_id": payload_id, "run_id": run_id, "experiment_id": experiment_id,
-                "status": status, "attempts": attempts, "error": error,
-                "replayed_at": int(time.time() * 1000),
-            })

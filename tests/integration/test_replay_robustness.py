@@ -425,7 +425,7 @@ def test_a_document_that_grows_while_read_is_left_for_a_later_pass(closed_proxy,
     with open(path, "ab") as f:  # and goes on writing while the replay reads
         f.write(data[200:])
     with pytest.raises(Incomplete):
-        replayer._document_bytes(document, handle)
+        replayer.payloads.document_bytes(document, handle)
     handle.close()
     assert replayer.run().replayed == 1
 
