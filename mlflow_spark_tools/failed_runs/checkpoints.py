@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlflow_spark_tools.failed_runs.document import Payload, PayloadError, check_progress
-from mlflow_spark_tools.failed_runs.files import EmptyFile, PayloadFolder
+from mlflow_spark_tools.failed_runs.file_operations import EmptyFile
+from mlflow_spark_tools.failed_runs.files import PayloadFolder
 from mlflow_spark_tools.failed_runs.replay_outcomes import PAYLOAD_REPLAY_LOGGER, Quarantine
 from mlflow_spark_tools.failed_runs.store_entries import BEGUN, checkpoint_ops
 from mlflow_spark_tools.failed_runs.verification import Verifier

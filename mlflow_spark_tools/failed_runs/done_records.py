@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mlflow_spark_tools.failed_runs.document import Payload, PayloadError, check_run_id
-from mlflow_spark_tools.failed_runs.files import EmptyFile
+from mlflow_spark_tools.failed_runs.file_operations import EmptyFile
 from mlflow_spark_tools.failed_runs.replay_outcomes import PAYLOAD_REPLAY_LOGGER
 from mlflow_spark_tools.failed_runs.store import FailedRunStore
 from mlflow_spark_tools.failed_runs.store_entries import DONE_FORMAT, FORMAT

@@ -17,7 +17,7 @@ reading; listing; removing a file or an empty folder. Nothing here renames, link
 rewrites a file, sets a time or reads one: Unity Catalog volumes and DBFS are FUSE mounts
 over object storage, where rename and link are reported to answer ``ENOSYS``. A document is
 visible to the replay when its bytes hash to its name, so no rename is needed to publish it
-whole. Quarantine moves a document with :func:`~mlflow_spark_tools.failed_runs.files.move_entry`:
+whole. Quarantine moves a document with :func:`~mlflow_spark_tools.failed_runs.file_operations.move_entry`:
 a rename where the file system has one (a local disk), else a copy and a removal.
 
 Who may replay a store is decided by a lease held through a Delta table's commits
@@ -50,11 +50,8 @@ from typing import Any
 from mlflow_spark_tools.databricks.paths import to_fuse_path
 from mlflow_spark_tools.errors import InvalidStoreError
 from mlflow_spark_tools.failed_runs.document import PayloadError
-from mlflow_spark_tools.failed_runs.files import (
+from mlflow_spark_tools.failed_runs.file_operations import (
     FILE_FLAGS,
-    ManifestRow,
-    PayloadFolder,
-    copy_tree_hashed,
     exists_at,
     json_bytes,
     move_entry,
@@ -64,6 +61,7 @@ from mlflow_spark_tools.failed_runs.files import (
     tree_size,
     write_once,
 )
+from mlflow_spark_tools.failed_runs.files import ManifestRow, PayloadFolder, copy_tree_hashed
 from mlflow_spark_tools.failed_runs.store_entries import (
     DONE_FORMAT,
     DocumentFile,
