@@ -38,12 +38,13 @@ from mlflow_spark_tools.failed_runs.replay_outcomes import (
 )
 from mlflow_spark_tools.failed_runs.run_writer import RunWriter
 from mlflow_spark_tools.failed_runs.staging import stage
-from mlflow_spark_tools.failed_runs.store import FailedRunStore, PendingDocument
+from mlflow_spark_tools.failed_runs.store import FailedRunStore
 from mlflow_spark_tools.failed_runs.store_entries import (
     BEGUN,
     DONE_FORMAT,
     DocumentFile,
     DocumentGrew,
+    PendingDocument,
     checkpoint_name,
     digest,
 )

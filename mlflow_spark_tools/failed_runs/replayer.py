@@ -51,8 +51,8 @@ from mlflow_spark_tools.failed_runs.replay_outcomes import (
 )
 from mlflow_spark_tools.failed_runs.replay_summary import PassRecorder, ReplaySummary
 from mlflow_spark_tools.failed_runs.signing import SigningKey
-from mlflow_spark_tools.failed_runs.store import CLAIMED, FailedRunStore, PendingDocument
-from mlflow_spark_tools.failed_runs.store_entries import DONE_FORMAT
+from mlflow_spark_tools.failed_runs.store import CLAIMED, FailedRunStore
+from mlflow_spark_tools.failed_runs.store_entries import DONE_FORMAT, PendingDocument
 from mlflow_spark_tools.failed_runs.verification import Verifier
 from mlflow_spark_tools.tracking.pacing import RequestCounts, StopSending, paced_process
 from mlflow_spark_tools.tracking.rate_limit_errors import (

@@ -40,44 +40,36 @@ import errno
 import math
 import os
 import stat
-import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mlflow_spark_tools.databricks.paths import to_fuse_path
-from mlflow_spark_tools.errors import InvalidStoreError
 from mlflow_spark_tools.failed_runs.document import PayloadError
 from mlflow_spark_tools.failed_runs.file_operations import (
     FILE_FLAGS,
-    exists_at,
     json_bytes,
-    move_entry,
-    open_dir,
     read_json_file,
     remove_entry,
     tree_size,
     write_once,
 )
 from mlflow_spark_tools.failed_runs.files import ManifestRow, PayloadFolder, copy_tree_hashed
+from mlflow_spark_tools.failed_runs.quarantine import move_to_failed
 from mlflow_spark_tools.failed_runs.store_entries import (
     DONE_FORMAT,
     DocumentFile,
+    PendingDocument,
     claim_parts,
     document_name,
     is_payload_id,
     parse_document_name,
-    safe_name,
 )
+from mlflow_spark_tools.failed_runs.store_folders import CLAIMED, STATES, StoreFolders
 
 LEASE_MARKER = "lease.json"  # where the store's lease lives, written by its first replay
-STATES = ("pending", "done", "failed")
-FOLDERS = (*STATES, "data")
-CLAIMED = "claimed"  # documents held by an earlier release's replayers; read, never written
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_MAX_REASON_FILES = 1000
 
 
 @dataclass
@@ -102,23 +94,6 @@ class PruneResult:
         return out
 
 
-@dataclass(frozen=True)
-class PendingDocument:
-    """A run document waiting for replay: ``pending/<name>``, or ``claimed/<name>`` (a claim of
-    an earlier release's replayer).
-
-    Attributes:
-        written_ms: when the collector wrote it, from its name; None for a plain name.
-        digest: what its bytes must hash to when whole (None for a plain name).
-    """
-
-    payload_id: str
-    state: str
-    name: str
-    written_ms: int | None = None
-    digest: str | None = None
-
-
 class FailedRunStore:
     """The folders of a failed-run store; see the module docstring.
 
@@ -133,8 +108,7 @@ class FailedRunStore:
     def __init__(self, root: str | os.PathLike, *, create: bool = True) -> None:
         self.root = Path(to_fuse_path(os.fspath(root)))
         self.create = create
-        self._fds: dict[str, int] = {}
-        self._lock = threading.Lock()
+        self.folders = StoreFolders(self.root, create)
 
     def ensure(self) -> FailedRunStore:
         """Create the folders that are missing and open every folder without following links.
@@ -143,86 +117,19 @@ class FailedRunStore:
             InvalidStoreError: a folder of the store is a link or not a directory, or it cannot
                 be created here (a read-only mount, no permission).
         """
-        with self._lock:
-            if self._fds:
-                return self
-            try:
-                if self.create:
-                    self.root.mkdir(parents=True, exist_ok=True)
-                # the root is the operator's choice and may be a link; what is below it is not
-                root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
-            except OSError as exc:
-                raise _unusable(self.root, "creating and opening the store's folder" if self.create
-                                else "opening the store's folder", exc) from None
-            fds: dict[str, int] = {}
-            try:
-                for name in (*FOLDERS, CLAIMED):
-                    if self.create and name != CLAIMED:
-                        try:
-                            os.mkdir(name, 0o755, dir_fd=root_fd)
-                        except FileExistsError:
-                            pass
-                        except OSError as exc:
-                            raise _unusable(self.root, f"creating the folder {name}/", exc) from None
-                    try:
-                        fds[name] = open_dir(name, root_fd, f"{name}/")
-                    except FileNotFoundError:
-                        pass  # an earlier release's claimed/, or a folder of a store only looked at
-            except PayloadError as exc:
-                for fd in fds.values():
-                    os.close(fd)
-                raise InvalidStoreError(
-                    f"The failed-run store {self.root} is not safe to use: {exc}. Only this package "
-                    "writes its folders; remove what replaced the folder and run again."
-                ) from None
-            except BaseException:
-                for fd in fds.values():
-                    os.close(fd)
-                raise
-            finally:
-                os.close(root_fd)
-            self._fds = fds
+        self.folders.open()
         return self
 
     def check_usable(self) -> None:
-        """Try each operation the store is built from once, in a folder of its own under
-        ``data/``: make a folder, write a new file, read it, list the folder, remove both.
+        """Try each operation the store is built from once (see :meth:`StoreFolders.check_usable`).
 
         Raises:
-            InvalidStoreError: naming the path and the operation that failed (a read-only
-                mount, a file system without one of them, no permission).
+            InvalidStoreError: naming the path and the operation that failed.
         """
-        data = self._fd("data")
-        probe = f".probe-{uuid.uuid4().hex}"
-        content = b'{"probe": "mlflow-spark-tools"}'
-        step = "creating a folder"
-        try:
-            os.mkdir(probe, 0o755, dir_fd=data)
-            fd = open_dir(probe, data, f"data/{probe}")
-            try:
-                step = "creating and writing a new file"
-                write_once(fd, "probe.json", content)
-                step = "reading a file"
-                read_fd = os.open("probe.json", FILE_FLAGS, dir_fd=fd)
-                with os.fdopen(read_fd, "rb") as f:
-                    if f.read(len(content) + 1) != content:
-                        raise OSError(errno.EIO, "the file read back differs from what was written")
-                step = "listing a folder"
-                os.listdir(fd)
-                step = "removing a file"
-                os.unlink("probe.json", dir_fd=fd)
-            finally:
-                os.close(fd)
-            step = "removing a folder"
-            os.rmdir(probe, dir_fd=data)
-        except (OSError, PayloadError) as exc:
-            raise _unusable(self.root / "data" / probe, step, exc) from None
+        self.folders.check_usable()
 
     def close(self) -> None:
-        with self._lock:
-            fds, self._fds = self._fds, {}
-        for fd in fds.values():
-            os.close(fd)
+        self.folders.close()
 
     def __enter__(self) -> FailedRunStore:
         return self.ensure()
@@ -237,10 +144,10 @@ class FailedRunStore:
             pass
 
     def _fd(self, folder: str) -> int:
-        return self.ensure()._fds[folder]
+        return self.folders.fd(folder)
 
     def exists_at(self) -> bool:
-        return bool(self._fds) or self.root.is_dir()
+        return self.folders.is_open or self.root.is_dir()
 
     def data_dir(self, payload_id: str) -> Path:
         """The path of a payload's data folder (for display and for the collector's writes)."""
@@ -282,7 +189,7 @@ class FailedRunStore:
     # ---- listing -------------------------------------------------------------------------
 
     def _entries(self, state: str) -> list[str]:
-        if not self.exists_at() or state not in self.ensure()._fds:
+        if not self.exists_at() or self.folders.get(state) is None:
             return []
         return os.listdir(self._fd(state))
 
@@ -455,29 +362,7 @@ class FailedRunStore:
         state = path.parent.name
         if state not in (*STATES, CLAIMED) or state == "failed" or path.parent != self.root / state:
             raise ValueError(f"{path} is not in a folder of this store")
-        if is_payload_id(payload_id):
-            name = payload_id
-        else:
-            name = f"foreign-{uuid.uuid4().hex[:12]}-{safe_name(payload_id)[:80]}"
-        failed = self._fd("failed")
-        document = f"{name}.json"
-        if exists_at(document, failed):  # quarantined before: keep that file as it is
-            document = f"{name}.{uuid.uuid4().hex[:8]}.json"
-        try:
-            move_entry(path.name, self._fd(state), document, failed)
-        except FileNotFoundError:
-            return False
-        reason_doc = {"payload_id": payload_id, "reason": reason, "at": int(time.time() * 1000),
-                      "source": f"{state}/{path.name}", "document": document, **(details or {})}
-        data = json_bytes(reason_doc)
-        for n in range(1, _MAX_REASON_FILES + 1):
-            target = f"{name}.reason.json" if n == 1 else f"{name}.reason.{n}.json"
-            try:
-                write_once(failed, target, data)
-                return True
-            except FileExistsError:
-                continue
-        return True
+        return move_to_failed(path.name, self._fd(state), state, self._fd("failed"), payload_id, reason, details)
 
     # ---- retention -----------------------------------------------------------------------
 
@@ -499,9 +384,9 @@ class FailedRunStore:
         if not math.isfinite(older_than_seconds) or older_than_seconds < 0:
             raise ValueError(f"a retention of {older_than_seconds!r} seconds")
         now = time.time() if now is None else now
-        if "done" not in self.ensure()._fds:
+        done_fd, data_fd = self.folders.get("done"), self.folders.get("data")
+        if done_fd is None:
             return result
-        done_fd, data_fd = self._fd("done"), self._fds.get("data")
         # a payload also pending, claimed or quarantined (a copy put back, a planted document)
         # is not only replayed: its data stays
         listed = {state: self.ids(state) for state in ("pending", CLAIMED, "failed")}
@@ -552,12 +437,3 @@ class FailedRunStore:
         if isinstance(when, bool) or not isinstance(when, int) or not 0 < when < 2**53:
             return created
         return max(created, when / 1000.0)
-
-
-def _unusable(path: Path, operation: str, exc: BaseException) -> InvalidStoreError:
-    detail = getattr(exc, "strerror", None) or str(exc)
-    return InvalidStoreError(
-        f"The failed-run store cannot be used at {path}: {operation} failed ({detail}). It needs a "
-        "directory where new files can be created, written once, read, listed and removed (a Unity "
-        "Catalog volume, DBFS or a local directory) and that this identity may write."
-    )

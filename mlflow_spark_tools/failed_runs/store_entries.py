@@ -82,6 +82,23 @@ class DocumentName:
     digest: str | None = None
 
 
+@dataclass(frozen=True)
+class PendingDocument:
+    """A run document waiting for replay: ``pending/<name>``, or ``claimed/<name>`` (a claim of
+    an earlier release's replayer).
+
+    Attributes:
+        written_ms: when the collector wrote it, from its name; None for a plain name.
+        digest: what its bytes must hash to when whole (None for a plain name).
+    """
+
+    payload_id: str
+    state: str
+    name: str
+    written_ms: int | None = None
+    digest: str | None = None
+
+
 def parse_document_name(entry: str) -> DocumentName | None:
     """The parts of ``<id>.<ms>.<digest>.json`` or ``<id>.json``; None for any other name."""
     if not entry.endswith(".json"):
