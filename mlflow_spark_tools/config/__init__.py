@@ -48,9 +48,6 @@ ENV_OVERRIDES = {
     "MLFLOW_TRACKING_URI": ("tracking_uri",),
     "MLFLOW_SPARK_TOOLS_BACKEND_STORE_URI": ("tables", "backend_store_uri"),
 }
-# Where a table build reads runs: the tracking server's REST API, its backend database, or the
-# Databricks MLflow system tables.
-
 MiB = 1 << 20
 GiB = 1 << 30
 

@@ -103,6 +103,7 @@ def build_experiment_tables(
     result = BuildResult()
     with ExitStack() as stack:
         source = open_source(settings, stack)
+        tracking = source.tracking() if registry else None  # set up before anything is built
         handle = stack.enter_context(EngineHandle(engine, spark))
 
         def run_on() -> Engine:
@@ -120,8 +121,8 @@ def build_experiment_tables(
             _build_all(group.builder(target), group.experiments, result, full_refresh, include_deleted,
                        (first, total))
             first += len(group.experiments)
-        if registry:
-            result.registry = _build_registry(db, source.tracking(), settings.tables.registry_uri)
+        if tracking is not None:
+            result.registry = _build_registry(db, tracking, settings.tables.registry_uri)
     return result
 
 

@@ -46,7 +46,8 @@ class RunRefresh(Protocol):
     """How a source's runs become the run table: a full build and an incremental refresh.
 
     Both fill ``job.summary`` (rows, columns, history), ``job.column_count`` and
-    ``job.watermark_ms``, and tell ``job.runs_read`` the runs they fetched.
+    ``job.watermark_ms``; a strategy that reads runs in the driver tells ``job.runs_read`` every
+    table of runs it fetched (the companion tables' input).
     """
 
     on_runs: Callable[[int], None] | None  # told how many runs each fetch brought
@@ -66,7 +67,8 @@ class ExperimentTableBuilder:
         runs: how the source's runs are read and written (:class:`RunRefresh`).
         selection: the metric keys whose history the run strategy keeps; None keeps none.
         companions: the tables written beside each run table (inputs, models), in that order.
-        clock: wall clock in seconds (injectable for tests).
+        clock: wall clock in seconds, for the index row's ``last_refreshed_at`` (the watermark
+            is the strategy's).
         refresh_by_cost: build in full where that took less time than an incremental refresh
             (:mod:`refresh_cost`); False refreshes incrementally wherever it can.
     """

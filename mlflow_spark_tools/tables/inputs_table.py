@@ -156,20 +156,24 @@ class InputsRefresh:
         self.staged: StagedInputs | None = None
 
     def add(self, runs: pa.Table) -> None:
-        if self.full and (self.held is not None or self.staged is not None):
-            if self.staged is None:
-                self.staged = self.writer.staged(self.table)
-                if self.held is not None:
-                    self.staged.add(self.held)
-                self.held = None
-            self.staged.add(runs)
+        if not self.full:
+            self.held = runs if self.held is None else concat_pages([self.held, runs])
             return
-        self.held = runs
+        if self.held is None and self.staged is None:
+            self.held = runs
+            return
+        if self.staged is None:
+            self.staged = self.writer.staged(self.table)
+            if self.held is not None:
+                self.staged.add(self.held)
+            self.held = None
+        self.staged.add(runs)
 
     def finish(self, job: Refresh) -> None:
         summary = job.summary
         if self.staged is not None:
             summary.inputs_table, summary.inputs = self.staged.finish()
+            self.close()  # the staging table goes before the other companions write
             return
         runs = self.held if self.held is not None else concat_pages([])
         self.held = None
@@ -182,4 +186,5 @@ class InputsRefresh:
     def close(self) -> None:
         self.held = None
         if self.staged is not None:
-            self.staged.drop()
+            staged, self.staged = self.staged, None
+            staged.drop()

@@ -121,7 +121,7 @@ class RunTable:
     def merge(self, view: str, job: Refresh, specs: list[ColumnSpec]) -> None:
         """MERGE the rows of ``view`` (every column of ``specs``) into the table and count what
         changed in the summary: deleted runs leave the table unless they are included. Rows
-        whose every value is what the table holds are left alone and not counted."""
+        whose every value is what the table holds are not counted as updated."""
         self.counting.merge(view, job, specs)
 
 

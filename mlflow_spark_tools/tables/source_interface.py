@@ -2,7 +2,8 @@
 
 A source answers experiments (:class:`ExperimentLookup`), runs (:class:`RunReader`), metric
 histories (:class:`HistoryReader`) and logged models (:class:`ModelReader`), all as Arrow tables
-streamed a part at a time, in the shapes named here:
+(runs and points streamed a part at a time; an experiment's few models in one table), in the
+shapes named here:
 
 - runs: page tables of :func:`~mlflow_spark_tools.runs.run_batches.runs_to_table` (the run info
   columns, one raw column per param, latest metric and tag, the dataset inputs);
