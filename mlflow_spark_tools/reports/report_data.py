@@ -4,8 +4,8 @@ Only small results reach the driver:
 
 - the ``top`` runs by the metric (active runs with a value that is not NaN);
 - the plotted runs: at most ``max_points``, half of them the best runs (``best``), the rest
-  every k-th of the others by a hash of their run id (the same runs on every call), for the
-  parallel coordinates and the scatter plots;
+  the first of the others by a hash of their run id (a spread sample, the same runs on every
+  call), for the parallel coordinates and the scatter plots;
 - per categorical param, the metric's quartiles for its 20 most frequent values (aggregated in
   Spark over every run);
 - the metric's points of the top runs from ``exp_<id>_metrics`` where the table was built with
@@ -97,11 +97,10 @@ def read_report_data(db: Database, experiment_id: str, metric: str, *, ascending
     param_columns = [quote(c) for _, c, _ in params]
     best_count = max(1, max_points // 2)
     best = runs.orderBy(*order).limit(best_count)
-    # the others: every k-th by a hash of the run id, enough to fill max_points
-    every = max(1, -(-(count - best_count) // max(1, max_points - best_count)))
+    # the others: those first by a hash of the run id, exactly enough to fill max_points (a
+    # top-k in Spark; a filter on the hash kept a random number of them, at times none)
     others = (runs.join(best.select("run_id"), "run_id", "left_anti")
-              .withColumn("__spread", F.abs(F.xxhash64("run_id")))
-              .where(F.col("__spread") % F.lit(every) == 0)
+              .withColumn("__spread", F.xxhash64("run_id"))
               .orderBy("__spread", "run_id").limit(max(0, max_points - best_count)))
     plotted = to_arrow(best.select(*base, F.lit(True).alias("best"), *param_columns).unionByName(
         others.select(*base, F.lit(False).alias("best"), *param_columns)))
