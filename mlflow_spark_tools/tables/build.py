@@ -113,8 +113,9 @@ def build_experiment_tables(
         groups = source.experiment_groups(asked, result.summaries, run_on)
         if not groups and not registry:
             return result
-        db = Database(run_on(), settings.tables.database, settings.tables.deletion_vectors)
-        target = BuildTarget(run_on(), db, settings, selection)
+        running = run_on()
+        db = Database(running, settings.tables.database, settings.tables.deletion_vectors)
+        target = BuildTarget(running, db, settings, selection)
         total = sum(len(group.experiments) for group in groups)
         first = 1
         for group in groups:

@@ -66,8 +66,6 @@ class DatabaseHistory:
 class DatabaseSource:
     """The tracking server's backend database, opened read-only for the build."""
 
-    name = "database"
-
     def __init__(self, settings: Settings, backend: BackendDatabase) -> None:
         self.settings = settings
         self.backend = backend

@@ -89,8 +89,6 @@ def points_table(points: Points, key: str) -> pa.Table:
 class RestSource:
     """The tracking server's REST API."""
 
-    name = "rest"
-
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._tracking = TrackingSource.from_settings(settings)

@@ -53,9 +53,8 @@ class ExperimentGroup:
 
 
 class TableSource(Protocol):
-    """One source of a table build, opened for the build's duration."""
-
-    name: str
+    """One source of a table build, opened for the build's duration (its name is its entry's in
+    :mod:`~mlflow_spark_tools.tables.source_registry`)."""
 
     def experiment_groups(self, asked: AskedExperiments, failed: list[RefreshSummary],
                           engine: Callable[[], Engine]) -> list[ExperimentGroup]:

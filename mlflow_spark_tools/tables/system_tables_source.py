@@ -35,8 +35,6 @@ log = logging.getLogger(__name__)
 class SystemTablesSource:
     """Databricks' MLflow system tables, with the tracking server for what they do not hold."""
 
-    name = "system-tables"
-
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.rest = RestSource(settings)

@@ -90,8 +90,6 @@ class NoModels:
 
 
 class SnapshotSource:
-    name = "snapshot"
-
     def __init__(self, settings, folder: Path) -> None:
         self.settings = settings
         self.runs = SnapshotRuns(folder)
